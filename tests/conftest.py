@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.peers.network", "tests.peers.smtp"]
