@@ -2,15 +2,14 @@
 
 Each transport module offers the same two verbs:
 
-    check(config: ServerConfig) -> Report        (Validate: no mail is sent)
+    check(config: ServerConfig) -> Report           (Validate: no mail is sent)
     send(config: ServerConfig, message) -> Receipt  (raises DeliveryError)
 """
+from importlib import import_module
 from types import ModuleType
 
-from . import smtp
-
-TRANSPORTS: dict[str, ModuleType] = {"smtp": smtp}
+TRANSPORTS = {"smtp": "webapp.mail.smtp"}
 
 
 def transport_for(protocol: str) -> ModuleType:
-    return TRANSPORTS[protocol]
+    return import_module(TRANSPORTS[protocol])

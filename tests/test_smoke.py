@@ -1,0 +1,2 @@
+def test_login_page(client):
+    assert client.get("/login").status_code == 200

@@ -1,0 +1,31 @@
+"""Mailroom: portal administrators configure how their portal sends mail."""
+import os
+from pathlib import Path
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+from htmx_flask import Htmx
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import cli, config, db, instance, security, views
+
+csrf = CSRFProtect()
+htmx = Htmx()
+
+
+def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
+    app = Flask(__name__, instance_relative_config=True,
+                instance_path=instance_path or os.environ.get("MAILROOM_INSTANCE_PATH"))
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    config.load(app, test_config)
+    instance.load_secrets(app)
+    if app.config["TRUSTED_PROXIES"]:
+        hops = int(app.config["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+    csrf.init_app(app)
+    htmx.init_app(app)
+    security.init_app(app)
+    db.init_app(app)
+    views.init_app(app)
+    cli.init_app(app)
+    return app

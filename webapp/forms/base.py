@@ -1,0 +1,53 @@
+"""The base form: trims text, refuses line breaks in one-line fields, knows its hidden sections."""
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, StringField, TextAreaField
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
+class BaseForm(FlaskForm):
+    class Meta:
+        def bind_field(self, form, unbound_field, options):
+            if unbound_field.field_class is not PasswordField:
+                options["filters"] = (_strip, *unbound_field.kwargs.get("filters", ()))
+            return unbound_field.bind(form=form, **options)
+
+    def validate(self, extra_validators=None) -> bool:
+        valid = super().validate(extra_validators)
+        for field in self:
+            if _is_one_line(field) and isinstance(field.data, str) and ("\r" in field.data or "\n" in field.data):
+                field.errors = [*field.errors, "Line breaks are not allowed here."]
+                valid = False
+        return valid
+
+
+def _is_one_line(field) -> bool:
+    return isinstance(field, StringField) and not isinstance(field, TextAreaField)
+
+
+class SectionedForm(BaseForm):
+    """A form whose sections show only under a condition (as Indico's HiddenUnless).
+
+    SECTIONS maps a section name to (is_shown(form), field names). A hidden section's
+    fields are removed before validation: they are neither validated nor saved, and
+    whatever was posted for them is ignored.
+    """
+
+    SECTIONS: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hidden_sections = {name for name, (shown, _) in self.SECTIONS.items() if not shown(self)}
+        self.carried = {}
+        for name in self.hidden_sections:
+            for field_name in self.SECTIONS[name][1]:
+                if field_name in self._fields:
+                    field = self._fields[field_name]
+                    if not isinstance(field, PasswordField) and field.raw_data:
+                        self.carried[field_name] = field.raw_data[0]
+                    del self[field_name]
+
+    def shows(self, section: str) -> bool:
+        return section not in self.hidden_sections

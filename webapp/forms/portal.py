@@ -1,0 +1,37 @@
+from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
+from wtforms.validators import InputRequired, Length
+
+from ..models import Role
+from .base import BaseForm
+from .validators import base_url, email_address, slug
+
+ROLE_CHOICES = [(Role.ADMIN.value, "Admin: configures servers"), (Role.STAFF.value, "Staff: sees status, sends a sample mail")]
+
+
+class PortalForm(BaseForm):
+    name = StringField("Name", validators=[InputRequired(), Length(max=200)])
+    slug = StringField("Slug", validators=[InputRequired(), Length(max=63), slug],
+                       description="Used in addresses: /p/<slug>/. Cannot be changed later.")
+    base_url = StringField("Public base URL", validators=[Length(max=2000), base_url],
+                           description="The address people use to reach this portal; used for links in mails "
+                                       "and for OAuth redirect URIs.")
+
+
+class PortalSettingsForm(PortalForm):
+    slug = None
+
+
+class MemberForm(BaseForm):
+    email = EmailField("User's email", validators=[InputRequired(), email_address])
+    role = SelectField("Role", choices=ROLE_CHOICES, default=Role.STAFF.value)
+
+
+class RoleForm(BaseForm):
+    role = SelectField("Role", choices=ROLE_CHOICES)
+
+
+class UserForm(BaseForm):
+    email = EmailField("Email", validators=[InputRequired(), email_address, Length(max=254)])
+    name = StringField("Name", validators=[Length(max=200)])
+    password = PasswordField("Initial password", validators=[InputRequired(), Length(min=10)])
+    is_superadmin = BooleanField("Super-admin (creates portals and users)")

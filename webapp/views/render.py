@@ -1,0 +1,10 @@
+"""Full page or fragment: decided here, once, for every view."""
+from flask import render_template, request
+
+
+def page_or_fragment(page: str, fragment: str, status: int = 200, **context):
+    """The fragment for an htmx request, the whole page otherwise (history restores too)."""
+    htmx = request.htmx
+    template = fragment if htmx and not htmx.history_restore_request else page
+    response = render_template(template, **context), status, {"Vary": "HX-Request"}
+    return response
