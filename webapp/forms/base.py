@@ -1,4 +1,5 @@
 """The base form: trims text, refuses line breaks in one-line fields, knows its hidden sections."""
+from flask import request
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField, TextAreaField
 
@@ -36,10 +37,12 @@ class SectionedForm(BaseForm):
     """
 
     SECTIONS: dict = {}
+    SHOWN = "_shown"  # each rendered section posts its name here
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.hidden_sections = {name for name, (shown, _) in self.SECTIONS.items() if not shown(self)}
+        self._default_unseen_sections()
         self.carried = {}
         for name in self.hidden_sections:
             for field_name in self.SECTIONS[name][1]:
@@ -48,6 +51,23 @@ class SectionedForm(BaseForm):
                     if not isinstance(field, PasswordField) and field.raw_data:
                         self.carried[field_name] = field.raw_data[0]
                     del self[field_name]
+
+    def _default_unseen_sections(self) -> None:
+        """A section that was not on the page when it was posted starts from its defaults.
+
+        Otherwise an absent checkbox reads as "off": "Verify the server's certificate"
+        would silently turn off when the TLS section first appears.
+        """
+        if not self.is_submitted():
+            return
+        seen = set(request.form.getlist(self.SHOWN))
+        for name, (_, field_names) in self.SECTIONS.items():
+            if name in seen or name in self.hidden_sections:
+                continue
+            for field_name in field_names:
+                field = self._fields.get(field_name)
+                if field is not None and not field.raw_data and field.default is not None:
+                    field.data = field.default
 
     def shows(self, section: str) -> bool:
         return section not in self.hidden_sections

@@ -1,11 +1,12 @@
-from wtforms import BooleanField, EmailField, PasswordField, SelectField, StringField
+from wtforms import BooleanField, SelectChoice, EmailField, PasswordField, SelectField, StringField
 from wtforms.validators import InputRequired, Length
 
 from ..models import Role
 from .base import BaseForm
 from .validators import base_url, email_address, slug
 
-ROLE_CHOICES = [(Role.ADMIN.value, "Admin: configures servers"), (Role.STAFF.value, "Staff: sees status, sends a sample mail")]
+ROLE_CHOICES = [SelectChoice(Role.ADMIN.value, "Admin: configures servers"),
+                SelectChoice(Role.STAFF.value, "Staff: sees status, sends a sample mail")]
 
 
 class PortalForm(BaseForm):

@@ -3,21 +3,21 @@
 Later protocols (EWS, Graph, Gmail API) and OAuth 2.0 add a choice, a section and
 its fields here; the view and templates pick sections by name.
 """
-from wtforms import BooleanField, HiddenField, EmailField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, SelectChoice, HiddenField, EmailField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import EqualTo, ValidationError, InputRequired, Length, NumberRange, Optional
 
 from ..mail.config import DEFAULT_PORTS, AuthMechanism, Security
 from .base import SectionedForm
 from .validators import email_address, hostname, pem_certificates
 
-PROTOCOLS = [("smtp", "SMTP/SMTPS")]
+PROTOCOLS = [SelectChoice("smtp", "SMTP/SMTPS")]
 SECURITY_CHOICES = [
-    (Security.NONE.value, "None"),
-    (Security.STARTTLS.value, "STARTTLS (explicit)"),
-    (Security.TLS.value, "SSL/TLS (implicit)"),
-    (Security.AUTO.value, "Automatic (STARTTLS when offered)"),
+    SelectChoice(Security.NONE.value, "None"),
+    SelectChoice(Security.STARTTLS.value, "STARTTLS (explicit)"),
+    SelectChoice(Security.TLS.value, "SSL/TLS (implicit)"),
+    SelectChoice(Security.AUTO.value, "Automatic (STARTTLS when offered)"),
 ]
-MECHANISMS = [(m.value, "Automatic" if m is AuthMechanism.AUTO else m.value) for m in AuthMechanism]
+MECHANISMS = [SelectChoice(m.value, "Automatic" if m is AuthMechanism.AUTO else m.value) for m in AuthMechanism]
 
 
 def _security(form) -> Security:
@@ -98,8 +98,8 @@ class ServerForm(SectionedForm):
 
     def settings(self) -> dict:
         """The values to store, hidden sections excluded (their fields are gone)."""
-        values = {name: field.data for name, field in self._fields.items()
-                  if name in _STORED and name != "requires_auth"}
+        values = {name: "" if field.data is None and isinstance(field, StringField) else field.data
+                  for name, field in self._fields.items() if name in _STORED and name != "requires_auth"}
         values["auth_type"] = "basic" if self.requires_auth.data else "none"
         if "port" in values and values["port"] is None:
             values["port"] = self.default_port()

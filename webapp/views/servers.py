@@ -14,8 +14,8 @@ from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
 
-STALE = ("Someone changed this server since you opened it. Your changes were not saved: "
-         "open the server again to see the current settings.")
+STALE = ("This server was changed since you opened it. Your changes were not saved: "
+         "open it again to see the current settings, then make your changes there.")
 
 
 @bp.get("/")

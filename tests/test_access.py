@@ -1,0 +1,135 @@
+"""Walk the URL map: every route is CSRF-protected on POST and checks the user's right to the portal."""
+import re
+
+import pytest
+from sqlmodel import select
+
+from webapp import db
+
+from webapp.models import Membership, Role
+
+# Endpoints a staff member may use; every other portal route is for admins only.
+STAFF_ENDPOINTS = {"servers.index", "servers.sample", "portals.history"}
+PUBLIC_ENDPOINTS = {"auth.login", "static"}
+
+
+@pytest.fixture
+def world(app, make, portal):
+    server = make.server(portal)
+    member = make.member(portal, "member@example.com", Role.STAFF)
+    with app.app_context():
+        membership = db.session().exec(select(Membership).where(Membership.user_id == member.id)).one()
+    values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
+              "direction": "up"}
+    return values
+
+
+def routes(app, predicate=lambda rule: True):
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC_ENDPOINTS or not predicate(rule):
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield rule, method
+
+
+def url(rule, values) -> str:
+    missing = rule.arguments - values.keys()
+    assert not missing, f"add a sample value for {missing} (route {rule.rule}) so the access tests cover it"
+    return rule.build({k: values[k] for k in rule.arguments}, append_unknown=False)[1]
+
+
+def portal_routes(app):
+    return list(routes(app, lambda rule: "slug" in rule.arguments))
+
+
+def test_the_map_has_portal_routes(app):
+    endpoints = {rule.endpoint for rule, _ in portal_routes(app)}
+    assert {"servers.edit", "servers.validate", "servers.section", "servers.sample"} <= endpoints
+
+
+def test_anonymous_users_are_sent_to_sign_in(app, client, world):
+    for rule, method in routes(app):
+        response = client.post(url(rule, world)) if method == "POST" else client.get(url(rule, world))
+        assert response.status_code == 302, (method, rule.rule, response.status_code)
+        assert response.headers["Location"].startswith("/login"), rule.rule
+
+
+def test_non_members_get_404_on_every_portal_route(app, make, client, world):
+    make.member(make.portal(slug="other", name="Other"), "stranger@example.com", Role.ADMIN)
+    client.login("stranger@example.com")
+    for rule, method in portal_routes(app):
+        response = client.post(url(rule, world)) if method == "POST" else client.get(url(rule, world))
+        assert response.status_code == 404, (method, rule.rule, response.status_code)
+
+
+def test_staff_may_not_change_anything_but_send_samples(app, staff, world):
+    for rule, method in portal_routes(app):
+        response = staff.post(url(rule, world)) if method == "POST" else staff.get(url(rule, world))
+        if rule.endpoint in STAFF_ENDPOINTS:
+            assert response.status_code in (200, 422), (method, rule.rule, response.status_code)
+        else:
+            assert response.status_code == 403, (method, rule.rule, response.status_code)
+
+
+def test_only_superadmins_manage_users_and_portals(app, staff, world):
+    for rule, method in routes(app, lambda rule: rule.endpoint.startswith("users.") or rule.endpoint == "portals.new"):
+        response = staff.post(url(rule, world)) if method == "POST" else staff.get(url(rule, world))
+        assert response.status_code == 403, (method, rule.rule)
+
+
+def test_every_post_needs_the_csrf_token(app, admin, world):
+    posts = [(rule, method) for rule, method in routes(app) if method == "POST"]
+    assert posts
+    for rule, _ in [*posts, *[(r, "POST") for r in app.url_map.iter_rules() if r.endpoint == "auth.login"]]:
+        response = admin.post(url(rule, world), csrf=False)
+        assert response.status_code == 400, rule.rule
+        response = admin.post(url(rule, world), csrf=False, htmx=True, headers={"X-CSRFToken": "forged"})
+        assert response.status_code == 400, rule.rule
+
+
+def test_htmx_sends_the_token_as_a_header(admin, world):
+    token = admin.csrf_token()
+    page = admin.get(f"/p/{world['slug']}/servers/").text
+    assert f'hx-headers=\'{{"X-CSRFToken": "{token}"}}\'' in page
+    response = admin.http.post(f"/p/{world['slug']}/servers/{world['server_id']}/toggle",
+                               headers={"X-CSRFToken": token, "HX-Request": "true"})
+    assert response.status_code == 200
+
+
+def test_session_cookie_flags(app, make, client):
+    make.user("someone@example.com")
+    client.login("someone@example.com")
+    cookie = client.http.get_cookie("session")
+    assert cookie.http_only and cookie.same_site == "Lax" and not cookie.secure
+    secure = app.test_client()
+    page = secure.get("/login", base_url="https://mailroom.example").text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    response = secure.post("/login", base_url="https://mailroom.example",
+                           headers={"Referer": "https://mailroom.example/login"},
+                           data={"email": "someone@example.com", "password": "correct horse battery",
+                                 "csrf_token": token})
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_content_security_policy_forbids_inline_script(admin, world):
+    response = admin.get(f"/p/{world['slug']}/servers/{world['server_id']}/edit")
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy
+    assert not re.search(r"<script(?![^>]*\bsrc=)", response.text)
+    assert not re.search(r"\son[a-z]+=", response.text)  # no inline event handlers
+
+
+def test_bad_credentials_get_a_generic_error(make, client):
+    make.user("someone@example.com")
+    wrong_password = client.post("/login", {"email": "someone@example.com", "password": "nope"})
+    unknown_user = client.post("/login", {"email": "nobody@example.com", "password": "nope"})
+    assert wrong_password.status_code == unknown_user.status_code == 422
+    assert "The email or password is not right." in wrong_password.text
+    assert "The email or password is not right." in unknown_user.text
+
+
+def test_next_parameter_cannot_leave_the_site(make, client):
+    make.user("someone@example.com")
+    response = client.post("/login?next=//evil.example/", {"email": "someone@example.com",
+                                                          "password": "correct horse battery"})
+    assert response.headers["Location"] == "/"
