@@ -1,0 +1,65 @@
+"""Layered configuration, keys outside the database, secrets encrypted at rest and rotated."""
+from cryptography.fernet import Fernet
+from sqlmodel import select
+
+from webapp import create_app, db
+from webapp.crypto import SecretBox
+from webapp.models import MailServer
+
+
+def test_layers_defaults_then_instance_file_then_environment(tmp_path, monkeypatch):
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    (instance / "config.py").write_text("VALIDATE_TIMEOUT_CAP = 30\nTRUSTED_PROXIES = 1\n")
+    monkeypatch.setenv("MAILROOM_VALIDATE_TIMEOUT_CAP", "45")
+    app = create_app(instance_path=str(instance))
+    assert app.config["VALIDATE_TIMEOUT_CAP"] == 45  # environment wins, typed
+    assert app.config["TRUSTED_PROXIES"] == 1  # instance file
+    assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"  # default
+    assert app.config["DATABASE_URL"] == f"sqlite:///{instance / 'mailroom.sqlite3'}"
+
+
+def test_embedded_default_creates_keys_and_migrates_by_itself(tmp_path):
+    instance = tmp_path / "instance"
+    app = create_app(instance_path=str(instance))
+    assert (instance / "secret-keys").stat().st_mode & 0o077 == 0
+    assert (instance / "flask-secret-key").exists()
+    with app.app_context():
+        assert db.session().exec(select(MailServer)).all() == []  # the tables exist
+    again = create_app(instance_path=str(instance))
+    assert again.config["SECRET_KEY"] == app.config["SECRET_KEY"]
+
+
+def test_secret_box_rotation_keeps_old_tokens_readable():
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    token = SecretBox([old]).encrypt("s3cret")
+    rotated_box = SecretBox([new, old])
+    assert rotated_box.decrypt(token) == "s3cret"
+    rotated = rotated_box.rotate(token)
+    assert SecretBox([new]).decrypt(rotated) == "s3cret"
+
+
+def test_rotate_secrets_command_re_encrypts_stored_passwords(tmp_path):
+    instance = tmp_path / "instance"
+    app = create_app(instance_path=str(instance))
+    with app.app_context():
+        portal_id = _portal(app)
+        box = app.extensions["mailroom.secrets"]
+        db.session().add(MailServer(portal_id=portal_id, host="h", password_secret=box.encrypt("pw-1")))
+        db.session().commit()
+    result = app.test_cli_runner().invoke(args=["rotate-secrets"])
+    assert "Re-encrypted 1" in result.output
+    keys = [line for line in (instance / "secret-keys").read_text().splitlines() if not line.startswith("#")]
+    assert len(keys) == 2
+    with app.app_context():
+        token = db.session().exec(select(MailServer)).one().password_secret
+    assert SecretBox(keys[:1]).decrypt(token) == "pw-1"  # readable with the new key alone
+
+
+def _portal(app) -> int:
+    from webapp.models import Portal
+
+    portal = Portal(slug="p", name="P")
+    db.session().add(portal)
+    db.session().commit()
+    return portal.id
