@@ -1,0 +1,240 @@
+"""Pytest plugin: real SMTP servers (aiosmtpd) on 127.0.0.1 to test against.
+
+    def test_x(smtp_peer):
+        peer = smtp_peer("starttls")   # started now, stopped at teardown
+        peer.host, peer.port, peer.username, peer.password, peer.ca_pem, peer.kind
+        peer.messages                  # [ReceivedMail(mail_from, rcpt_tos, message, data)]
+
+Kinds (see KINDS):
+  starttls       STARTTLS and AUTH required (PLAIN, LOGIN, CRAM-MD5); cert for localhost/127.0.0.1
+  tls            implicit TLS, AUTH required (PLAIN, LOGIN only)
+  plain          no TLS, no AUTH, accepts everything
+  reject         like starttls, but every credential is refused (535)
+  untrusted      like starttls, certificate from a CA the client is not given
+  wrong_name     like starttls, certificate only for mail.example.test
+  expired        like starttls, certificate expired on 2020-01-31
+  refuse_sender  plain, MAIL FROM answered "550 5.7.1 Sender not allowed"
+  silent         a TCP listener that accepts and never greets
+  closed         nothing listens on the port (connection refused)
+"""
+import email
+import hmac
+import secrets
+import socket
+import ssl
+import threading
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email import policy
+from email.message import EmailMessage
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+
+USERNAME = "mailer@example.test"
+PASSWORD = "s3cret-Pass!"
+SERVER_NAME = "mx.peer.test"
+
+
+@dataclass
+class ReceivedMail:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    data: bytes
+
+
+@dataclass
+class Peer:
+    kind: str
+    port: int
+    ca_pem: str
+    host: str = "127.0.0.1"
+    username: str = USERNAME
+    password: str = PASSWORD
+    messages: list[ReceivedMail] = field(default_factory=list)
+    _stop: object = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop()
+            self._stop = None
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (aiosmtpd's Controller can't take port=0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --- aiosmtpd handlers -------------------------------------------------------
+
+class Recorder:
+    """Accepts every message and keeps it in `messages`."""
+
+    def __init__(self, messages: list[ReceivedMail], accept_credentials: bool = True):
+        self.messages = messages
+        self.accept_credentials = accept_credentials
+
+    def check_credentials(self, login: bytes, password: bytes) -> bool:
+        return (self.accept_credentials and login == USERNAME.encode()
+                and hmac.compare_digest(password, PASSWORD.encode()))
+
+    def authenticator(self, server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and self.check_credentials(*auth_data)
+        return AuthResult(success=ok, handled=False, auth_data=auth_data)
+
+    async def handle_DATA(self, server, session, envelope):
+        data = envelope.original_content or envelope.content
+        self.messages.append(ReceivedMail(
+            mail_from=envelope.mail_from,
+            rcpt_tos=list(envelope.rcpt_tos),
+            message=email.message_from_bytes(data, policy=policy.default),
+            data=data,
+        ))
+        return f"250 2.0.0 Ok: queued as {secrets.token_hex(4).upper()}"
+
+
+class CramMd5Recorder(Recorder):
+    """Also offers CRAM-MD5, which aiosmtpd does not build in."""
+
+    async def auth_CRAM__MD5(self, server, args) -> AuthResult:  # offered as "CRAM-MD5"
+        challenge = f"<{secrets.token_hex(8)}@{SERVER_NAME}>".encode()
+        answer = await server.challenge_auth(challenge)
+        if answer is MISSING:
+            return AuthResult(success=False, handled=True)  # challenge_auth replied 501
+        login, _, digest = answer.partition(b" ")
+        expected = hmac.new(PASSWORD.encode(), challenge, "md5").hexdigest().encode()
+        ok = (self.accept_credentials and login == USERNAME.encode()
+              and hmac.compare_digest(digest, expected))
+        return AuthResult(success=ok, handled=False, auth_data=LoginPassword(login, b""))
+
+
+class SenderRefuser(Recorder):
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        return "550 5.7.1 Sender not allowed"
+
+
+# --- certificates ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def smtp_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def smtp_ca_pem(smtp_ca) -> str:
+    return smtp_ca.cert_pem.bytes().decode()
+
+
+def _server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    return context
+
+
+def _certificate(kind: str, ca: trustme.CA) -> trustme.LeafCert:
+    if kind == "untrusted":
+        return trustme.CA().issue_cert("localhost", "127.0.0.1")
+    if kind == "wrong_name":
+        return ca.issue_cert("mail.example.test")
+    if kind == "expired":
+        return ca.issue_cert("localhost", "127.0.0.1",
+                             not_before=datetime(2019, 1, 1, tzinfo=timezone.utc),
+                             not_after=datetime(2020, 1, 31, tzinfo=timezone.utc))
+    return ca.issue_cert("localhost", "127.0.0.1")
+
+
+# --- peers ------------------------------------------------------------------------
+
+class _QuietController(Controller):
+    """aiosmtpd warns when AUTH is required without STARTTLS; with implicit TLS that is fine."""
+
+    def factory(self):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+            return super().factory()
+
+
+def _start_aiosmtpd(kind: str, ca: trustme.CA, messages: list) -> tuple[int, object]:
+    port = free_port()
+    common = dict(hostname="127.0.0.1", port=port, server_hostname=SERVER_NAME, ready_timeout=5.0)
+    if kind in ("plain", "refuse_sender"):
+        handler = (SenderRefuser if kind == "refuse_sender" else Recorder)(messages)
+        controller = Controller(handler, **common)
+    elif kind == "tls":
+        handler = Recorder(messages)
+        controller = _QuietController(
+            handler, ssl_context=_server_context(_certificate(kind, ca)),
+            authenticator=handler.authenticator, auth_required=True, auth_require_tls=False,
+            **common)
+    else:  # starttls, reject, untrusted, wrong_name, expired
+        handler = CramMd5Recorder(messages, accept_credentials=(kind != "reject"))
+        controller = Controller(
+            handler, tls_context=_server_context(_certificate(kind, ca)), require_starttls=True,
+            authenticator=handler.authenticator, auth_required=True, **common)
+    controller.start()
+    return port, controller.stop
+
+
+class _SilentListener:
+    """Accepts TCP connections and never says a word until stopped."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name="silent-peer")
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.connections.append(self.sock.accept()[0])
+            except TimeoutError:
+                continue
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        for conn in [*self.connections, self.sock]:
+            conn.close()
+
+
+KINDS = ("starttls", "tls", "plain", "reject", "untrusted", "wrong_name", "expired",
+         "refuse_sender", "silent", "closed")
+
+
+def start_peer(kind: str, ca: trustme.CA, ca_pem: str) -> Peer:
+    if kind not in KINDS:
+        raise ValueError(f"unknown SMTP peer kind {kind!r}; known: {', '.join(KINDS)}")
+    peer = Peer(kind=kind, port=0, ca_pem=ca_pem)
+    if kind == "silent":
+        listener = _SilentListener()
+        peer.port, peer._stop = listener.port, listener.stop
+    elif kind == "closed":
+        peer.port = free_port()
+    else:
+        peer.port, peer._stop = _start_aiosmtpd(kind, ca, peer.messages)
+    return peer
+
+
+@pytest.fixture
+def smtp_peer(smtp_ca, smtp_ca_pem):
+    """Factory: smtp_peer(kind) -> Peer, running until the test ends."""
+    started: list[Peer] = []
+
+    def start(kind: str) -> Peer:
+        peer = start_peer(kind, smtp_ca, smtp_ca_pem)
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()

@@ -1,0 +1,111 @@
+from datetime import datetime, timedelta, timezone
+from email import message_from_bytes, policy
+
+import pytest
+
+from webapp.mail.config import Sender
+from webapp.mail.message import build_message, envelope_address, sample_message
+
+NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+
+
+def reparsed(message):
+    return message_from_bytes(message.as_bytes(), policy=policy.default)
+
+
+def test_headers():
+    sender = Sender("mailer@example.test", "Portal Mailer", reply_to="help@example.test")
+    message = build_message(sender, ["ann@example.org", "Bob <bob@example.org>"], "Hello",
+                            "Body\n", cc=["cc@example.org"], bcc=["hidden@example.org"], now=NOW)
+
+    assert message["From"] == "Portal Mailer <mailer@example.test>"
+    assert message["Reply-To"] == "help@example.test"
+    assert message["To"] == "ann@example.org, Bob <bob@example.org>"
+    assert message["Cc"] == "cc@example.org"
+    assert message["Bcc"] == "hidden@example.org"  # kept for the envelope; send() drops it
+    assert message["Subject"] == "Hello"
+    assert message["Date"] == "Mon, 06 May 2024 07:08:09 +0000"
+    assert message["Message-ID"].startswith("<") and message["Message-ID"].endswith("@example.test>")
+    assert message.get_content() == "Body\n"
+
+
+def test_no_reply_to_unless_set():
+    message = build_message(Sender("a@example.test"), ["b@example.org"], "s", "t")
+    assert message["Reply-To"] is None
+    assert message["From"] == "a@example.test"
+
+
+def test_message_id_domain_and_naive_time():
+    message = build_message(Sender("a@example.test"), ["b@example.org"], "s", "t",
+                            message_id_domain="portal.example", now=datetime(2024, 1, 2, 3, 4, 5))
+    assert message["Message-ID"].endswith("@portal.example>")
+    assert message["Date"] == "Tue, 02 Jan 2024 03:04:05 +0000"
+
+
+def test_non_ascii_sender_name_is_encoded():
+    message = build_message(Sender("mailer@example.test", "Jörg Müller"), ["b@example.org"],
+                            "Grüße", "Hällo\n")
+    raw = message.as_bytes()
+
+    assert raw.isascii()
+    assert b"=?utf-8?" in raw
+    again = reparsed(message)
+    assert again["From"] == "Jörg Müller <mailer@example.test>"
+    assert again["Subject"] == "Grüße"
+    assert again.get_content() == "Hällo\n"
+
+
+def test_idn_address_uses_ascii_domain():
+    message = build_message(Sender("admin@bücher.example", "Admin"), ["info@münchen.example"],
+                            "s", "t")
+
+    assert message["From"] == "Admin <admin@xn--bcher-kva.example>"
+    assert message["To"] == "info@xn--mnchen-3ya.example"
+    assert message["Message-ID"].endswith("@xn--bcher-kva.example>")
+    assert message.as_bytes().isascii()
+    assert envelope_address("admin@bücher.example") == "admin@xn--bcher-kva.example"
+
+
+def test_non_ascii_local_part_needs_smtputf8_policy():
+    message = build_message(Sender("jörg@example.test"), ["b@example.org"], "s", "t")
+    assert message.policy.utf8
+    assert "jörg@example.test".encode() in message.as_bytes()
+
+
+@pytest.mark.parametrize("field", ["subject", "name", "address", "reply_to", "to", "cc", "bcc"])
+@pytest.mark.parametrize("evil", ["\r\n", "\n", "\r"])
+def test_line_breaks_in_header_values_are_rejected(field, evil):
+    injected = f"x{evil}Bcc: victim@example.org"
+    sender = Sender(
+        address=injected if field == "address" else "a@example.test",
+        name=injected if field == "name" else "",
+        reply_to=injected if field == "reply_to" else "",
+    )
+    kwargs = {field: [injected]} if field in ("cc", "bcc") else {}
+    to = [injected] if field == "to" else ["b@example.org"]
+    with pytest.raises(ValueError):
+        build_message(sender, to, injected if field == "subject" else "s", "t", **kwargs)
+
+
+def test_not_an_address_is_rejected():
+    with pytest.raises(ValueError):
+        build_message(Sender("a@example.test"), ["not an address"], "s", "t")
+
+
+def test_sample_message():
+    sender = Sender("mailer@example.test", "Portal")
+    now = datetime(2024, 5, 6, 9, 8, 9, tzinfo=timezone(timedelta(hours=2)))
+    message = sample_message(sender, "admin@example.org", "City Portal", "Office 365", now)
+
+    assert message["Subject"] == "Mailroom sample mail from City Portal via Office 365"
+    assert message["To"] == "admin@example.org"
+    assert message["From"] == "Portal <mailer@example.test>"
+    assert message["Date"] == "Mon, 06 May 2024 07:08:09 +0000"
+    body = message.get_content()
+    assert "City Portal" in body and "Office 365" in body
+    assert "2024-05-06 07:08:09 UTC" in body
+
+
+def test_sample_message_rejects_line_breaks_in_names():
+    with pytest.raises(ValueError):
+        sample_message(Sender("a@example.test"), "b@example.org", "Portal\nBcc: x@y.z", "S", NOW)

@@ -1,0 +1,120 @@
+"""Building the EmailMessage objects that the transports send.
+
+Addresses: an internationalised domain (admin@bücher.example) is written in its
+ASCII form (admin@xn--bcher-kva.example), which every server accepts. Only a
+non-ASCII local part (jörg@example.org) needs SMTPUTF8; such messages get
+email.policy.SMTPUTF8, all others email.policy.default (non-ASCII display names
+and subjects become RFC 2047 encoded words).
+
+Bcc: build_message() keeps a Bcc header on the message so the transport knows
+the blind recipients. smtp.send() reads To/Cc/Bcc for RCPT TO and removes Bcc
+from the copy it transmits (see smtp._Outgoing); the caller's message is never
+changed.
+"""
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from email import policy as email_policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid, parseaddr
+
+from .config import Sender
+
+RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
+
+
+def build_message(
+    sender: Sender,
+    to: Iterable[str],
+    subject: str,
+    text: str,
+    *,
+    cc: Iterable[str] = (),
+    bcc: Iterable[str] = (),
+    message_id_domain: str | None = None,
+    now: datetime | None = None,
+) -> EmailMessage:
+    """A plain-text message from `sender`. Raises ValueError for a CR/LF in a header
+    value or something that is not an email address."""
+    recipients = {"To": _as_list(to), "Cc": _as_list(cc), "Bcc": _as_list(bcc)}
+    _reject_line_breaks(subject, sender.address, sender.name, sender.reply_to,
+                        message_id_domain or "", *[a for v in recipients.values() for a in v])
+    from_ = parse_address(sender.address, sender.name)
+    reply_to = parse_address(sender.reply_to) if sender.reply_to else None
+    headers = {field: [parse_address(a) for a in addrs] for field, addrs in recipients.items()}
+
+    everyone = [from_, *([reply_to] if reply_to else []), *sum(headers.values(), [])]
+    message = EmailMessage(policy=_policy_for(everyone))
+    message["From"] = from_
+    if reply_to:
+        message["Reply-To"] = reply_to
+    for field, addresses in headers.items():
+        if addresses:
+            message[field] = addresses
+    message["Subject"] = subject
+    message["Date"] = format_datetime(_utc(now or datetime.now(timezone.utc)))
+    message["Message-ID"] = make_msgid(domain=ascii_domain(message_id_domain or from_.domain))
+    message.set_content(text, cte=None if text.isascii() else "quoted-printable")
+    return message
+
+
+def sample_message(
+    sender: Sender, to: str, portal_name: str, server_label: str, now: datetime
+) -> EmailMessage:
+    """The "Send a sample mail" message: says which portal sent it, through which server, when."""
+    server = server_label or "the configured mail server"
+    when = _utc(now).strftime("%Y-%m-%d %H:%M:%S UTC")
+    subject = f"Mailroom sample mail from {portal_name} via {server}"
+    text = (
+        "Hello,\n\n"
+        f"this is a sample mail from Mailroom, sent by the portal {portal_name} "
+        f"through the mail server {server}.\n\n"
+        f"Portal:      {portal_name}\n"
+        f"Mail server: {server}\n"
+        f"Sent at:     {when}\n\n"
+        "If you can read this, the portal can send mail with these settings.\n"
+    )
+    return build_message(sender, [to], subject, text, now=now)
+
+
+def parse_address(text: str, name: str = "") -> Address:
+    """'Jane <jane@bücher.example>' or 'jane@bücher.example' -> Address with an ASCII domain."""
+    display_name, addr_spec = parseaddr(text.strip())
+    local, at, domain = addr_spec.rpartition("@")
+    if not (local and at and domain):
+        raise ValueError(f"not an email address: {text!r}")
+    return Address(display_name=name or display_name, username=local, domain=ascii_domain(domain))
+
+
+def envelope_address(text: str) -> str:
+    """The bare address for MAIL FROM / RCPT TO, domain in ASCII. A non-ASCII result needs SMTPUTF8."""
+    return parse_address(text).addr_spec
+
+
+def ascii_domain(domain: str) -> str:
+    """bücher.example -> xn--bcher-kva.example (IDNA); ValueError if it can't be a domain."""
+    try:
+        return domain.strip().rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise ValueError(f"not a valid domain: {domain!r}") from None
+
+
+def _policy_for(addresses: list[Address]):
+    needs_utf8 = any(not address.username.isascii() for address in addresses)
+    return email_policy.SMTPUTF8 if needs_utf8 else email_policy.default
+
+
+def _reject_line_breaks(*values: str) -> None:
+    for value in values:
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header values may not contain line breaks: {value!r}")
+
+
+def _as_list(addresses: Iterable[str] | str) -> list[str]:
+    return [addresses] if isinstance(addresses, str) else list(addresses)
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
