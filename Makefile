@@ -8,7 +8,7 @@ PORT ?= 8000
 WORKERS ?= 2
 THREADS ?= 8
 VENDOR := webapp/static/vendor
-GUNICORN := $(BIN)/gunicorn --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --timeout 120
+GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --timeout 120
 
 .PHONY: run test test-postgres serve assets venv test-deps bench clean
 

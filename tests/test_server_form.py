@@ -228,3 +228,9 @@ def test_toggle_move_and_remove(app, admin, make, portal):
 def _events(app):
     with app.app_context():
         return db.session().exec(select(AuditEvent)).all()
+
+
+def test_htmx_attributes_are_rendered_as_htmx_reads_them(admin):
+    page = admin.get(NEW).text
+    assert 'hx-post="/p/help/servers/new/section/tls"' in page
+    assert "hx_" not in page
