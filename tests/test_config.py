@@ -10,11 +10,11 @@ from webapp.models import MailServer
 def test_layers_defaults_then_instance_file_then_environment(tmp_path, monkeypatch):
     instance = tmp_path / "instance"
     instance.mkdir()
-    (instance / "config.py").write_text("VALIDATE_TIMEOUT_CAP = 30\nTRUSTED_PROXIES = 1\n")
-    monkeypatch.setenv("MAILROOM_VALIDATE_TIMEOUT_CAP", "45")
+    (instance / "config.py").write_text("TRUSTED_PROXIES = 1\nSESSION_COOKIE_SECURE = True\n")
+    monkeypatch.setenv("MAILROOM_TRUSTED_PROXIES", "2")
     app = create_app(instance_path=str(instance))
-    assert app.config["VALIDATE_TIMEOUT_CAP"] == 45  # environment wins, typed
-    assert app.config["TRUSTED_PROXIES"] == 1  # instance file
+    assert app.config["TRUSTED_PROXIES"] == 2  # environment wins, typed
+    assert app.config["SESSION_COOKIE_SECURE"] is True  # instance file
     assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"  # default
     assert app.config["DATABASE_URL"] == f"sqlite:///{instance / 'mailroom.sqlite3'}"
 

@@ -15,7 +15,6 @@ class Defaults:
     PREFERRED_URL_SCHEME = "http"
     TRUSTED_PROXIES = 0  # how many proxies in front of gunicorn set X-Forwarded-*
     AUTO_MIGRATE = None  # None: upgrade automatically only on the embedded SQLite default
-    VALIDATE_TIMEOUT_CAP = 60  # seconds; Validate never waits longer than this
 
 
 def load(app, overrides: dict | None = None) -> None:
