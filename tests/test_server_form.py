@@ -234,3 +234,13 @@ def test_htmx_attributes_are_rendered_as_htmx_reads_them(admin):
     page = admin.get(NEW).text
     assert 'hx-post="/p/help/servers/new/section/tls"' in page
     assert "hx_" not in page
+
+
+def test_editing_a_server_without_tls_keeps_certificate_verification_when_tls_is_chosen(app, admin, make, portal):
+    server = make.server(portal, security="none", verify_cert=True)
+    page = admin.get(f"/p/help/servers/{server.id}/edit").text
+    assert '<input type="hidden" name="verify_cert" value="y">' in page
+    posted = {**VALID, "security": "starttls", "verify_cert": "y", "_shown": ["smtp", "tls"]}
+    swapped = admin.post(f"/p/help/servers/{server.id}/section/tls", posted, htmx=True,
+                         headers={"HX-Trigger-Name": "security"})
+    assert re.search(r'<input[^>]*checked[^>]*name="verify_cert"', swapped.text)

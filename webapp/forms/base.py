@@ -1,7 +1,7 @@
 """The base form: trims text, refuses line breaks in one-line fields, knows its hidden sections."""
 from flask import request
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, StringField, TextAreaField
+from wtforms import BooleanField, PasswordField, StringField, TextAreaField
 
 
 def _strip(value):
@@ -43,14 +43,23 @@ class SectionedForm(BaseForm):
         super().__init__(*args, **kwargs)
         self.hidden_sections = {name for name, (shown, _) in self.SECTIONS.items() if not shown(self)}
         self._default_unseen_sections()
-        self.carried = {}
+        self.carried = {}  # name -> value of a hidden section's field, rendered as a hidden input
         for name in self.hidden_sections:
             for field_name in self.SECTIONS[name][1]:
                 if field_name in self._fields:
-                    field = self._fields[field_name]
-                    if not isinstance(field, PasswordField) and field.raw_data:
-                        self.carried[field_name] = field.raw_data[0]
+                    self._carry(self._fields[field_name])
                     del self[field_name]
+
+    def _carry(self, field) -> None:
+        if isinstance(field, PasswordField):
+            return
+        if isinstance(field, BooleanField):
+            if field.data:
+                self.carried[field.name] = "y"
+        else:
+            value = field._value() if hasattr(field, "_value") else field.data
+            if value not in (None, ""):
+                self.carried[field.name] = str(value)
 
     def _default_unseen_sections(self) -> None:
         """A section that was not on the page when it was posted starts from its defaults.

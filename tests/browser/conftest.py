@@ -1,0 +1,116 @@
+"""Browser tests: the app served over real HTTP on 127.0.0.1, driven by headless Chromium.
+
+Fixtures:
+    live_url     the base URL of the `app` fixture served by werkzeug in a thread (per test)
+    chromium     one headless Chromium for the whole session (Debian's /usr/bin/chromium)
+    page         a fresh browser context and page per test; the test fails if the page logs a
+                 console error, throws an uncaught exception or reports a CSP violation
+    page_problems  what `page` collected so far (a test may assert on it before it ends)
+
+All tests here carry the `browser` marker: deselect them with -m "not browser".
+"""
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+CHROMIUM = os.environ.get("MAILROOM_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+HERE = Path(__file__).resolve().parent
+
+# Reports every Content-Security-Policy violation, whether or not Chromium also logs it.
+CSP_LISTENER = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__mailroomCspViolation(
+    `${event.violatedDirective} blocked ${event.blockedURI || "inline"} at ${event.sourceFile || event.documentURI}:${event.lineNumber}`);
+}, true);
+"""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives the app in a real headless Chromium (deselect with -m 'not browser')")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.browser)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_url(app):
+    """The app on http://127.0.0.1:<port>, served until the test ends (the `app` fixture is per test)."""
+    server = make_server("127.0.0.1", _free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class PageProblems(list):
+    """Console errors, uncaught exceptions and CSP violations seen in a test's pages."""
+
+    def describe(self) -> str:
+        return "\n".join(f"  - {problem}" for problem in self)
+
+
+# The app answers a form with errors with 422 and a stale edit with 409, on purpose (htmx swaps
+# them, see static/app.js); Chromium still logs "Failed to load resource" for them.
+EXPECTED_STATUS = re.compile(r"^Failed to load resource: the server responded with a status of (409|422)\b")
+
+
+def _is_expected(message, base_url: str) -> bool:
+    url = message.location.get("url", "")
+    if url == f"{base_url}/favicon.ico":  # Chromium asks by itself; the app has none
+        return True
+    return url.startswith(f"{base_url}/") and bool(EXPECTED_STATUS.match(message.text))
+
+
+@pytest.fixture
+def page_problems() -> PageProblems:
+    return PageProblems()
+
+
+@pytest.fixture
+def page(chromium, live_url, page_problems):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=10_000)
+    context = chromium.new_context(base_url=live_url, locale="en-US", timezone_id="UTC")
+    context.set_default_timeout(10_000)
+    context.expose_binding("__mailroomCspViolation",
+                           lambda source, text: page_problems.append(f"CSP violation: {text} ({source['frame'].url})"))
+    context.add_init_script(CSP_LISTENER)
+    page = context.new_page()
+    page.on("console", lambda message: page_problems.append(
+        f"console {message.type}: {message.text} ({message.location.get('url', '')})")
+        if message.type == "error" and not _is_expected(message, live_url) else None)
+    page.on("pageerror", lambda error: page_problems.append(f"uncaught exception: {error}"))
+    yield page
+    context.close()
+    assert not page_problems, "the page reported problems:\n" + page_problems.describe()
