@@ -9,7 +9,7 @@ from webapp import db
 from webapp.models import Membership, Role
 
 # Endpoints a staff member may use; every other portal route is for admins only.
-STAFF_ENDPOINTS = {"servers.index", "servers.sample", "portals.history"}
+STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history"}
 PUBLIC_ENDPOINTS = {"auth.login", "static"}
 
 

@@ -93,3 +93,29 @@ def test_command_line_administration(app):
         membership = db.session().exec(select(Membership)).one()
         assert membership.role == Role.ADMIN
         assert db.session().exec(select(User).where(User.email == "boss@example.com")).one().is_superadmin
+
+
+def test_the_last_admin_of_a_portal_cannot_be_removed_or_demoted(app, admin):
+    with app.app_context():
+        membership = db.session().exec(select(Membership)).one()
+    demoted = admin.post(f"/p/help/members/{membership.id}/role", {"role": "staff"})
+    removed = admin.post(f"/p/help/members/{membership.id}/remove")
+    assert demoted.status_code == removed.status_code == 303
+    page = admin.get("/p/help/members").text
+    assert "needs at least one admin" in page
+    with app.app_context():
+        assert db.session().exec(select(Membership)).one().role == Role.ADMIN
+
+
+def test_users_change_their_own_password(make, client):
+    make.user("someone@example.com")
+    client.login("someone@example.com")
+    wrong = client.post("/account/password", {"current": "not it", "new": "a new long password",
+                                              "confirm": "a new long password"})
+    assert wrong.status_code == 422 and "not your current password" in wrong.text
+    changed = client.post("/account/password", {"current": "correct horse battery", "new": "a new long password",
+                                                "confirm": "a new long password"})
+    assert changed.status_code == 303
+    client.post("/logout")
+    client._token = None
+    client.login("someone@example.com", "a new long password")

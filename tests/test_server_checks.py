@@ -128,3 +128,15 @@ def test_staff_cannot_validate(staff, smtp_peer):
     assert staff.post("/p/help/servers/new/validate", {}).status_code == 403
 
 
+
+
+def test_staff_validate_a_saved_server_from_the_list_and_the_row_keeps_the_result(app, admin, staff, smtp_peer):
+    peer = smtp_peer("reject")
+    server = saved_server(app, admin, peer_form(peer))
+    response = staff.post(f"/p/help/servers/{server.id}/check", htmx=True)
+    assert response.status_code == 200
+    assert response.text.strip().startswith('<div id="server-list">')
+    assert "Validation failed" in response.text and "535" in response.text
+    listing = staff.get("/p/help/servers/").text
+    assert "Failed" in listing and "Authenticate" in listing
+    assert peer.password not in response.text + listing

@@ -38,7 +38,7 @@ def init(email, url):
     password = secrets.token_urlsafe(12)
     people.create_user(email, password, name="Administrator", superadmin=True)
     click.echo(f"\nCreated the first super-admin. Sign in at {url}\n  email:    {email}\n  password: {password}\n"
-               "Change it by creating your own super-admin under Users.\n")
+               "Change it after signing in: click your email at the top right.\n")
 
 
 @click.command("create-user")

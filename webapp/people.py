@@ -71,9 +71,20 @@ def add_member(portal: Portal, user: User, role: Role) -> Membership:
     return membership
 
 
+def _keep_an_admin(portal: Portal, membership: Membership) -> None:
+    """Refuse to leave a portal without an admin."""
+    if membership.role != Role.ADMIN:
+        return
+    others = db.session().exec(select(Membership).where(
+        Membership.portal_id == portal.id, Membership.role == Role.ADMIN, Membership.id != membership.id)).first()
+    if others is None:
+        raise Conflict("A portal needs at least one admin: make someone else admin first.")
+
+
 def change_role(portal: Portal, membership: Membership, role: Role) -> None:
     if membership.role == role:
         return
+    _keep_an_admin(portal, membership)
     user = db.session().get(User, membership.user_id)
     audit.record("membership.updated", f"member {user.email}", {"role": [str(membership.role), str(role)]},
                  portal.id)
@@ -83,7 +94,15 @@ def change_role(portal: Portal, membership: Membership, role: Role) -> None:
 
 
 def remove_member(portal: Portal, membership: Membership) -> None:
+    _keep_an_admin(portal, membership)
     user = db.session().get(User, membership.user_id)
     audit.record("membership.removed", f"member {user.email}", {"role": [str(membership.role), None]}, portal.id)
     db.session().delete(membership)
+    db.session().commit()
+
+
+def change_password(user: User, password: str) -> None:
+    user.password_hash = hash_password(password)
+    db.session().add(user)
+    audit.record("user.password_changed", f"user {user.email}")
     db.session().commit()

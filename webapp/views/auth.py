@@ -1,9 +1,10 @@
 from urllib.parse import urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import login_required, login_user, logout_user
+from flask_login import current_user, login_required, login_user, logout_user
 
-from ..forms.auth import LoginForm
+from .. import people
+from ..forms.auth import LoginForm, PasswordForm
 from ..security import authenticate
 
 bp = Blueprint("auth", __name__)
@@ -28,6 +29,20 @@ def logout():
     logout_user()
     flash("You are signed out.")
     return redirect(url_for("auth.login"), 303)
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+def password():
+    form = PasswordForm()
+    if form.validate_on_submit():
+        if authenticate(current_user.email, form.current.data) is None:
+            form.current.errors.append("This is not your current password.")
+        else:
+            people.change_password(current_user, form.new.data)
+            flash("Your password is changed.")
+            return redirect(url_for("portals.index"), 303)
+    return render_template("auth/password.html", form=form), 422 if form.is_submitted() else 200
 
 
 def _safe_next(target: str | None) -> str:

@@ -1,4 +1,4 @@
-from flask import Blueprint, flash, g, redirect, render_template, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from sqlmodel import select
 
@@ -76,8 +76,12 @@ def change_role(slug, membership_id):
     membership = _membership_or_404(portal, membership_id)
     form = RoleForm()
     if form.validate_on_submit():
-        people.change_role(portal, membership, Role(form.role.data))
-        flash("Changed the role.")
+        try:
+            people.change_role(portal, membership, Role(form.role.data))
+        except people.Conflict as error:
+            flash(str(error))
+        else:
+            flash("Changed the role.")
     return redirect(url_for("portals.members", slug=slug), 303)
 
 
@@ -85,8 +89,12 @@ def change_role(slug, membership_id):
 @login_required
 def remove_member(slug, membership_id):
     portal = load_portal(slug, Role.ADMIN)
-    people.remove_member(portal, _membership_or_404(portal, membership_id))
-    flash("Removed the member.")
+    try:
+        people.remove_member(portal, _membership_or_404(portal, membership_id))
+    except people.Conflict as error:
+        flash(str(error))
+    else:
+        flash("Removed the member.")
     return redirect(url_for("portals.members", slug=slug), 303)
 
 
@@ -102,8 +110,6 @@ def history(slug):
 
 
 def _membership_or_404(portal, membership_id):
-    from flask import abort
-
     membership = people.get_membership(portal, membership_id)
     if membership is None:
         abort(404)

@@ -86,6 +86,17 @@ def validate(slug, server_id=None):
     return page_or_fragment("servers/edit.html", "servers/_report.html", form=form, server=server, report=report)
 
 
+@bp.post("/<int:server_id>/check")
+@login_required
+def check(slug, server_id):
+    """Validate the saved settings from the list; the row keeps the result."""
+    portal = load_portal(slug)
+    server = _server_or_404(portal, server_id)
+    report = transport_for(server.protocol).check(mailservers.config_for(server))
+    mailservers.remember_check(server, report)
+    return _list(portal, checked=server, report=report)
+
+
 @bp.post("/<int:server_id>/toggle")
 @login_required
 def toggle(slug, server_id):
@@ -163,6 +174,6 @@ def _edit_page(form, server, status=200):
     return render_template("servers/edit.html", form=form, server=server), status
 
 
-def _list(portal):
+def _list(portal, **context):
     servers = mailservers.servers_of(portal)
-    return page_or_fragment("servers/index.html", "servers/_list.html", servers=servers)
+    return page_or_fragment("servers/index.html", "servers/_list.html", servers=servers, **context)
