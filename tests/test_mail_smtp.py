@@ -9,6 +9,8 @@ from webapp.mail import smtp
 from webapp.mail.config import AuthMechanism, Security, Sender, ServerConfig, SmtpSettings
 from webapp.mail.message import build_message, sample_message
 from webapp.mail.report import DeliveryError, Outcome, Report
+from webapp.mail.smtp_failures import explain_reply
+from webapp.mail.smtp_session import Rejected
 
 SENDER = Sender("mailer@example.test", "Portal Mailer", reply_to="help@example.test")
 
@@ -398,9 +400,9 @@ def test_network_guard_keeps_tests_off_the_network():
 
 
 def test_exchange_online_basic_auth_points_to_oauth():
-    rejected = smtp._Rejected(
+    rejected = Rejected(
         550, "5.7.30 Basic authentication is not supported for Client Submission")
-    explained = smtp._explain_reply("MAIL FROM", rejected)
+    explained = explain_reply("MAIL FROM", rejected)
 
     assert explained.summary.startswith("550: Exchange Online")
     assert "OAuth 2.0" in explained.hint

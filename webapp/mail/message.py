@@ -8,7 +8,7 @@ and subjects become RFC 2047 encoded words).
 
 Bcc: build_message() keeps a Bcc header on the message so the transport knows
 the blind recipients. smtp.send() reads To/Cc/Bcc for RCPT TO and removes Bcc
-from the copy it transmits (see smtp._Outgoing); the caller's message is never
+from the copy it transmits (see smtp_steps.prepare); the caller's message is never
 changed.
 """
 from collections.abc import Iterable

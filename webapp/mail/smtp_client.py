@@ -1,0 +1,82 @@
+"""smtplib.SMTP on a socket we connected ourselves, kept to a Deadline, recording a
+transcript that never shows AUTH arguments or the lines answering a 334 challenge."""
+import base64
+import socket
+from smtplib import SMTP, SMTPServerDisconnected
+
+from .deadline import Deadline, DeadlineFile, sendall_within
+
+REDACTED = "********"
+
+
+class Client(SMTP):
+    def __init__(self, sock: socket.socket, server_name: str, local_hostname: str,
+                 deadline: Deadline, transcript: list[str]):
+        super().__init__(local_hostname=local_hostname)  # no host: smtplib does not connect
+        self.sock, self.server_name = sock, server_name
+        self._deadline, self._transcript = deadline, transcript
+        self._last_code: int | None = None
+
+    def send(self, s) -> None:
+        if self.sock is None:
+            raise SMTPServerDisconnected("the connection is closed")
+        self._record_sent(s)
+        data = s.encode(self.command_encoding) if isinstance(s, str) else s
+        sendall_within(self._deadline, self.sock, data)
+
+    def getreply(self):
+        if self.file is None and self.sock is not None:
+            self.file = DeadlineFile(self.sock, self._deadline)
+        code, text = super().getreply()
+        self._last_code = code
+        lines = text.decode("utf-8", "replace").split("\n")
+        for number, line in enumerate(lines, 1):
+            self._transcript.append(f"S: {code}{' ' if number == len(lines) else '-'}{line}")
+        return code, text
+
+    def _record_sent(self, s) -> None:
+        if self._last_code == 354:  # the message itself, after DATA
+            self._transcript += [f"C: <message, {len(s)} bytes>", "C: ."]
+            return
+        for line in (s.decode("utf-8", "replace") if isinstance(s, bytes) else s).splitlines():
+            self._transcript.append("C: " + self._redact(line))
+
+    def _redact(self, line: str) -> str:
+        if self._last_code == 334:  # answering an AUTH challenge
+            return REDACTED
+        words = line.split()
+        if words and words[0].upper() == "AUTH":
+            return " ".join(words[:2] + ([REDACTED] if len(words) > 2 else []))
+        return line
+
+    def auth(self, mechanism, authobject, *, initial_response_ok=True):
+        """smtplib's auth(), but UTF-8 instead of ASCII (RFC 4616) and never raising on a
+        reply: returns (code, text) and the caller checks for 235."""
+        initial = authobject() if initial_response_ok else None
+        if initial is None:
+            code, text = self.docmd("AUTH", mechanism)
+            self._auth_challenge_count = 0
+        else:
+            code, text = self.docmd("AUTH", f"{mechanism} {b64(initial)}")
+            self._auth_challenge_count = 1
+        while code == 334 and self._auth_challenge_count < 5:
+            self._auth_challenge_count += 1
+            code, text = self.docmd(b64(authobject(base64.decodebytes(text))))
+        return code, text
+
+    def start_over(self) -> None:
+        """After STARTTLS: RFC 3207 says forget what the server offered before."""
+        self.file = None
+        self.helo_resp = self.ehlo_resp = None
+        self.esmtp_features = {}
+        self.does_esmtp = False
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def one_line(reply: bytes | str) -> str:
+    """A reply's text with its line breaks and runs of spaces as single spaces."""
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())

@@ -1,0 +1,269 @@
+"""Why a step failed, in plain words: what happened (summary) and what to try (hint).
+
+explain() turns whatever a step raised into a StepFailed, explain_reply() does so for
+an unexpected SMTP reply, and certificate_failure() for a certificate that did not verify.
+"""
+import re
+import socket
+import ssl
+from smtplib import SMTPException, SMTPServerDisconnected
+
+from cryptography import x509
+
+from .config import Security, SmtpSettings
+from .deadline import DeadlineExceeded
+from .smtp_session import Rejected, Session, StepFailed
+from .tls import certificate_details, certificate_names, format_utc
+
+SECURITY_LABELS = {
+    Security.NONE: "None",
+    Security.STARTTLS: "STARTTLS",
+    Security.TLS: "SSL/TLS",
+    Security.AUTO: "Automatic",
+}
+
+
+def explain(name: str, exc: Exception, s: Session) -> StepFailed:
+    """Turn an exception at step `name` into words; first matching type wins."""
+    explainer = next(explainer for kind, explainer in _EXPLAINERS if isinstance(exc, kind))
+    return explainer(name, exc, s)
+
+
+def explain_reply(name: str, exc: Rejected, s: Session | None = None) -> StepFailed:
+    meaning, hint = _reply_meaning(name, exc.code, exc.text)
+    nature = {4: "a temporary error: trying again later may work",
+              5: "a permanent error"}.get(exc.code // 100, "an unexpected reply")
+    fill = {"subject": exc.subject or "it", "code": exc.code}
+    return StepFailed(
+        f'{exc.code}: {meaning.format(**fill)}. The server said "{exc.code} {exc.text}" ({nature})',
+        hint.format(**fill))
+
+
+def certificate_failure(exc: ssl.SSLCertVerificationError, host: str,
+                        cert: x509.Certificate | None) -> StepFailed:
+    """`cert` is the server's certificate, fetched again without verification, if we could."""
+    details = [*(certificate_details(cert) if cert else []),
+               ("Verification", f"failed: {exc.verify_message}")]
+    code = exc.verify_code
+    if code in _NAME_MISMATCH:
+        names = ", ".join(certificate_names(cert)) if cert else "other names"
+        return StepFailed(f"the certificate is for {names}, not for {host}",
+                          f"enter a host name the certificate is for ({names}), or ask for a "
+                          f"certificate that includes {host}", details)
+    if code == _EXPIRED:
+        when = format_utc(cert.not_valid_after_utc) if cert else "some time ago"
+        return StepFailed(f"the server's certificate expired on {when}",
+                          "the mail administrator must renew the certificate", details)
+    if code == _NOT_YET_VALID:
+        when = format_utc(cert.not_valid_before_utc) if cert else "a later date"
+        return StepFailed(f"the server's certificate is only valid from {when}",
+                          "check the clock of this machine and of the server", details)
+    if code in _UNKNOWN_AUTHORITY:
+        issuer = f" ({cert.issuer.rfc4514_string()})" if cert else ""
+        return StepFailed(f"the certificate is signed by an unknown authority{issuer}: "
+                          "add your CA certificate",
+                          "paste the CA certificate (PEM) into the CA certificate field; turning "
+                          "verification off works too, but lets anyone in between read the "
+                          "password", details)
+    return StepFailed(f"the certificate could not be verified: {exc.verify_message}",
+                      "ask the mail administrator to check the certificate", details)
+
+
+def _reply_meaning(name: str, code: int, text: str) -> tuple[str, str]:
+    for pattern, meaning, hint in _SPECIAL_REPLIES:
+        if pattern.search(text):
+            return meaning, hint
+    family = f"{code // 100}xx"
+    return (_REPLY_MEANINGS.get((name, code)) or _REPLY_MEANINGS.get((name, family))
+            or _REPLY_MEANINGS.get(("*", code)) or _REPLY_MEANINGS.get(("*", family))
+            or ("the server gave an unexpected answer", "see the transcript for the conversation"))
+
+
+def _explain_timeout(name: str, exc: Exception, s: Session) -> StepFailed:
+    t, host, port = s.deadline, s.settings.host.strip(), s.settings.port
+    if name == "Resolve host":
+        return StepFailed(f"the host name {host} could not be resolved within {t}",
+                          "the name server did not answer in time: check the spelling of the "
+                          "host name and this machine's DNS settings")
+    if name == "Connect":
+        return StepFailed(f"no answer within {t}: a firewall may be dropping the port",
+                          f"check host and port {port}, and whether outgoing connections to "
+                          f"port {port} are allowed from this machine")
+    if name == "Greeting":
+        return StepFailed(f"no answer within {t}: the server accepted the connection but "
+                          "sent no greeting", _implicit_tls_hint(s.settings))
+    return StepFailed(f"no answer within {t} (the whole {'send' if s.outgoing else 'check'} "
+                      f"may take at most {t})",
+                      "the server is slow or the connection stalled: try again, or raise "
+                      "the timeout")
+
+
+def _implicit_tls_hint(settings: SmtpSettings) -> str:
+    if settings.security == Security.TLS:
+        return "the server may be overloaded, or may not be a mail server: check host and port"
+    chosen = SECURITY_LABELS[settings.security]
+    if settings.port == 465:
+        return f"port 465 expects implicit TLS, you chose {chosen}: choose SSL/TLS"
+    return (f"the port may expect implicit TLS (like port 465) and wait for a TLS handshake; "
+            f"you chose {chosen}: try SSL/TLS, or a firewall may be holding the connection")
+
+
+def _explain_dns(name: str, exc: socket.gaierror, s: Session) -> StepFailed:
+    host = s.settings.host.strip()
+    if exc.errno == socket.EAI_AGAIN:
+        return StepFailed(f"the host name {host} could not be resolved: the name server did "
+                          "not answer", "check this machine's network and DNS settings, then retry")
+    return StepFailed(f"the host name {host} could not be resolved",
+                      "check the spelling of the host name")
+
+
+def _explain_refused(name: str, exc: OSError, s: Session) -> StepFailed:
+    return StepFailed(f"nothing listens on {s.endpoint} (connection refused)",
+                      "check the port, and that the mail server is running")
+
+
+def _explain_os_error(name: str, exc: OSError, s: Session) -> StepFailed:
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError,
+                        ssl.SSLZeroReturnError)):
+        during = "the TLS handshake" if name == "TLS" else name
+        return StepFailed(f"the server closed the connection during {during}",
+                          _implicit_tls_hint(s.settings) if name == "TLS" else
+                          "the server may block this machine, or dislike what it was sent: "
+                          "see the transcript")
+    reason = exc.strerror or str(exc)
+    return StepFailed(f"could not talk to {s.endpoint}: {reason}",
+                      "check host and port, and this machine's network connection")
+
+
+def _explain_disconnected(name: str, exc: SMTPServerDisconnected, s: Session) -> StepFailed:
+    return StepFailed(f"the server closed the connection during {name}",
+                      _implicit_tls_hint(s.settings) if name == "Greeting" else
+                      "the server may limit connections or block this machine: "
+                      "see the transcript")
+
+
+def _explain_ssl(name: str, exc: ssl.SSLError, s: Session) -> StepFailed:
+    reason = getattr(exc, "reason", None) or ""
+    if reason in _PLAIN_TEXT_REASONS:
+        if s.settings.security == Security.TLS:
+            return StepFailed(f"the server answered in plain text: port {s.settings.port} "
+                              "expects STARTTLS (or None), you chose SSL/TLS",
+                              "choose STARTTLS, or use the server's SSL/TLS port (usually 465)")
+        return StepFailed("the server did not answer in TLS after STARTTLS",
+                          "the server's TLS setup may be broken: ask the mail administrator")
+    summary, hint = _SSL_REASONS.get(reason, (f"the TLS handshake failed: {reason or exc}",
+                                               "ask the mail administrator to check TLS"))
+    return StepFailed(summary, hint)
+
+
+def _explain_known(name: str, exc: StepFailed, s: Session) -> StepFailed:
+    return exc
+
+
+def _explain_value(name: str, exc: ValueError, s: Session) -> StepFailed:
+    return StepFailed(str(exc), "check the addresses in the settings and the message")
+
+
+def _explain_smtp(name: str, exc: SMTPException, s: Session) -> StepFailed:
+    code = getattr(exc, "smtp_code", None)
+    if code is not None:
+        return explain_reply(name, Rejected(code, getattr(exc, "smtp_error", b"")))
+    return StepFailed(f"SMTP error during {name}: {exc}", "see the transcript")
+
+
+_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_UNKNOWN_AUTHORITY = {2, 18, 19, 20, 21}  # unknown issuer, self-signed (chain), can't verify leaf
+
+_PLAIN_TEXT_REASONS = {"WRONG_VERSION_NUMBER", "UNKNOWN_PROTOCOL", "HTTP_REQUEST",
+                       "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD"}
+
+_SSL_REASONS = {
+    "TLSV1_ALERT_PROTOCOL_VERSION": (
+        "the server only speaks an old TLS version that is disabled for safety",
+        "ask the mail administrator to enable TLS 1.2 or newer"),
+    "UNSUPPORTED_PROTOCOL": (
+        "the server only speaks an old TLS version that is disabled for safety",
+        "ask the mail administrator to enable TLS 1.2 or newer"),
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": (
+        "the server and Mailroom share no TLS cipher",
+        "ask the mail administrator to enable modern ciphers"),
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": (
+        "the server wants a client certificate", "Mailroom does not send client certificates"),
+}
+
+# Replies by step and code ("5xx" = any code of that class); "*" for any step.
+# {subject} is the address or mechanism concerned.
+_REPLY_MEANINGS: dict[tuple[str, int | str], tuple[str, str]] = {
+    ("Greeting", 421): ("the server does not accept connections right now",
+                        "try again later; if it persists, it may refuse this machine's address"),
+    ("Greeting", "5xx"): ("the server refuses to talk to this machine",
+                          "it may block this machine's IP address, or not be a mail server"),
+    ("EHLO", "5xx"): ("the server rejected the EHLO greeting",
+                      "set the local host name (EHLO name) to this machine's DNS name"),
+    ("STARTTLS", "4xx"): ("the server cannot start TLS right now", "try again later"),
+    ("STARTTLS", "5xx"): ("the server refused to start TLS",
+                          "choose SSL/TLS if the server has an implicit-TLS port (usually 465)"),
+    ("Authenticate", 535): ("the server rejected the username or password",
+                            "check username and password; with two-step sign-in many "
+                            "providers need an app password"),
+    ("Authenticate", 534): ("the server wants a stronger way to sign in for this account",
+                            "the provider may require an app password or OAuth 2.0"),
+    ("Authenticate", 538): ("the server only accepts a password over an encrypted connection",
+                            "choose STARTTLS or SSL/TLS"),
+    ("Authenticate", 530): ("the server wants encryption before signing in",
+                            "choose STARTTLS or SSL/TLS"),
+    ("Authenticate", 504): ("the server does not accept the mechanism {subject}",
+                            "choose Automatic or another mechanism"),
+    ("Authenticate", 503): ("the server did not expect AUTH now",
+                            "usually EHLO was not repeated after STARTTLS; see the transcript"),
+    ("Authenticate", "4xx"): ("the server could not check the password right now",
+                              "try again later"),
+    ("Authenticate", "5xx"): ("the server refused the sign-in",
+                              "check username, password and mechanism"),
+    ("*", 530): ("the server requires signing in first",
+                 "enter the username and password of the mail account"),
+    ("MAIL FROM", "5xx"): ("the server refused the sender {subject}",
+                           "the account may not be allowed to send as {subject}: use the "
+                           "account's own address as sender, or ask the mail administrator"),
+    ("MAIL FROM", 552): ("the message is larger than the server accepts", "send a smaller message"),
+    ("RCPT TO", "5xx"): ("the server refused the recipient {subject}",
+                         "check the address; for other domains the server may not relay "
+                         "for this account (sign in, or check the sender address)"),
+    ("DATA", 552): ("the message is larger than the server accepts", "send a smaller message"),
+    ("DATA", "5xx"): ("the server refused the message",
+                      "it may look like spam or break a policy: ask the mail administrator"),
+    ("*", 421): ("the server is closing the connection", "try again later"),
+    ("*", "4xx"): ("the server could not go on right now", "try again later"),
+    ("*", "5xx"): ("the server refused", "see the transcript for the conversation"),
+}
+
+_SPECIAL_REPLIES = [
+    (re.compile(r"5\.7\.30|5\.7\.139|basic authentication is (not supported|disabled)", re.I),
+     "Exchange Online (Microsoft 365) does not accept a username and password here "
+     "(basic authentication is off)",
+     "sign in with OAuth 2.0 instead, or ask the Microsoft 365 administrator to enable "
+     "authenticated SMTP (SMTP AUTH) for this mailbox"),
+    (re.compile(r"5\.7\.9|application-specific password", re.I),
+     "the provider wants an app password, not the account password",
+     "create an app password in the account's security settings and enter it as password"),
+]
+
+_EXPLAINERS = [
+    (StepFailed, _explain_known),
+    (Rejected, explain_reply),
+    (DeadlineExceeded, _explain_timeout),
+    (TimeoutError, _explain_timeout),
+    (socket.gaierror, _explain_dns),
+    (ConnectionRefusedError, _explain_refused),
+    (ssl.SSLEOFError, _explain_os_error),
+    (ssl.SSLZeroReturnError, _explain_os_error),
+    (ssl.SSLError, _explain_ssl),
+    (SMTPServerDisconnected, _explain_disconnected),
+    (SMTPException, _explain_smtp),
+    (OSError, _explain_os_error),
+    (ValueError, _explain_value),
+]
+
+# What the server or the network can raise (anything else is a bug): all explain() knows.
+EXPECTED = tuple(kind for kind, _ in _EXPLAINERS)

@@ -1,0 +1,278 @@
+"""The steps of an SMTP conversation. Each does one thing with the Session and returns
+its Step, or raises: StepFailed, Rejected, or whatever the network or smtplib raised."""
+import socket
+import ssl
+from copy import deepcopy
+from dataclasses import replace
+from email.message import EmailMessage
+from email.utils import getaddresses, make_msgid
+from smtplib import SMTPDataError
+
+from cryptography import x509
+
+from .config import AuthMechanism, Security, SmtpSettings
+from .deadline import call_within, connect_within
+from .message import RECIPIENT_HEADERS, envelope_address
+from .report import Outcome, Step
+from .smtp_client import Client, one_line
+from .smtp_failures import EXPECTED, certificate_failure, explain_reply
+from .smtp_session import Outgoing, Rejected, Session, StepFailed, step_result
+from .tls import handshake_result, tls_context
+
+PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of preference
+
+
+def prepare(s: Session, message: EmailMessage) -> Step:
+    """Envelope recipients from To/Cc/Bcc; the transmitted copy loses its Bcc header here."""
+    recipients = list(dict.fromkeys(
+        envelope_address(address)
+        for _, address in getaddresses([str(v) for h in RECIPIENT_HEADERS
+                                        for v in message.get_all(h, [])])
+        if address))
+    if not recipients:
+        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address")
+    copy = deepcopy(message)  # the caller's message keeps its Bcc
+    del copy["Bcc"]
+    if copy["Message-ID"] is None:
+        copy["Message-ID"] = make_msgid(domain=envelope_address(s.config.sender.address).split("@")[1])
+    policy = copy.policy.clone(linesep="\r\n")
+    s.outgoing = Outgoing(recipients=recipients, payload=copy.as_bytes(policy=policy),
+                          message_id=str(copy["Message-ID"]),
+                          needs_utf8=bool(getattr(policy, "utf8", False))
+                          or not all(r.isascii() for r in recipients))
+    return step_result(f"{len(recipients)} recipient(s), {len(s.outgoing.payload)} bytes",
+                       [("Message-ID", s.outgoing.message_id)])
+
+
+def resolve(s: Session) -> Step:
+    host = s.settings.host.strip()
+    if not host:
+        raise StepFailed("no host name is configured", "enter the mail server's host name")
+    infos = call_within(s.deadline, socket.getaddrinfo, host, s.settings.port, 0, socket.SOCK_STREAM)
+    s.addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+    ips = [sockaddr[0] for _, sockaddr in s.addresses]
+    return step_result(f"{host} resolves to {', '.join(ips)}", [("Address", ip) for ip in ips])
+
+
+def connect(s: Session) -> Step:
+    errors: list[OSError] = []
+    for family, sockaddr in s.addresses:  # like socket.create_connection: first that answers
+        try:
+            sock = connect_within(s.deadline, family, sockaddr)
+        except OSError as exc:
+            errors.append(exc)
+            continue
+        s.peer = (family, sockaddr)
+        s.client = Client(sock, s.settings.host.strip(), _ehlo_name(s.settings, sock),
+                          s.deadline, s.report.transcript)
+        return step_result(f"connected to {s.endpoint}", [("Address", s.endpoint)])
+    raise errors[0]
+
+
+def handshake(s: Session) -> Step:
+    """TLS, implicit or after STARTTLS."""
+    context = tls_context(s.settings)
+    client = s.client
+    client.sock.settimeout(s.deadline.left())
+    try:
+        client.sock = context.wrap_socket(client.sock, server_hostname=client.server_name)
+    except ssl.SSLCertVerificationError as exc:
+        raise certificate_failure(exc, s.settings.host.strip(), _peek_certificate(s)) from None
+    client.start_over()
+    s.encrypted = True
+    return handshake_result(client.sock, s.settings)
+
+
+def greeting(s: Session) -> Step:
+    code, text = s.client.getreply()
+    if code != 220:
+        raise Rejected(code, text)
+    reply = f"{code} {one_line(text)}"
+    return step_result(f"the server greets: {reply}", [("Greeting", reply)])
+
+
+def ehlo(s: Session) -> Step:
+    code, text = s.client.ehlo()
+    if code != 250:
+        raise Rejected(code, text)
+    details = _ehlo_details(s.client)
+    offers = ", ".join(name if value == "yes" else f"{name} {value}"
+                       for name, value in details[1:] if value not in ("no", ""))
+    when = "over TLS, " if s.encrypted else ""
+    return step_result(f"{when}the server offers: {offers or 'no extensions'}", details)
+
+
+def wants_starttls(s: Session) -> bool:
+    """Whether to STARTTLS; with Automatic security, a warning Step when the server can't."""
+    security = s.settings.security
+    if security == Security.STARTTLS:
+        return True
+    if security == Security.AUTO:
+        if s.client.has_extn("starttls"):
+            return True
+        s.report.add(Step(
+            "STARTTLS", Outcome.WARNING,
+            "the server does not offer STARTTLS: mail (and the password) goes unencrypted",
+            hint="choose SSL/TLS if the server offers it on another port (usually 465), "
+                 "or ask the mail administrator to enable STARTTLS"))
+    return False
+
+
+def starttls(s: Session) -> Step:
+    if not s.client.has_extn("starttls"):
+        raise StepFailed(
+            "the server does not offer STARTTLS",
+            "if this port expects implicit TLS (usually 465), choose SSL/TLS; the submission "
+            "port 587 normally offers STARTTLS; choose None only on a trusted network")
+    code, text = s.client.docmd("STARTTLS")
+    if code != 220:
+        raise Rejected(code, text)
+    return step_result("the server is ready to start TLS", [("Reply", f"{code} {one_line(text)}")])
+
+
+def authenticate(s: Session) -> Step:
+    settings = s.settings
+    if not settings.authenticates:
+        return step_result("no username configured: not signing in", outcome=Outcome.SKIPPED)
+    offered = s.client.esmtp_features.get("auth", "").upper().split()
+    if not offered:
+        raise StepFailed("the server offers no authentication (AUTH), but a username is configured",
+                         _no_auth_hint(s))
+    mechanism = _choose_mechanism(settings.mechanism, offered)
+    s.client.user, s.client.password = settings.username, settings.password
+    authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
+    try:
+        code, text = s.client.auth(mechanism, authobject)
+    except UnicodeEncodeError:
+        raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
+                         "choose PLAIN or LOGIN as mechanism") from None
+    if code != 235:
+        raise Rejected(code, text, mechanism)
+    return step_result(f"signed in as {settings.username} with {mechanism}",
+                       [("Mechanism", mechanism), ("Offered", " ".join(offered)),
+                        ("Reply", f"{code} {one_line(text)}")])
+
+
+def mail_from(s: Session) -> Step:
+    sender = envelope_address(s.config.sender.address)
+    needs_utf8 = not sender.isascii() or bool(s.outgoing and s.outgoing.needs_utf8)
+    options = _mail_options(s, needs_utf8)
+    code, text = s.client.mail(sender, options)
+    if code != 250:
+        raise Rejected(code, text, sender)
+    return step_result(f"the server accepts {sender} as sender",
+                       [("Reply", f"{code} {one_line(text)}")])
+
+
+def rcpt_to(s: Session) -> Step:
+    accepted, refused = [], []
+    for recipient in s.outgoing.recipients:
+        code, text = s.client.rcpt(recipient)
+        if code in (250, 251):
+            accepted.append(recipient)
+        else:
+            refused.append(Rejected(code, text, recipient))
+    if not accepted:
+        raise refused[0]
+    details = [("Accepted", r) for r in accepted]
+    details += [("Refused", f"{r.subject}: {r.code} {r.text}") for r in refused]
+    if refused:
+        return step_result(f"the server refused {len(refused)} of {len(s.outgoing.recipients)} "
+                           "recipients; sending to the others", details, Outcome.WARNING,
+                           hint=explain_reply("RCPT TO", refused[0]).hint)
+    return step_result(f"the server accepts {len(accepted)} recipient(s)", details)
+
+
+def data(s: Session) -> Step:
+    try:
+        code, text = s.client.data(s.outgoing.payload)
+    except SMTPDataError as exc:  # DATA itself was refused (no 354)
+        raise Rejected(exc.smtp_code, exc.smtp_error) from None
+    if code != 250:
+        raise Rejected(code, text)
+    s.outgoing.reply = f"{code} {one_line(text)}"
+    return step_result(f"the server accepted the message: {s.outgoing.reply}",
+                       [("Reply", s.outgoing.reply), ("Message-ID", s.outgoing.message_id),
+                        ("Size", f"{len(s.outgoing.payload)} bytes")])
+
+
+def _peek_certificate(s: Session) -> x509.Certificate | None:
+    """Connect again without verification, only to show why verification failed."""
+    probe = Session(config=s.config, settings=replace(s.settings, verify_cert=False),
+                    deadline=s.deadline, addresses=[s.peer] if s.peer else [])
+    try:
+        connect(probe)
+        if s.settings.security != Security.TLS:
+            greeting(probe)
+            ehlo(probe)
+            starttls(probe)
+        handshake(probe)
+        return x509.load_der_x509_certificate(probe.client.sock.getpeercert(binary_form=True))
+    except (*EXPECTED, TypeError):
+        return None
+    finally:
+        if probe.client is not None:
+            probe.client.close()
+
+
+def _ehlo_name(settings: SmtpSettings, sock: socket.socket) -> str:
+    """settings.local_hostname, else this machine's name if it looks like a domain, else
+    an address literal. (Not socket.getfqdn(): it may do slow DNS outside our deadline.)"""
+    if settings.local_hostname:
+        return settings.local_hostname
+    name = socket.gethostname()
+    if "." in name:
+        return name
+    ip = sock.getsockname()[0]
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+
+
+def _ehlo_details(client: Client) -> list[tuple[str, str]]:
+    features = client.esmtp_features
+    size = features.get("size", "").strip()
+    return [
+        ("Server", one_line(client.ehlo_resp or b"").split(" ")[0]),
+        ("STARTTLS", "yes" if "starttls" in features else "no"),
+        ("AUTH", features.get("auth", "").strip().upper() or "no"),
+        ("SIZE", f"{int(size) / 1048576:.1f} MiB ({size} bytes)" if size.isdigit() and int(size)
+         else ("no limit" if size else "")),
+        ("8BITMIME", "yes" if "8bitmime" in features else "no"),
+        ("SMTPUTF8", "yes" if "smtputf8" in features else "no"),
+    ]
+
+
+def _choose_mechanism(wanted: AuthMechanism, offered: list[str]) -> str:
+    if wanted == AuthMechanism.AUTO:
+        usable = [m for m in PREFERRED_MECHANISMS if m in offered]
+        if not usable:
+            raise StepFailed(f"the server offers only {' '.join(offered)}, none of which "
+                             f"Mailroom can use ({', '.join(PREFERRED_MECHANISMS)})",
+                             "the server may need OAuth 2.0 (XOAUTH2); ask the mail administrator")
+        return usable[0]
+    if wanted.value not in offered:
+        raise StepFailed(f"the server does not offer {wanted.value}; it offers {' '.join(offered)}",
+                         "choose Automatic, or one of the offered mechanisms")
+    return wanted.value
+
+
+def _no_auth_hint(s: Session) -> str:
+    if not s.encrypted and s.client.has_extn("starttls"):
+        return "the server may only offer AUTH after STARTTLS: choose STARTTLS as security"
+    if not s.encrypted:
+        return ("the server may only offer AUTH over an encrypted connection: choose STARTTLS "
+                "or SSL/TLS (port 465); or leave the username empty if it accepts mail without")
+    return ("leave the username empty if the server accepts mail without signing in, or check "
+            "the port: the submission port (587 or 465) usually offers AUTH, port 25 often not")
+
+
+def _mail_options(s: Session, needs_utf8: bool) -> list[str]:
+    client, options = s.client, []
+    if needs_utf8:
+        if not client.has_extn("smtputf8"):
+            raise StepFailed("an address has non-ASCII characters before the @, which needs "
+                             "SMTPUTF8, and the server does not offer SMTPUTF8",
+                             "use addresses with an ASCII local part")
+        options += ["SMTPUTF8", "BODY=8BITMIME"]
+    if s.outgoing and client.has_extn("size"):
+        options.append(f"SIZE={len(s.outgoing.payload)}")
+    return options
