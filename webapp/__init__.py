@@ -1,4 +1,5 @@
 """Mailroom: portal administrators configure how their portal sends mail."""
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     config.load(app, test_config)
     instance.load_secrets(app)
+    _configure_logging(app.config["LOG_LEVEL"])
     if app.config["TRUSTED_PROXIES"]:
         hops = int(app.config["TRUSTED_PROXIES"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
@@ -29,3 +31,13 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     views.init_app(app)
     cli.init_app(app)
     return app
+
+
+def _configure_logging(level: str) -> None:
+    """Mailroom's own lines (checks, sample mails; never a secret) go to stderr, beside gunicorn's."""
+    logger = logging.getLogger(__name__)
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+        logger.addHandler(handler)

@@ -14,6 +14,7 @@ class Defaults:
     SESSION_COOKIE_SECURE = False  # also Secure whenever the request came over HTTPS
     PREFERRED_URL_SCHEME = "http"
     TRUSTED_PROXIES = 0  # how many proxies in front of gunicorn set X-Forwarded-*
+    LOG_LEVEL = "INFO"
     AUTO_MIGRATE = None  # None: upgrade automatically only on the embedded SQLite default
 
 

@@ -1,3 +1,5 @@
+import logging
+
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import login_required
 from htmx_flask import make_response
@@ -13,6 +15,7 @@ from ..security import load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
+log = logging.getLogger(__name__)
 
 STALE = ("This server was changed since you opened it. Your changes were not saved: "
          "open it again to see the current settings, then make your changes there.")
@@ -34,7 +37,10 @@ def edit(slug, server_id=None):
     form = _form(server)
     action = request.form.get("_action")
     if action in ("refresh", "default_port"):
-        form.reset_port() if action == "default_port" else form.follow_port_default()
+        if action == "default_port":
+            form.reset_port()
+        else:
+            form.follow_port_default()
         return _edit_page(form, server)
     if form.validate_on_submit():
         try:
@@ -81,6 +87,7 @@ def validate(slug, server_id=None):
     draft = mailservers.draft(server, portal)
     mailservers.apply(draft, form.settings(), form.new_password(), form.clears_password())
     report = transport_for(draft.protocol).check(mailservers.config_for(draft))
+    _log_check(portal, draft, report)
     if server and not form.new_password() and mailservers.snapshot(draft) == mailservers.snapshot(server):
         mailservers.remember_check(server, report)
     return page_or_fragment("servers/edit.html", "servers/_report.html", form=form, server=server, report=report)
@@ -93,6 +100,7 @@ def check(slug, server_id):
     portal = load_portal(slug)
     server = _server_or_404(portal, server_id)
     report = transport_for(server.protocol).check(mailservers.config_for(server))
+    _log_check(portal, server, report)
     mailservers.remember_check(server, report)
     return _list(portal, checked=server, report=report)
 
@@ -143,11 +151,19 @@ def sample(slug, server_id):
         receipt = transport_for(server.protocol).send(mailservers.config_for(server), message)
     except DeliveryError as failure:
         error = failure
+    log.info("sample mail portal=%s server=%s to=%s: %s", portal.slug, server.id, form.recipient.data,
+             receipt.reply if receipt else error)
     audit.record("server.sample_sent" if receipt else "server.sample_failed", f"server “{server.label}”",
                  {"recipient": [None, form.recipient.data]}, portal.id)
     mailservers.remember_check(server, (receipt or error).report)
     return page_or_fragment("servers/sample.html", "servers/_sample_form.html", form=form, server=server,
                             receipt=receipt, error=error)
+
+
+def _log_check(portal, server, report) -> None:
+    failure = report.failure
+    log.info("validate portal=%s server=%s host=%s:%s: %s", portal.slug, server.id or "new", server.host, server.port,
+             f"failed at {failure.name}: {failure.summary}" if failure else "all checks passed")
 
 
 def _server_or_404(portal, server_id):
