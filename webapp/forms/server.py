@@ -10,7 +10,9 @@ from ..mail.config import DEFAULT_PORTS, AuthMechanism, Security
 from .base import SectionedForm
 from .validators import email_address, hostname, pem_certificates
 
-PROTOCOLS = [SelectChoice("smtp", "SMTP/SMTPS")]
+PROTOCOL_LABELS = {"smtp": "SMTP/SMTPS"}
+AUTH_LABELS = {"none": "None", "basic": "Basic"}
+PROTOCOLS = [SelectChoice(value, label) for value, label in PROTOCOL_LABELS.items()]
 SECURITY_CHOICES = [
     SelectChoice(Security.NONE.value, "None"),
     SelectChoice(Security.STARTTLS.value, "STARTTLS (explicit)"),

@@ -10,6 +10,13 @@ class Security(StrEnum):
     AUTO = "auto"
 
 
+SECURITY_LABELS = {
+    Security.NONE: "None",
+    Security.STARTTLS: "STARTTLS",
+    Security.TLS: "SSL/TLS",
+    Security.AUTO: "Automatic",
+}
+
 DEFAULT_PORTS = {
     Security.NONE: 25,
     Security.STARTTLS: 587,

@@ -10,17 +10,10 @@ from smtplib import SMTPException, SMTPServerDisconnected
 
 from cryptography import x509
 
-from .config import Security, SmtpSettings
+from .config import SECURITY_LABELS, Security, SmtpSettings
 from .deadline import DeadlineExceeded
 from .smtp_session import Rejected, Session, StepFailed
 from .tls import certificate_details, certificate_names, format_utc
-
-SECURITY_LABELS = {
-    Security.NONE: "None",
-    Security.STARTTLS: "STARTTLS",
-    Security.TLS: "SSL/TLS",
-    Security.AUTO: "Automatic",
-}
 
 
 def explain(name: str, exc: Exception, s: Session) -> StepFailed:

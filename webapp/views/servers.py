@@ -6,8 +6,9 @@ from htmx_flask import make_response
 
 from .. import audit, mailservers
 from ..forms.sample import SampleForm
-from ..forms.server import ServerForm
+from ..forms.server import AUTH_LABELS, PROTOCOL_LABELS, ServerForm
 from ..mail import transport_for
+from ..mail.config import SECURITY_LABELS
 from ..mail.message import sample_message
 from ..mail.report import DeliveryError
 from ..models import Role, utcnow
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 STALE = ("This server was changed since you opened it. Your changes were not saved: "
          "open it again to see the current settings, then make your changes there.")
+
+
+@bp.context_processor
+def _labels():
+    return {"labels": {"protocol": PROTOCOL_LABELS, "security": SECURITY_LABELS, "auth": AUTH_LABELS}}
 
 
 @bp.get("/")
