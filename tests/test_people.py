@@ -16,7 +16,7 @@ def test_superadmin_creates_a_portal_and_adds_a_member(app, make, client):
     page = client.get("/p/help/members").text
     assert "agent@example.com" in page
     history = client.get("/p/help/history").text
-    assert "portal created" in history and "membership created" in history and "root@example.com" in history
+    assert "Created the portal" in history and "Added the member" in history and "root@example.com" in history
 
 
 def test_portal_form_errors(app, make, client):

@@ -7,6 +7,22 @@ from .models import AuditEvent
 
 SECRET = "(changed)"
 
+ACTIONS = {
+    "portal.created": "Created the portal",
+    "portal.updated": "Changed the portal",
+    "server.created": "Added the server",
+    "server.updated": "Changed the server",
+    "server.removed": "Removed the server",
+    "server.reordered": "Moved the server",
+    "server.sample_sent": "Sent a sample mail through",
+    "server.sample_failed": "A sample mail failed through",
+    "membership.created": "Added the member",
+    "membership.updated": "Changed the role of",
+    "membership.removed": "Removed the member",
+    "user.created": "Created the user",
+    "user.password_changed": "Changed the password of",
+}
+
 
 def record(action: str, subject: str, changes: dict | None = None, portal_id: int | None = None) -> AuditEvent:
     """Add an event to the current session; it is committed with the change it describes."""
@@ -28,7 +44,7 @@ def diff(before: dict, after: dict, secret_fields: frozenset = frozenset()) -> d
     changes = {}
     for name, new in after.items():
         old = before.get(name)
-        if old == new:
+        if old == new or (old in (None, "") and new in (None, "")):
             continue
         changes[name] = SECRET if name in secret_fields else [_plain(old), _plain(new)]
     return changes

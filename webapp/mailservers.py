@@ -73,7 +73,7 @@ def save(portal: Portal, server: MailServer, form_version: str | None, settings:
     changes = audit.diff(before, snapshot(server), secret_fields=frozenset({"password"}))
     if changes or creating:
         action = "server.created" if creating else "server.updated"
-        audit.record(action, f"server “{server.label}”", changes, portal.id)
+        audit.record(action, f"“{server.label}”", changes, portal.id)
     session.commit()
     return server
 
@@ -105,14 +105,14 @@ def _next_position(portal: Portal) -> int:
 def remove(portal: Portal, server: MailServer) -> None:
     session = db.session()
     session.delete(server)
-    audit.record("server.removed", f"server “{server.label}”", {}, portal.id)
+    audit.record("server.removed", f"“{server.label}”", {}, portal.id)
     session.commit()
 
 
 def set_enabled(portal: Portal, server: MailServer, enabled: bool) -> None:
     if server.enabled == enabled:
         return
-    audit.record("server.updated", f"server “{server.label}”", {"enabled": [server.enabled, enabled]}, portal.id)
+    audit.record("server.updated", f"“{server.label}”", {"enabled": [server.enabled, enabled]}, portal.id)
     server.enabled = enabled
     server.version += 1
     db.session().add(server)
@@ -130,7 +130,7 @@ def move(portal: Portal, server: MailServer, step: int) -> None:
     for position, each in enumerate(servers, start=1):
         each.position = position
         db.session().add(each)
-    audit.record("server.reordered", f"server “{server.label}”",
+    audit.record("server.reordered", f"“{server.label}”",
                  {"order": [s.label for s in servers]}, portal.id)
     db.session().commit()
 

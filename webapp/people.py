@@ -20,7 +20,7 @@ def create_user(email: str, password: str, name: str = "", superadmin: bool = Fa
     user = User(email=email.strip().lower(), name=name, password_hash=hash_password(password),
                 is_superadmin=superadmin)
     db.session().add(user)
-    audit.record("user.created", f"user {user.email}", {"superadmin": [None, superadmin]})
+    audit.record("user.created", user.email, {"superadmin": [None, superadmin]})
     db.session().commit()
     return user
 
@@ -31,7 +31,7 @@ def create_portal(slug: str, name: str, base_url: str = "") -> Portal:
     portal = Portal(slug=slug, name=name, base_url=base_url)
     db.session().add(portal)
     db.session().flush()
-    audit.record("portal.created", f"portal “{name}”", {"name": [None, name], "slug": [None, slug],
+    audit.record("portal.created", f"“{name}”", {"name": [None, name], "slug": [None, slug],
                                                         "base_url": [None, base_url]}, portal.id)
     db.session().commit()
     return portal
@@ -43,7 +43,7 @@ def update_portal(portal: Portal, name: str, base_url: str) -> None:
         return
     portal.name, portal.base_url = name, base_url
     db.session().add(portal)
-    audit.record("portal.updated", f"portal “{name}”", changes, portal.id)
+    audit.record("portal.updated", f"“{name}”", changes, portal.id)
     db.session().commit()
 
 
@@ -66,7 +66,7 @@ def add_member(portal: Portal, user: User, role: Role) -> Membership:
         raise Conflict(f"{user.email} is already a member of this portal.")
     membership = Membership(portal_id=portal.id, user_id=user.id, role=Role(role))
     db.session().add(membership)
-    audit.record("membership.created", f"member {user.email}", {"role": [None, str(role)]}, portal.id)
+    audit.record("membership.created", user.email, {"role": [None, str(role)]}, portal.id)
     db.session().commit()
     return membership
 
@@ -86,7 +86,7 @@ def change_role(portal: Portal, membership: Membership, role: Role) -> None:
         return
     _keep_an_admin(portal, membership)
     user = db.session().get(User, membership.user_id)
-    audit.record("membership.updated", f"member {user.email}", {"role": [str(membership.role), str(role)]},
+    audit.record("membership.updated", user.email, {"role": [str(membership.role), str(role)]},
                  portal.id)
     membership.role = Role(role)
     db.session().add(membership)
@@ -96,7 +96,7 @@ def change_role(portal: Portal, membership: Membership, role: Role) -> None:
 def remove_member(portal: Portal, membership: Membership) -> None:
     _keep_an_admin(portal, membership)
     user = db.session().get(User, membership.user_id)
-    audit.record("membership.removed", f"member {user.email}", {"role": [str(membership.role), None]}, portal.id)
+    audit.record("membership.removed", user.email, {"role": [str(membership.role), None]}, portal.id)
     db.session().delete(membership)
     db.session().commit()
 
@@ -104,5 +104,5 @@ def remove_member(portal: Portal, membership: Membership) -> None:
 def change_password(user: User, password: str) -> None:
     user.password_hash = hash_password(password)
     db.session().add(user)
-    audit.record("user.password_changed", f"user {user.email}")
+    audit.record("user.password_changed", user.email)
     db.session().commit()

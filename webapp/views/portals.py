@@ -1,9 +1,14 @@
+from functools import cache
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, url_for
 from flask_login import current_user, login_required
 from sqlmodel import select
 
-from .. import db, people
+from wtforms.fields.core import UnboundField
+
+from .. import audit, db, people
 from ..forms.portal import MemberForm, PortalForm, PortalSettingsForm, RoleForm
+from ..forms.server import ServerForm
 from ..models import AuditEvent, Membership, Portal, Role
 from ..security import load_portal, require_superadmin
 
@@ -106,7 +111,20 @@ def history(slug):
         select(AuditEvent).where(AuditEvent.portal_id == portal.id).order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
         .limit(500)
     ).all()
-    return render_template("portals/history.html", events=events)
+    return render_template("portals/history.html", events=events, actions=audit.ACTIONS, fields=_field_labels())
+
+
+@cache
+def _field_labels() -> dict:
+    """What admins see a field called in the forms, for the History page."""
+    labels = {"auth_type": "Authentication", "password": "Password", "order": "Order", "superadmin": "Super-admin",
+              "recipient": "Recipient", "slug": "Slug"}
+    for form in (ServerForm, PortalForm, MemberForm):
+        for name in dir(form):
+            field = getattr(form, name)
+            if isinstance(field, UnboundField) and field.args:
+                labels.setdefault(name, field.args[0])
+    return labels
 
 
 def _membership_or_404(portal, membership_id):

@@ -159,7 +159,7 @@ def sample(slug, server_id):
         error = failure
     log.info("sample mail portal=%s server=%s to=%s: %s", portal.slug, server.id, form.recipient.data,
              receipt.reply if receipt else error)
-    audit.record("server.sample_sent" if receipt else "server.sample_failed", f"server “{server.label}”",
+    audit.record("server.sample_sent" if receipt else "server.sample_failed", f"“{server.label}”",
                  {"recipient": [None, form.recipient.data]}, portal.id)
     mailservers.remember_check(server, (receipt or error).report)
     return page_or_fragment("servers/sample.html", "servers/_sample_form.html", form=form, server=server,
