@@ -119,3 +119,8 @@ def test_users_change_their_own_password(make, client):
     client.post("/logout")
     client._token = None
     client.login("someone@example.com", "a new long password")
+
+
+def test_the_slug_cannot_be_changed_once_created(app, admin):
+    page = admin.get("/p/help/settings").text
+    assert 'name="name"' in page and 'name="base_url"' in page and 'name="slug"' not in page
