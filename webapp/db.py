@@ -1,6 +1,4 @@
 """The engine, one session per request, and the migrations entry."""
-import fcntl
-from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -8,6 +6,8 @@ from alembic.config import Config as AlembicConfig
 from flask import current_app, g
 from sqlalchemy import event
 from sqlmodel import Session, create_engine
+
+from .instance import locked
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -17,7 +17,7 @@ def init_app(app) -> None:
     app.extensions["mailroom.engine"] = engine
     app.teardown_appcontext(_close_session)
     if app.config["AUTO_MIGRATE"]:
-        with _lock(Path(app.instance_path) / "migrate.lock"):
+        with locked(Path(app.instance_path) / "migrate.lock"):
             upgrade(engine)
 
 
@@ -61,15 +61,3 @@ def alembic_config(engine_) -> AlembicConfig:
 
 def upgrade(engine_, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine_), revision)
-
-
-@contextmanager
-def _lock(path: Path):
-    """Several gunicorn workers start at once; only one of them migrates at a time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,5 +1,6 @@
 """Users, portals and memberships: the operations both the views and the CLI use."""
 from sqlmodel import select
+from werkzeug.security import check_password_hash
 
 from . import audit, db
 from .models import Membership, Portal, Role, User
@@ -12,6 +13,13 @@ class Conflict(Exception):
 
 def find_user(email: str) -> User | None:
     return db.session().exec(select(User).where(User.email == email.strip().lower())).first()
+
+
+def authenticate(email: str, password: str) -> User | None:
+    user = find_user(email)
+    if user is None or not user.is_active or not check_password_hash(user.password_hash, password):
+        return None
+    return user
 
 
 def create_user(email: str, password: str, name: str = "", superadmin: bool = False) -> User:

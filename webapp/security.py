@@ -3,7 +3,7 @@ from flask import abort, g, request
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user
 from sqlmodel import select
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import generate_password_hash
 
 from . import db
 from .models import Membership, Portal, Role, User
@@ -44,13 +44,6 @@ def _security_headers(response):
 
 def hash_password(password: str) -> str:
     return generate_password_hash(password)
-
-
-def authenticate(email: str, password: str) -> User | None:
-    user = db.session().exec(select(User).where(User.email == email.strip().lower())).first()
-    if user is None or not user.is_active or not check_password_hash(user.password_hash, password):
-        return None
-    return user
 
 
 def role_in(portal: Portal, user) -> Role | None:

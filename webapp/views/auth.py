@@ -5,7 +5,6 @@ from flask_login import current_user, login_required, login_user, logout_user
 
 from .. import people
 from ..forms.auth import LoginForm, PasswordForm
-from ..security import authenticate
 
 bp = Blueprint("auth", __name__)
 
@@ -14,7 +13,7 @@ bp = Blueprint("auth", __name__)
 def login():
     form = LoginForm()
     if form.validate_on_submit():
-        user = authenticate(form.email.data, form.password.data)
+        user = people.authenticate(form.email.data, form.password.data)
         if user:
             login_user(user)
             return redirect(_safe_next(request.args.get("next")), 303)
@@ -36,7 +35,7 @@ def logout():
 def password():
     form = PasswordForm()
     if form.validate_on_submit():
-        if authenticate(current_user.email, form.current.data) is None:
+        if people.authenticate(current_user.email, form.current.data) is None:
             form.current.errors.append("This is not your current password.")
         else:
             people.change_password(current_user, form.new.data)

@@ -6,5 +6,4 @@ def page_or_fragment(page: str, fragment: str, status: int = 200, **context):
     """The fragment for an htmx request, the whole page otherwise (history restores too)."""
     htmx = request.htmx
     template = fragment if htmx and not htmx.history_restore_request else page
-    response = render_template(template, **context), status, {"Vary": "HX-Request"}
-    return response
+    return render_template(template, **context), status, {"Vary": "HX-Request"}
