@@ -5,27 +5,47 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
-WORKERS ?= 2
+# One gunicorn worker per core (keep-alive connections stick to the worker that took them: with
+# fewer workers than cores, some cores idle under load). Override: make run WORKERS=4 THREADS=8
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 THREADS ?= 8
 VENDOR := webapp/static/vendor
-GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --timeout 120
+# --reuse-port: every worker listens on its own socket (SO_REUSEPORT) and the kernel spreads new
+# connections evenly over them; with one shared socket, a burst of kept-alive connections often all
+# land on the worker that wakes first and stay there while other cores idle (bench/README.md).
+# Beware: a second server started on the same port then does not fail with "address in use", it
+# silently takes a share of the connections.
+GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --timeout 120
 
-.PHONY: run test test-postgres serve assets venv test-deps bench clean
+.PHONY: run test test-postgres serve assets venv test-deps bench lock clean
+
+# The access log shows paths without their query string: the OAuth callback's carries a code.
+ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
 run: venv assets
 	$(BIN)/flask --app webapp init --url http://$(HOST):$(PORT)
-	$(GUNICORN) --bind $(HOST):$(PORT) --access-logfile - 'webapp:create_app()'
+	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 
 serve: venv assets
 	$(GUNICORN) --bind $(HOST):$(PORT) 'webapp:create_app()'
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Installs exactly the versions in constraints.txt (pyproject.toml keeps the lower bounds).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
+
+# After changing dependencies in pyproject.toml: resolve them afresh and pin the result.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[test]'
+	{ echo "# Exact versions for make run / make test (make lock regenerates this from pyproject.toml)."; \
+	  .lock-venv/bin/pip freeze | grep -v -i -e '^mailroom' ; } > constraints.txt
+	rm -rf .lock-venv
 
 assets: $(VENDOR)/.installed
 

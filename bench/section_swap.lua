@@ -19,4 +19,4 @@ wrk.headers["User-Agent"] = need("BENCH_UA")
 wrk.headers["HX-Request"] = "true"
 wrk.headers["HX-Trigger"] = "security"
 wrk.headers["HX-Trigger-Name"] = "security"
-wrk.headers["HX-Target"] = "section-tls"
+wrk.headers["HX-Target"] = "port-group"

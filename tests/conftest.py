@@ -1,17 +1,20 @@
 """Fixtures: an app on a migrated database (SQLite, or TEST_DATABASE_URL), factories, signed-in clients."""
+import logging
 import os
 import re
 
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 from webapp import create_app, db
-from webapp.models import MailServer, Membership, Portal, Role, User
+from webapp.models import AppSetting, Credential, MailServer, Membership, Portal, Role, User
 from webapp.security import hash_password
 
-pytest_plugins = ["tests.peers.network", "tests.peers.smtp"]
+pytest_plugins = ["tests.peers.network", "tests.peers.tls", "tests.peers.smtp", "tests.peers.echo",
+                  "tests.peers.oauth", "tests.peers.xoauth2", "tests.peers.graph", "tests.peers.gmail",
+                  "tests.peers.ews"]
 
 PASSWORD = "correct horse battery"
 SECRET_KEYS = Fernet.generate_key().decode()
@@ -37,15 +40,52 @@ def migrated(database_url):
     engine.dispose()
 
 
+class _AppTracebacks(logging.Handler):
+    """Collects the tracebacks the app logged: ERROR or worse, with exc_info, from Mailroom,
+    Flask or Werkzeug (aiosmtpd's own tracebacks about its clients are not the app's)."""
+
+    SOURCES = ("webapp", "flask", "werkzeug")
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and record.name.startswith(self.SOURCES):
+            self.messages.append(self.format(record))
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors():
+    """Fails the test when the app logged a traceback (a 500 behind a page that looked fine)."""
+    handler = _AppTracebacks()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+    if handler.messages:
+        pytest.fail("the app logged a traceback:\n\n" + "\n\n".join(handler.messages), pytrace=False)
+
+
+LOOPBACK = "127.0.0.0/8\n::1"  # the test peers listen there; the egress policy refuses it by default
+
+
 @pytest.fixture
-def app(migrated, database_url, tmp_path):
+def app(migrated, database_url, tmp_path, test_ca_file):
     app = create_app({
         "TESTING": True,
         "DATABASE_URL": database_url,
         "AUTO_MIGRATE": False,
         "SECRET_KEY": "test-secret-key",
         "SECRET_KEYS": SECRET_KEYS,
+        "EXTRA_CA_CERTS": test_ca_file,
     }, instance_path=str(tmp_path / "instance"))
+    with app.app_context():
+        db.session().add(AppSetting(name="egress", value={"allow": LOOPBACK, "deny": ""}))
+        db.session().commit()
     yield app
     app.extensions["mailroom.engine"].dispose()
     with migrated.begin() as connection:
@@ -69,8 +109,9 @@ class Factory:
             db.session().commit()
             return row
 
-    def user(self, email="someone@example.com", superadmin=False) -> User:
-        return self._add(User(email=email, password_hash=hash_password(PASSWORD), is_superadmin=superadmin))
+    def user(self, email="someone@example.com", superadmin=False, **values) -> User:
+        return self._add(User(email=email, password_hash=hash_password(PASSWORD), is_superadmin=superadmin,
+                              **values))
 
     def portal(self, slug="help", name="Help Desk", base_url="https://help.example.com") -> Portal:
         return self._add(Portal(slug=slug, name=name, base_url=base_url))
@@ -80,10 +121,17 @@ class Factory:
         self._add(Membership(user_id=user.id, portal_id=portal.id, role=role))
         return user
 
-    def server(self, portal, **values) -> MailServer:
-        defaults = dict(portal_id=portal.id, description="Relay", host="127.0.0.1", port=25, security="none",
-                        from_address="helpdesk@example.com", sender_name="Help Desk", position=1)
-        return self._add(MailServer(**{**defaults, **values}))
+    def server(self, portal, settings=None, credential=None, **values) -> MailServer:
+        """A saved server (SMTP, no authentication, 127.0.0.1:25 unless `settings` says otherwise)."""
+        with self.app.app_context():
+            taken = db.session().exec(select(MailServer).where(MailServer.portal_id == portal.id)).unique().all()
+        defaults = dict(portal_id=portal.id, description="Relay", from_address="helpdesk@example.com",
+                        sender_name="Help Desk", position=len(taken) + 1)
+        server = MailServer(**{**defaults, **values})
+        server.settings = {"host": "127.0.0.1", "port": 25, "security": "none", "verify_cert": True, "ca_cert": "",
+                           "local_hostname": "", "plaintext_auth": False, **(settings or {})}
+        server.credential = Credential(**(credential or {}))
+        return self._add(server)
 
 
 @pytest.fixture
@@ -102,12 +150,13 @@ class Client:
         response = self.http.post("/login", data={"email": email, "password": password,
                                                   "csrf_token": self.csrf_token()})
         assert response.status_code == 303, response.text
+        self._token = None  # a new session, a new token
         return self
 
     def csrf_token(self) -> str:
         if self._token is None:
             page = self.http.get("/login").text
-            self._token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+            self._token = csrf_token_in(page)
         return self._token
 
     def get(self, url, **kwargs):
@@ -121,6 +170,10 @@ class Client:
         if htmx:
             headers["HX-Request"] = "true"
         return self.http.post(url, data=data, headers=headers, **kwargs)
+
+
+def csrf_token_in(page: str) -> str:
+    return re.search(r'<input[^>]*name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ from webapp.models import Membership, Role
 
 # Endpoints a staff member may use; every other portal route is for admins only.
 STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history"}
-PUBLIC_ENDPOINTS = {"auth.login", "static"}
+# Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
+PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.link", "oauth.follow_link"}
 
 
 @pytest.fixture
@@ -20,7 +21,7 @@ def world(app, make, portal):
     with app.app_context():
         membership = db.session().exec(select(Membership).where(Membership.user_id == member.id)).one()
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
-              "direction": "up"}
+              "direction": "up", "user_id": member.id, "token": "not-a-link"}
     return values
 
 
@@ -40,6 +41,18 @@ def url(rule, values) -> str:
 
 def portal_routes(app):
     return list(routes(app, lambda rule: "slug" in rule.arguments))
+
+
+def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
+    public = {rule.endpoint for rule in app.url_map.iter_rules() if not rule.endpoint.startswith(
+        ("portals.", "servers.", "users.", "settings.")) and rule.endpoint not in (
+        "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
+        "oauth.discover")}
+    assert public == PUBLIC_ENDPOINTS
+    assert client.get("/oauth/callback").status_code == 400
+    assert client.get("/oauth/callback?state=forged&code=x").status_code == 400
+    assert client.get("/oauth/consent/not-a-link").status_code == 404
+    assert client.post("/oauth/consent/not-a-link", csrf=False).status_code == 400
 
 
 def test_the_map_has_portal_routes(app):
@@ -132,3 +145,56 @@ def test_next_parameter_cannot_leave_the_site(make, client):
     response = client.post("/login?next=//evil.example/", {"email": "someone@example.com",
                                                           "password": "correct horse battery"})
     assert response.headers["Location"] == "/"
+
+
+def test_every_answer_to_htmx_varies_on_hx_request(app, admin, world):
+    """One URL serves a whole page or a fragment: caches must keep them apart."""
+    for rule, method in routes(app):
+        if rule.endpoint == "auth.logout":
+            continue
+        response = (admin.post(url(rule, world), htmx=True) if method == "POST"
+                    else admin.get(url(rule, world), headers={"HX-Request": "true"}))
+        assert "HX-Request" in response.headers.get("Vary", ""), (method, rule.rule)
+        assert response.headers["Cache-Control"] == "no-store", (method, rule.rule)
+
+
+def test_a_post_from_another_origin_is_refused(admin, world):
+    url_ = f"/p/{world['slug']}/servers/{world['server_id']}/toggle"
+    foreign = admin.post(url_, htmx=True, headers={"Origin": "https://evil.example"})
+    assert foreign.status_code == 400
+    same = admin.post(url_, htmx=True, headers={"Origin": "http://localhost"})
+    assert same.status_code == 200
+
+
+def test_pages_cannot_be_framed_and_https_is_remembered(client):
+    plain = client.get("/login")
+    assert plain.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in plain.headers[
+        "Content-Security-Policy"]
+    assert "Strict-Transport-Security" not in plain.headers
+    secure = client.http.get("/login", base_url="https://mailroom.example")
+    assert secure.headers["Strict-Transport-Security"] == "max-age=31536000"
+
+
+def test_the_database_and_the_keys_are_readable_by_their_owner_only(tmp_path):
+    import os
+    import stat
+
+    from webapp import create_app
+
+    instance = tmp_path / "instance"
+    create_app(instance_path=str(instance))
+    for name in ("mailroom.sqlite3", "secret-keys", "flask-secret-key"):
+        mode = stat.S_IMODE(os.stat(instance / name).st_mode)
+        assert mode & 0o077 == 0, (name, oct(mode))
+    assert stat.S_IMODE(os.stat(instance).st_mode) & 0o077 == 0
+
+
+def test_fragments_for_htmx_carry_no_document_policy_and_pages_do(admin, world):
+    fragment = admin.post(f"/p/{world['slug']}/servers/{world['server_id']}/section/tls", {"security": "tls"},
+                          htmx=True)
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    assert "Content-Security-Policy" not in fragment.headers and "X-Frame-Options" not in fragment.headers
+    assert fragment.headers["Cache-Control"] == "no-store" and "HX-Request" in fragment.headers["Vary"]
+    restore = admin.get(f"/p/{world['slug']}/servers/",
+                        headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
+    assert "<html" in restore.text and "Content-Security-Policy" in restore.headers  # a whole page again

@@ -1,10 +1,13 @@
 """Layered configuration, keys outside the database, secrets encrypted at rest and rotated."""
+import json
+
 from cryptography.fernet import Fernet
 from sqlmodel import select
 
 from webapp import create_app, db
 from webapp.crypto import SecretBox
-from webapp.models import MailServer
+from webapp.credentials import seal
+from webapp.models import Credential, MailServer
 
 
 def test_layers_defaults_then_instance_file_then_environment(tmp_path, monkeypatch):
@@ -44,16 +47,18 @@ def test_rotate_secrets_command_re_encrypts_stored_passwords(tmp_path):
     app = create_app(instance_path=str(instance))
     with app.app_context():
         portal_id = _portal(app)
-        box = app.extensions["mailroom.secrets"]
-        db.session().add(MailServer(portal_id=portal_id, host="h", password_secret=box.encrypt("pw-1")))
+        server = MailServer(portal_id=portal_id, settings={"host": "h"})
+        server.credential = Credential(kind="password", username="u", secret=seal({"password": "pw-1"}))
+        db.session().add(server)
         db.session().commit()
     result = app.test_cli_runner().invoke(args=["rotate-secrets"])
     assert "Re-encrypted 1" in result.output
     keys = [line for line in (instance / "secret-keys").read_text().splitlines() if not line.startswith("#")]
     assert len(keys) == 2
     with app.app_context():
-        token = db.session().exec(select(MailServer)).one().password_secret
-    assert SecretBox(keys[:1]).decrypt(token) == "pw-1"  # readable with the new key alone
+        token = db.session().exec(select(Credential)).one().secret
+    plain = SecretBox(keys[:1]).decrypt(token)  # readable with the new key alone
+    assert plain == "\x01" + json.dumps({"password": "pw-1"})
 
 
 def _portal(app) -> int:

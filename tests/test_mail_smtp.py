@@ -1,29 +1,37 @@
-"""The SMTP transport against real aiosmtpd peers on 127.0.0.1 (tests/peers/smtp.py)."""
+"""The SMTP transport against real aiosmtpd peers on 127.0.0.1 (tests/peers/smtp.py), through the registry."""
 import base64
 import time
 from datetime import datetime, timezone
 
 import pytest
 
-from webapp.mail import smtp
-from webapp.mail.config import AuthMechanism, Security, Sender, ServerConfig, SmtpSettings
+from webapp.mail import transport_for
+from webapp.mail.auth import NoAuth, PasswordAuth
+from webapp.mail.config import Sender, ServerConfig
+from webapp.mail.egress import Network, Policy, parse_rules
 from webapp.mail.message import build_message, sample_message
 from webapp.mail.report import DeliveryError, Outcome, Report
-from webapp.mail.smtp_failures import explain_reply
-from webapp.mail.smtp_session import Rejected
+from webapp.mail.smtp import Mechanism, Security, SmtpSettings
+from webapp.mail.smtp.failures import explain_reply
+from webapp.mail.smtp.session import Rejected
 
 SENDER = Sender("mailer@example.test", "Portal Mailer", reply_to="help@example.test")
+SMTP = transport_for("smtp")
+LOOPBACK = Network(Policy(global_allow=tuple(parse_rules("127.0.0.0/8\n::1", "the tests' allow list"))))
 
 
-def config_for(peer, sender: Sender = SENDER, **overrides) -> ServerConfig:
+def config_for(peer, sender: Sender = SENDER, *, timeout=5.0, mechanism=Mechanism.AUTO,
+               username=None, password=None, **overrides) -> ServerConfig:
     security = {"tls": Security.TLS}.get(peer.kind, Security.STARTTLS)
     if peer.kind in ("plain", "refuse_sender"):
         security = Security.NONE
-    settings = dict(host="localhost", port=peer.port, security=security, ca_cert=peer.ca_pem,
-                    username=peer.username if peer.kind not in ("plain", "refuse_sender") else "",
-                    password=peer.password, timeout=5.0)
+    settings = dict(host="localhost", port=peer.port, security=security, ca_cert=peer.ca_pem)
     settings.update(overrides)
-    return ServerConfig("smtp", sender, SmtpSettings(**settings), label="Test peer")
+    if username is None:
+        username = peer.username if peer.kind not in ("plain", "refuse_sender") else ""
+    auth = PasswordAuth(username, password or peer.password, mechanism) if username else NoAuth()
+    return ServerConfig("smtp", sender, SmtpSettings(**settings), network=LOOPBACK, auth=auth,
+                        timeout=timeout, label="Test peer")
 
 
 def outcomes(report: Report) -> dict[str, Outcome]:
@@ -49,7 +57,7 @@ def secret_forms(peer) -> list[str]:
 
 def test_check_starttls_passes_every_step(smtp_peer):
     peer = smtp_peer("starttls")
-    report = smtp.check(config_for(peer))
+    report = SMTP.check(config_for(peer))
 
     assert report.ok, report.failure
     assert [s.name for s in report.steps] == [
@@ -69,7 +77,7 @@ def test_check_starttls_passes_every_step(smtp_peer):
 
 def test_check_reports_tls_details(smtp_peer):
     peer = smtp_peer("starttls")
-    details = dict(step(smtp.check(config_for(peer)), "TLS").details)
+    details = dict(step(SMTP.check(config_for(peer)), "TLS").details)
 
     assert details["TLS version"].startswith("TLSv1.")
     assert "bits" in details["Cipher"]
@@ -82,7 +90,7 @@ def test_check_reports_tls_details(smtp_peer):
 
 def test_check_implicit_tls(smtp_peer):
     peer = smtp_peer("tls")
-    report = smtp.check(config_for(peer))
+    report = SMTP.check(config_for(peer))
 
     assert report.ok, report.failure
     names = [s.name for s in report.steps]
@@ -91,21 +99,21 @@ def test_check_implicit_tls(smtp_peer):
     assert "with PLAIN" in step(report, "Authenticate").summary
 
 
-@pytest.mark.parametrize("mechanism", [AuthMechanism.PLAIN, AuthMechanism.LOGIN,
-                                       AuthMechanism.CRAM_MD5, AuthMechanism.AUTO])
+@pytest.mark.parametrize("mechanism", [Mechanism.PLAIN, Mechanism.LOGIN,
+                                       Mechanism.CRAM_MD5, Mechanism.AUTO])
 def test_check_each_mechanism(smtp_peer, mechanism):
     peer = smtp_peer("starttls")
-    report = smtp.check(config_for(peer, mechanism=mechanism))
+    report = SMTP.check(config_for(peer, mechanism=mechanism))
 
     assert report.ok, report.failure
-    expected = "CRAM-MD5" if mechanism == AuthMechanism.AUTO else mechanism.value
+    expected = "CRAM-MD5" if mechanism == Mechanism.AUTO else mechanism.value
     assert dict(step(report, "Authenticate").details)["Mechanism"] == expected
     assert f"C: AUTH {expected}" in "\n".join(report.transcript)
 
 
 def test_auto_security_upgrades_with_starttls(smtp_peer):
     peer = smtp_peer("starttls")
-    report = smtp.check(config_for(peer, security=Security.AUTO))
+    report = SMTP.check(config_for(peer, security=Security.AUTO))
 
     assert report.ok, report.failure
     assert outcomes(report)["STARTTLS"] == Outcome.PASSED
@@ -114,7 +122,7 @@ def test_auto_security_upgrades_with_starttls(smtp_peer):
 
 def test_auto_security_without_starttls_warns_and_goes_on(smtp_peer):
     peer = smtp_peer("plain")
-    report = smtp.check(config_for(peer, security=Security.AUTO))
+    report = SMTP.check(config_for(peer, security=Security.AUTO))
 
     assert report.ok, report.failure
     warning = step(report, "STARTTLS")
@@ -126,7 +134,7 @@ def test_auto_security_without_starttls_warns_and_goes_on(smtp_peer):
 
 def test_unverified_certificate_is_a_warning(smtp_peer):
     peer = smtp_peer("untrusted")
-    report = smtp.check(config_for(peer, verify_cert=False, ca_cert=""))
+    report = SMTP.check(config_for(peer, verify_cert=False, ca_cert=""))
 
     assert report.ok, report.failure
     tls = step(report, "TLS")
@@ -139,7 +147,7 @@ def test_unverified_certificate_is_a_warning(smtp_peer):
 
 def test_untrusted_certificate_asks_for_the_ca(smtp_peer):
     peer = smtp_peer("untrusted")
-    report = smtp.check(config_for(peer))
+    report = SMTP.check(config_for(peer))
 
     failure = report.failure
     assert failure.name == "TLS"
@@ -151,7 +159,7 @@ def test_untrusted_certificate_asks_for_the_ca(smtp_peer):
 
 def test_certificate_for_another_name(smtp_peer):
     peer = smtp_peer("wrong_name")
-    failure = smtp.check(config_for(peer, host="127.0.0.1")).failure
+    failure = SMTP.check(config_for(peer, host="127.0.0.1")).failure
 
     assert failure.name == "TLS"
     assert "the certificate is for mail.example.test, not for 127.0.0.1" in failure.summary
@@ -159,7 +167,7 @@ def test_certificate_for_another_name(smtp_peer):
 
 def test_expired_certificate_says_when(smtp_peer):
     peer = smtp_peer("expired")
-    failure = smtp.check(config_for(peer)).failure
+    failure = SMTP.check(config_for(peer)).failure
 
     assert failure.name == "TLS"
     assert "expired on 2020-01-31" in failure.summary
@@ -167,7 +175,7 @@ def test_expired_certificate_says_when(smtp_peer):
 
 def test_wrong_password_is_535(smtp_peer):
     peer = smtp_peer("reject")
-    failure = smtp.check(config_for(peer)).failure
+    failure = SMTP.check(config_for(peer)).failure
 
     assert failure.name == "Authenticate"
     assert failure.summary.startswith("535: the server rejected the username or password")
@@ -177,15 +185,25 @@ def test_wrong_password_is_535(smtp_peer):
 
 def test_mechanism_not_offered(smtp_peer):
     peer = smtp_peer("tls")  # offers LOGIN PLAIN only
-    failure = smtp.check(config_for(peer, mechanism=AuthMechanism.CRAM_MD5)).failure
+    failure = SMTP.check(config_for(peer, mechanism=Mechanism.CRAM_MD5)).failure
 
     assert failure.name == "Authenticate"
     assert failure.summary == "the server does not offer CRAM-MD5; it offers LOGIN PLAIN"
 
 
+def test_credentials_never_cross_an_unencrypted_connection_unless_allowed(smtp_peer):
+    peer = smtp_peer("starttls")
+    report = SMTP.check(config_for(peer, security=Security.NONE))
+
+    assert report.failure.name == "Authenticate"
+    assert report.failure.summary == "Mailroom does not send credentials over an unencrypted connection"
+    assert "Allow sign-in without encryption" in report.failure.hint
+    assert not any(line.startswith("C: AUTH") for line in report.transcript)
+
+
 def test_username_but_no_auth_before_starttls(smtp_peer):
     peer = smtp_peer("starttls")
-    failure = smtp.check(config_for(peer, security=Security.NONE)).failure
+    failure = SMTP.check(config_for(peer, security=Security.NONE, plaintext_auth=True)).failure
 
     assert failure.name == "Authenticate"
     assert "offers no authentication" in failure.summary
@@ -194,7 +212,7 @@ def test_username_but_no_auth_before_starttls(smtp_peer):
 
 def test_starttls_required_but_not_offered(smtp_peer):
     peer = smtp_peer("plain")
-    failure = smtp.check(config_for(peer, security=Security.STARTTLS)).failure
+    failure = SMTP.check(config_for(peer, security=Security.STARTTLS)).failure
 
     assert failure.name == "STARTTLS"
     assert failure.summary == "the server does not offer STARTTLS"
@@ -209,7 +227,7 @@ SLACK = 10.0
 def test_silent_server_fails_within_the_timeout(smtp_peer):
     peer = smtp_peer("silent")
     started = time.monotonic()
-    report = smtp.check(config_for(peer, timeout=2.0))
+    report = SMTP.check(config_for(peer, timeout=2.0))
     elapsed = time.monotonic() - started
 
     assert elapsed < 2.0 + SLACK
@@ -217,20 +235,31 @@ def test_silent_server_fails_within_the_timeout(smtp_peer):
     assert "no answer within 2 s" in report.failure.summary
 
 
-def test_starttls_on_the_implicit_tls_port(smtp_peer):
+@pytest.mark.parametrize("security, label", [(Security.STARTTLS, "STARTTLS"), (Security.NONE, "None"),
+                                             (Security.AUTO, "Automatic")])
+def test_an_implicit_tls_port_is_recognised_long_before_the_timeout(smtp_peer, security, label):
     peer = smtp_peer("tls")
-    started = time.monotonic()
-    failure = smtp.check(config_for(peer, security=Security.STARTTLS, timeout=1.0)).failure
+    failure = SMTP.check(config_for(peer, security=security, timeout=30.0)).failure
 
-    assert time.monotonic() - started < 1.0 + SLACK
+    # Only the probe on a second connection words it so; the timeout would say "no answer within 30 s".
     assert failure.name == "Greeting"
-    assert "expect implicit TLS" in failure.hint
-    assert "you chose STARTTLS" in failure.hint
+    assert failure.summary == (f"port {peer.port} expects TLS from the start (implicit TLS, like 465) "
+                               f"and sends no greeting before it; you chose {label}")
+    assert failure.hint == "choose SSL/TLS as security for this port"
+
+
+def test_a_short_timeout_on_the_implicit_tls_port_still_gets_the_hint(smtp_peer):
+    peer = smtp_peer("tls")
+    failure = SMTP.check(config_for(peer, security=Security.STARTTLS, timeout=1.0)).failure
+
+    assert failure.name == "Greeting"
+    assert "implicit TLS" in failure.summary + failure.hint
+    assert "you chose STARTTLS" in failure.summary + failure.hint
 
 
 def test_tls_on_a_plain_port(smtp_peer):
     peer = smtp_peer("plain")
-    failure = smtp.check(config_for(peer, security=Security.TLS)).failure
+    failure = SMTP.check(config_for(peer, security=Security.TLS)).failure
 
     assert failure.name == "TLS"
     assert failure.summary == (f"the server answered in plain text: port {peer.port} expects "
@@ -239,7 +268,7 @@ def test_tls_on_a_plain_port(smtp_peer):
 
 def test_connection_refused(smtp_peer):
     peer = smtp_peer("closed")
-    failure = smtp.check(config_for(peer)).failure
+    failure = SMTP.check(config_for(peer)).failure
 
     assert failure.name == "Connect"
     assert failure.summary == f"nothing listens on localhost:{peer.port} (connection refused)"
@@ -247,10 +276,10 @@ def test_connection_refused(smtp_peer):
 
 
 def test_unresolvable_host():
-    config = ServerConfig("smtp", SENDER, SmtpSettings(host="no-such-host.invalid", port=587,
-                                                      timeout=3.0))
+    config = ServerConfig("smtp", SENDER, SmtpSettings(host="no-such-host.invalid", port=587),
+                          network=LOOPBACK, timeout=3.0)
     started = time.monotonic()
-    report = smtp.check(config)
+    report = SMTP.check(config)
 
     assert time.monotonic() - started < 3.0 + SLACK
     assert [s.name for s in report.steps] == ["Resolve host"]
@@ -260,7 +289,7 @@ def test_unresolvable_host():
 
 def test_refused_sender_is_explained(smtp_peer):
     peer = smtp_peer("refuse_sender")
-    failure = smtp.check(config_for(peer)).failure
+    failure = SMTP.check(config_for(peer)).failure
 
     assert failure.name == "MAIL FROM"
     assert "550 5.7.1 Sender not allowed" in failure.summary
@@ -271,11 +300,11 @@ def test_refused_sender_is_explained(smtp_peer):
 # --- secrets --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["starttls", "reject"])
-@pytest.mark.parametrize("mechanism", [AuthMechanism.PLAIN, AuthMechanism.LOGIN,
-                                       AuthMechanism.CRAM_MD5])
+@pytest.mark.parametrize("mechanism", [Mechanism.PLAIN, Mechanism.LOGIN,
+                                       Mechanism.CRAM_MD5])
 def test_password_never_in_report(smtp_peer, kind, mechanism):
     peer = smtp_peer(kind)
-    report = smtp.check(config_for(peer, mechanism=mechanism))
+    report = SMTP.check(config_for(peer, mechanism=mechanism))
     text = everything(report)
 
     assert report.ok == (kind == "starttls")
@@ -290,7 +319,7 @@ def test_password_never_in_delivery_error(smtp_peer):
     peer = smtp_peer("reject")
     message = build_message(SENDER, ["someone@example.org"], "Hi", "Hello")
     with pytest.raises(DeliveryError) as caught:
-        smtp.send(config_for(peer, mechanism=AuthMechanism.PLAIN), message)
+        SMTP.send(config_for(peer, mechanism=Mechanism.PLAIN), message)
 
     for secret in secret_forms(peer):
         assert secret not in str(caught.value)
@@ -307,7 +336,7 @@ def test_send_delivers(smtp_peer, kind):
                             "Hello Ann,\nsee you.\n", cc=["bob@example.org"],
                             bcc=["hidden@example.org"])
 
-    receipt = smtp.send(config_for(peer), message)
+    receipt = SMTP.send(config_for(peer), message)
 
     assert receipt.reply.startswith("250 2.0.0 Ok: queued as ")
     assert receipt.message_id == message["Message-ID"]
@@ -333,7 +362,7 @@ def test_send_sample_message_with_non_ascii(smtp_peer):
     now = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
     message = sample_message(sender, "Zoë <zoe@example.org>", "Städtische Bühne", "Mailhost", now)
 
-    receipt = smtp.send(config_for(peer, sender), message)
+    receipt = SMTP.send(config_for(peer, sender), message)
 
     [mail] = peer.messages
     assert receipt.reply.startswith("250")
@@ -348,7 +377,7 @@ def test_send_sample_message_with_non_ascii(smtp_peer):
 def test_send_transcript_hides_the_message_body(smtp_peer):
     peer = smtp_peer("plain")
     message = build_message(SENDER, ["ann@example.org"], "Hi", "a body nobody should log\n")
-    receipt = smtp.send(config_for(peer), message)
+    receipt = SMTP.send(config_for(peer), message)
 
     transcript = "\n".join(receipt.report.transcript)
     assert "C: rcpt TO:<ann@example.org>" in transcript
@@ -362,7 +391,7 @@ def test_send_refused_sender_raises(smtp_peer):
     message = build_message(SENDER, ["ann@example.org"], "Hi", "Hello")
 
     with pytest.raises(DeliveryError) as caught:
-        smtp.send(config_for(peer), message)
+        SMTP.send(config_for(peer), message)
 
     error = caught.value
     assert str(error).startswith("MAIL FROM: 550: the server refused the sender")
@@ -376,7 +405,7 @@ def test_send_without_recipients_fails_before_connecting(smtp_peer):
     message = build_message(SENDER, [], "Hi", "Hello")
 
     with pytest.raises(DeliveryError) as caught:
-        smtp.send(config_for(peer), message)
+        SMTP.send(config_for(peer), message)
 
     assert [s.name for s in caught.value.report.steps] == ["Message"]
     assert caught.value.report.transcript == []
@@ -388,7 +417,7 @@ def test_send_to_silent_server_raises_within_the_timeout(smtp_peer):
     started = time.monotonic()
 
     with pytest.raises(DeliveryError) as caught:
-        smtp.send(config_for(peer, timeout=1.0), message)
+        SMTP.send(config_for(peer, timeout=1.0), message)
 
     assert time.monotonic() - started < 1.0 + SLACK
     assert "no answer within 1 s" in str(caught.value)
@@ -397,8 +426,9 @@ def test_send_to_silent_server_raises_within_the_timeout(smtp_peer):
 # --- guard rails ------------------------------------------------------------------------------
 
 def test_network_guard_keeps_tests_off_the_network():
-    config = ServerConfig("smtp", SENDER, SmtpSettings(host="192.0.2.1", port=587, timeout=3.0))
-    report = smtp.check(config)
+    config = ServerConfig("smtp", SENDER, SmtpSettings(host="192.0.2.1", port=587), network=LOOPBACK,
+                          timeout=3.0)
+    report = SMTP.check(config)
 
     assert report.failure.name == "Connect"
     assert "test network guard" in report.failure.summary

@@ -14,7 +14,7 @@ from .test_server_form import VALID
 def peer_form(peer, **overrides):
     form = {**VALID, "host": peer.host, "port": str(peer.port), "username": peer.username,
             "password": peer.password, "confirm_password": peer.password, "ca_cert": peer.ca_pem,
-            "_shown": ["smtp", "tls", "basic"]}
+            "_shown": ["smtp", "port", "tls", "plaintext", "basic"]}
     return {**form, **overrides}
 
 
@@ -71,7 +71,7 @@ def test_validate_with_form_errors_re_renders_the_form(admin, smtp_peer):
 
 def test_validate_without_javascript_shows_the_report_in_the_page(admin, smtp_peer):
     peer = smtp_peer("plain")
-    response = admin.post("/p/help/servers/new/validate", peer_form(peer, security="none", requires_auth=""))
+    response = admin.post("/p/help/servers/new/validate", peer_form(peer, security="none", auth_type="none"))
     assert response.status_code == 200
     assert "<html" in response.text and "All checks passed" in response.text
 
@@ -101,7 +101,7 @@ def test_staff_send_a_sample_mail_that_arrives(app, admin, staff, smtp_peer):
 
 def test_a_refused_sample_mail_shows_the_reply_in_words(app, admin, smtp_peer):
     peer = smtp_peer("refuse_sender")
-    server = saved_server(app, admin, peer_form(peer, security="none", requires_auth=""))
+    server = saved_server(app, admin, peer_form(peer, security="none", auth_type="none"))
     response = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "someone@example.org"})
     assert "The mail was not sent" in response.text and "550" in response.text
     assert "What to try" in response.text

@@ -5,6 +5,7 @@ import pytest
 from sqlmodel import select
 
 from webapp import db
+from webapp.credentials import unseal
 from webapp.models import AuditEvent, MailServer
 
 NEW = "/p/help/servers/new"
@@ -17,15 +18,14 @@ VALID = {
     "port": "587",
     "timeout": "10",
     "verify_cert": "y",
-    "requires_auth": "y",
+    "auth_type": "basic",
     "username": "mailer@example.com",
     "password": "Very-Secret-1",
     "confirm_password": "Very-Secret-1",
-    "auth_mechanism": "auto",
+    "mechanism": "auto",
     "from_address": "helpdesk@example.com",
     "sender_name": "Example Help Desk",
     "reply_to": "support@example.com",
-    "admin_address": "postmaster@example.com",
     "max_connections": "5",
     "enabled": "y",
 }
@@ -33,7 +33,18 @@ VALID = {
 
 def servers(app):
     with app.app_context():
-        return db.session().exec(select(MailServer)).all()
+        return db.session().exec(select(MailServer).order_by(MailServer.position)).unique().all()
+
+
+def stored_password(app, server) -> str:
+    with app.app_context():
+        return unseal(server.credential.secret)["password"]
+
+
+def checkbox(html: str, name: str) -> bool | None:
+    """Whether the checkbox `name` is rendered checked (None: not rendered as a checkbox)."""
+    tag = re.search(rf'<input type="checkbox"[^>]*name="{name}"[^>]*>', html)
+    return None if tag is None else " checked" in tag.group(0)
 
 
 def field_error(html: str, field: str) -> str:
@@ -45,19 +56,23 @@ def test_add_server_saves_every_field(app, admin):
     response = admin.post(NEW, VALID)
     assert response.status_code == 303
     [server] = servers(app)
-    assert (server.host, server.port, server.security, server.auth_type) == ("smtp.example.com", 587, "starttls",
-                                                                            "basic")
+    assert server.settings == {"host": "smtp.example.com", "port": 587, "security": "starttls", "verify_cert": True,
+                               "ca_cert": "", "local_hostname": "", "plaintext_auth": False}
+    credential = server.credential
+    assert (credential.kind, credential.username, credential.mechanism) == ("password", "mailer@example.com", "auto")
     assert (server.from_address, server.sender_name, server.reply_to) == ("helpdesk@example.com",
                                                                           "Example Help Desk", "support@example.com")
-    assert server.max_connections == 5 and server.enabled and server.verify_cert
-    assert server.password_secret and "Very-Secret-1" not in server.password_secret
-    with app.app_context():
-        assert app.extensions["mailroom.secrets"].decrypt(server.password_secret) == "Very-Secret-1"
+    assert server.max_connections == 5 and server.enabled and server.timeout == 10
+    assert credential.secret and "Very-Secret-1" not in credential.secret
+    assert stored_password(app, server) == "Very-Secret-1"
+    assert credential.bound_to == {"protocol": "smtp", "host": "smtp.example.com", "port": 587,
+                                   "security": "starttls", "verify_cert": True, "ca_cert": "",
+                                   "plaintext_auth": False}
 
 
 def test_empty_port_takes_the_default_of_the_security(app, admin):
     admin.post(NEW, {**VALID, "security": "tls", "port": ""})
-    assert servers(app)[0].port == 465
+    assert servers(app)[0].settings["port"] == 465
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -69,9 +84,9 @@ def test_empty_port_takes_the_default_of_the_security(app, admin):
     ("port", "70000", "from 1 to 65535"),
     ("from_address", "not-an-address", "@-sign"),
     ("reply_to", "someone@", "after the @-sign"),
-    ("sender_name", "Help\r\nBcc: victim@example.com", "Line breaks"),
-    ("description", "Relay\nX-Injected: 1", "Line breaks"),
-    ("username", "mailer\r\n@example.com", "Line breaks"),
+    ("sender_name", "Help\r\nBcc: victim@example.com", "line breaks are not allowed"),
+    ("description", "Relay\nX-Injected: 1", "line breaks are not allowed"),
+    ("username", "mailer\r\n@example.com", "line breaks are not allowed"),
     ("confirm_password", "something else", "do not match"),
     ("timeout", "0", "1 to 60"),
 ])
@@ -92,12 +107,12 @@ def test_international_addresses_are_accepted(app, admin):
 
 def test_hidden_sections_are_not_validated_and_their_data_is_ignored(app, admin):
     posted = {**VALID, "security": "none", "ca_cert": "not a certificate", "verify_cert": "",
-              "requires_auth": "", "username": "bad\nname", "password": "x", "confirm_password": "y"}
+              "auth_type": "none", "username": "bad\nname", "password": "x", "confirm_password": "y"}
     response = admin.post(NEW, posted)
     assert response.status_code == 303, field_error(response.text, "ca_cert")
     [server] = servers(app)
-    assert server.auth_type == "none" and server.username == "" and server.password_secret is None
-    assert server.ca_cert == "" and server.verify_cert is True  # untouched defaults, not the posted values
+    assert server.credential.kind == "none" and server.credential.username == "" and server.credential.secret is None
+    assert server.settings["ca_cert"] == "" and server.settings["verify_cert"] is True  # defaults, not what was posted
 
 
 def test_a_new_server_with_authentication_needs_a_password(app, admin):
@@ -111,56 +126,62 @@ def test_edit_keeps_the_stored_password_when_left_blank_and_clears_it_on_request
     [server] = servers(app)
     edit = f"/p/help/servers/{server.id}/edit"
     page = admin.get(edit).text
-    assert "Very-Secret-1" not in page and server.password_secret not in page
-    assert "A password is stored for this server" in page
+    assert "Very-Secret-1" not in page and server.credential.secret not in page
+    assert "A password is stored: leave empty to keep it." in page
     kept = {**VALID, "version": "1", "password": "", "confirm_password": "", "sender_name": "Renamed"}
     assert admin.post(edit, kept).status_code == 303
     [server] = servers(app)
     assert server.sender_name == "Renamed" and server.version == 2
-    with app.app_context():
-        assert app.extensions["mailroom.secrets"].decrypt(server.password_secret) == "Very-Secret-1"
-    cleared = {**kept, "version": "2", "requires_auth": "", "clear_password": "y"}
+    assert stored_password(app, server) == "Very-Secret-1"
+    cleared = {**kept, "version": "2", "auth_type": "none"}
     assert admin.post(edit, cleared).status_code == 303
-    assert servers(app)[0].password_secret is None
+    assert servers(app)[0].credential.secret is None
+    assert servers(app)[0].credential.kind == "none"
 
 
 def test_the_second_of_two_concurrent_saves_is_refused(app, admin):
     admin.post(NEW, VALID)
     [server] = servers(app)
     edit = f"/p/help/servers/{server.id}/edit"
-    version = re.search(r'name="version" type="hidden" value="(\d+)"', admin.get(edit).text).group(1)
-    keep_password = {"password": "", "confirm_password": ""}
-    first = admin.post(edit, {**VALID, **keep_password, "version": version, "host": "first.example.com"})
-    second = admin.post(edit, {**VALID, **keep_password, "version": version, "host": "second.example.com"})
+    version = re.search(r'<input type="hidden" name="version" value="(\d+)">', admin.get(edit).text).group(1)
+    first = admin.post(edit, {**VALID, "version": version, "host": "first.example.com"})
+    second = admin.post(edit, {**VALID, "version": version, "host": "second.example.com"})
     assert first.status_code == 303
     assert second.status_code == 409
     assert "changed since you opened it" in second.text
-    assert servers(app)[0].host == "first.example.com"
+    assert servers(app)[0].settings["host"] == "first.example.com"
 
 
 def test_security_change_swaps_only_the_tls_section_and_the_port_follows(admin):
     swapped = admin.post(f"{NEW.rsplit('/', 1)[0]}/new/section/tls", {**VALID, "security": "tls", "port": "587"},
                          htmx=True, headers={"HX-Trigger-Name": "security"})
     assert swapped.status_code == 200
-    assert swapped.text.strip().startswith('<div id="section-tls">')
+    assert swapped.text.strip().startswith('<div id="port-group">')
     assert 'name="port"' in swapped.text and 'value="465"' in swapped.text
+    assert '<div id="tls-options" hx-swap-oob="true">' in swapped.text  # they were not on the page: now they are
     assert "<html" not in swapped.text and "host" not in swapped.text
+    same_options = admin.post("/p/help/servers/new/section/tls",
+                              {**VALID, "security": "tls", "port": "587", "_shown": ["smtp", "port", "tls"]},
+                              htmx=True, headers={"HX-Trigger-Name": "security"})
+    assert 'value="465"' in same_options.text and "tls-options" not in same_options.text  # only the port changes
     custom = admin.post("/p/help/servers/new/section/tls", {**VALID, "security": "tls", "port": "2525"},
                         htmx=True, headers={"HX-Trigger-Name": "security"})
     assert 'value="2525"' in custom.text  # a port the admin chose is theirs
-    none = admin.post("/p/help/servers/new/section/tls", {**VALID, "security": "none", "ca_cert": "PEM?"},
+    none = admin.post("/p/help/servers/new/section/tls", {**VALID, "security": "none", "ca_cert": "PEM?",
+                                                          "_shown": ["smtp", "port", "tls"]},
                       htmx=True, headers={"HX-Trigger-Name": "security"})
-    assert 'type="checkbox"' not in none.text and "unencrypted" in none.text
+    assert checkbox(none.text, "verify_cert") is None and "unencrypted" in none.text
+    assert checkbox(none.text, "plaintext_auth") is False  # offered, off by default
     assert '<input type="hidden" name="ca_cert" value="PEM?">' in none.text  # carried for the way back
 
 
 def test_a_section_appearing_for_the_first_time_starts_from_its_defaults(admin):
     shown = admin.post("/p/help/servers/new/section/tls", {"protocol": "smtp", "security": "starttls",
                                                            "_shown": "smtp"}, htmx=True)
-    assert re.search(r'<input[^>]*checked[^>]*name="verify_cert"', shown.text)
+    assert checkbox(shown.text, "verify_cert") is True
     kept_off = admin.post("/p/help/servers/new/section/tls", {"protocol": "smtp", "security": "tls",
                                                               "_shown": ["smtp", "tls"]}, htmx=True)
-    assert not re.search(r'<input[^>]*checked[^>]*name="verify_cert"', kept_off.text)
+    assert "tls-options" not in kept_off.text  # on the page already, as the admin left it: not touched
 
 
 def test_default_action_resets_the_port(admin):
@@ -169,19 +190,20 @@ def test_default_action_resets_the_port(admin):
     assert 'value="465"' in swapped.text
 
 
-def test_authentication_toggle_swaps_the_basic_section_and_carries_typed_values(admin):
-    off = admin.post("/p/help/servers/new/section/basic", {**VALID, "requires_auth": ""}, htmx=True)
+def test_authentication_change_swaps_the_credentials_and_carries_typed_values(admin):
+    off = admin.post("/p/help/servers/new/section/credentials", {**VALID, "auth_type": "none"}, htmx=True)
+    assert off.text.strip().startswith('<div id="section-credentials">')
     assert 'name="password"' not in off.text
     assert '<input type="hidden" name="username" value="mailer@example.com">' in off.text
     assert "Very-Secret-1" not in off.text
-    on = admin.post("/p/help/servers/new/section/basic", {**VALID, "password": "", "confirm_password": ""},
+    on = admin.post("/p/help/servers/new/section/credentials", {**VALID, "password": "", "confirm_password": ""},
                     htmx=True)
     assert 'name="password"' in on.text and 'value="mailer@example.com"' in on.text
 
 
 def test_the_full_page_includes_the_same_partials(admin):
     page = admin.get(NEW).text
-    for section in ("section-connection", "section-smtp", "section-tls", "section-basic"):
+    for section in ("section-connection", "section-smtp", "section-tls", "section-credentials"):
         assert f'id="{section}"' in page
 
 
@@ -237,10 +259,10 @@ def test_htmx_attributes_are_rendered_as_htmx_reads_them(admin):
 
 
 def test_editing_a_server_without_tls_keeps_certificate_verification_when_tls_is_chosen(app, admin, make, portal):
-    server = make.server(portal, security="none", verify_cert=True)
+    server = make.server(portal, settings={"security": "none", "verify_cert": True})
     page = admin.get(f"/p/help/servers/{server.id}/edit").text
     assert '<input type="hidden" name="verify_cert" value="y">' in page
-    posted = {**VALID, "security": "starttls", "verify_cert": "y", "_shown": ["smtp", "tls"]}
+    posted = {**VALID, "security": "starttls", "verify_cert": "y", "_shown": ["smtp", "port", "plaintext"]}
     swapped = admin.post(f"/p/help/servers/{server.id}/section/tls", posted, htmx=True,
                          headers={"HX-Trigger-Name": "security"})
-    assert re.search(r'<input[^>]*checked[^>]*name="verify_cert"', swapped.text)
+    assert checkbox(swapped.text, "verify_cert") is True

@@ -8,7 +8,9 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, db, instance, security, views
+from . import cli, config, db, instance, limits, network, security, views
+
+log = logging.getLogger(__name__)
 
 csrf = CSRFProtect()
 htmx = Htmx()
@@ -17,7 +19,7 @@ htmx = Htmx()
 def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("MAILROOM_INSTANCE_PATH"))
-    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    Path(app.instance_path).mkdir(mode=0o700, parents=True, exist_ok=True)  # keys and, by default, the database
     config.load(app, test_config)
     instance.load_secrets(app)
     _configure_logging(app.config["LOG_LEVEL"])
@@ -27,10 +29,34 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     csrf.init_app(app)
     htmx.init_app(app)
     security.init_app(app)
+    limits.init_app(app)
     db.init_app(app)
+    network.init_app(app)
     views.init_app(app)
     cli.init_app(app)
+    _tell_about_unreadable_secrets(app)
     return app
+
+
+def _tell_about_unreadable_secrets(app) -> None:
+    """Say at start when the configured keys cannot read stored secrets (a lost or wrong key file)."""
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlmodel import select
+
+    from .credentials import unreadable_secrets
+    from .models import Credential
+
+    with app.app_context():
+        try:
+            count = unreadable_secrets(db.session().exec(select(Credential).where(Credential.secret.is_not(None))))
+        except SQLAlchemyError:  # not migrated yet: nothing stored to read
+            return
+        finally:
+            db.session().rollback()
+    if count:
+        log.warning("%d stored secret(s) cannot be read with the configured keys (MAILROOM_SECRET_KEYS or "
+                    "instance/secret-keys): those servers fail until their secrets are entered again or the "
+                    "key that encrypted them is restored", count)
 
 
 def _configure_logging(level: str) -> None:

@@ -1,9 +1,14 @@
-"""The History page's records: who changed what, secrets only ever as "changed"."""
-from flask import has_request_context
-from flask_login import current_user
+"""The History page's records: who changed what, secrets only ever as "(changed)".
+
+Every record names its actor explicitly: a signed-in user, the command line, and later
+the delivery worker or an OAuth callback. Services take the actor as an argument.
+"""
+from dataclasses import dataclass
+
+from sqlmodel import select
 
 from . import db
-from .models import AuditEvent
+from .models import AuditEvent, User
 
 SECRET = "(changed)"
 
@@ -14,27 +19,48 @@ ACTIONS = {
     "server.updated": "Changed the server",
     "server.removed": "Removed the server",
     "server.reordered": "Moved the server",
+    "server.checked": "Validated the server",
     "server.sample_sent": "Sent a sample mail through",
     "server.sample_failed": "A sample mail failed through",
     "membership.created": "Added the member",
     "membership.updated": "Changed the role of",
     "membership.removed": "Removed the member",
     "user.created": "Created the user",
+    "user.updated": "Changed the user",
+    "user.removed": "Removed the user",
     "user.password_changed": "Changed the password of",
+    "user.password_reset": "Reset the password of",
+    "egress.updated": "Changed",
+    "server.authorized": "Authorized OAuth for",
+    "server.admin_consented": "Granted admin consent for",
+    "server.authorization_failed": "An OAuth consent failed for",
+    "server.reauthorization_needed": "Re-authorization needed for",
+    "server.consent_link": "Made a consent link for",
 }
 
 
-def record(action: str, subject: str, changes: dict | None = None, portal_id: int | None = None) -> AuditEvent:
-    """Add an event to the current session; it is committed with the change it describes."""
-    actor = current_user if has_request_context() and current_user.is_authenticated else None
-    event = AuditEvent(
-        portal_id=portal_id,
-        actor_id=actor.id if actor else None,
-        actor=actor.email if actor else "command line",
-        action=action,
-        subject=subject,
-        changes=changes or {},
-    )
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a user (id and email), or a part of Mailroom acting on its own."""
+    label: str
+    user_id: int | None = None
+
+    @classmethod
+    def of(cls, user) -> "Actor":
+        return cls(user.email, user.id)
+
+
+COMMAND_LINE = Actor("command line")
+
+
+def record(actor: Actor, action: str, subject: str, changes: dict | None = None,
+           portal_id: int | None = None) -> AuditEvent:
+    """Add an event to the current session; it is committed with the change it describes.
+    A user removed while their request was under way becomes NULL here, as a later removal
+    would make it (the label keeps who it was)."""
+    actor_id = select(User.id).where(User.id == actor.user_id).scalar_subquery() if actor.user_id else None
+    event = AuditEvent(portal_id=portal_id, actor_id=actor_id, actor=actor.label[:254], action=action,
+                       subject=subject[:300], changes=changes or {})
     db.session().add(event)
     return event
 

@@ -1,4 +1,5 @@
-"""Command-line administration: flask --app webapp <command>."""
+"""Command-line administration: flask --app webapp <command>. Every change is recorded in
+History as done by "command line"."""
 import secrets
 from pathlib import Path
 
@@ -7,17 +8,21 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlmodel import select
 
-from . import db, people
+from . import checks, db, mailservers, network, people
+from .audit import COMMAND_LINE
 from .crypto import KEY_FILE, SecretBox, configured_keys, prepend_new_key
-from .models import MailServer, Role, User
+from .models import Credential, Portal, Role, User
 
 
 def init_app(app) -> None:
-    for command in (db_group, init, create_user, create_portal, add_member, rotate_secrets):
+    for command in (db_group, mail_group, egress_group, init, create_user, reset_password, create_portal,
+                    add_member, rotate_secrets):
         app.cli.add_command(command)
 
 
 db_group = AppGroup("db", help="Database migrations.")
+mail_group = AppGroup("mail", help="Check servers and send sample mails, as the web pages do.")
+egress_group = AppGroup("egress", help="Where portals' connections may go (the egress policy).")
 
 
 @db_group.command("upgrade", help="Upgrade the database to the newest schema.")
@@ -36,9 +41,9 @@ def init(email, url):
         click.echo(f"Mailroom is ready: sign in at {url}")
         return
     password = secrets.token_urlsafe(12)
-    people.create_user(email, password, name="Administrator", superadmin=True)
+    people.create_user(COMMAND_LINE, email, password, name="Administrator", superadmin=True)
     click.echo(f"\nCreated the first super-admin. Sign in at {url}\n  email:    {email}\n  password: {password}\n"
-               "Change it after signing in: click your email at the top right.\n")
+               "You will be asked to choose your own password at the first sign-in.\n")
 
 
 @click.command("create-user")
@@ -48,23 +53,36 @@ def init(email, url):
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 @click.option("--superadmin", is_flag=True, help="May create portals and users.")
 def create_user(email, name, password, superadmin):
-    """Create a user who signs in with EMAIL."""
+    """Create a user who signs in with EMAIL (and must choose their own password at first sign-in)."""
     try:
-        people.create_user(email, password, name, superadmin)
+        people.create_user(COMMAND_LINE, email, password, name, superadmin)
     except people.Conflict as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"Created {email}.")
+
+
+@click.command("reset-password")
+@with_appcontext
+@click.argument("email")
+def reset_password(email):
+    """Give EMAIL a new one-time password; they choose their own at the next sign-in."""
+    user = people.find_user(email)
+    if user is None:
+        raise click.ClickException(f"No user has the email {email}.")
+    password = people.reset_password(COMMAND_LINE, user)
+    click.echo(f"New one-time password for {user.email}: {password}\n"
+               "They are signed out everywhere and choose their own password at the next sign-in.")
 
 
 @click.command("create-portal")
 @with_appcontext
 @click.argument("slug")
 @click.argument("name")
-@click.option("--base-url", default="", help="Public base URL, used for links in mails.")
+@click.option("--base-url", default="", help="Public base URL, used for links in mails and OAuth redirect URIs.")
 def create_portal(slug, name, base_url):
     """Create a portal."""
     try:
-        people.create_portal(slug, name, base_url)
+        people.create_portal(COMMAND_LINE, slug, name, base_url)
     except people.Conflict as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"Created portal {slug}.")
@@ -77,17 +95,116 @@ def create_portal(slug, name, base_url):
 @click.option("--role", type=click.Choice([r.value for r in Role]), default=Role.STAFF.value, show_default=True)
 def add_member(slug, email, role):
     """Make the user EMAIL a member of the portal SLUG."""
-    from .models import Portal
-
-    portal = db.session().exec(select(Portal).where(Portal.slug == slug)).first()
+    portal = _portal(slug)
     user = people.find_user(email)
-    if portal is None or user is None:
-        raise click.ClickException("No such portal." if portal is None else "No such user.")
+    if user is None:
+        raise click.ClickException("No such user.")
     try:
-        people.add_member(portal, user, Role(role))
+        people.add_member(COMMAND_LINE, portal, user, Role(role))
     except people.Conflict as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"{email} is now {role} of {slug}.")
+
+
+@mail_group.command("check")
+@click.argument("slug")
+@click.argument("server_id", type=int)
+def mail_check(slug, server_id):
+    """Validate a saved server, as its row's Validate does; exit status 1 if a step failed."""
+    portal = _portal(slug)
+    report = checks.check(COMMAND_LINE, portal, _server(portal, server_id))
+    for step in report.steps:
+        click.echo(f"{step.outcome.upper():8} {step.name}: {step.summary}")
+        if step.hint:
+            click.echo(f"{'':8} what to try: {step.hint}")
+    raise SystemExit(0 if report.ok else 1)
+
+
+@mail_group.command("send-sample")
+@click.argument("slug")
+@click.argument("server_id", type=int)
+@click.argument("recipient")
+def mail_send_sample(slug, server_id, recipient):
+    """Send a sample mail through a saved server; exit status 1 if it was not accepted."""
+    portal = _portal(slug)
+    result = checks.send_sample(COMMAND_LINE, portal, _server(portal, server_id), recipient)
+    if result.receipt:
+        click.echo(f"Email server accepted mail for delivery: {result.receipt.reply}")
+        return
+    click.echo(f"The mail was not sent. {result.error}\nWhat to try: {result.error.hint}")
+    raise SystemExit(1)
+
+
+@egress_group.command("show")
+@click.option("--portal", "slug", help="A portal's lists instead of the global ones.")
+def egress_show(slug):
+    """Print the allow and deny lists."""
+    rules = _egress_rules(slug)
+    for name in ("allow", "deny"):
+        click.echo(f"{name}:")
+        for line in rules[name].splitlines() or ["(empty)"]:
+            click.echo(f"  {line}")
+
+
+@egress_group.command("allow")
+@click.argument("rule")
+@click.option("--portal", "slug", help="Add to a portal's list instead of the global one.")
+def egress_allow(rule, slug):
+    """Add RULE (e.g. '127.0.0.1 25' or '10.0.0.0/8') to the allow list."""
+    _egress_add("allow", rule, slug)
+
+
+@egress_group.command("deny")
+@click.argument("rule")
+@click.option("--portal", "slug", help="Add to a portal's list instead of the global one.")
+def egress_deny(rule, slug):
+    """Add RULE to the deny list."""
+    _egress_add("deny", rule, slug)
+
+
+@egress_group.command("check")
+@click.argument("host")
+@click.argument("port", type=int)
+@click.option("--portal", "slug", help="Decide for this portal (its lists, then the global ones).")
+def egress_check(host, port, slug):
+    """Say what the policy decides for HOST PORT, without connecting."""
+    click.echo(network.decide(_portal(slug) if slug else None, host, port))
+
+
+def _egress_rules(slug: str | None) -> dict:
+    if slug:
+        portal = _portal(slug)
+        return {"allow": portal.egress_allow, "deny": portal.egress_deny}
+    return network.global_rules()
+
+
+def _egress_add(name: str, rule: str, slug: str | None) -> None:
+    rules = _egress_rules(slug)
+    rules[name] = "\n".join([*rules[name].splitlines(), rule])
+    try:
+        if slug:
+            network.set_portal_rules(COMMAND_LINE, _portal(slug), rules["allow"], rules["deny"])
+        else:
+            network.set_global_rules(COMMAND_LINE, rules["allow"], rules["deny"])
+    except network.RulesInvalid as error:
+        raise click.ClickException(f"Not a rule: {error}") from None
+    click.echo(f"Added to the {'portal ' + slug + chr(39) + 's' if slug else 'global'} {name} list: {rule}")
+
+
+@mail_group.command("refresh-tokens")
+@click.option("--older-than-hours", default=24.0, show_default=True,
+              help="Refresh delegated OAuth grants not refreshed for this long.")
+def mail_refresh_tokens(older_than_hours):
+    """Refresh delegated OAuth grants that would otherwise go quiet (run it daily from cron).
+    Exit status 1 if a grant needs re-authorization."""
+    from .grants import refresh_quiet_grants
+
+    outcomes = refresh_quiet_grants(older_than_hours)
+    for server, outcome in outcomes:
+        click.echo(f"{server}: {outcome}")
+    if not outcomes:
+        click.echo("No grant needed a refresh.")
+    raise SystemExit(1 if any(outcome.startswith("failed") for _, outcome in outcomes) else 0)
 
 
 @click.command("rotate-secrets")
@@ -97,9 +214,23 @@ def rotate_secrets():
     if not current_app.config.get("SECRET_KEYS"):  # else the new key is already first in MAILROOM_SECRET_KEYS
         prepend_new_key(Path(current_app.instance_path) / KEY_FILE)
     box = SecretBox(configured_keys(current_app.config, current_app.instance_path))
-    servers = db.session().exec(select(MailServer).where(MailServer.password_secret.is_not(None))).all()
-    for server in servers:
-        server.password_secret = box.rotate(server.password_secret)
-        db.session().add(server)
+    stored = db.session().exec(select(Credential).where(Credential.secret.is_not(None))).all()
+    for credential in stored:
+        credential.secret = box.rotate(credential.secret)  # the revision stays: the secret is the same
+        db.session().add(credential)
     db.session().commit()
-    click.echo(f"Re-encrypted {len(servers)} secret(s). Older keys can be removed now.")
+    click.echo(f"Re-encrypted {len(stored)} secret(s). Older keys can be removed now.")
+
+
+def _portal(slug: str) -> Portal:
+    portal = db.session().exec(select(Portal).where(Portal.slug == slug)).first()
+    if portal is None:
+        raise click.ClickException(f"No portal has the slug {slug}.")
+    return portal
+
+
+def _server(portal: Portal, server_id: int):
+    server = mailservers.get_server(portal, server_id)
+    if server is None:
+        raise click.ClickException(f"The portal {portal.slug} has no server {server_id}.")
+    return server

@@ -7,6 +7,7 @@ from pathlib import Path
 class Defaults:
     SECRET_KEY = None  # read from instance/flask-secret-key when not configured
     DATABASE_URL = None  # None: SQLite in the instance folder
+    DATABASE_BUSY_TIMEOUT = 30  # SQLite: seconds to wait for another writer before answering 503
     SECRET_KEYS = None  # Fernet keys, newest first; None: instance/secret-keys
     WTF_CSRF_TIME_LIMIT = None  # the token lives as long as the session
     SESSION_COOKIE_HTTPONLY = True
@@ -16,6 +17,15 @@ class Defaults:
     TRUSTED_PROXIES = 0  # how many proxies in front of gunicorn set X-Forwarded-*
     LOG_LEVEL = "INFO"
     AUTO_MIGRATE = None  # None: upgrade automatically only on the embedded SQLite default
+    EXTRA_CA_CERTS = None  # a PEM file of CA certificates trusted for every outgoing TLS connection
+    REDIS_URL = None  # sessions and rate limits in Redis (shared by several hosts); None: database / memory
+    SESSION_IDLE_MINUTES = 120  # a session ends after this long without a request
+    SESSION_MAX_HOURS = 12  # and this long after sign-in in any case
+    CHECKS_PER_PROCESS = 4  # Validate runs and sample mails at once in one app process (each holds a thread)
+    CHECKS_PER_PORTAL = 2  # ... of which one portal may use this many
+    SIGN_IN_LIMIT_PER_ACCOUNT = "10 per 15 minutes"  # failed sign-ins (Flask-Limiter's notation)
+    SIGN_IN_LIMIT_PER_ADDRESS = "30 per 15 minutes"
+    SAMPLE_LIMIT_PER_USER = "10 per minute"
 
 
 def load(app, overrides: dict | None = None) -> None:
@@ -28,6 +38,8 @@ def load(app, overrides: dict | None = None) -> None:
         app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'mailroom.sqlite3'}"
     if app.config["AUTO_MIGRATE"] is None:
         app.config["AUTO_MIGRATE"] = app.config["DATABASE_URL"].startswith("sqlite")
+    extra = app.config["EXTRA_CA_CERTS"]
+    app.config["EXTRA_CA_PEM"] = Path(extra).read_text() if extra else ""
 
 
 def _from_environment(environ) -> dict:

@@ -11,6 +11,10 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 KEY_FILE = "secret-keys"
 
 
+class SecretUnreadable(ValueError):
+    """A stored secret cannot be decrypted with the configured keys."""
+
+
 class SecretBox:
     def __init__(self, keys: list[str]):
         if not keys:
@@ -24,7 +28,14 @@ class SecretBox:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise ValueError("a stored secret cannot be decrypted with the configured keys") from None
+            raise SecretUnreadable("a stored secret cannot be decrypted with the configured keys") from None
+
+    def readable(self, token: str) -> bool:
+        try:
+            self._fernet.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
 
     def rotate(self, token: str) -> str:
         return self._fernet.rotate(token.encode()).decode()

@@ -1,10 +1,11 @@
 """The engine, one session per request, and the migrations entry."""
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from flask import current_app, g
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlmodel import Session, create_engine
 
 from .instance import locked
@@ -13,7 +14,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def init_app(app) -> None:
-    engine = make_engine(app.config["DATABASE_URL"])
+    engine = make_engine(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_TIMEOUT"])
     app.extensions["mailroom.engine"] = engine
     app.teardown_appcontext(_close_session)
     if app.config["AUTO_MIGRATE"]:
@@ -21,18 +22,28 @@ def init_app(app) -> None:
             upgrade(engine)
 
 
-def make_engine(url: str):
+def make_engine(url: str, busy_timeout: float = 30):
+    """`busy_timeout`: how long SQLite waits for another writer before giving up (then a 503)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _private_file(make_url(url).database)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def _private_file(path: str | None) -> None:
+    """The database file readable by its owner only (SQLite gives its -wal and -shm files the same mode)."""
+    if path and path != ":memory:" and not os.path.exists(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe from corruption; a crash may lose the last commits
     cursor.close()
 
 
@@ -61,3 +72,51 @@ def alembic_config(engine_) -> AlembicConfig:
 
 def upgrade(engine_, revision: str = "head") -> None:
     command.upgrade(alembic_config(engine_), revision)
+
+
+def lock_portal(portal) -> None:
+    """Serialize the writers of one portal until the next commit: decisions made after this
+    (a new position, "a portal keeps an admin") see every write committed before.
+
+    Ends the current transaction first (objects stay loaded: expire_on_commit is off), then
+    takes the lock as the new transaction's first statement: on PostgreSQL the portal's row
+    (SELECT ... FOR UPDATE), on SQLite the database's write lock (a write that changes nothing).
+    """
+    from sqlmodel import select, update
+
+    from .models import Portal
+
+    db_session = session()
+    db_session.commit()
+    if db_session.get_bind().dialect.name == "sqlite":
+        db_session.execute(update(Portal).where(Portal.id == portal.id).values(id=Portal.id)
+                           .execution_options(synchronize_session=False))
+    else:
+        db_session.execute(select(Portal.id).where(Portal.id == portal.id).with_for_update())
+
+
+def release() -> None:
+    """End the transaction and give the connection back before network I/O (loaded objects stay)."""
+    session().commit()
+
+
+LOCK_ALL_KEY = 0x4D61696C726F6F6D  # "Mailroom": the advisory lock of lock_all on PostgreSQL
+
+
+def lock_all() -> None:
+    """As lock_portal, for a change that concerns every portal and the super-admins (disabling
+    or removing a user): on PostgreSQL an advisory lock (held even when there is no portal
+    to lock) and every portal's row in id order; on SQLite the database's write lock."""
+    from sqlalchemy import text
+    from sqlmodel import select, update
+
+    from .models import Portal
+
+    db_session = session()
+    db_session.commit()
+    if db_session.get_bind().dialect.name == "sqlite":
+        db_session.execute(update(Portal).where(Portal.id == -1).values(id=Portal.id)  # no row: just the lock
+                           .execution_options(synchronize_session=False))
+    else:
+        db_session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_ALL_KEY})
+        db_session.execute(select(Portal.id).order_by(Portal.id).with_for_update())

@@ -1,96 +1,118 @@
-"""Operations on a portal's mail servers: settings to mail config, saving, order, checks."""
-from flask import current_app
+"""A portal's mail servers: save, remove, order, enable. Views, the command line and the
+worker call these; each change is committed with its AuditEvent."""
+from sqlalchemy import bindparam
 from sqlmodel import func, select, update
 
-from . import audit, db
-from .mail.config import AuthMechanism, Security, Sender, ServerConfig, SmtpSettings
-from .mail.report import Report
-from .models import MailServer, Portal, utcnow
+from . import audit, credentials, db
+from .audit import Actor
+from .credentials import CredentialValues
+from .mail.transport import TRANSPORTS
+from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcnow
 
-AUDITED = (
-    "description", "protocol", "enabled", "host", "port", "security", "verify_cert", "ca_cert", "timeout",
-    "auth_type", "username", "auth_mechanism", "from_address", "sender_name", "reply_to", "admin_address",
-    "max_connections",
-)
+SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "from_address",
+                  "sender_name", "reply_to")
+SECRET_FIELDS = frozenset({"password", "client_secret"})
 
 
 class StaleEdit(Exception):
     """The server changed since the form was opened."""
 
 
-def secret_box():
-    return current_app.extensions["mailroom.secrets"]
-
-
 def servers_of(portal: Portal) -> list[MailServer]:
     return list(db.session().exec(
         select(MailServer).where(MailServer.portal_id == portal.id).order_by(MailServer.position, MailServer.id)
-    ))
+    ).unique())
+
+
+_SERVER = select(MailServer).where(MailServer.id == bindparam("id"), MailServer.portal_id == bindparam("portal_id"))
 
 
 def get_server(portal: Portal, server_id: int) -> MailServer | None:
-    server = db.session().get(MailServer, server_id)
-    return server if server and server.portal_id == portal.id else None
+    if not 0 < server_id <= MAX_ID:
+        return None
+    return db.session().exec(_SERVER, params={"id": server_id, "portal_id": portal.id}).unique().first()
 
 
-def draft(server: MailServer | None, portal: Portal) -> MailServer:
-    """A detached copy to apply form values to, for Validate (nothing is saved)."""
-    if server is None:
-        return MailServer(portal_id=portal.id)
-    return MailServer.model_validate(server.model_dump())
+def server_exists(portal: Portal, server_id: int) -> bool:
+    """For the parts of the form that need only the id: is it a server of this portal?"""
+    return 0 < server_id <= MAX_ID and db.session().exec(
+        select(MailServer.id).where(MailServer.id == server_id, MailServer.portal_id == portal.id)).first() is not None
 
 
-def apply(server: MailServer, settings: dict, password: str | None, clear_password: bool) -> None:
-    for name, value in settings.items():
-        setattr(server, name, value)
-    if clear_password:
-        server.password_secret = None
-    if password:
-        server.password_secret = secret_box().encrypt(password)
+def settings_of(protocol: str, values: dict):
+    """The protocol's typed settings from stored or posted values."""
+    return TRANSPORTS[protocol].settings_type.from_dict(values)
 
 
-def snapshot(server: MailServer) -> dict:
-    values = {name: getattr(server, name) for name in AUDITED}
-    values["password"] = server.password_secret
+def saved_values(server: MailServer) -> dict:
+    """Everything the form shows of a saved server, flat by field name."""
+    values = {name: getattr(server, name) for name in SERVER_COLUMNS}
+    values.update(server.settings)
+    credential = server.credential
+    if credential is not None:
+        values.update(credential.provider)
+        values.update(auth_type=credentials.auth_type_of(credential.kind).value, username=credential.username)
+        if credential.kind == CredentialKind.PASSWORD:  # the only kind that has a mechanism
+            values["mechanism"] = credential.mechanism
     return values
 
 
-def save(portal: Portal, server: MailServer, form_version: str | None, settings: dict,
-         password: str | None, clear_password: bool) -> MailServer:
-    """Apply the form and commit, with the change recorded; StaleEdit if someone saved first."""
+def snapshot(server: MailServer) -> dict:
+    """What History compares: the saved values, the secret only as its sealed token."""
+    values = saved_values(server)
+    values.setdefault("auth_type", "none")
+    credential = server.credential
+    secret_field = "client_secret" if values["auth_type"] == "oauth" else "password"
+    values[secret_field] = credential.secret if credential is not None else None
+    return values
+
+
+def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version: str | None,
+         columns: dict, settings: dict, credential_values: CredentialValues) -> MailServer:
+    """Create or update a server with its credential, and record the change; StaleEdit if
+    someone saved first, credentials.SecretNeeded if a stored secret may not serve the new values."""
     session = db.session()
-    creating = server.id is None
+    creating = server is None
+    typed = settings_of(columns.get("protocol", "smtp"), settings)
+    destination = credentials.destination_for(typed, credential_values)
+    credentials.check_secret(None if creating else server.credential, credential_values, destination)
     before = {} if creating else snapshot(server)
     if creating:
-        server.portal_id = portal.id
+        server = MailServer(portal_id=portal.id)
+        server.credential = Credential()
+        db.lock_portal(portal)
         server.position = _next_position(portal)
     else:
-        _claim_version(server, form_version)
+        _claim_version(server, opened_version)
         server.updated_at = utcnow()
-    apply(server, settings, password, clear_password)
+        if server.credential is None:
+            server.credential = Credential()
+    for name, value in columns.items():
+        setattr(server, name, value)
+    server.settings = typed.to_dict()
+    credentials.apply(server.credential, credential_values, destination)
     session.add(server)
     session.flush()
-    changes = audit.diff(before, snapshot(server), secret_fields=frozenset({"password"}))
+    changes = audit.diff(before, snapshot(server), secret_fields=SECRET_FIELDS)
     if changes or creating:
-        action = "server.created" if creating else "server.updated"
-        audit.record(action, f"“{server.label}”", changes, portal.id)
+        audit.record(actor, "server.created" if creating else "server.updated", f"“{server.label}”", changes,
+                     portal.id)
     session.commit()
     return server
 
 
-def _claim_version(server: MailServer, form_version: str | None) -> None:
+def _claim_version(server: MailServer, opened_version: str | None) -> None:
     """Compare-and-set on the version the form was opened with: of two saves, only one wins."""
-    session = db.session()
     try:
-        opened = int(form_version or "")
+        opened = int(opened_version or "")
     except ValueError:
         raise StaleEdit() from None
+    if not 0 < opened <= MAX_ID - 1:
+        raise StaleEdit()
+    session = db.session()
     result = session.execute(
-        update(MailServer)
-        .where(MailServer.id == server.id, MailServer.version == opened)
-        .values(version=opened + 1)
-        .execution_options(synchronize_session=False)
-    )
+        update(MailServer).where(MailServer.id == server.id, MailServer.version == opened)
+        .values(version=opened + 1).execution_options(synchronize_session=False))
     if result.rowcount != 1:
         session.rollback()
         raise StaleEdit()
@@ -102,64 +124,57 @@ def _next_position(portal: Portal) -> int:
     return (highest or 0) + 1
 
 
-def remove(portal: Portal, server: MailServer) -> None:
+def remove(actor: Actor, portal: Portal, server: MailServer) -> None:
     session = db.session()
+    db.lock_portal(portal)
+    if session.exec(select(MailServer.id).where(MailServer.id == server.id)).first() is None:
+        session.rollback()  # removed meanwhile (a double click): nothing to do, nothing to record
+        return
     session.delete(server)
-    audit.record("server.removed", f"“{server.label}”", {}, portal.id)
+    session.flush()
+    audit.record(actor, "server.removed", f"“{server.label}”", {}, portal.id)
+    _renumber(portal, servers_of(portal))
     session.commit()
 
 
-def set_enabled(portal: Portal, server: MailServer, enabled: bool) -> None:
+def set_enabled(actor: Actor, portal: Portal, server: MailServer, enabled: bool) -> None:
+    """Enable or disable; the version moves on in the same statement (an open edit form of the
+    server becomes stale); a server removed meanwhile is left alone."""
     if server.enabled == enabled:
         return
-    audit.record("server.updated", f"“{server.label}”", {"enabled": [server.enabled, enabled]}, portal.id)
-    server.enabled = enabled
-    server.version += 1
-    db.session().add(server)
-    db.session().commit()
+    session = db.session()
+    changed = session.execute(update(MailServer).where(MailServer.id == server.id, MailServer.enabled != enabled)
+                              .values(enabled=enabled, version=MailServer.version + 1))
+    if changed.rowcount != 1:
+        session.rollback()
+        return
+    audit.record(actor, "server.updated", f"“{server.label}”", {"enabled": [not enabled, enabled]}, portal.id)
+    session.commit()
 
 
-def move(portal: Portal, server: MailServer, step: int) -> None:
+def move(actor: Actor, portal: Portal, server: MailServer, step: int) -> None:
     """Swap with the neighbour above (-1) or below (+1); positions are renumbered 1..n."""
+    db.lock_portal(portal)
     servers = servers_of(portal)
-    index = servers.index(server)
-    other = index + step
+    index = next((i for i, s in enumerate(servers) if s.id == server.id), None)
+    other = -1 if index is None else index + step  # removed meanwhile: nothing to move
     if not 0 <= other < len(servers):
+        db.session().rollback()
         return
     servers[index], servers[other] = servers[other], servers[index]
+    _renumber(portal, servers)
+    audit.record(actor, "server.reordered", f"“{server.label}”", {"order": [s.label for s in servers]}, portal.id)
+    db.session().commit()
+
+
+def _renumber(portal: Portal, servers: list[MailServer]) -> None:
+    """Positions 1..n in this order, through negative ones so that none is ever taken twice."""
+    session = db.session()
+    for position, each in enumerate(servers, start=1):
+        session.execute(update(MailServer).where(MailServer.id == each.id).values(position=-position)
+                        .execution_options(synchronize_session=False))
+    session.execute(update(MailServer).where(MailServer.portal_id == portal.id)
+                    .values(position=-MailServer.position).execution_options(synchronize_session=False))
     for position, each in enumerate(servers, start=1):
         each.position = position
-        db.session().add(each)
-    audit.record("server.reordered", f"“{server.label}”",
-                 {"order": [s.label for s in servers]}, portal.id)
-    db.session().commit()
 
-
-def config_for(server: MailServer, password: str | None = None) -> ServerConfig:
-    """The settings a transport needs. `password` overrides the stored one (an unsaved form)."""
-    basic = server.auth_type == "basic"
-    if basic and password is None and server.password_secret:
-        password = secret_box().decrypt(server.password_secret)
-    smtp = SmtpSettings(
-        host=server.host,
-        port=server.port or 0,
-        security=Security(server.security),
-        verify_cert=server.verify_cert,
-        ca_cert=server.ca_cert or "",
-        timeout=float(server.timeout),
-        username=server.username if basic else "",
-        password=(password or "") if basic else "",
-        mechanism=AuthMechanism(server.auth_mechanism),
-    )
-    sender = Sender(address=server.from_address, name=server.sender_name, reply_to=server.reply_to)
-    return ServerConfig(protocol=server.protocol, sender=sender, smtp=smtp, label=server.label)
-
-
-def remember_check(server: MailServer, report: Report) -> None:
-    """Store the outcome of a check of the saved settings, for the server list."""
-    failure = report.failure
-    server.last_check_at = utcnow()
-    server.last_check_ok = report.ok
-    server.last_check_summary = (f"{failure.name}: {failure.summary}" if failure else "All checks passed")[:500]
-    db.session().add(server)
-    db.session().commit()

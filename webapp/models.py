@@ -1,9 +1,12 @@
-"""SQLModel tables. Secrets are stored only as Fernet tokens (columns ending in _secret)."""
+"""SQLModel tables. Secrets are stored only as Fernet tokens (columns named secret)."""
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
-from sqlmodel import Field, SQLModel
+from sqlmodel import Field, Relationship, SQLModel
+
+
+MAX_ID = 2**31 - 1  # ids and versions are INTEGER columns: a larger number matches no row
 
 
 def utcnow() -> datetime:
@@ -26,6 +29,7 @@ class User(SQLModel, table=True):
     password_hash: str = Field(max_length=255)
     is_superadmin: bool = False
     is_active: bool = True
+    must_change_password: bool = False  # a password someone else chose: change it at sign-in
     created_at: datetime = _timestamp(default_factory=utcnow)
 
     # Flask-Login
@@ -46,7 +50,17 @@ class Portal(SQLModel, table=True):
     slug: str = Field(max_length=63, unique=True, index=True)
     name: str = Field(max_length=200)
     base_url: str = Field(default="", max_length=2000)  # links in mails, OAuth redirect URIs
+    egress_allow: str = Field(default="", sa_type=Text)  # egress rules, one per line (super-admins set them)
+    egress_deny: str = Field(default="", sa_type=Text)
     created_at: datetime = _timestamp(default_factory=utcnow)
+
+
+class AppSetting(SQLModel, table=True):
+    """Settings of the whole installation that super-admins change in the app (the global egress lists)."""
+
+    __tablename__ = "app_setting"
+    name: str = Field(primary_key=True, max_length=50)
+    value: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class Membership(SQLModel, table=True):
@@ -57,49 +71,121 @@ class Membership(SQLModel, table=True):
     role: Role = Field(sa_type=Text)
 
 
+class CredentialKind(StrEnum):
+    NONE = "none"
+    PASSWORD = "password"
+    OAUTH_DELEGATED = "oauth_delegated"  # a person consented; refresh tokens
+    OAUTH_APP = "oauth_app"  # client credentials, app-only
+    SERVICE_ACCOUNT = "service_account"  # a Google service-account key
+
+
 class MailServer(SQLModel, table=True):
-    """One outgoing server of a portal. `position` is the failover order."""
+    """One outgoing server of a portal: what every protocol has in common. Its protocol's
+    own settings are `settings` (typed by the protocol's settings class); how it signs
+    in is its Credential. `position` is the order."""
 
     __tablename__ = "mail_server"
+    __table_args__ = (UniqueConstraint("portal_id", "position"),)
     id: int | None = Field(default=None, primary_key=True)
     portal_id: int = Field(foreign_key="portal.id", index=True, ondelete="CASCADE")
     position: int = 0
     enabled: bool = True
-    version: int = 1  # bumped on every save; a stale form is refused
+    version: int = 1  # bumped on every save by an admin; a stale form is refused
     description: str = Field(default="", max_length=200)
     protocol: str = Field(default="smtp", max_length=20)
+    settings: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
-    # SMTP/SMTPS
-    host: str = Field(default="", max_length=253)
-    port: int | None = None
-    security: str = Field(default="starttls", max_length=20)
-    verify_cert: bool = True
-    ca_cert: str = Field(default="", sa_type=Text)
-    timeout: int = 10
-
-    # authentication
-    auth_type: str = Field(default="none", max_length=20)  # none | basic (oauth later)
-    username: str = Field(default="", max_length=320)
-    password_secret: str | None = Field(default=None, sa_type=Text)
-    auth_mechanism: str = Field(default="auto", max_length=20)
+    # limits
+    timeout: int = 10  # seconds for a whole check or send
+    max_connections: int = 5  # connections Mailroom opens to this server at once
 
     # sender
     from_address: str = Field(default="", max_length=320)
     sender_name: str = Field(default="", max_length=200)
     reply_to: str = Field(default="", max_length=320)
-    admin_address: str = Field(default="", max_length=320)
-
-    max_connections: int = 5
+    admin_address: str = Field(default="", max_length=320)  # kept for the delivery queue's notices
 
     last_check_at: datetime | None = _timestamp(default=None)
     last_check_ok: bool | None = None
+    last_check_kind: str = Field(default="", max_length=20)  # "validate" | "sample"
     last_check_summary: str = Field(default="", max_length=500)
     created_at: datetime = _timestamp(default_factory=utcnow)
     updated_at: datetime = _timestamp(default_factory=utcnow)
 
+    credential: "Credential" = Relationship(
+        back_populates="server",
+        sa_relationship_kwargs={"lazy": "joined", "uselist": False, "cascade": "all, delete-orphan"})
+
     @property
     def label(self) -> str:
-        return self.description or self.host or f"server {self.id}"
+        return self.description or self.settings.get("host") or f"server {self.id}"
+
+
+class Credential(SQLModel, table=True):
+    """How a server signs in. Written without touching the server's version: a token
+    refresh never makes an open edit form stale. The secret part (password, client
+    secret and tokens, or a private key) is one encrypted payload; the facts beside it
+    are readable without decrypting."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    server_id: int = Field(foreign_key="mail_server.id", unique=True, ondelete="CASCADE")
+    kind: str = Field(default=CredentialKind.NONE, max_length=20)
+    username: str = Field(default="", max_length=320)  # who signs in, or the mailbox acted for
+    mechanism: str = Field(default="auto", max_length=20)  # SMTP: auto | PLAIN | LOGIN | CRAM-MD5
+    provider: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # OAuth settings
+    secret: str | None = Field(default=None, sa_type=Text)
+    bound_to: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # its destination
+    revision: int = 1  # bumped on every write of the secret (compare-and-set)
+
+    expires_at: datetime | None = _timestamp(default=None)  # of the access token
+    granted_scopes: str = Field(default="", sa_type=Text)
+    consented_by: str = Field(default="", max_length=320)
+    consented_at: datetime | None = _timestamp(default=None)
+    refreshed_at: datetime | None = _timestamp(default=None)
+    last_error: str = Field(default="", max_length=500)
+    needs_reauthorization: bool = False
+    updated_at: datetime = _timestamp(default_factory=utcnow)
+
+    server: MailServer = Relationship(back_populates="credential")
+
+
+class OAuthState(SQLModel, table=True):
+    """A consent under way: one use, bound to the browser that started it and to one server."""
+
+    __tablename__ = "oauth_state"
+    id: str = Field(primary_key=True, max_length=64)  # sha256 of the state sent to the provider
+    server_id: int = Field(foreign_key="mail_server.id", index=True, ondelete="CASCADE")
+    purpose: str = Field(max_length=20)  # "consent" | "admin_consent"
+    browser: str = Field(max_length=64)  # sha256 of a random value kept in the starting browser's session
+    verifier: str = Field(sa_type=Text)  # the PKCE code verifier, sealed
+    redirect_uri: str = Field(max_length=2000)
+    issuer: str = Field(default="", max_length=2000)  # the expected `iss` of the answer, when known
+    started_by: str = Field(default="", max_length=320)  # a user's email, or "the mailbox owner (consent link)"
+    link_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = _timestamp(default_factory=utcnow)
+
+
+class ConsentLink(SQLModel, table=True):
+    """A link an admin hands to the mailbox owner: for one server, expiring, usable once."""
+
+    __tablename__ = "consent_link"
+    id: str = Field(primary_key=True, max_length=64)  # random; the link carries it signed
+    server_id: int = Field(foreign_key="mail_server.id", index=True, ondelete="CASCADE")
+    created_by: str = Field(default="", max_length=320)
+    created_at: datetime = _timestamp(default_factory=utcnow)
+    expires_at: datetime = _timestamp()
+    used_at: datetime | None = _timestamp(default=None)
+
+
+class UserSession(SQLModel, table=True):
+    """A signed-in browser. The cookie holds a random token; only its hash is stored here."""
+
+    __tablename__ = "user_session"
+    id: str = Field(primary_key=True, max_length=64)  # sha256 of the cookie's token
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    data: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = _timestamp(default_factory=utcnow)
+    last_seen_at: datetime = _timestamp(default_factory=utcnow)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -107,7 +193,7 @@ class AuditEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     portal_id: int | None = Field(default=None, foreign_key="portal.id", index=True, ondelete="CASCADE")
     actor_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")
-    actor: str = Field(default="", max_length=254)  # the email at the time, kept if the user goes
+    actor: str = Field(default="", max_length=254)  # who, in words, kept if the user goes
     at: datetime = _timestamp(default_factory=utcnow, index=True)
     action: str = Field(max_length=50)  # "server.updated", "membership.created", ...
     subject: str = Field(default="", max_length=300)

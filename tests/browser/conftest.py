@@ -42,6 +42,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.browser)
 
 
+@pytest.fixture
+def help_desk(make):
+    """The portal "Help Desk" (/p/help) with admin@example.com as its admin."""
+    from webapp.models import Role
+
+    portal = make.portal(slug="help", name="Help Desk")
+    make.member(portal, "admin@example.com", Role.ADMIN)
+    return portal
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -62,8 +72,9 @@ def live_url(app):
 
 @pytest.fixture(scope="session")
 def chromium():
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM}")
+    if not os.access(CHROMIUM, os.X_OK):  # a failure, not a skip: `make test` installs it
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make test` (it installs Debian's chromium), or set "
+                    "MAILROOM_TEST_CHROMIUM, or deselect the browser tests with -m 'not browser'")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -101,7 +112,9 @@ def page(chromium, live_url, page_problems):
     from playwright.sync_api import expect
 
     expect.set_options(timeout=10_000)
-    context = chromium.new_context(base_url=live_url, locale="en-US", timezone_id="UTC")
+    # ignore_https_errors: the test peers' pages (the OAuth provider) have certificates from the
+    # test CA, which this browser does not know; Mailroom itself is served over plain HTTP here.
+    context = chromium.new_context(base_url=live_url, locale="en-US", timezone_id="UTC", ignore_https_errors=True)
     context.set_default_timeout(10_000)
     context.expose_binding("__mailroomCspViolation",
                            lambda source, text: page_problems.append(f"CSP violation: {text} ({source['frame'].url})"))

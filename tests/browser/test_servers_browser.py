@@ -8,68 +8,9 @@ import re
 
 import pytest
 from playwright.sync_api import Page, expect
-from sqlmodel import select
 
-from tests.conftest import PASSWORD
-from webapp import db
-from webapp.models import MailServer, Role
-
-ADMIN = "admin@example.com"
-SWAP_TLS = "changing Security should re-render #section-tls through htmx (hx-post on the select)"
-SWAP_AUTH = ("switching on authentication should re-render #section-basic through htmx "
-             "(hx-post on the checkbox)")
-
-
-@pytest.fixture
-def help_desk(make):
-    """The portal "Help Desk" (/p/help) with admin@example.com as its admin."""
-    portal = make.portal(slug="help", name="Help Desk")
-    make.member(portal, ADMIN, Role.ADMIN)
-    return portal
-
-
-def htmx_ready(page: Page) -> None:
-    """Wait for the deferred scripts: a change made before htmx has processed the page does nothing."""
-    page.wait_for_load_state("load")
-    page.wait_for_function("() => window.htmx !== undefined")
-
-
-def sign_in(page: Page, email: str = ADMIN) -> None:
-    page.goto("/login")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("heading", name="Portals")).to_be_visible()
-
-
-def open_mail_servers(page: Page, portal_name: str = "Help Desk") -> None:
-    page.get_by_role("link", name=portal_name).click()
-    expect(page.get_by_role("heading", name="Mail servers")).to_be_visible()
-
-
-def add_server(page: Page) -> None:
-    page.get_by_role("button", name="Add server").click()  # a link styled role="button"
-    expect(page.get_by_role("heading", name="Add mail server")).to_be_visible()
-    htmx_ready(page)
-
-
-def field(page: Page, label: str):
-    return page.get_by_label(label, exact=True)
-
-
-def auth_switch(page: Page):
-    return page.get_by_role("switch", name="Server requires authentication?")
-
-
-def stored_servers(app) -> list[MailServer]:
-    with app.app_context():
-        return list(db.session().exec(select(MailServer)))
-
-
-def stored_password(app, server: MailServer) -> str:
-    with app.app_context():
-        return app.extensions["mailroom.secrets"].decrypt(server.password_secret)
-
+from .pages import (SWAP_AUTH, SWAP_TLS, add_server, choose_auth, field, htmx_ready, htmx_settled, open_mail_servers,
+                    sign_in, stored_password, stored_servers)
 
 def credential_encodings(username: str, password: str) -> list[str]:
     """How a password travels in AUTH PLAIN / LOGIN: base64, alone or with the username."""
@@ -80,13 +21,14 @@ def fill_peer_server(page: Page, peer, description: str, timeout: int | None = N
     """The settings for an SMTP peer with STARTTLS, its CA and its credentials."""
     field(page, "Description").fill(description)
     field(page, "Server name / IP address").fill(peer.host)
+    htmx_settled(page)
     field(page, "Security").select_option(label="STARTTLS (explicit)")
     expect(field(page, "Port"), SWAP_TLS).to_have_value("587")  # swapped in: type into the new section
     field(page, "Port").fill(str(peer.port))
     field(page, "CA certificate (PEM, optional)").fill(peer.ca_pem)
     if timeout is not None:
         field(page, "Server timeout (seconds)").fill(str(timeout))
-    auth_switch(page).check()
+    choose_auth(page, "Basic")
     expect(field(page, "Username"), SWAP_AUTH).to_be_visible()
     field(page, "Username").fill(peer.username)
     field(page, "Password").fill(peer.password)
@@ -106,8 +48,9 @@ def test_sections_follow_security_and_authentication_and_keep_typed_values(page,
 
     field(page, "Description").fill("Office relay")
     field(page, "Server name / IP address").fill("smtp.example.com")
+    htmx_settled(page)
     field(page, "Security").select_option(label="STARTTLS (explicit)")
-    auth_switch(page).check()
+    choose_auth(page, "Basic")
     expect(field(page, "Username"), SWAP_AUTH).to_be_visible()
     field(page, "Username").fill("relay-user")
     field(page, "Password").fill("first-secret")
@@ -117,23 +60,26 @@ def test_sections_follow_security_and_authentication_and_keep_typed_values(page,
     field(page, "Reply-to address").fill("support@example.com")
 
     # Security decides the port: the TLS section is swapped in place and the port follows.
+    htmx_settled(page)
     field(page, "Security").select_option(label="SSL/TLS (implicit)")
     expect(port, SWAP_TLS).to_have_value("465")
     expect(page.get_by_role("button", name="Default (465)")).to_be_visible()
+    htmx_settled(page)
     field(page, "Security").select_option(label="STARTTLS (explicit)")
     expect(port).to_have_value("587")
     expect(page.get_by_role("button", name="Default (587)")).to_be_visible()
     expect(field(page, "Verify the server's certificate")).to_be_checked()
 
-    # Authentication off: its fields go; on again: they come back with the username kept.
-    auth_switch(page).uncheck()
+    # Authentication off: its fields go; on again: they come back with what was typed, the
+    # password included (kept in the page's memory, never sent back by the server).
+    choose_auth(page, "None")
     expect(field(page, "Username")).to_have_count(0)
     expect(field(page, "Password")).to_have_count(0)
     expect(field(page, "Confirm password")).to_have_count(0)
-    auth_switch(page).check()
+    choose_auth(page, "Basic")
     expect(field(page, "Username")).to_have_value("relay-user")
-    expect(field(page, "Password")).to_be_visible()
-    expect(field(page, "Confirm password")).to_be_visible()
+    expect(field(page, "Password")).to_have_value("first-secret")
+    expect(field(page, "Confirm password")).to_have_value("first-secret")
 
     for label, value in [("Description", "Office relay"), ("Server name / IP address", "smtp.example.com"),
                          ("From address", "helpdesk@example.com"), ("Sender name", "Example Help Desk"),
@@ -141,9 +87,8 @@ def test_sections_follow_security_and_authentication_and_keep_typed_values(page,
         expect(field(page, label)).to_have_value(value)
     expect(port).to_have_value("587")
     expect(field(page, "Security")).to_have_value("starttls")
+    assert "first-secret" not in page.content()  # kept by the page script, never written into the HTML
 
-    # Passwords are never sent back to the browser, so they are typed again.
-    expect(field(page, "Password")).to_have_value("")
     field(page, "Password").fill("second-secret")
     field(page, "Confirm password").fill("second-secret")
     page.get_by_role("button", name="Save", exact=True).click()
@@ -158,11 +103,12 @@ def test_sections_follow_security_and_authentication_and_keep_typed_values(page,
     expect(row).to_contain_text("Not checked")
 
     [server] = stored_servers(app)
-    assert (server.host, server.port, server.security, server.auth_type, server.username) == \
-        ("smtp.example.com", 587, "starttls", "basic", "relay-user")
+    settings = server.settings
+    assert (settings["host"], settings["port"], settings["security"]) == ("smtp.example.com", 587, "starttls")
+    assert (server.credential.kind, server.credential.username) == ("password", "relay-user")
     assert (server.from_address, server.sender_name, server.reply_to) == \
         ("helpdesk@example.com", "Example Help Desk", "support@example.com")
-    assert server.verify_cert is True
+    assert settings["verify_cert"] is True
     assert stored_password(app, server) == "second-secret"
 
 
@@ -207,9 +153,8 @@ def test_validate_then_send_a_sample_through_a_starttls_peer(page, app, help_des
     assert peer.messages == []  # Validate sends nothing
     assert stored_servers(app) == []  # nor saves
 
-    # Typed again: the password never comes back from the server.
-    field(page, "Password").fill(peer.password)
-    field(page, "Confirm password").fill(peer.password)
+    # The typed password is still in its field (Validate swapped only the report).
+    expect(field(page, "Password")).to_have_value(peer.password)
     page.get_by_role("button", name="Save", exact=True).click()
     row = page.get_by_role("row").filter(has_text="Peer relay")
     expect(row).to_contain_text(f"{peer.host}:{peer.port}")

@@ -56,6 +56,7 @@ class Peer:
     username: str = USERNAME
     password: str = PASSWORD
     messages: list[ReceivedMail] = field(default_factory=list)
+    connections: list = field(default_factory=list)  # the silent kind: the connections it holds
     _stop: object = field(default=None, repr=False)
 
     def stop(self) -> None:
@@ -122,13 +123,13 @@ class SenderRefuser(Recorder):
 # --- certificates ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
-def smtp_ca() -> trustme.CA:
-    return trustme.CA()
+def smtp_ca(test_ca) -> trustme.CA:
+    return test_ca
 
 
 @pytest.fixture(scope="session")
-def smtp_ca_pem(smtp_ca) -> str:
-    return smtp_ca.cert_pem.bytes().decode()
+def smtp_ca_pem(test_ca_pem) -> str:
+    return test_ca_pem
 
 
 def _server_context(cert: trustme.LeafCert) -> ssl.SSLContext:
@@ -217,7 +218,7 @@ def start_peer(kind: str, ca: trustme.CA, ca_pem: str) -> Peer:
     peer = Peer(kind=kind, port=0, ca_pem=ca_pem)
     if kind == "silent":
         listener = _SilentListener()
-        peer.port, peer._stop = listener.port, listener.stop
+        peer.port, peer._stop, peer.connections = listener.port, listener.stop, listener.connections
     elif kind == "closed":
         peer.port = free_port()
     else:

@@ -1,82 +1,82 @@
-"""The base form: trims text, refuses line breaks in one-line fields, knows its hidden sections."""
-from flask import request
+"""The base forms: text is trimmed, one-line fields refuse control characters and line
+separators, and a password refuses what no protocol can carry (NUL, CR, LF)."""
+import unicodedata
+
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, PasswordField, StringField, TextAreaField
+from wtforms import Form, PasswordField, StringField, TextAreaField
+
+from .render import focus_first_error
+
+ONE_LINE_ERROR = "Control characters and line breaks are not allowed here."
+PASSWORD_ERROR = "A password cannot contain line breaks or NUL characters."
+_BREAKING = {"Cc", "Zl", "Zp"}  # controls (NUL, CR, LF, VT, FF, NEL, ...), U+2028, U+2029
 
 
 def _strip(value):
     return value.strip() if isinstance(value, str) else value
 
 
+def breaks_a_line(text: str) -> bool:
+    return any(unicodedata.category(ch) in _BREAKING for ch in text)
+
+
+def check_lines(form) -> bool:
+    """Add the errors for characters a field may not hold; False if there were any."""
+    valid = True
+    for field in form:
+        data = field.data if isinstance(field.data, str) else ""
+        if isinstance(field, PasswordField):
+            if any(ch in data for ch in "\0\r\n"):
+                field.errors = [*field.errors, PASSWORD_ERROR]
+                valid = False
+        elif isinstance(field, StringField) and not isinstance(field, TextAreaField) and breaks_a_line(data):
+            field.errors = [*field.errors, ONE_LINE_ERROR]
+            valid = False
+        elif isinstance(field, TextAreaField) and "\0" in data:
+            field.errors = [*field.errors, "NUL characters are not allowed here."]
+            valid = False
+    return valid
+
+
+def check_blank(form) -> bool:
+    """InputRequired looks at the raw value, so "   " passes it; after trimming it is empty."""
+    valid = True
+    for field in form:
+        if field.flags.required and field.data == "" and not field.errors:
+            field.errors = [*field.errors, field.gettext("This field is required.")]
+            valid = False
+    return valid
+
+
+class _Meta:
+    def bind_field(self, form, unbound_field, options):
+        if unbound_field.field_class is not PasswordField:
+            options["filters"] = (_strip, *unbound_field.kwargs.get("filters", ()))
+        return unbound_field.bind(form=form, **options)
+
+
 class BaseForm(FlaskForm):
-    class Meta:
-        def bind_field(self, form, unbound_field, options):
-            if unbound_field.field_class is not PasswordField:
-                options["filters"] = (_strip, *unbound_field.kwargs.get("filters", ()))
-            return unbound_field.bind(form=form, **options)
+    """A whole page's form (sign-in, portal, members...): CSRF token included."""
+
+    class Meta(_Meta):
+        pass
 
     def validate(self, extra_validators=None) -> bool:
-        valid = super().validate(extra_validators)
-        for field in self:
-            if _is_one_line(field) and isinstance(field.data, str) and ("\r" in field.data or "\n" in field.data):
-                field.errors = [*field.errors, "Line breaks are not allowed here."]
-                valid = False
+        valid = super().validate(extra_validators)  # resets every field's errors: check_lines after it
+        valid = check_lines(self) and valid
+        valid = check_blank(self) and valid
+        focus_first_error(self)
         return valid
 
 
-def _is_one_line(field) -> bool:
-    return isinstance(field, StringField) and not isinstance(field, TextAreaField)
+class PartForm(Form):
+    """A part of a bigger form (a section of the server form): no CSRF field of its own,
+    the page's token covers it."""
 
+    class Meta(_Meta):
+        pass
 
-class SectionedForm(BaseForm):
-    """A form whose sections show only under a condition (as Indico's HiddenUnless).
-
-    SECTIONS maps a section name to (is_shown(form), field names). A hidden section's
-    fields are removed before validation: they are neither validated nor saved, and
-    whatever was posted for them is ignored.
-    """
-
-    SECTIONS: dict = {}
-    SHOWN = "_shown"  # each rendered section posts its name here
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.hidden_sections = {name for name, (shown, _) in self.SECTIONS.items() if not shown(self)}
-        self._default_unseen_sections()
-        self.carried = {}  # name -> value of a hidden section's field, rendered as a hidden input
-        for name in self.hidden_sections:
-            for field_name in self.SECTIONS[name][1]:
-                if field_name in self._fields:
-                    self._carry(self._fields[field_name])
-                    del self[field_name]
-
-    def _carry(self, field) -> None:
-        if isinstance(field, PasswordField):
-            return
-        if isinstance(field, BooleanField):
-            if field.data:
-                self.carried[field.name] = "y"
-        else:
-            value = field._value() if hasattr(field, "_value") else field.data
-            if value not in (None, ""):
-                self.carried[field.name] = str(value)
-
-    def _default_unseen_sections(self) -> None:
-        """A section that was not on the page when it was posted starts from its defaults.
-
-        Otherwise an absent checkbox reads as "off": "Verify the server's certificate"
-        would silently turn off when the TLS section first appears.
-        """
-        if not self.is_submitted():
-            return
-        seen = set(request.form.getlist(self.SHOWN))
-        for name, (_, field_names) in self.SECTIONS.items():
-            if name in seen or name in self.hidden_sections:
-                continue
-            for field_name in field_names:
-                field = self._fields.get(field_name)
-                if field is not None and not field.raw_data and field.default is not None:
-                    field.data = field.default
-
-    def shows(self, section: str) -> bool:
-        return section not in self.hidden_sections
+    def validate(self, extra_validators=None) -> bool:
+        valid = super().validate(extra_validators)
+        valid = check_lines(self) and valid
+        return check_blank(self) and valid

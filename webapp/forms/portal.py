@@ -1,4 +1,4 @@
-from wtforms import BooleanField, SelectChoice, EmailField, PasswordField, SelectField, StringField
+from wtforms import BooleanField, EmailField, PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import InputRequired, Length
 
 from ..models import Role
@@ -34,5 +34,13 @@ class RoleForm(BaseForm):
 class UserForm(BaseForm):
     email = EmailField("Email", validators=[InputRequired(), email_address, Length(max=254)])
     name = StringField("Name", validators=[Length(max=200)])
-    password = PasswordField("Initial password", validators=[InputRequired(), Length(min=10)])
+    password = PasswordField("Initial password", validators=[InputRequired(), Length(min=10)],
+                             description="Hand it over yourself: the user must choose their own at first sign-in.")
     is_superadmin = BooleanField("Super-admin (creates portals and users)")
+
+
+class UserEditForm(BaseForm):
+    email = EmailField("Email", validators=[InputRequired(), email_address, Length(max=254)])
+    name = StringField("Name", validators=[Length(max=200)])
+    is_superadmin = BooleanField("Super-admin (creates portals and users)")
+    is_active = BooleanField("Active (may sign in)", default=True)

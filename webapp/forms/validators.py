@@ -2,8 +2,11 @@
 import ipaddress
 import re
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from email_validator import EmailNotValidError, validate_email
 from wtforms.validators import ValidationError
+from ..mail.http import url_problem
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
 
@@ -19,7 +22,8 @@ def hostname(_form, field) -> None:
         raise ValidationError("Enter only the server name, without smtp:// or a path (e.g. smtp.example.com).")
     if len(value) > 253:
         raise ValidationError("A server name has at most 253 characters.")
-    if _is_ip(value.strip("[]")):
+    literal = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    if _is_ip(literal):
         return
     try:
         ascii_name = value.rstrip(".").encode("idna").decode()
@@ -40,13 +44,38 @@ def _is_ip(value: str) -> bool:
 
 
 def email_address(_form, field) -> None:
-    """An address email-validator accepts (internationalized ones too); stored normalized."""
+    """An address (internationalized ones too), stored normalized. Intranet and special-use
+    domains (relay.local, host.internal, x.test, localhost) are addresses too."""
     if not field.data:
         return
     try:
-        field.data = validate_email(field.data, check_deliverability=False, allow_smtputf8=True).normalized
-    except EmailNotValidError as error:
+        field.data = normalize_address(field.data)
+    except ValueError as error:
         raise ValidationError(str(error)) from None
+
+
+def normalize_address(value: str) -> str:
+    """ValueError with the reason when `value` cannot be an email address."""
+    try:
+        return validate_email(value, check_deliverability=False, allow_smtputf8=True,
+                              globally_deliverable=False).normalized
+    except EmailNotValidError as error:
+        local, at, domain = value.rpartition("@")
+        if not (local and at and domain) or not is_host_name(domain):
+            raise ValueError(str(error)) from None
+    try:  # a domain email-validator refuses only for being special-use: check the local part alone
+        checked = validate_email(f"{local}@example.com", check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as error:
+        raise ValueError(str(error)) from None
+    return f"{checked.local_part}@{domain.rstrip('.').lower()}"
+
+
+def is_host_name(value: str) -> bool:
+    try:
+        ascii_name = value.rstrip(".").encode("idna").decode()
+    except UnicodeError:
+        return False
+    return 0 < len(ascii_name) <= 253 and all(_LABEL.match(label) for label in ascii_name.split("."))
 
 
 def slug(_form, field) -> None:
@@ -56,16 +85,25 @@ def slug(_form, field) -> None:
 
 def base_url(_form, field) -> None:
     value = field.data or ""
-    if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+    if value and (url_problem(value, ("https", "http")) or "?" in value):
         raise ValidationError("Enter an address such as https://help.example.com.")
 
 
 def pem_certificates(_form, field) -> None:
+    """One or more certificates, stored as clean PEM (anything around the blocks dropped)."""
     if not field.data:
         return
-    from cryptography.x509 import load_pem_x509_certificates
-
     try:
-        load_pem_x509_certificates(field.data.encode())
+        certificates = x509.load_pem_x509_certificates(field.data.encode())
     except ValueError:
         raise ValidationError("Paste one or more certificates in PEM form (-----BEGIN CERTIFICATE-----).") from None
+    if len(certificates) != field.data.count("-----BEGIN CERTIFICATE-----"):
+        raise ValidationError("One of the certificates is cut off or damaged: paste each one whole.")
+    field.data = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates).strip()
+
+
+def https_url(_form, field) -> None:
+    """An https:// address (tokens and secrets never travel in the clear) that a request can use."""
+    problem = url_problem(field.data or "")
+    if problem:
+        raise ValidationError(f"Enter an https:// address: {problem}.")

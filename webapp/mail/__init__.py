@@ -1,15 +1,12 @@
 """Sending mail, independent of Flask: typed settings in, reports and receipts out.
 
-Each transport module offers the same two verbs:
-
-    check(config: ServerConfig) -> Report           (Validate: no mail is sent)
-    send(config: ServerConfig, message) -> Receipt  (raises DeliveryError)
+See transport.py for the interface every protocol implements, and the registry. The
+protocols register in the order the form offers them.
 """
-from importlib import import_module
-from types import ModuleType
+from . import smtp  # noqa: F401,I001  (SMTP/SMTPS first)
+from . import ews  # noqa: F401
+from . import graph  # noqa: F401
+from . import gmail  # noqa: F401
+from .transport import TRANSPORTS, Transport, register, transport_for, unregister
 
-TRANSPORTS = {"smtp": "webapp.mail.smtp"}
-
-
-def transport_for(protocol: str) -> ModuleType:
-    return import_module(TRANSPORTS[protocol])
+__all__ = ["TRANSPORTS", "Transport", "register", "transport_for", "unregister"]

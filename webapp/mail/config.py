@@ -1,35 +1,13 @@
-"""The typed settings a transport needs. Built by the web layer from a MailServer row."""
+"""The typed settings a transport needs, built by the web layer from a server and its credential.
+
+Each protocol has its own settings type (smtp.SmtpSettings, ...); what every protocol
+shares is here: who the mail is from, how long a check or send may take, how to sign
+in, and the network the connection must go through.
+"""
 from dataclasses import dataclass, field
-from enum import StrEnum
+from typing import Any, Protocol
 
-
-class Security(StrEnum):
-    NONE = "none"
-    STARTTLS = "starttls"
-    TLS = "tls"
-    AUTO = "auto"
-
-
-SECURITY_LABELS = {
-    Security.NONE: "None",
-    Security.STARTTLS: "STARTTLS",
-    Security.TLS: "SSL/TLS",
-    Security.AUTO: "Automatic",
-}
-
-DEFAULT_PORTS = {
-    Security.NONE: 25,
-    Security.STARTTLS: 587,
-    Security.TLS: 465,
-    Security.AUTO: 587,
-}
-
-
-class AuthMechanism(StrEnum):
-    AUTO = "auto"
-    PLAIN = "PLAIN"
-    LOGIN = "LOGIN"
-    CRAM_MD5 = "CRAM-MD5"
+from .auth import Auth, NoAuth
 
 
 @dataclass(frozen=True)
@@ -39,27 +17,31 @@ class Sender:
     reply_to: str = ""
 
 
-@dataclass(frozen=True)
-class SmtpSettings:
-    host: str
-    port: int
-    security: Security = Security.STARTTLS
-    verify_cert: bool = True
-    ca_cert: str = ""  # PEM, trusted in addition to the system store
-    timeout: float = 10.0  # seconds, for the whole check or send
-    username: str = ""
-    password: str = field(default="", repr=False)
-    mechanism: AuthMechanism = AuthMechanism.AUTO
-    local_hostname: str | None = None
+class Settings(Protocol):
+    """A protocol's own settings: made from and stored as a plain dict."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Settings": ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def destination(self) -> dict[str, Any]:
+        """Where a secret saved with these settings may be sent: host, port, security, URLs.
+        A stored secret is used only while this stays the same."""
+        ...
 
     @property
-    def authenticates(self) -> bool:
-        return bool(self.username)
+    def address(self) -> str:
+        """host:port or the endpoint, for lists and messages."""
+        ...
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     protocol: str
     sender: Sender
-    smtp: SmtpSettings | None = None
+    settings: Any  # the protocol's Settings
+    network: Any  # egress.Network: every connection is resolved and checked there
+    auth: Auth = field(default_factory=NoAuth)
+    timeout: float = 10.0  # seconds for the whole check or send, token included
     label: str = ""  # what admins call this server, for messages

@@ -14,6 +14,7 @@ changed.
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from email import policy as email_policy
+from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -45,17 +46,33 @@ def build_message(
 
     everyone = [from_, *([reply_to] if reply_to else []), *sum(headers.values(), [])]
     message = EmailMessage(policy=_policy_for(everyone))
-    message["From"] = from_
+    _set_address(message, "From", from_)
     if reply_to:
-        message["Reply-To"] = reply_to
+        _set_address(message, "Reply-To", reply_to)
     for field, addresses in headers.items():
         if addresses:
             message[field] = addresses
-    message["Subject"] = subject
+    if LOOKS_ENCODED in subject:
+        message.set_raw("Subject", Header(subject, "utf-8", header_name="Subject").encode())
+    else:
+        message["Subject"] = subject
     message["Date"] = format_datetime(_utc(now or datetime.now(timezone.utc)))
     message["Message-ID"] = make_msgid(domain=ascii_domain(message_id_domain or from_.domain))
     message.set_content(text, cte=None if text.isascii() else "quoted-printable")
     return message
+
+
+LOOKS_ENCODED = "=?"  # text that mail clients would read as an RFC 2047 encoded word
+
+
+def _set_address(message: EmailMessage, field: str, address: Address) -> None:
+    """Text typed as a display name reaches mail clients as typed, even one that looks like an
+    encoded word ("=?utf-8?q?Evil?="): then it is written as an encoded word of itself."""
+    if LOOKS_ENCODED not in address.display_name:
+        message[field] = address
+        return
+    name = Header(address.display_name, "utf-8", header_name=field).encode()  # short enough not to be refolded
+    message.set_raw(field, f"{name} <{address.addr_spec}>")
 
 
 def sample_message(

@@ -1,4 +1,5 @@
-"""What Validate shows: a report made of steps, each passed, failed or skipped."""
+"""What Validate shows: a report made of steps, each passed, failed, warning or skipped;
+and how a step ends: with a Step (step_result), or by raising StepFailed."""
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -18,12 +19,17 @@ class Step:
     details: list[tuple[str, str]] = field(default_factory=list)  # ("TLS version", "TLSv1.3")
     hint: str = ""  # what to try, for a failed step
     elapsed: float = 0.0  # seconds
+    code: int | None = None  # the server's reply code, when a reply failed the step
+    temporary: bool = True  # for a failed step: may the same message go through later or elsewhere?
 
 
 @dataclass
 class Report:
     steps: list[Step] = field(default_factory=list)
     transcript: list[str] = field(default_factory=list)  # "C: EHLO x" / "S: 250 ok", AUTH redacted
+    transcript_name: str = "conversation"  # "SMTP conversation", "HTTP requests"
+    notes: list[str] = field(default_factory=list)  # shown above the steps ("this server is disabled")
+    passed_summary: str = ""  # what a check that passed proved, in words
 
     @property
     def ok(self) -> bool:
@@ -37,23 +43,51 @@ class Report:
         self.steps.append(step)
         return step
 
+    def step(self, name: str) -> Step | None:
+        """The last step of that name (EHLO appears twice with STARTTLS)."""
+        return next((s for s in reversed(self.steps) if s.name == name), None)
+
 
 @dataclass
 class Receipt:
-    reply: str  # the server's reply to the end of DATA, e.g. "250 2.0.0 Ok: queued as 4F2"
+    reply: str  # the server's answer, e.g. "250 2.0.0 Ok: queued as 4F2" or "202 Accepted"
     message_id: str
     report: Report
 
 
 class DeliveryError(Exception):
-    """Sending failed. str() is the failed step in words; never holds a secret."""
+    """Sending failed. str() is the failed step in words; never holds a secret.
+
+    `temporary`: the same message may go through later or through another server (a
+    connection, TLS or sign-in problem, a 4xx reply); False when the server refused the
+    message itself for good (a 5xx reply to MAIL FROM, RCPT TO or DATA, a malformed message).
+    `code`: the server's reply code, when a reply ended the attempt.
+    """
 
     def __init__(self, report: Report):
         self.report = report
         step = report.failure
+        self.step = step.name if step else ""
+        self.code = step.code if step else None
+        self.temporary = step.temporary if step else True
         super().__init__(f"{step.name}: {step.summary}" if step else "delivery failed")
 
     @property
     def hint(self) -> str:
         step = self.report.failure
         return step.hint if step else ""
+
+
+class StepFailed(Exception):
+    """A step failed for a reason already put in words."""
+
+    def __init__(self, summary: str, hint: str = "", details: list | None = None, *,
+                 code: int | None = None, temporary: bool = True):
+        super().__init__(summary)
+        self.summary, self.hint, self.details = summary, hint, details or []
+        self.code, self.temporary = code, temporary
+
+
+def step_result(summary: str, details=(), outcome: Outcome = Outcome.PASSED, hint: str = "") -> Step:
+    """A step's Step; the caller that ran the step fills in its name and elapsed time."""
+    return Step(name="", outcome=outcome, summary=summary, details=list(details), hint=hint)

@@ -1,37 +1,50 @@
 """TLS: the context we connect with, and what a handshake showed about the connection
-and the server's certificate."""
+and the server's certificate.
+
+Contexts are built once per (verify, CA certificates) and reused: building one loads
+the system's CA bundle, which costs far more than the handshake itself. An SSLContext
+is safe to share between threads.
+"""
 import ssl
 from datetime import datetime
+from functools import lru_cache
 
 from cryptography import x509
 
-from .config import SmtpSettings
-from .report import Outcome, Step
-from .smtp_session import StepFailed, step_result
+from .report import Outcome, Step, StepFailed, step_result
 
 
-def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+def tls_context(verify: bool = True, ca_pem: str = "", extra_ca_pem: str = "") -> ssl.SSLContext:
+    """The client context for these settings. `ca_pem` is the server's own CA certificate (its
+    settings), `extra_ca_pem` the CA certificates the whole app trusts (EXTRA_CA_CERTS)."""
+    return _context(verify, ca_pem.strip() if verify else "", extra_ca_pem.strip() if verify else "")
+
+
+@lru_cache(maxsize=64)
+def _context(verify: bool, ca_pem: str, extra_ca_pem: str) -> ssl.SSLContext:
     context = ssl.create_default_context()
-    if settings.ca_cert.strip():
-        try:
-            context.load_verify_locations(cadata=settings.ca_cert)
-        except (ssl.SSLError, ValueError):
-            raise StepFailed("the CA certificate could not be read",
-                             "paste the CA certificate in PEM form "
-                             "(-----BEGIN CERTIFICATE----- ...)") from None
-    if not settings.verify_cert:
+    for pem, what in ((extra_ca_pem, "The CA certificates configured for the app (EXTRA_CA_CERTS)"),
+                      (ca_pem, "The CA certificate")):
+        if pem:
+            try:
+                context.load_verify_locations(cadata=pem)
+            except (ssl.SSLError, ValueError, TypeError):
+                raise StepFailed(f"{what} could not be read",
+                                 "paste the CA certificate in PEM form "
+                                 "(-----BEGIN CERTIFICATE----- ...)") from None
+    if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
 
 
-def handshake_result(sock: ssl.SSLSocket, settings: SmtpSettings) -> Step:
+def handshake_result(sock: ssl.SSLSocket, verified: bool) -> Step:
     name, _, bits = sock.cipher()
     details = [("TLS version", sock.version()), ("Cipher", f"{name} ({bits} bits)")]
     der = sock.getpeercert(binary_form=True)
     cert = x509.load_der_x509_certificate(der) if der else None
     details += certificate_details(cert)
-    if settings.verify_cert:
+    if verified:
         details.append(("Verification", "verified: trusted issuer, name matches"))
         return step_result(f"encrypted with {sock.version()}; the certificate is valid", details)
     details.append(("Verification", "not verified (disabled)"))

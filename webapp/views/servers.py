@@ -1,22 +1,25 @@
-import logging
-
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import login_required
 from htmx_flask import make_response
 
-from .. import audit, mailservers
+from types import SimpleNamespace
+
+from flask import current_app
+from werkzeug.datastructures import CombinedMultiDict
+
+from .. import checks, mailservers
+from ..credentials import SecretNeeded
+from ..limits import Busy, current_user_key, limiter
 from ..forms.sample import SampleForm
-from ..forms.server import AUTH_LABELS, PROTOCOL_LABELS, ServerForm
-from ..mail import transport_for
-from ..mail.config import SECURITY_LABELS
-from ..mail.message import sample_message
-from ..mail.report import DeliveryError
-from ..models import Role, utcnow
-from ..security import load_portal
+from ..forms.server import PARTIALS, ServerForm
+from ..mail.auth import AUTH_LABELS
+from ..mail.smtp import SECURITY_LABELS
+from ..mail.transport import TRANSPORTS
+from ..models import Role
+from ..security import allow_form_target, current_actor, load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
-log = logging.getLogger(__name__)
 
 STALE = ("This server was changed since you opened it. Your changes were not saved: "
          "open it again to see the current settings, then make your changes there.")
@@ -24,124 +27,156 @@ STALE = ("This server was changed since you opened it. Your changes were not sav
 
 @bp.context_processor
 def _labels():
-    return {"labels": {"protocol": PROTOCOL_LABELS, "security": SECURITY_LABELS, "auth": AUTH_LABELS}}
+    return {"labels": {"protocol": {p: t.label for p, t in TRANSPORTS.items()}, "security": SECURITY_LABELS,
+                       "auth": AUTH_LABELS}}
 
 
 @bp.get("/")
 @login_required
 def index(slug):
     portal = load_portal(slug)
-    return render_template("servers/index.html", servers=mailservers.servers_of(portal))
+    servers = mailservers.servers_of(portal)
+    _allow_consent_targets(servers)
+    return render_template("servers/index.html", servers=servers)
 
 
 @bp.route("/new", methods=["GET", "POST"])
-@bp.route("/<int:server_id>/edit", methods=["GET", "POST"])
+@bp.route("/<id:server_id>/edit", methods=["GET", "POST"])
 @login_required
 def edit(slug, server_id=None):
     portal = load_portal(slug, Role.ADMIN)
     server = _server_or_404(portal, server_id)
     form = _form(server)
     action = request.form.get("_action")
-    if action in ("refresh", "default_port"):
-        if action == "default_port":
-            form.reset_port()
-        else:
-            form.follow_port_default()
+    if action in ("refresh", "default_port", "default_scope"):  # the form again for these choices, unsaved
+        form.reset_port() if action == "default_port" else form.follow_port_default()
+        trigger = request.htmx.trigger_name if request.htmx else None
+        form.reset_scope() if action == "default_scope" else form.follow_oauth_defaults(trigger)
         return _edit_page(form, server)
-    if form.validate_on_submit():
+    if request.method == "GET":
+        return _edit_page(form, server)
+    if form.validate():
+        columns, settings, credential = form.values()
         try:
-            server = mailservers.save(portal, server or mailservers.draft(None, portal), form.version.data,
-                                      form.settings(), form.new_password(), form.clears_password())
+            server = mailservers.save(current_actor(), portal, server, request.form.get("version"), columns,
+                                      settings, credential)
         except mailservers.StaleEdit:
             form.form_errors.append(STALE)
             return _edit_page(form, server, 409)
-        flash(f"Saved “{server.label}”.")
-        return redirect(url_for("servers.index", slug=slug), 303)
-    return _edit_page(form, server, 422 if form.is_submitted() else 200)
+        except SecretNeeded as needed:
+            form.refuse_secret(str(needed))
+        else:
+            flash(f"Saved “{server.label}”.")
+            if request.htmx:  # the form was posted by htmx: the browser goes to the list itself
+                return make_response("", 204, redirect=url_for("servers.index", slug=slug))
+            return redirect(url_for("servers.index", slug=slug), 303)
+    return _edit_page(form, server, 422)
 
 
 @bp.post("/new/section/<name>")
-@bp.post("/<int:server_id>/section/<name>")
+@bp.post("/<id:server_id>/section/<name>")
 @login_required
 def section(slug, name, server_id=None):
-    """Re-render one conditional section from the posted form, nothing validated or saved."""
+    """Re-render one swappable part of the form from the posted values; nothing is validated or saved."""
     portal = load_portal(slug, Role.ADMIN)
-    server = _server_or_404(portal, server_id)
-    if name not in ServerForm.SECTIONS and name != "connection":
-        abort(404)
-    form = _form(server)
+    if name not in PARTIALS:
+        abort(400)
+    if name in ("tls", "endpoints"):  # these show nothing of the stored server but its id
+        if server_id is not None and not mailservers.server_exists(portal, server_id):
+            abort(404)
+        server = SimpleNamespace(id=server_id, credential=None) if server_id is not None else None
+    else:
+        server = _server_or_404(portal, server_id)
+    form = _form(server, only=name)
+    if not form.choices.known_protocol:
+        abort(400)
+    trigger = request.htmx.trigger_name
     if request.form.get("_action") == "default_port":
         form.reset_port()
-    elif request.htmx.trigger_name == "security":
+    elif request.form.get("_action") == "default_scope":
+        form.reset_scope()
+    elif trigger == "security":
         form.follow_port_default()
-    return render_template(f"servers/_{name}.html", form=form, server=server), {"Vary": "HX-Request"}
+    else:
+        form.follow_oauth_defaults(trigger)
+    if name == "tls":  # the port always; the TLS options only when what shows of them changes
+        shown_before = set(request.form.getlist("_shown")) & {"tls", "plaintext"}
+        options_change = shown_before != {s for s in ("tls", "plaintext") if form.shows(s)}
+        return render_template("servers/_port.html", form=form, server=server) + (
+            render_template("servers/_tls_options.html", form=form, server=server, oob=True) if options_change else "")
+    return render_template(f"servers/_{name}.html", form=form, server=server, partial=name)
 
 
 @bp.post("/new/validate")
-@bp.post("/<int:server_id>/validate")
+@bp.post("/<id:server_id>/validate")
 @login_required
 def validate(slug, server_id=None):
     """Check the settings in the form, saved or not, without sending mail."""
     portal = load_portal(slug, Role.ADMIN)
     server = _server_or_404(portal, server_id)
     form = _form(server)
-    if not form.validate_on_submit():
-        if request.htmx:
-            return make_response(render_template("servers/_form.html", form=form, server=server), 422,
-                                 retarget="#server-form", reswap="outerHTML")
-        return _edit_page(form, server, 422)
-    draft = mailservers.draft(server, portal)
-    mailservers.apply(draft, form.settings(), form.new_password(), form.clears_password())
-    report = transport_for(draft.protocol).check(mailservers.config_for(draft))
-    _log_check(portal, draft, report)
-    if server and not form.new_password() and mailservers.snapshot(draft) == mailservers.snapshot(server):
-        mailservers.remember_check(server, report)
-    return page_or_fragment("servers/edit.html", "servers/_report.html", form=form, server=server, report=report)
+    if form.validate():
+        columns, settings, credential = form.values()
+        try:
+            report = checks.check_draft(current_actor(), portal, server, columns, settings, credential)
+        except SecretNeeded as needed:
+            form.refuse_secret(str(needed))
+        except Busy as busy:
+            return _busy(busy, "servers/edit.html", form=form, server=server)
+        else:
+            return page_or_fragment("servers/edit.html", "servers/_report.html", form=form, server=server,
+                                    report=report)
+    if request.htmx:  # the form with its errors, and the report area saying why nothing ran
+        return make_response(render_template("servers/_invalid.html", form=form, server=server), 422,
+                             retarget="#server-form", reswap="outerHTML")
+    return _edit_page(form, server, 422, invalid=True)
 
 
-@bp.post("/<int:server_id>/check")
+@bp.post("/<id:server_id>/check")
 @login_required
 def check(slug, server_id):
     """Validate the saved settings from the list; the row keeps the result."""
     portal = load_portal(slug)
     server = _server_or_404(portal, server_id)
-    report = transport_for(server.protocol).check(mailservers.config_for(server))
-    _log_check(portal, server, report)
-    mailservers.remember_check(server, report)
+    try:
+        report = checks.check(current_actor(), portal, server)
+    except Busy as busy:
+        return _list(portal, busy=str(busy), status=429)
     return _list(portal, checked=server, report=report)
 
 
-@bp.post("/<int:server_id>/toggle")
+@bp.post("/<id:server_id>/toggle")
 @login_required
 def toggle(slug, server_id):
     portal = load_portal(slug, Role.ADMIN)
     server = _server_or_404(portal, server_id)
-    mailservers.set_enabled(portal, server, not server.enabled)
+    mailservers.set_enabled(current_actor(), portal, server, not server.enabled)
     return _list(portal)
 
 
-@bp.post("/<int:server_id>/move/<any(up, down):direction>")
+@bp.post("/<id:server_id>/move/<any(up, down):direction>")
 @login_required
 def move(slug, server_id, direction):
     portal = load_portal(slug, Role.ADMIN)
-    mailservers.move(portal, _server_or_404(portal, server_id), -1 if direction == "up" else 1)
+    mailservers.move(current_actor(), portal, _server_or_404(portal, server_id), -1 if direction == "up" else 1)
     return _list(portal)
 
 
-@bp.route("/<int:server_id>/remove", methods=["GET", "POST"])
+@bp.route("/<id:server_id>/remove", methods=["GET", "POST"])
 @login_required
 def remove(slug, server_id):
     portal = load_portal(slug, Role.ADMIN)
     server = _server_or_404(portal, server_id)
     if request.method == "POST":
-        mailservers.remove(portal, server)
+        mailservers.remove(current_actor(), portal, server)
         flash(f"Removed “{server.label}”.")
         return redirect(url_for("servers.index", slug=slug), 303)
     return render_template("servers/remove.html", server=server)
 
 
-@bp.route("/<int:server_id>/sample", methods=["GET", "POST"])
+@bp.route("/<id:server_id>/sample", methods=["GET", "POST"])
 @login_required
+@limiter.limit(lambda: current_app.config["SAMPLE_LIMIT_PER_USER"], key_func=current_user_key, methods=["POST"])
 def sample(slug, server_id):
     """Send a sample mail through the saved settings, at once."""
     portal = load_portal(slug)
@@ -150,26 +185,13 @@ def sample(slug, server_id):
     if not form.validate_on_submit():
         status = 422 if form.is_submitted() else 200
         return page_or_fragment("servers/sample.html", "servers/_sample_form.html", status, form=form, server=server)
-    message = sample_message(mailservers.config_for(server).sender, form.recipient.data, portal.name, server.label,
-                             utcnow())
-    receipt = error = None
     try:
-        receipt = transport_for(server.protocol).send(mailservers.config_for(server), message)
-    except DeliveryError as failure:
-        error = failure
-    log.info("sample mail portal=%s server=%s to=%s: %s", portal.slug, server.id, form.recipient.data,
-             receipt.reply if receipt else error)
-    audit.record("server.sample_sent" if receipt else "server.sample_failed", f"“{server.label}”",
-                 {"recipient": [None, form.recipient.data]}, portal.id)
-    mailservers.remember_check(server, (receipt or error).report)
+        result = checks.send_sample(current_actor(), portal, server, form.recipient.data)
+    except Busy as busy:
+        return page_or_fragment("servers/sample.html", "servers/_sample_form.html", 429, form=form, server=server,
+                                busy=str(busy))
     return page_or_fragment("servers/sample.html", "servers/_sample_form.html", form=form, server=server,
-                            receipt=receipt, error=error)
-
-
-def _log_check(portal, server, report) -> None:
-    failure = report.failure
-    log.info("validate portal=%s server=%s host=%s:%s: %s", portal.slug, server.id or "new", server.host, server.port,
-             f"failed at {failure.name}: {failure.summary}" if failure else "all checks passed")
+                            result=result)
 
 
 def _server_or_404(portal, server_id):
@@ -181,21 +203,34 @@ def _server_or_404(portal, server_id):
     return server
 
 
-def _form(server) -> ServerForm:
+def _form(server, only: str | None = None) -> ServerForm:
+    stored_secret = bool(server and server.credential and server.credential.secret)
     if request.method == "POST":
-        form = ServerForm()
-    elif server is None:
-        form = ServerForm()
-    else:
-        form = ServerForm(obj=server, requires_auth=server.auth_type == "basic")
-    form.has_stored_password = bool(server and server.password_secret)
-    return form
+        posted = CombinedMultiDict([request.files, request.form]) if request.files else request.form
+        return ServerForm(posted, only=only, stored_secret=stored_secret)
+    return ServerForm(saved=mailservers.saved_values(server) if server else None, stored_secret=stored_secret)
 
 
-def _edit_page(form, server, status=200):
-    return render_template("servers/edit.html", form=form, server=server), status
+def _edit_page(form, server, status=200, **context):
+    """The whole page; to htmx (a save with errors), the form alone, which takes the form's place."""
+    _allow_consent_targets([server] if server else [])
+    return page_or_fragment("servers/edit.html", "servers/_form.html", status, form=form, server=server, **context)
 
 
-def _list(portal, **context):
+def _list(portal, status=200, **context):
     servers = mailservers.servers_of(portal)
-    return page_or_fragment("servers/index.html", "servers/_list.html", servers=servers, **context)
+    _allow_consent_targets(servers)
+    return page_or_fragment("servers/index.html", "servers/_list.html", status, servers=servers, **context)
+
+
+def _allow_consent_targets(servers) -> None:
+    """Authorize and admin-consent buttons post here and are redirected to the provider."""
+    for server in servers:
+        if server.credential is not None and server.credential.provider:
+            allow_form_target(server.credential.provider.get("authorize_url", ""))
+            allow_form_target(server.credential.provider.get("token_url", ""))
+
+
+def _busy(busy: Busy, page: str, **context):
+    """Too many checks at once: said in the report area at once, never a wait."""
+    return page_or_fragment(page, "servers/_busy.html", 429, busy=str(busy), **context)

@@ -10,10 +10,14 @@ from smtplib import SMTPException, SMTPServerDisconnected
 
 from cryptography import x509
 
-from .config import SECURITY_LABELS, Security, SmtpSettings
-from .deadline import DeadlineExceeded
-from .smtp_session import Rejected, Session, StepFailed
-from .tls import certificate_details, certificate_names, format_utc
+from ..deadline import DeadlineExceeded
+from ..egress import REFUSED_HINT, EgressRefused, egress_details
+from ..report import StepFailed
+from ..tls import certificate_details, certificate_names, format_utc
+from .session import Rejected, Session
+from .settings import SECURITY_LABELS, Security, SmtpSettings
+
+MESSAGE_STEPS = ("MAIL FROM", "RCPT TO", "DATA")  # a 5xx there refuses the message for good
 
 
 def explain(name: str, exc: Exception, s: Session) -> StepFailed:
@@ -23,13 +27,14 @@ def explain(name: str, exc: Exception, s: Session) -> StepFailed:
 
 
 def explain_reply(name: str, exc: Rejected, s: Session | None = None) -> StepFailed:
-    meaning, hint = _reply_meaning(name, exc.code, exc.text)
+    meaning, hint = _reply_meaning(name, exc.code, exc.text, exc.subject)
     nature = {4: "a temporary error: trying again later may work",
               5: "a permanent error"}.get(exc.code // 100, "an unexpected reply")
     fill = {"subject": exc.subject or "it", "code": exc.code}
     return StepFailed(
         f'{exc.code}: {meaning.format(**fill)}. The server said "{exc.code} {exc.text}" ({nature})',
-        hint.format(**fill))
+        hint.format(**fill), code=exc.code,
+        temporary=not (exc.code // 100 == 5 and name in MESSAGE_STEPS))
 
 
 def certificate_failure(exc: ssl.SSLCertVerificationError, host: str,
@@ -62,7 +67,13 @@ def certificate_failure(exc: ssl.SSLCertVerificationError, host: str,
                       "ask the mail administrator to check the certificate", details)
 
 
-def _reply_meaning(name: str, code: int, text: str) -> tuple[str, str]:
+def _reply_meaning(name: str, code: int, text: str, subject: str = "") -> tuple[str, str]:
+    if name == "Authenticate" and subject == "XOAUTH2" and code // 100 == 5:
+        return ("the server refused the OAuth token for this mailbox",
+                "the consent must be for the mailbox configured here (or the app must be allowed to send as it); "
+                "Microsoft 365 also needs SMTP AUTH enabled for the mailbox (Exchange admin center → the mailbox "
+                "→ Email apps → Authenticated SMTP), and app-only access needs the app's service principal "
+                "registered in Exchange with access to the mailbox")
     for pattern, meaning, hint in _SPECIAL_REPLIES:
         if pattern.search(text):
             return meaning, hint
@@ -154,7 +165,12 @@ def _explain_known(name: str, exc: StepFailed, s: Session) -> StepFailed:
 
 
 def _explain_value(name: str, exc: ValueError, s: Session) -> StepFailed:
-    return StepFailed(str(exc), "check the addresses in the settings and the message")
+    return StepFailed(str(exc), "check the addresses in the settings and the message",
+                      temporary=name != "Message")
+
+
+def _explain_egress(name: str, exc: EgressRefused, s: Session) -> StepFailed:
+    return StepFailed(str(exc), REFUSED_HINT, egress_details(exc))
 
 
 def _explain_smtp(name: str, exc: SMTPException, s: Session) -> StepFailed:
@@ -244,6 +260,7 @@ _SPECIAL_REPLIES = [
 
 _EXPLAINERS = [
     (StepFailed, _explain_known),
+    (EgressRefused, _explain_egress),
     (Rejected, explain_reply),
     (DeadlineExceeded, _explain_timeout),
     (TimeoutError, _explain_timeout),

@@ -1,20 +1,26 @@
 """smtplib.SMTP on a socket we connected ourselves, kept to a Deadline, recording a
-transcript that never shows AUTH arguments or the lines answering a 334 challenge."""
+transcript with authentication redacted by protocol:
+
+- the client's AUTH command keeps only the mechanism name, and every line answering a
+  334 challenge is replaced whole, whatever the mechanism and the lengths;
+- a server line that carries a secret in any encoding (an echoed AUTH line, say) is
+  replaced whole too (see redact.py);
+- a greeting that is not SMTP is described, never echoed.
+"""
 import base64
 import socket
 from smtplib import SMTP, SMTPServerDisconnected
 
-from .deadline import Deadline, DeadlineFile, sendall_within
-
-REDACTED = "********"
+from ..deadline import Deadline, DeadlineFile, sendall_within
+from ..redact import REDACTED, Redactor
 
 
 class Client(SMTP):
     def __init__(self, sock: socket.socket, server_name: str, local_hostname: str,
-                 deadline: Deadline, transcript: list[str]):
+                 deadline: Deadline, transcript: list[str], redactor: Redactor):
         super().__init__(local_hostname=local_hostname)  # no host: smtplib does not connect
         self.sock, self.server_name = sock, server_name
-        self._deadline, self._transcript = deadline, transcript
+        self._deadline, self._transcript, self._redactor = deadline, transcript, redactor
         self._last_code: int | None = None
 
     def send(self, s) -> None:
@@ -29,9 +35,14 @@ class Client(SMTP):
             self.file = DeadlineFile(self.sock, self._deadline)
         code, text = super().getreply()
         self._last_code = code
+        if code == -1:  # not "NNN text": smtplib's way of saying this is not an SMTP server
+            self._transcript.append(f"S: <{len(text)} bytes that are not an SMTP reply>")
+            return code, text
         lines = text.decode("utf-8", "replace").split("\n")
         for number, line in enumerate(lines, 1):
-            self._transcript.append(f"S: {code}{' ' if number == len(lines) else '-'}{line}")
+            separator = " " if number == len(lines) else "-"
+            shown = REDACTED if self._redactor.leaks(line) else line
+            self._transcript.append(f"S: {code}{separator}{shown}")
         return code, text
 
     def _record_sent(self, s) -> None:
@@ -47,7 +58,7 @@ class Client(SMTP):
         words = line.split()
         if words and words[0].upper() == "AUTH":
             return " ".join(words[:2] + ([REDACTED] if len(words) > 2 else []))
-        return line
+        return REDACTED if self._redactor.leaks(line) else line
 
     def auth(self, mechanism, authobject, *, initial_response_ok=True):
         """smtplib's auth(), but UTF-8 instead of ASCII (RFC 4616) and never raising on a

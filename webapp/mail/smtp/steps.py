@@ -10,14 +10,15 @@ from smtplib import SMTPDataError
 
 from cryptography import x509
 
-from .config import AuthMechanism, Security, SmtpSettings
-from .deadline import call_within, connect_within
-from .message import RECIPIENT_HEADERS, envelope_address
-from .report import Outcome, Step
-from .smtp_client import Client, one_line
-from .smtp_failures import EXPECTED, certificate_failure, explain_reply
-from .smtp_session import Outgoing, Rejected, Session, StepFailed, step_result
-from .tls import handshake_result, tls_context
+from ..auth import BearerAuth, PasswordAuth
+from ..deadline import Deadline, DeadlineExceeded, connect_within
+from ..message import RECIPIENT_HEADERS, envelope_address
+from ..report import Outcome, Step, StepFailed, step_result
+from ..tls import handshake_result, tls_context
+from .client import Client, one_line
+from .failures import EXPECTED, certificate_failure, explain_reply
+from .session import Outgoing, Rejected, Session
+from .settings import SECURITY_LABELS, Mechanism, Security, SmtpSettings
 
 PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of preference
 
@@ -30,7 +31,8 @@ def prepare(s: Session, message: EmailMessage) -> Step:
                                         for v in message.get_all(h, [])])
         if address))
     if not recipients:
-        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address")
+        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address",
+                         temporary=False)
     copy = deepcopy(message)  # the caller's message keeps its Bcc
     del copy["Bcc"]
     if copy["Message-ID"] is None:
@@ -48,8 +50,7 @@ def resolve(s: Session) -> Step:
     host = s.settings.host.strip()
     if not host:
         raise StepFailed("no host name is configured", "enter the mail server's host name")
-    infos = call_within(s.deadline, socket.getaddrinfo, host, s.settings.port, 0, socket.SOCK_STREAM)
-    s.addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+    s.addresses = s.config.network.resolve(host, s.settings.port, s.deadline)
     ips = [sockaddr[0] for _, sockaddr in s.addresses]
     return step_result(f"{host} resolves to {', '.join(ips)}", [("Address", ip) for ip in ips])
 
@@ -64,14 +65,14 @@ def connect(s: Session) -> Step:
             continue
         s.peer = (family, sockaddr)
         s.client = Client(sock, s.settings.host.strip(), _ehlo_name(s.settings, sock),
-                          s.deadline, s.report.transcript)
+                          s.deadline, s.report.transcript, s.redactor)
         return step_result(f"connected to {s.endpoint}", [("Address", s.endpoint)])
     raise errors[0]
 
 
 def handshake(s: Session) -> Step:
     """TLS, implicit or after STARTTLS."""
-    context = tls_context(s.settings)
+    context = tls_context(s.settings.verify_cert, s.settings.ca_cert, s.config.network.extra_ca_pem)
     client = s.client
     client.sock.settimeout(s.deadline.left())
     try:
@@ -80,11 +81,19 @@ def handshake(s: Session) -> Step:
         raise certificate_failure(exc, s.settings.host.strip(), _peek_certificate(s)) from None
     client.start_over()
     s.encrypted = True
-    return handshake_result(client.sock, s.settings)
+    return handshake_result(client.sock, s.settings.verify_cert)
+
+
+IMPLICIT_TLS_PROBE_AFTER = 2.0  # seconds of silence before asking whether the port wants TLS first
 
 
 def greeting(s: Session) -> Step:
+    if not s.encrypted:
+        _await_greeting_or_implicit_tls(s)
     code, text = s.client.getreply()
+    if code == -1:
+        raise StepFailed(f"{s.endpoint} does not speak SMTP: its first line is not an SMTP greeting",
+                         "check host and port: this is another kind of server")
     if code != 220:
         raise Rejected(code, text)
     reply = f"{code} {one_line(text)}"
@@ -112,7 +121,8 @@ def wants_starttls(s: Session) -> bool:
             return True
         s.report.add(Step(
             "STARTTLS", Outcome.WARNING,
-            "the server does not offer STARTTLS: mail (and the password) goes unencrypted",
+            "the server does not offer STARTTLS: mail goes unencrypted, and Mailroom signs in only "
+            "where “Allow sign-in without encryption” is ticked",
             hint="choose SSL/TLS if the server offers it on another port (usually 465), "
                  "or ask the mail administrator to enable STARTTLS"))
     return False
@@ -131,24 +141,36 @@ def starttls(s: Session) -> Step:
 
 
 def authenticate(s: Session) -> Step:
-    settings = s.settings
-    if not settings.authenticates:
-        return step_result("no username configured: not signing in", outcome=Outcome.SKIPPED)
+    auth = s.auth
+    if not isinstance(auth, PasswordAuth | BearerAuth):
+        return step_result("no authentication configured: not signing in", outcome=Outcome.SKIPPED)
+    if not s.encrypted and not s.settings.plaintext_auth:
+        raise StepFailed("Mailroom does not send credentials over an unencrypted connection",
+                         "choose STARTTLS or SSL/TLS; only if this server is on a trusted network "
+                         "and signs in without encryption, tick “Allow sign-in without encryption”")
     offered = s.client.esmtp_features.get("auth", "").upper().split()
     if not offered:
-        raise StepFailed("the server offers no authentication (AUTH), but a username is configured",
+        raise StepFailed("the server offers no authentication (AUTH), but authentication is configured",
                          _no_auth_hint(s))
-    mechanism = _choose_mechanism(settings.mechanism, offered)
-    s.client.user, s.client.password = settings.username, settings.password
-    authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
-    try:
-        code, text = s.client.auth(mechanism, authobject)
-    except UnicodeEncodeError:
-        raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
-                         "choose PLAIN or LOGIN as mechanism") from None
+    if isinstance(auth, BearerAuth):
+        mechanism = "XOAUTH2"
+        if mechanism not in offered:
+            raise StepFailed(f"the server does not offer XOAUTH2 (OAuth 2.0); it offers {' '.join(offered)}",
+                             "check the host: Microsoft 365 and Gmail offer XOAUTH2 on port 587 after STARTTLS")
+        initial = f"user={auth.username}\x01auth=Bearer {s.token}\x01\x01"
+        code, text = s.client.auth(mechanism, lambda challenge=None: initial if challenge is None else "")
+    else:
+        mechanism = _choose_mechanism(Mechanism(auth.mechanism), offered)
+        s.client.user, s.client.password = auth.username, auth.password
+        authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
+        try:
+            code, text = s.client.auth(mechanism, authobject)
+        except UnicodeEncodeError:
+            raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
+                             "choose PLAIN or LOGIN as mechanism") from None
     if code != 235:
         raise Rejected(code, text, mechanism)
-    return step_result(f"signed in as {settings.username} with {mechanism}",
+    return step_result(f"signed in as {auth.username} with {mechanism}",
                        [("Mechanism", mechanism), ("Offered", " ".join(offered)),
                         ("Reply", f"{code} {one_line(text)}")])
 
@@ -199,7 +221,7 @@ def data(s: Session) -> Step:
 def _peek_certificate(s: Session) -> x509.Certificate | None:
     """Connect again without verification, only to show why verification failed."""
     probe = Session(config=s.config, settings=replace(s.settings, verify_cert=False),
-                    deadline=s.deadline, addresses=[s.peer] if s.peer else [])
+                    deadline=s.deadline, addresses=[s.peer] if s.peer else [], redactor=s.redactor)
     try:
         connect(probe)
         if s.settings.security != Security.TLS:
@@ -215,11 +237,47 @@ def _peek_certificate(s: Session) -> x509.Certificate | None:
             probe.client.close()
 
 
+def _await_greeting_or_implicit_tls(s: Session) -> None:
+    """Wait for the greeting's first byte. After a short silence, ask a second connection
+    whether the port expects TLS first (like 465): if so, say it now instead of waiting out
+    the whole timeout."""
+    sock = s.client.sock
+    window = min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left())
+    sock.settimeout(window)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+        return
+    except TimeoutError:
+        pass
+    if s.peer is not None and _speaks_tls(s):
+        chosen = SECURITY_LABELS[s.settings.security]
+        raise StepFailed(f"port {s.settings.port} expects TLS from the start (implicit TLS, like 465) "
+                         f"and sends no greeting before it; you chose {chosen}",
+                         "choose SSL/TLS as security for this port")
+
+
+def _speaks_tls(s: Session) -> bool:
+    family, sockaddr = s.peer
+    try:
+        probe = connect_within(Deadline(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left())), family, sockaddr)
+    except (OSError, DeadlineExceeded):
+        return False
+    try:
+        probe.settimeout(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left()))
+        tls_context(False).wrap_socket(probe, server_hostname=s.settings.host.strip() or None).close()
+        return True
+    except (OSError, ssl.SSLError, DeadlineExceeded):
+        return False
+    finally:
+        probe.close()
+
+
 def _ehlo_name(settings: SmtpSettings, sock: socket.socket) -> str:
     """settings.local_hostname, else this machine's name if it looks like a domain, else
     an address literal. (Not socket.getfqdn(): it may do slow DNS outside our deadline.)"""
     if settings.local_hostname:
-        return settings.local_hostname
+        name = settings.local_hostname.strip().rstrip(".")
+        return name if name.startswith("[") else name.encode("idna").decode("ascii")
     name = socket.gethostname()
     if "." in name:
         return name
@@ -241,8 +299,8 @@ def _ehlo_details(client: Client) -> list[tuple[str, str]]:
     ]
 
 
-def _choose_mechanism(wanted: AuthMechanism, offered: list[str]) -> str:
-    if wanted == AuthMechanism.AUTO:
+def _choose_mechanism(wanted: Mechanism, offered: list[str]) -> str:
+    if wanted == Mechanism.AUTO:
         usable = [m for m in PREFERRED_MECHANISMS if m in offered]
         if not usable:
             raise StepFailed(f"the server offers only {' '.join(offered)}, none of which "

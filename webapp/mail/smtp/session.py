@@ -2,10 +2,13 @@
 Step (step_result), or by raising StepFailed or Rejected."""
 from dataclasses import dataclass, field
 
-from .config import ServerConfig, SmtpSettings
-from .deadline import Deadline
-from .report import Outcome, Report, Step
-from .smtp_client import Client, one_line
+from ..auth import Auth
+from ..config import ServerConfig
+from ..deadline import Deadline
+from ..redact import Redactor
+from ..report import Report
+from .client import Client, one_line
+from .settings import SmtpSettings
 
 
 @dataclass
@@ -23,18 +26,26 @@ class Session:
     config: ServerConfig
     settings: SmtpSettings
     deadline: Deadline
-    report: Report = field(default_factory=Report)
-    addresses: list[tuple] = field(default_factory=list)  # (family, sockaddr)
+    report: Report = field(default_factory=lambda: Report(transcript_name="SMTP conversation"))
+    addresses: list[tuple] = field(default_factory=list)  # (family, sockaddr), checked by the egress policy
     peer: tuple | None = None  # the (family, sockaddr) we connected to
     client: Client | None = None
     encrypted: bool = False
     outgoing: Outgoing | None = None
+    redactor: Redactor = field(default_factory=Redactor)  # the secrets no report may show
+    token: str = field(default="", repr=False)  # the OAuth access token, once obtained
 
     @classmethod
     def start(cls, config: ServerConfig) -> "Session":
-        if config.smtp is None:
-            raise ValueError("this server configuration has no SMTP settings")
-        return cls(config=config, settings=config.smtp, deadline=Deadline(config.smtp.timeout))
+        if not isinstance(config.settings, SmtpSettings):
+            raise TypeError("this server configuration has no SMTP settings")
+        password = getattr(config.auth, "password", "")
+        return cls(config=config, settings=config.settings, deadline=Deadline(config.timeout),
+                   redactor=Redactor([password]))
+
+    @property
+    def auth(self) -> Auth:
+        return self.config.auth
 
     @property
     def endpoint(self) -> str:
@@ -43,20 +54,6 @@ class Session:
             return f"{self.settings.host.strip()}:{self.settings.port}"
         host, port = self.peer[1][0], self.peer[1][1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def step_result(summary: str, details=(), outcome: Outcome = Outcome.PASSED,
-                hint: str = "") -> Step:
-    """A step's Step; the caller that ran the step fills in its name and elapsed time."""
-    return Step(name="", outcome=outcome, summary=summary, details=list(details), hint=hint)
-
-
-class StepFailed(Exception):
-    """A step failed for a reason already put in words."""
-
-    def __init__(self, summary: str, hint: str = "", details: list | None = None):
-        super().__init__(summary)
-        self.summary, self.hint, self.details = summary, hint, details or []
 
 
 class Rejected(Exception):

@@ -1,0 +1,132 @@
+"""The Gmail API as a protocol, against a Gmail endpoint on loopback (tests/peers/gmail.py); tokens
+from the real authorization server: Google's JWT bearer grant for a service-account key (checked
+against the key's public half) or Google OAuth consent."""
+import io
+import json
+import re
+
+import pytest
+
+from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, authorize, credential,
+                         payload, save)
+
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
+
+
+@pytest.fixture
+def gmail(oauth_server, gmail_peer):
+    return gmail_peer(oauth_server, users={MAILBOX, "other@example.test"})
+
+
+@pytest.fixture
+def key(oauth_server, service_account_key) -> dict:
+    return service_account_key(oauth_server, subjects={MAILBOX, "nobody@example.test"}, scopes={GMAIL_SEND})
+
+
+def key_file(key: dict) -> tuple:
+    return io.BytesIO(json.dumps(key).encode()), "service-account.json"
+
+
+def gmail_form(gmail, service_key: dict | None, **overrides) -> dict:
+    form = {"description": "Gmail API", "protocol": "gmail", "gmail_endpoint": gmail.url, "timeout": "10",
+            "auth_type": "service_account", "username": MAILBOX, "scope": GMAIL_SEND,
+            "from_address": MAILBOX, "sender_name": "Help Desk", "reply_to": "support@example.test",
+            "max_connections": "5", "enabled": "y", "_shown": ["gmail", "service_account"]}
+    if service_key is not None:
+        form["key"] = key_file(service_key)
+    return {**form, **overrides}
+
+
+def test_a_service_account_key_is_checked_stored_and_never_shown(app, admin, gmail, key):
+    server = save(app, admin, gmail_form(gmail, key))
+    stored = credential(app, server.id)
+    assert stored.kind == "service_account" and stored.username == MAILBOX
+    assert stored.provider == {"client_email": key["client_email"], "key_id": key["private_key_id"],
+                               "token_uri": key["token_uri"], "project_id": key["project_id"], "scope": GMAIL_SEND}
+    assert payload(app, server.id)["key"] == key
+    page = admin.get(f"/p/help/servers/{server.id}/edit").text
+    assert f"A key is stored for <strong>{key['client_email']}</strong> (key ID {key['private_key_id']}" in page
+    assert "PRIVATE KEY" not in page and key["private_key_id"] in page
+    assert "PRIVATE KEY" not in admin.get("/p/help/history").text
+
+
+@pytest.mark.parametrize("content, error", [
+    (b"not json", "This is not a JSON key file"),
+    (json.dumps({"type": "authorized_user"}).encode(), "This is not a service-account key"),
+    (None, "The key&#39;s private_key cannot be read."),
+])
+def test_a_file_that_is_not_a_usable_key_is_refused_beside_the_field(app, admin, gmail, key, content, error):
+    if content is None:
+        content = json.dumps({**key, "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"}
+                             ).encode()
+    response = admin.post("/p/help/servers/new", gmail_form(gmail, None, key=(io.BytesIO(content), "key.json")))
+    assert response.status_code == 422
+    assert error in re.search(r'<small id="key-help" class="error">([^<]*)</small>', response.text).group(1)
+    assert 'aria-invalid="true"' in re.search(r'<input type="file" id="key"[^>]*>', response.text).group(0)
+
+
+def test_validate_and_a_sample_mail_with_a_service_account(app, admin, staff, oauth_server, gmail, key):
+    server = save(app, admin, gmail_form(gmail, key))
+    report = staff.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "All checks passed." in report
+    assert "obtained a new access token" in report and f"Acts as</dt><dd>{MAILBOX}" in report
+    assert "the token may not read the mailbox&#39;s profile (that needs more than gmail.send)" in report
+    assert [r["grant_type"] for r in oauth_server.requests] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+    sent = staff.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Email server accepted mail for delivery." in sent and re.search(r"Server reply: <code>200 OK, id \w+", sent)
+    assert len(oauth_server.requests) == 1  # the token of the check was kept and used again
+    [mail] = gmail.sent
+    assert mail.sub == MAILBOX and mail.mailbox == MAILBOX
+    assert mail.mime["To"] == "jane@example.org" and mail.mime["Reply-To"] == "support@example.test"
+    assert mail.mime["From"].addresses[0].display_name == "Help Desk" and "Gmail API" in mail.mime["Subject"]
+    token = payload(app, server.id)["access_token"]
+    assert token not in report and token not in sent
+
+
+def test_a_mailbox_the_service_account_may_not_act_for_is_explained(app, admin, oauth_server, gmail, key):
+    server = save(app, admin, gmail_form(gmail, key, username="someone@elsewhere.test", from_address=MAILBOX))
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "Validation failed at “Token”." in report
+    assert "the app may not use this kind of authorization" in report and "Domain-wide delegation" in report
+
+
+def test_a_mailbox_without_gmail_is_explained(app, admin, gmail, key):
+    server = save(app, admin, gmail_form(gmail, key, username="nobody@example.test"))
+    sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
+    assert "The mail was not sent." in sent
+    assert "nobody@example.test has no Gmail mailbox, or the service account may not act for it" in sent
+
+
+def test_google_consent_works_with_the_gmail_api(app, admin, oauth_server, gmail, test_ca_file):
+    oauth_server.add_user(MAILBOX, OWNER_PASSWORD)
+    oauth_server.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])
+    form = gmail_form(gmail, None, auth_type="oauth", provider="google", flow="delegated", client_id=CLIENT_ID,
+                      client_secret=CLIENT_SECRET, authorize_url=oauth_server.authorize_url,
+                      token_url=oauth_server.token_url, _shown=["gmail", "oauth"])
+    server = save(app, admin, form)
+    assert credential(app, server.id).provider["scope"] == GMAIL_SEND
+    assert authorize(admin, server, test_ca_file).status_code == 200
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "All checks passed." in report
+    assert admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"},
+                      htmx=True).status_code == 200
+    assert [mail.sub for mail in gmail.sent] == [MAILBOX]
+
+
+def test_gmail_offers_a_service_account_or_google_consent(admin):
+    form = admin.post("/p/help/servers/new", {"protocol": "gmail", "auth_type": "basic", "_action": "refresh"},
+                      htmx=True).text
+    assert re.search(r'<select id="auth_type"[^>]*><option value="service_account" selected>Service account key'
+                     r'</option><option value="oauth">OAuth 2.0</option></select>', form)
+    assert '<input type="file" id="key" name="key"' in form and 'accept=".json,application/json"' in form
+
+
+def test_a_scope_that_cannot_send_fails_validate_at_the_token(app, admin, oauth_server, gmail, service_account_key):
+    readonly = "https://www.googleapis.com/auth/gmail.readonly"
+    narrow = service_account_key(oauth_server, subjects={MAILBOX}, scopes={readonly})
+    server = save(app, admin, gmail_form(gmail, narrow, scope=readonly))
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "Validation failed at “Token”." in report
+    assert f"the token may not send mail: it was granted only {readonly}" in report
+    assert "allow it for its client ID under Domain-wide delegation" in report
+    assert not gmail.requests  # Google gave the token, but it was never used for a call that cannot succeed

@@ -1,0 +1,136 @@
+"""Slow servers cannot starve the app: checks and sample mails are bounded per portal, per
+server and per process, answered "busy" at once beyond that, and hold no database connection
+while they wait; sample mails are limited per user; a database that refuses writes is a 503."""
+import sqlite3
+import threading
+import time
+
+import pytest
+from sqlmodel import select
+
+from tests.conftest import Client
+from webapp import create_app, db
+from webapp.models import AuditEvent, MailServer
+
+from .test_server_checks import peer_form, saved_server
+
+
+def hanging_checks(app, server_ids, email="staff@example.com"):
+    """Start a check of each server in its own thread (each its own browser); returns the threads."""
+    threads = []
+    for server_id in server_ids:
+        client = Client(app).login(email)
+        thread = threading.Thread(target=client.post, args=(f"/p/help/servers/{server_id}/check",),
+                                  kwargs={"htmx": True}, daemon=True)
+        thread.start()
+        threads.append(thread)
+    return threads
+
+
+def wait_for(condition, seconds=10.0):
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "the hanging checks did not start"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def silent_servers(app, make, portal, smtp_peer):
+    peer = smtp_peer("silent")
+    servers = [make.server(portal, description=f"Silent {n}", timeout=4,
+                           settings={"host": "127.0.0.1", "port": peer.port, "security": "tls"})
+               for n in range(3)]
+    return peer, servers
+
+
+def test_a_portal_gets_two_checks_at_once_and_busy_beyond(app, staff, silent_servers):
+    peer, servers = silent_servers
+    threads = hanging_checks(app, [s.id for s in servers[:2]])
+    wait_for(lambda: len(peer.connections) >= 2)
+    third = staff.post(f"/p/help/servers/{servers[2].id}/check", htmx=True)
+    assert third.status_code == 429
+    assert "Busy: try again in a moment." in third.text
+    assert "This portal already has 2 checks or sample mails running" in third.text
+    assert app.extensions["mailroom.engine"].pool.checkedout() == 0  # no connection held while they wait
+    listing = staff.get("/p/help/servers/")  # pages are served meanwhile
+    assert listing.status_code == 200 and "Silent 0" in listing.text
+    assert all(thread.is_alive() for thread in threads)  # the two are still waiting on the silent server
+    for thread in threads:
+        thread.join(15)
+
+
+def test_a_server_gets_no_more_connections_than_its_limit(app, staff, silent_servers):
+    peer, servers = silent_servers
+    with app.app_context():
+        db.session().get(MailServer, servers[0].id).max_connections = 1
+        db.session().commit()
+    threads = hanging_checks(app, [servers[0].id])
+    wait_for(lambda: len(peer.connections) >= 1)
+    again = staff.post(f"/p/help/servers/{servers[0].id}/check", htmx=True)
+    assert again.status_code == 429
+    assert "its “Max. concurrent connections”" in again.text
+    for thread in threads:
+        thread.join(15)
+
+
+def test_the_process_limit_holds_across_portals(app, make, portal, smtp_peer):
+    app.extensions["mailroom.slots"].per_process = 2
+    peer = smtp_peer("silent")
+    other = make.portal(slug="other", name="Other")
+    make.member(portal, "staff@example.com", "staff")
+    first = make.server(portal, timeout=4, settings={"host": "127.0.0.1", "port": peer.port, "security": "tls"})
+    second = make.server(portal, timeout=4, settings={"host": "127.0.0.1", "port": peer.port, "security": "tls"})
+    third = make.server(other, timeout=4, settings={"host": "127.0.0.1", "port": peer.port, "security": "tls"})
+    threads = hanging_checks(app, [first.id, second.id])
+    wait_for(lambda: len(peer.connections) >= 2)
+    make.member(other, "elsewhere@example.com", "staff")
+    answer = Client(app).login("elsewhere@example.com").post(f"/p/other/servers/{third.id}/check", htmx=True)
+    assert answer.status_code == 429 and "Mailroom is already talking to 2 mail servers" in answer.text
+    for thread in threads:
+        thread.join(15)
+
+
+def test_sample_mails_are_limited_per_user(app, admin, staff, smtp_peer):
+    peer = smtp_peer("plain")
+    server = saved_server(app, admin, peer_form(peer, security="none", auth_type="none"))
+    answers = [staff.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.test"}, htmx=True)
+               for _ in range(11)]
+    assert [a.status_code for a in answers] == [200] * 10 + [429]
+    assert "Too many requests (10 per 1 minute)" in answers[-1].text
+    assert len(peer.messages) == 10
+    assert admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.test"},
+                      htmx=True).status_code == 200  # another user has their own count
+
+
+@pytest.fixture
+def quick_to_give_up(app, database_url):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("holds SQLite's write lock; on PostgreSQL the same handler answers (tested on SQLite)")
+    return create_app({**app.config, "DATABASE_BUSY_TIMEOUT": 0.3}, instance_path=app.instance_path)
+
+
+def test_a_sample_that_went_out_says_so_even_when_history_cannot_be_written(app, admin, smtp_peer, caplog,
+                                                                           quick_to_give_up):
+    peer = smtp_peer("plain")
+    server = saved_server(app, admin, peer_form(peer, security="none", auth_type="none"))
+    staff = Client(quick_to_give_up).login("admin@example.com")
+    staff.csrf_token()  # stored in the session before the database is locked
+    blocker = sqlite3.connect(app.config["DATABASE_URL"].removeprefix("sqlite:///"))
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        answer = staff.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.test"}, htmx=True)
+        saved = staff.post(f"/p/help/servers/{server.id}/edit",
+                           peer_form(peer, security="none", auth_type="none", version=str(server.version),
+                                     description="Renamed while locked"))
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert answer.status_code == 200
+    assert "Email server accepted mail for delivery." in answer.text
+    assert "could not write it into History" in answer.text
+    assert len(peer.messages) == 1
+    assert "but the database refused to record it" in caplog.text
+    assert saved.status_code == 503 and "cannot use its database right now" in saved.text
+    with app.app_context():
+        assert db.session().exec(select(AuditEvent).where(AuditEvent.action == "server.sample_sent")).first() is None
+        assert db.session().get(MailServer, server.id).description == "Office relay"

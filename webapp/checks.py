@@ -1,0 +1,164 @@
+"""Validate and sample mails: the service the views, the command line and the worker call.
+
+No database transaction or connection is held while a transport talks to a server:
+everything is read first, the connection goes back to the pool (db.release), and the
+outcome is written in a new, short transaction.
+"""
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import InternalError, OperationalError
+
+from . import audit, db, network
+from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
+from .audit import Actor
+from .credentials import CredentialValues, SecretUnreadable, auth_for, destination_for
+from .mail.config import Sender, ServerConfig
+from .mail.message import sample_message
+from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
+from .mail.transport import transport_for
+from .mailservers import settings_of
+from .models import MailServer, Portal, utcnow
+
+log = logging.getLogger(__name__)
+
+UNREADABLE = Step("Credentials", Outcome.FAILED,
+                  "the stored secret cannot be read with the configured keys",
+                  hint="enter the password (or secret) again and save; or restore the key that encrypted it "
+                       "(instance/secret-keys or MAILROOM_SECRET_KEYS, newest first)")
+
+
+@dataclass
+class SampleResult:
+    receipt: Receipt | None = None
+    error: DeliveryError | None = None
+    recorded: bool = True  # False: the outcome could not be written (the log has it)
+
+
+def config_for(portal: Portal, server: MailServer) -> ServerConfig:
+    """The saved settings as the transport needs them; SecretUnreadable when the keys cannot read the secret."""
+    net = network.for_portal(portal)
+    return _config(server, server.protocol, _columns(server), server.settings,
+                   auth_for(server.credential, network=net), net)
+
+
+def draft_config(portal: Portal, server: MailServer | None, columns: dict, settings: dict,
+                 credential: CredentialValues) -> ServerConfig:
+    """Unsaved values: a typed secret, or the stored one where it may serve them
+    (credentials.SecretNeeded otherwise; SecretUnreadable when it cannot be read)."""
+    typed = settings_of(columns["protocol"], settings)
+    net = network.for_portal(portal)
+    auth = auth_for(server.credential if server else None, credential, destination_for(typed, credential), net)
+    return _config(server, columns["protocol"], columns, typed.to_dict(), auth, net)
+
+
+def _config(server, protocol, columns, settings, auth, net) -> ServerConfig:
+    sender = Sender(columns["from_address"], columns.get("sender_name", ""), columns.get("reply_to", ""))
+    label = columns.get("description") or settings.get("host") or (server.label if server else "")
+    return ServerConfig(protocol=protocol, sender=sender, settings=settings_of(protocol, settings),
+                        network=net, auth=auth, timeout=float(columns["timeout"]), label=label)
+
+
+def _columns(server: MailServer) -> dict:
+    return {"protocol": server.protocol, "description": server.description, "from_address": server.from_address,
+            "sender_name": server.sender_name, "reply_to": server.reply_to, "timeout": server.timeout}
+
+
+def check(actor: Actor, portal: Portal, server: MailServer) -> Report:
+    """Validate the saved settings; the server's row keeps the result."""
+    try:
+        config = config_for(portal, server)
+    except SecretUnreadable:
+        report = Report(steps=[UNREADABLE])
+    else:
+        report = _run_check(config, portal, server.id, server.max_connections)
+    _note_disabled(report, server.enabled)
+    _log_check(actor, portal, server, report)
+    remember(server, report, "validate")
+    return report
+
+
+def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns: dict, settings: dict,
+                credential: CredentialValues) -> Report:
+    """Validate values from the form, saved or not; remembered only when they are exactly the saved ones."""
+    try:
+        config = draft_config(portal, server, columns, settings, credential)
+    except SecretUnreadable:
+        report = Report(steps=[UNREADABLE])
+    else:
+        report = _run_check(config, portal, server.id if server else None,
+                            server.max_connections if server else columns.get("max_connections", 1))
+    _note_disabled(report, columns.get("enabled", True))
+    _log_check(actor, portal, server, report)
+    if server is not None and credential.secret is None and _same_as_saved(server, columns, config):
+        remember(server, report, "validate")
+    return report
+
+
+def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limit: int) -> Report:
+    """Busy when too many checks run already; no database connection is held meanwhile."""
+    with slots().hold(portal.id, server_id, limit):
+        db.release()
+        return transport_for(config.protocol).check(config)
+
+
+def _same_as_saved(server: MailServer, columns: dict, config: ServerConfig) -> bool:
+    saved = settings_of(server.protocol, server.settings)
+    return (server.protocol == columns["protocol"] and saved == config.settings
+            and all(getattr(server, name) == value for name, value in columns.items() if hasattr(server, name)))
+
+
+def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str) -> SampleResult:
+    """Send the sample mail through the saved settings at once; History and the server's row keep the outcome."""
+    result = SampleResult()
+    try:
+        config = config_for(portal, server)
+        message = sample_message(config.sender, recipient, portal.name, server.label, utcnow())
+        with slots().hold(portal.id, server.id, server.max_connections):
+            db.release()
+            result.receipt = transport_for(config.protocol).send(config, message)
+    except SecretUnreadable:
+        result.error = DeliveryError(Report(steps=[UNREADABLE]))
+    except DeliveryError as error:
+        result.error = error
+    report = (result.receipt or result.error).report
+    _note_disabled(report, server.enabled)
+    log.info("sample mail portal=%s server=%s to=%s by=%s: %s", portal.slug, server.id, recipient, actor.label,
+             result.receipt.reply if result.receipt else result.error)
+    try:
+        audit.record(actor, "server.sample_sent" if result.receipt else "server.sample_failed",
+                     f"“{server.label}”", {"recipient": [None, recipient]}, portal.id)
+        remember(server, report, "sample", result.receipt)
+    except (OperationalError, InternalError):  # the mail went (or not) all the same: say so
+        db.session().rollback()
+        result.recorded = False
+        log.error("sample mail portal=%s server=%s to=%s: %s, but the database refused to record it",
+                  portal.slug, server.id, recipient, "accepted" if result.receipt else "not sent")
+    return result
+
+
+def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | None = None) -> None:
+    """Keep the outcome of a check or sample mail of the saved settings on the server's row."""
+    failure = report.failure
+    if failure:
+        summary = f"{failure.name}: {failure.summary}"
+    elif kind == "sample":
+        summary = f"Sample mail accepted: {receipt.reply}" if receipt else "Sample mail accepted"
+    else:
+        summary = "All checks passed"
+    server.last_check_at, server.last_check_ok = utcnow(), report.ok
+    server.last_check_kind, server.last_check_summary = kind, summary[:500]
+    db.session().add(server)
+    db.session().commit()
+
+
+def _note_disabled(report: Report, enabled: bool) -> None:
+    if not enabled:
+        report.notes.append("This server is disabled: Validate and sample mails still use it, to try it "
+                            "before enabling it.")
+
+
+def _log_check(actor: Actor, portal: Portal, server: MailServer | None, report: Report) -> None:
+    failure = report.failure
+    log.info("validate portal=%s server=%s by=%s: %s", portal.slug, server.id if server else "new", actor.label,
+             f"failed at {failure.name}: {failure.summary}" if failure else "all checks passed")

@@ -1,0 +1,197 @@
+"""A server's credential: its sealed secret, the destination the secret is bound to, and
+what a transport gets from it.
+
+The secret part (a password; later a client secret with its tokens, or a private key) is
+one encrypted payload. It is bound to the destination it was saved with (protocol, host,
+port, security, certificate trust, endpoint URLs): a stored secret is used only while
+that destination is unchanged and the mechanism is no weaker; otherwise it must be
+typed again. That holds for saving and for Validate of unsaved values alike.
+"""
+import json
+from dataclasses import dataclass, field
+
+from flask import current_app
+
+from .crypto import SecretUnreadable
+from .mail.auth import Auth, AuthType, BearerAuth, NoAuth, PasswordAuth
+from .models import Credential, CredentialKind, utcnow
+
+MARK = "\x01"  # a sealed payload is JSON after this mark; before revision 0002 it was the bare password
+
+KIND_LABELS = {
+    CredentialKind.NONE: "None",
+    CredentialKind.PASSWORD: "Basic (username and password)",
+    CredentialKind.OAUTH_DELEGATED: "OAuth 2.0 (delegated)",
+    CredentialKind.OAUTH_APP: "OAuth 2.0 (app-only)",
+    CredentialKind.SERVICE_ACCOUNT: "Service account key",
+}
+SECRET_NAMES = {CredentialKind.PASSWORD: "password", CredentialKind.OAUTH_DELEGATED: "client secret",
+                CredentialKind.OAUTH_APP: "client secret", CredentialKind.SERVICE_ACCOUNT: "service-account key"}
+OAUTH_KINDS = frozenset({CredentialKind.OAUTH_DELEGATED, CredentialKind.OAUTH_APP})
+TOKEN_KINDS = OAUTH_KINDS | {CredentialKind.SERVICE_ACCOUNT}  # they keep an access token in their payload
+TOKEN_PARTS = ("access_token", "refresh_token")  # in the payload beside the client secret
+# What the client secret and the tokens are bound to, besides the protocol's destination.
+OAUTH_DESTINATION = ("provider", "token_url", "authorize_url", "client_id", "tenant", "cloud", "issuer")
+MECHANISM_STRENGTH = {"CRAM-MD5": 2}  # the password itself never crosses the wire; others: 1
+
+
+@dataclass
+class CredentialValues:
+    """A credential as a form (or the command line) gives it."""
+    kind: CredentialKind = CredentialKind.NONE
+    username: str = ""
+    mechanism: str = "auto"
+    secret: dict | None = field(default=None, repr=False)  # newly typed secret parts; None keeps the stored
+    provider: dict = field(default_factory=dict)  # OAuth: provider, cloud, tenant, client_id, flow, URLs, scope
+
+
+class SecretNeeded(Exception):
+    """The stored secret may not be used for these values; str() says why, for beside the field."""
+
+
+def kind_for(auth_type: str, flow: str = "") -> CredentialKind:
+    if auth_type == AuthType.OAUTH:
+        return CredentialKind.OAUTH_APP if flow == "app" else CredentialKind.OAUTH_DELEGATED
+    return {AuthType.BASIC: CredentialKind.PASSWORD,
+            AuthType.SERVICE_ACCOUNT: CredentialKind.SERVICE_ACCOUNT}.get(auth_type, CredentialKind.NONE)
+
+
+def auth_type_of(kind: str) -> AuthType:
+    if kind in OAUTH_KINDS:
+        return AuthType.OAUTH
+    return {CredentialKind.PASSWORD: AuthType.BASIC,
+            CredentialKind.SERVICE_ACCOUNT: AuthType.SERVICE_ACCOUNT}.get(kind, AuthType.NONE)
+
+
+def destination_for(settings, values: CredentialValues) -> dict:
+    """Where the secret may go: the protocol's destination, and for OAuth the token endpoint
+    and the app registration it was saved for."""
+    destination = settings.destination()
+    if values.kind in OAUTH_KINDS:
+        destination["oauth"] = {name: str(values.provider.get(name, "")).strip() for name in OAUTH_DESTINATION}
+    return destination
+
+
+def _box():
+    return current_app.extensions["mailroom.secrets"]
+
+
+def seal(payload: dict) -> str:
+    return _box().encrypt(MARK + json.dumps(payload))
+
+
+def unseal(token: str) -> dict:
+    """The secret payload; SecretUnreadable when the configured keys cannot read it."""
+    plain = _box().decrypt(token)
+    return json.loads(plain[1:]) if plain.startswith(MARK) else {"password": plain}
+
+
+def stored_secret_refusal(credential: Credential | None, values: CredentialValues, destination: dict) -> str:
+    """Why the stored secret may not serve these values, in words for beside the field; "" if it may."""
+    what = SECRET_NAMES.get(values.kind, "secret")
+    if credential is None or not credential.secret or credential.kind != values.kind:
+        return f"Enter the {what}."
+    if credential.bound_to != destination:
+        return (f"The server's address or security changed since the {what} was saved: enter the {what} "
+                "again to use it there.")
+    if MECHANISM_STRENGTH.get(values.mechanism, 1) < MECHANISM_STRENGTH.get(credential.mechanism, 1):
+        return (f"The stored {what} was saved for {credential.mechanism}, which never sends it in the "
+                f"clear: enter the {what} again to use a weaker mechanism.")
+    return ""
+
+
+def check_secret(credential: Credential | None, values: CredentialValues, destination: dict) -> None:
+    """SecretNeeded unless a secret was typed, the kind needs none, or the stored one may serve."""
+    if values.kind not in SECRET_NAMES or values.secret:
+        return
+    refusal = stored_secret_refusal(credential, values, destination)
+    if refusal:
+        raise SecretNeeded(refusal)
+
+
+def apply(credential: Credential, values: CredentialValues, destination: dict) -> bool:
+    """Write the values into the credential row; True when its secret changed. The caller
+    has run check_secret(). For OAuth, the tokens stay only while the kind, the mailbox,
+    the destination and the scope stay: anything else needs a new consent."""
+    keep_tokens = (values.kind in TOKEN_KINDS and credential.kind == values.kind and credential.secret
+                   and credential.bound_to == destination and credential.username == values.username
+                   and credential.provider.get("scope") == values.provider.get("scope"))
+    old = unseal(credential.secret) if keep_tokens else {}
+    facts = _key_facts(values) if values.kind == CredentialKind.SERVICE_ACCOUNT else {}
+    credential.kind, credential.username, credential.mechanism = values.kind, values.username, values.mechanism
+    if values.kind in OAUTH_KINDS:
+        credential.provider = dict(values.provider)
+    elif values.kind == CredentialKind.SERVICE_ACCOUNT:  # what may be shown of the key: never the key
+        stored = credential.provider if credential.kind == values.kind else {}
+        credential.provider = {**stored, **facts, "scope": values.provider.get("scope", "")}
+    else:
+        credential.provider = {}
+    changed = False
+    if values.kind not in SECRET_NAMES:
+        changed = credential.secret is not None
+        credential.secret, credential.bound_to = None, {}
+    elif values.secret:
+        tokens = {part: old[part] for part in TOKEN_PARTS if old.get(part)}
+        credential.secret, credential.bound_to, changed = seal({**values.secret, **tokens}), destination, True
+    elif values.kind in TOKEN_KINDS and not keep_tokens and credential.secret:
+        payload = unseal(credential.secret)  # same destination (check_secret), new scope or mailbox
+        credential.secret, changed = seal({k: v for k, v in payload.items() if k not in TOKEN_PARTS}), True
+    if changed:
+        credential.revision += 1
+    if not keep_tokens:
+        forget_consent(credential)
+    credential.updated_at = utcnow()
+    return changed
+
+
+def _key_facts(values: CredentialValues) -> dict:
+    key = (values.secret or {}).get("key")
+    if not isinstance(key, dict):
+        return {}
+    return {"client_email": key.get("client_email", ""), "key_id": key.get("private_key_id", ""),
+            "token_uri": key.get("token_uri", ""), "project_id": key.get("project_id", "")}
+
+
+def forget_consent(credential: Credential) -> None:
+    credential.expires_at = credential.consented_at = credential.refreshed_at = None
+    credential.granted_scopes = credential.consented_by = credential.last_error = ""
+    credential.needs_reauthorization = False
+
+
+def auth_for(credential: Credential | None, values: CredentialValues | None = None,
+             destination: dict | None = None, network=None) -> Auth:
+    """What the transport signs in with: the saved credential, or (Validate of unsaved
+    values) the typed secret or the stored one where it may serve. SecretUnreadable or
+    SecretNeeded when it cannot."""
+    saved = values is None
+    if saved:
+        if credential is None or credential.kind not in SECRET_NAMES:
+            return NoAuth()
+        values = CredentialValues(credential.kind, credential.username, credential.mechanism,
+                                  provider=dict(credential.provider))
+        secret = unseal(credential.secret) if credential.secret else {}
+    else:
+        check_secret(credential, values, destination)
+        stored = unseal(credential.secret) if values.kind in SECRET_NAMES and credential and credential.secret \
+            and credential.bound_to == destination else {}
+        secret = {**stored, **(values.secret or {})}
+    if values.kind == CredentialKind.PASSWORD:
+        return PasswordAuth(values.username, secret.get("password", ""), values.mechanism)
+    if values.kind in TOKEN_KINDS:
+        from .grants import grant_for  # grants store refreshed tokens through this module
+
+        same_grant = credential is not None and credential.kind == values.kind and credential.secret and (
+            saved or credential.bound_to == destination)
+        return BearerAuth(values.username, grant_for(credential if same_grant else None, values, secret, network),
+                          app_only=values.kind == CredentialKind.OAUTH_APP)
+    return NoAuth()
+
+
+def unreadable_secrets(credentials) -> int:
+    """How many stored secrets the configured keys cannot read (told at start)."""
+    box = _box()
+    return sum(1 for credential in credentials if credential.secret and not box.readable(credential.secret))
+
+
+__all__ = ["CredentialValues", "SecretNeeded", "SecretUnreadable", "auth_for", "apply", "check_secret",
+           "destination_for", "kind_for", "auth_type_of", "seal", "unseal", "KIND_LABELS", "OAUTH_KINDS"]

@@ -1,0 +1,35 @@
+"""The Microsoft Graph section of the server form (registered into the connection part)."""
+from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField, TextAreaField
+from wtforms.validators import InputRequired, Length, Optional, ValidationError
+
+from ..mail.graph import GLOBAL_ENDPOINT, IMPORTANCES, parse_headers
+from .server import Section, register_section
+from .validators import email_address, https_url
+
+
+def graph_headers(_form, field) -> None:
+    errors = parse_headers(field.data or "")
+    if errors:
+        raise ValidationError("; ".join(errors) + ".")
+
+
+class GraphSection(Section):
+    name, store = "graph", "settings"
+    shown = staticmethod(lambda choices: choices.protocol == "graph")
+    template = "servers/_graph.html"
+    graph_endpoint = StringField("Graph endpoint", default=GLOBAL_ENDPOINT,
+                           validators=[InputRequired(), Length(max=200), https_url],
+                           description="Filled in from the Microsoft cloud chosen under Authentication; change it "
+                                       "only for another national cloud.")
+    shared_mailbox = EmailField("Send as (shared mailbox)", validators=[Optional(), email_address, Length(max=320)],
+                                description="Empty: mail goes out as the OAuth mailbox. A shared mailbox needs "
+                                            "the scope Mail.Send.Shared (delegated) or app-only access.")
+    importance = SelectField("Importance", default="normal",
+                             choices=[SelectChoice(value, value.capitalize()) for value in IMPORTANCES])
+    save_to_sent = BooleanField("Save a copy to Sent Items", default=True)
+    headers = TextAreaField("Custom headers", validators=[Length(max=2000), graph_headers],
+                            description="One per line, Name: value. Graph sends only headers whose names start "
+                                        "with X-, at most five.")
+
+
+register_section(GraphSection, "connection", "endpoints")  # "endpoints": its endpoint follows the cloud

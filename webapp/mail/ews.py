@@ -1,0 +1,737 @@
+"""Exchange Web Services (EWS) through exchangelib: for Exchange Server on premises.
+
+check(): [Token] -> Connect (the egress policy, TLS and the server's certificate) -> Sign in
+(the first authenticated SOAP call: the version probe when the version is "auto", and
+ResolveNames for the mailbox) -> Mailbox (what ResolveNames found). Nothing is sent.
+send(): the EmailMessage as MimeContent (every header, Reply-To and the Message-ID kept) in
+one CreateItem: SendOnly, or SendAndSaveCopy to Sent Items (then exchangelib first reads the
+folders with two GetFolder calls).
+
+Sign-in: Basic or NTLM with a password ("auto": Basic, or NTLM when the server refuses Basic
+and offers NTLM/Negotiate), or OAuth 2.0 with the token of the Token step: delegated
+(EWS.AccessAsUser.All) or app-only with impersonation of the mailbox (ExchangeImpersonation
+and X-AnchorMailbox, sent by exchangelib for the credentials' identity).
+
+exchangelib never opens a connection of its own here, nor keeps anything between calls:
+- each check or send builds its own Protocol (not through exchangelib's process-wide cache,
+  which keys on endpoint and credentials only and would keep the password) whose sessions
+  mount one EgressAdapter (mail/http.py) for every URL: connections go only to addresses the
+  egress policy checked, TLS is verified with the app's CA store plus the server's own CA
+  certificate, and every request's timeout is what is left of the one deadline;
+- the retry policy is FailFast: exchangelib's fault-tolerant policy would sleep through
+  401s and back-offs far beyond the deadline;
+- OAuth credentials carry the access token and cannot refresh or fetch one (no client id or
+  secret, no token URL, refresh() raises); the session signs requests with the token itself
+  (requests-oauthlib's session would log it at DEBUG level);
+- Autodiscover is not used: its DNS and HTTP requests would not go through the policy.
+
+Errors are put in words here (what the admin should do); the transcript has one line per
+HTTP request (the SOAP operation) and one per answer (status and EWS response codes), never a
+header or a body. exchangelib's own log lines carry request headers and bodies: its logger is
+kept quiet unless someone configured it.
+"""
+import hashlib
+import logging
+import re
+import ssl
+from contextlib import suppress
+from dataclasses import asdict, dataclass, fields
+from email.message import EmailMessage
+from email.utils import getaddresses
+from urllib.parse import urlsplit
+
+import requests
+from exchangelib import (BASIC, DELEGATE, IMPERSONATION, NTLM, OAUTH2, UTC, Account, Build, Configuration,
+                         Credentials, FailFast, Identity, Message, OAuth2AuthorizationCodeCredentials, Version)
+from exchangelib import errors as ews
+from exchangelib.protocol import Protocol
+from exchangelib.transport import DEFAULT_HEADERS
+
+from . import http
+from .api import ApiCall
+from .auth import AuthType, BearerAuth, PasswordAuth, token_step
+from .deadline import DeadlineExceeded, connect_within
+from .egress import EgressRefused
+from .oauth import Flow, Provider
+from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
+from .tls import handshake_result, tls_context
+from .transport import register
+
+_quiet = logging.getLogger("exchangelib")  # its DEBUG lines hold request headers (Authorization), its ERRORs bodies
+if _quiet.level == logging.NOTSET:
+    _quiet.setLevel(logging.CRITICAL)
+
+AUTO = "auto"
+# the form's choices: exchangelib's API version names (what RequestServerVersion says), newest first
+VERSIONS = {
+    AUTO: "Automatic (ask the server)",
+    "Exchange2019": "Exchange Server 2019 / Subscription Edition",
+    "Exchange2016": "Exchange Server 2016",
+    "Exchange2013_SP1": "Exchange Server 2013 SP1",
+    "Exchange2013": "Exchange Server 2013",
+    "Exchange2010_SP2": "Exchange Server 2010 SP2 / SP3",
+    "Exchange2010_SP1": "Exchange Server 2010 SP1",
+    "Exchange2010": "Exchange Server 2010",
+}
+BUILDS = {"Exchange2019": Build(15, 2), "Exchange2016": Build(15, 1), "Exchange2013_SP1": Build(15, 0, 847),
+          "Exchange2013": Build(15, 0), "Exchange2010_SP2": Build(14, 2), "Exchange2010_SP1": Build(14, 1),
+          "Exchange2010": Build(14, 0)}
+MECHANISMS = {"auto": "Automatic (Basic, or NTLM when the server asks)", "basic": "Basic", "ntlm": "NTLM"}
+# Exchange Online's EWS hosts (global, GCC High/DoD, China): EWS is being switched off there
+ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us", "partner.outlook.cn")
+ONLINE_SUFFIXES = (".outlook.com",)
+ONLINE_WARNING = ("this is Exchange Online: Microsoft has been blocking EWS there since October 2026 (it is "
+                  "switched off by April 2027), so mail through this URL will stop")
+GRAPH_HINT = ("for Exchange Online choose the protocol “Microsoft Graph” (sendMail); EWS in Mailroom is for "
+              "Exchange Server on premises")
+TEXT_LIMIT = 300  # of a server's message quoted in a report
+
+_OPERATION = re.compile(rb"<(?:[\w.-]+:)?Body\b[^>]*>\s*<(?:[\w.-]+:)?(\w+)")
+_RESPONSE_CODE = re.compile(rb"<(?:[\w.-]+:)?ResponseCode>\s*(\w+)\s*<")
+_FAULT_CODE = re.compile(rb"<faultcode\b[^>]*>(?:[\w.-]+:)?(\w+)<")
+
+
+@dataclass(frozen=True)
+class EwsSettings:
+    ews_url: str = ""  # https://host/EWS/Exchange.asmx
+    ews_version: str = AUTO  # AUTO or a key of BUILDS
+    mailbox: str = ""  # the mailbox to send from (app-only: the one impersonated); empty: the From address
+    save_copy: bool = True  # SendAndSaveCopy (Sent Items) instead of SendOnly
+    ews_ca_cert: str = ""  # PEM: the server's own CA, trusted besides the system's and EXTRA_CA_CERTS
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EwsSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def destination(self) -> dict:
+        ca = self.ews_ca_cert.strip()
+        return {"protocol": "ews", "url": normal_url(self.ews_url),
+                "ca_cert": hashlib.sha256(ca.encode()).hexdigest() if ca else ""}
+
+    @property
+    def address(self) -> str:
+        return self.ews_url
+
+
+def normal_url(url: str) -> str:
+    parts = urlsplit((url or "").strip())
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path}{query}"
+
+
+def is_exchange_online(url: str) -> bool:
+    try:
+        host = (urlsplit((url or "").strip()).hostname or "").rstrip(".").lower()
+    except ValueError:  # not an address at all (the form says so)
+        return False
+    return host in ONLINE_HOSTS or host.endswith(ONLINE_SUFFIXES)
+
+
+def online_warning(url: str) -> str:
+    """What the form and the report say about an Exchange Online URL ("" for any other)."""
+    if not is_exchange_online(url):
+        return ""
+    return f"{ONLINE_WARNING[:1].upper()}{ONLINE_WARNING[1:]}. Use Microsoft Graph for Exchange Online mailboxes."
+
+
+@register
+class EwsTransport:
+    protocol = "ews"
+    label = "Exchange Web Services (EWS)"
+    settings_type = EwsSettings
+    auth_types = (AuthType.BASIC, AuthType.OAUTH)
+    mechanisms = MECHANISMS
+    oauth_flows = (Flow.DELEGATED, Flow.APP)
+    oauth_providers = (Provider.MICROSOFT, Provider.OTHER)
+    transcript_name = "EWS requests"
+
+    def check(self, config) -> Report:
+        call = EwsCall(config)
+        with call:
+            call.warn_online()
+            if isinstance(config.auth, BearerAuth):
+                call.run("Token", call.take_token)
+            call.run("Connect", call.connect)
+            call.run("Sign in", call.sign_in)
+            call.run("Mailbox", call.mailbox_step)
+        call.report.passed_summary = "Exchange accepts the sign-in and knows the mailbox."
+        return call.report
+
+    def send(self, config, message: EmailMessage) -> Receipt:
+        call = EwsCall(config)
+        mime: list[bytes] = []
+
+        def prepare() -> Step:
+            mime.append(_mime(message))
+            return step_result(f"{_count(message)} recipient(s); a copy saved to Sent Items: "
+                               f"{'yes' if config.settings.save_copy else 'no'}",
+                               [("Message-ID", str(message["Message-ID"] or "")), ("Mailbox", call.mailbox)])
+
+        with call:
+            call.warn_online(as_note=True)
+            call.run("Message", prepare)
+            if isinstance(config.auth, BearerAuth):
+                call.run("Token", call.take_token)
+            call.run("Send", lambda: call.send(mime[0]))
+        if not call.report.ok:
+            raise DeliveryError(call.report)
+        disposition = "SendAndSaveCopy" if config.settings.save_copy else "SendOnly"
+        return Receipt(reply=f"EWS accepted the message (CreateItem {disposition})",
+                       message_id=str(message["Message-ID"] or ""), report=call.report)
+
+
+# --- one check or send -------------------------------------------------------------------------------------
+
+class EwsCall(ApiCall):
+    """The steps of one check or send (ApiCall: one deadline, a step runner, a scrubbed report)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.report.transcript_name = EwsTransport.transcript_name
+        self.settings: EwsSettings = config.settings
+        self.url = self.settings.ews_url.strip()
+        self.host = urlsplit(self.url).hostname or ""
+        self.mailbox = mailbox_of(config)
+        self.protocols: list[Protocol] = []
+        self.last: dict = {}  # the last HTTP answer: status, reason, offered (auth schemes), diagnostics
+        self.auth_used = ""  # BASIC, NTLM or OAUTH2, once a call got through
+        self.found = None  # what ResolveNames gave
+        self.mailbox_error: Exception | None = None
+        self._context: ssl.SSLContext | None = None
+        if isinstance(config.auth, PasswordAuth):
+            self.redactor.add(config.auth.password)
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        for protocol in self.protocols:
+            with suppress(Exception):
+                protocol.close()
+        return super().__exit__(kind, error, traceback)
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        if self._context is None:  # StepFailed in words when the CA certificate cannot be read
+            self._context = tls_context(True, self.settings.ews_ca_cert, self.config.network.extra_ca_pem)
+        return self._context
+
+    @property
+    def app_only(self) -> bool:
+        return isinstance(self.config.auth, BearerAuth) and self.config.auth.app_only
+
+    # -- steps ---------------------------------------------------------------------------------------------
+
+    def warn_online(self, as_note: bool = False) -> None:
+        if not is_exchange_online(self.url):
+            return
+        if as_note:
+            self.report.notes.append(online_warning(self.url))
+            return
+        self.report.add(Step("Exchange Online", Outcome.WARNING, ONLINE_WARNING, [("Host", self.host)],
+                             GRAPH_HINT))
+
+    def take_token(self) -> Step:
+        step, token = token_step(self.config.auth, self.deadline)
+        self.token = token.value
+        self.redactor.add(token.value)
+        return step
+
+    def connect(self) -> Step:
+        """Resolve through the egress policy, connect, and shake hands as exchangelib's sessions will."""
+        port = urlsplit(self.url).port or 443
+        addresses = self.config.network.resolve(self.host, port, self.deadline)
+        context, failures = self.context, []
+        for family, sockaddr in addresses:
+            try:
+                sock = connect_within(self.deadline, family, sockaddr)
+            except OSError as error:
+                failures.append(error)
+                continue
+            try:
+                http._watch(sock, self.deadline)  # noqa: SLF001  (a trickling server cannot outlast the deadline)
+                sock.settimeout(self.deadline.left())
+                with context.wrap_socket(sock, server_hostname=self.host) as tls:
+                    step = handshake_result(tls, verified=True)
+            except ssl.SSLCertVerificationError as error:
+                raise StepFailed(f"the TLS certificate of {self.host} could not be verified: "
+                                 f"{error.verify_message or error.reason}",
+                                 "check the address; an Exchange server with a certificate from your own "
+                                 "authority needs that CA under “CA certificate” (or in EXTRA_CA_CERTS)",
+                                 temporary=False) from None
+            except TimeoutError:
+                raise DeadlineExceeded("no TLS handshake in time") from None
+            except (ssl.SSLError, OSError) as error:
+                raise StepFailed(f"no TLS connection with {self.host} port {port}: {http.reason(error)}",
+                                 "EWS needs HTTPS: check the address and the port") from None
+            finally:
+                sock.close()
+            step.summary = f"connected to {self.host} port {port}, {step.summary}"
+            step.details.insert(0, ("Address", f"{sockaddr[0]} port {port}"))
+            return step
+        reason = http.reason(failures[0]) if failures else "no address"
+        raise StepFailed(f"could not connect to {self.host} port {port}: {reason}",
+                         "check the address and this machine's network")
+
+    def sign_in(self) -> Step:
+        def resolve(protocol):
+            if not self.settings.ews_version or self.settings.ews_version == AUTO:
+                protocol.version  # noqa: B018  (the version probe: ConvertId)
+            return protocol.resolve_names([self.mailbox])
+
+        try:
+            self.found = self.with_protocol(resolve)
+        except MAILBOX_ERRORS as error:  # signed in; the mailbox is the problem
+            self.mailbox_error = error
+        details = self._sign_in_details()
+        return step_result(f"signed in with {_auth_label(self.auth_used)}", details)
+
+    def mailbox_step(self) -> Step:
+        if self.mailbox_error is not None:
+            raise self._explain(self.mailbox_error)
+        wanted = self.mailbox.lower()
+        found = [m for m in self.found or [] if not isinstance(m, Exception)]
+        errors = [m for m in self.found or [] if isinstance(m, Exception)]
+        match = next((m for m in found if (m.email_address or "").lower() == wanted), found[0] if found else None)
+        if match is None:
+            raise self._explain(errors[0] if errors else ews.ErrorNameResolutionNoResults("No results were found."))
+        details = [("Name", match.name or ""), ("Address", match.email_address or ""),
+                   ("Type", match.mailbox_type or "")]
+        if isinstance(self.config.auth, PasswordAuth):
+            details.append(("Sends as", f"{self.mailbox}: the account {self.config.auth.username} needs “Send As” "
+                                        "on it unless it is its own mailbox"))
+        if self.app_only:
+            details.append(("Impersonated", self.mailbox))
+        if match.mailbox_type and match.mailbox_type not in ("Mailbox", "PublicFolder", "LinkedMailbox"):
+            return step_result(f"{self.mailbox} resolves to a {match.mailbox_type}, not a mailbox of this "
+                               "Exchange organization", details, Outcome.WARNING,
+                               hint="enter the primary SMTP address of a mailbox on this server")
+        return step_result(f"Exchange knows the mailbox {match.email_address} ({match.name})", details)
+
+    def send(self, mime: bytes) -> Step:
+        save = bool(self.settings.save_copy)
+
+        def create(protocol):
+            account = self.account(protocol)
+            Message(account=account, mime_content=mime).send(save_copy=save)
+
+        self.with_protocol(create)
+        disposition = "SendAndSaveCopy" if save else "SendOnly"
+        return step_result(f"EWS accepted the message for delivery (CreateItem {disposition})",
+                           [("Signed in with", _auth_label(self.auth_used)), ("Mailbox", self.mailbox)])
+
+    # -- exchangelib -----------------------------------------------------------------------------------------
+
+    def with_protocol(self, action):
+        """Run action(protocol); "auto" retries once with NTLM when the server refused Basic and asked for NTLM."""
+        auth = self.config.auth
+        if not isinstance(auth, (PasswordAuth, BearerAuth)):
+            raise StepFailed("EWS needs a sign-in", "choose Authentication “Basic” or “OAuth 2.0”", temporary=False)
+        first = OAUTH2 if isinstance(auth, BearerAuth) else (NTLM if auth.mechanism == "ntlm" else BASIC)
+        try:
+            return self._attempt(action, first)
+        except (ews.UnauthorizedError, ews.ErrorServerBusy):  # a 401 with "Connection: close" reads as busy
+            offered = self.last.get("offered", ())
+            if not (self.last.get("status") == 401 and isinstance(auth, PasswordAuth)
+                    and auth.mechanism in ("auto", "") and first == BASIC
+                    and "basic" not in offered and {"ntlm", "negotiate"} & set(offered)):
+                raise
+        return self._attempt(action, NTLM)
+
+    def _attempt(self, action, auth_type):
+        protocol = EwsProtocol.for_call(self, self._configuration(auth_type))
+        self.protocols.append(protocol)
+        self.auth_used = auth_type
+        return action(protocol)
+
+    def _configuration(self, auth_type) -> Configuration:
+        auth = self.config.auth
+        if isinstance(auth, BearerAuth):
+            identity = Identity(primary_smtp_address=self.mailbox) if self.app_only else None
+            credentials = TokenCredentials(self.token, identity)
+        else:
+            credentials = PasswordCredentials(auth.username, auth.password)
+        build = BUILDS.get(self.settings.ews_version)
+        return Configuration(service_endpoint=self.url, credentials=credentials, auth_type=auth_type,
+                             version=Version(build=build) if build else None, retry_policy=FailFast(),
+                             max_connections=1)
+
+    def account(self, protocol) -> Account:
+        access = IMPERSONATION if self.app_only else DELEGATE
+        account = Account(self.mailbox, config=protocol.config, autodiscover=False, access_type=access,
+                          locale="en_US", default_timezone=UTC)
+        with suppress(KeyError):  # Account() put a Protocol for this config into exchangelib's cache: not ours
+            del Protocol[protocol.config]
+        account.protocol = protocol
+        return account
+
+    def observe(self, request, response) -> None:
+        """One line for the request (its SOAP operation), one for the answer; what the words need."""
+        status, reason = response.status_code, response.reason or ""
+        codes = []
+        if (response.headers.get("Content-Type") or "").startswith(("text/xml", "application/soap")):
+            body = response.content[:200_000]
+            codes = list(dict.fromkeys(m.decode() for m in (_RESPONSE_CODE.findall(body)
+                                                              or _FAULT_CODE.findall(body))))
+        self.report.transcript.append(f"S: {status} {reason}".rstrip() + (f" ({', '.join(codes)})" if codes else ""))
+        offered = _schemes(response.headers.get("WWW-Authenticate", ""))
+        diagnostics = response.headers.get("x-ms-diagnostics", "")
+        self.last = {"status": status, "reason": reason, "offered": offered, "diagnostics": diagnostics,
+                     "codes": codes}
+
+    def record_request(self, request) -> None:
+        parts = urlsplit(request.url)
+        match = _OPERATION.search(request.body or b"") if isinstance(request.body, bytes) else None
+        operation = f" ({match.group(1).decode()})" if match else ""
+        self.report.transcript.append(f"C: {request.method} {parts.scheme}://{parts.netloc}{parts.path}{operation}")
+
+    # -- words -----------------------------------------------------------------------------------------------
+
+    def _words(self, error: Exception) -> StepFailed | None:
+        return self._explain(error)
+
+    def _explain(self, error: Exception) -> StepFailed | None:
+        if isinstance(error, StepFailed):
+            return error
+        cause = _network_cause(error)
+        if cause is not None:
+            if not isinstance(cause, EgressRefused) and self._out_of_time():
+                cause = DeadlineExceeded("the deadline passed")
+            return super()._words(cause)
+        inner = error.__context__  # exchangelib's version probe wraps what the server said in a TransportError
+        if isinstance(error, ews.TransportError) and isinstance(inner, ews.EWSError) and not isinstance(
+                error, ews.ResponseMessageError):
+            error = inner
+        status = self.last.get("status")
+        details = [("HTTP status", f"{status} {self.last.get('reason', '')}".strip())] if status else []
+        if isinstance(error, ews.UnauthorizedError):
+            return self._unauthorized(details)
+        if isinstance(error, ews.RateLimitError):
+            return _throttled(getattr(error, "wait", None), details, status)
+        if isinstance(error, ews.ErrorServerBusy):
+            if status == 401:  # exchangelib reads some 401s as "busy"
+                return self._unauthorized(details)
+            return _throttled(error.back_off, details, status)
+        if isinstance(error, ews.ResponseMessageError):
+            return self._response_error(error, details, status)
+        if isinstance(error, ews.RedirectError):
+            return StepFailed(f"Exchange redirects this address to {error.server}",
+                              "enter the EWS address itself (https://<server>/EWS/Exchange.asmx): Mailroom does not "
+                              "follow redirects, and does not use Autodiscover", details, code=status)
+        if isinstance(error, ews.CASError):
+            return StepFailed(f"Exchange's front end refused the request ({_short(error.cas_error)})",
+                              "check the address and that the mailbox is on this Exchange organization", details,
+                              code=status)
+        if status == 403:
+            return self._forbidden(details)
+        if status == 404:
+            return StepFailed(f"there is no EWS at {self.url} (404 Not Found)",
+                              "the address of EWS usually ends in /EWS/Exchange.asmx", details, code=status,
+                              temporary=False)
+        if isinstance(error, ews.TransportError) and "version" in str(error).lower():
+            return StepFailed("the server did not answer like Exchange (no version information in its answer)",
+                              "check that the address is the server's EWS address (…/EWS/Exchange.asmx)",
+                              details, code=status)
+        if isinstance(error, ews.EWSError):
+            return StepFailed(f"Exchange answered in a way Mailroom cannot use{f' ({status})' if status else ''}",
+                              "check the address; if it persists, see the EWS requests below", details,
+                              code=status, temporary=status is None or status >= 500)
+        return None
+
+    def _out_of_time(self) -> bool:
+        try:
+            self.deadline.left()
+        except DeadlineExceeded:
+            return True
+        return False
+
+    def _unauthorized(self, details) -> StepFailed:
+        offered = self.last.get("offered", ())
+        if offered:
+            details = [*details, ("The server offers", ", ".join(s.capitalize() if s != "ntlm" else "NTLM"
+                                                                for s in offered))]
+        auth = self.config.auth
+        if isinstance(auth, BearerAuth):
+            return StepFailed("Exchange refused the access token (401 Unauthorized)",
+                              "re-authorize. The token must be for Exchange: the scope "
+                              "https://outlook.office365.com/EWS.AccessAsUser.All (delegated) or "
+                              "https://outlook.office365.com/.default (app-only); an on-premises Exchange accepts "
+                              "OAuth only when it is set up for it (hybrid modern authentication)", details, code=401)
+        used = NTLM if self.auth_used == NTLM or auth.mechanism == "ntlm" else BASIC
+        if used == BASIC and offered and "basic" not in offered and {"ntlm", "negotiate"} & set(offered):
+            hint = "the server does not take Basic: choose the mechanism “NTLM” (or Automatic)"
+        else:
+            hint = ("check the username and the password; Exchange on premises usually wants DOMAIN\\user or "
+                    "user@domain, and the account may be locked or its password expired")
+        return StepFailed(f"Exchange refused the sign-in of {auth.username} with {_auth_label(used)} "
+                          "(401 Unauthorized)", hint, details, code=401)
+
+    def _forbidden(self, details) -> StepFailed:
+        diagnostics = self.last.get("diagnostics", "")
+        if diagnostics:
+            reason = re.search(r'reason="([^"]*)"', diagnostics)
+            details = [*details, ("Exchange says", _short(reason.group(1) if reason else diagnostics))]
+        if isinstance(self.config.auth, BearerAuth) and ("scope" in diagnostics.lower() or "2000008" in diagnostics):
+            hint = ("app-only: grant the app the Office 365 Exchange Online application permission full_access_as_app "
+                    "with admin consent" if self.app_only else
+                    "delegated: ask for the scope https://outlook.office365.com/EWS.AccessAsUser.All and "
+                    "authorize again")
+            return StepFailed("the token may not use EWS (403 Forbidden: not enough scope)", hint, details, code=403)
+        if is_exchange_online(self.url):
+            return StepFailed("Exchange Online refuses EWS for this organization (403 Forbidden): Microsoft has been "
+                              "blocking EWS in Exchange Online since October 2026", GRAPH_HINT, details, code=403)
+        return StepFailed("Exchange refused access to EWS (403 Forbidden)",
+                          "on premises, EWS may be turned off for this account or by an access policy (ask the "
+                          "Exchange admin: Set-CASMailbox -EwsEnabled); if this server is in fact Exchange Online, "
+                          "EWS is blocked there since October 2026: " + GRAPH_HINT, details, code=403)
+
+    def _response_error(self, error, details, status) -> StepFailed:
+        code = type(error).__name__
+        text = _short(str(error))
+        details = [*details, ("EWS response", f"{code}: {text}" if text else code)]
+        http_code = status if status and status != 200 else None
+        mailbox = self.mailbox
+        known = {
+            "ErrorNonExistentMailbox": (f"Exchange has no mailbox {mailbox} ({code})",
+                                        "check the mailbox's address: its primary SMTP address", False),
+            "ErrorNameResolutionNoResults": (f"Exchange knows no mailbox {mailbox} ({code})",
+                                             "check the mailbox's address: its primary SMTP address", False),
+            "ErrorNameResolutionNoMailbox": (f"{mailbox} has no mailbox on this Exchange ({code})",
+                                             "enter the address of a mailbox on this server", False),
+            "ErrorSendAsDenied": (f"{_who(self.config)} may not send as {self.config.sender.address} ({code})",
+                                  "make the From address the mailbox's own address, or give the account “Send As” "
+                                  "on that mailbox (Exchange admin center: mailbox delegation)", False),
+            "ErrorImpersonateUserDenied": (f"{_who(self.config)} may not impersonate {mailbox} ({code})",
+                                           "app-only: grant full_access_as_app with admin consent (and check an "
+                                           "application access policy); on premises: the ApplicationImpersonation "
+                                           "role", False),
+            "ErrorImpersonationDenied": (f"{_who(self.config)} may not impersonate {mailbox} ({code})",
+                                         "grant the impersonation right (app-only: full_access_as_app)", False),
+            "ErrorImpersonationFailed": (f"impersonating {mailbox} failed ({code})",
+                                         "check the mailbox's address; Exchange needs X-AnchorMailbox to name it "
+                                         "(Mailroom sends it)", True),
+            "ErrorInvalidExchangeImpersonationHeaderData": (
+                f"Exchange refused the impersonation header ({code})",
+                "app-only tokens must impersonate the mailbox and delegated tokens must not: check that the flow "
+                "under Authentication matches the app's permissions (delegated EWS.AccessAsUser.All or app-only "
+                "full_access_as_app)", True),
+            "ErrorAccessDenied": (f"Exchange denied access ({code})",
+                                  "check the account's rights on the mailbox", True),
+            "ErrorAccountDisabled": (f"the account is disabled ({code})", "enable the account, or use another one",
+                                     True),
+            "ErrorQuotaExceeded": (f"the mailbox {mailbox} is full ({code})",
+                                   "free space in the mailbox (Sent Items, Deleted Items) or raise its quota", True),
+            "ErrorMessageSizeExceeded": (f"the message is larger than Exchange accepts ({code})",
+                                         "send a smaller message", False),
+            "ErrorInvalidRecipients": (f"Exchange refused the recipients ({code})", "check the recipients", False),
+            "ErrorInvalidServerVersion": (f"Exchange accepts none of the EWS versions tried ({code})",
+                                          "choose the Exchange version “Automatic”", True),
+            "ErrorMailboxStoreUnavailable": (f"the mailbox database is not available ({code})",
+                                             "try again later; the Exchange admin can check the database", True),
+            "ErrorMailboxMoveInProgress": (f"the mailbox is being moved ({code})", "try again later", True),
+        }
+        if code in known:
+            summary, hint, temporary = known[code]
+            return StepFailed(summary, hint, details, code=http_code, temporary=temporary)
+        if status and status >= 500:
+            return StepFailed(f"Exchange answered with a SOAP fault: {code}{': ' + text if text else ''}",
+                              "try again later; if it persists, the Exchange admin can look it up in the server's "
+                              "logs (a fixed Exchange version may also not match the server: try “Automatic”)",
+                              details, code=status)
+        return StepFailed(f"Exchange answered {code}{': ' + text if text else ''}",
+                          "see the EWS requests below; if it persists, ask the Exchange admin", details,
+                          code=http_code)
+
+    def _sign_in_details(self) -> list[tuple[str, str]]:
+        auth = self.config.auth
+        details = []
+        if isinstance(auth, PasswordAuth):
+            details.append(("Username", auth.username))
+            if self.auth_used == NTLM and auth.mechanism != "ntlm":
+                details.append(("Method", "NTLM (the server does not take Basic)"))
+        else:
+            details.append(("Token", "app-only, impersonating the mailbox" if self.app_only else "delegated"))
+        protocol = self.protocols[-1] if self.protocols else None
+        version = protocol.config.version if protocol is not None else None
+        if version is not None and version.build is not None:
+            with suppress(Exception):
+                details.append(("Exchange", f"{version.fullname} (build {version.build}, EWS {version.api_version})"))
+        return details
+
+
+MAILBOX_ERRORS = (ews.ErrorNonExistentMailbox, ews.ErrorNameResolutionNoResults, ews.ErrorNameResolutionNoMailbox,
+                  ews.ErrorImpersonateUserDenied, ews.ErrorImpersonationDenied, ews.ErrorImpersonationFailed)
+
+
+# --- exchangelib, confined to this call ----------------------------------------------------------------------
+
+class EwsProtocol(Protocol):
+    """exchangelib's Protocol for one check or send: never cached, every session through the egress adapter."""
+
+    call: EwsCall
+
+    @classmethod
+    def for_call(cls, call: EwsCall, configuration: Configuration) -> "EwsProtocol":
+        protocol = cls.__new__(cls)  # not cls(...): CachingProtocol would keep it, with the password, for the process
+        Protocol.__init__(protocol, config=configuration)
+        protocol.call = call
+        protocol.TIMEOUT = max(call.config.timeout, 1)  # each request gets only what is left of the deadline anyway
+        return protocol
+
+    def raw_session(self, prefix, oauth2_client=None, oauth2_session_params=None, oauth2_token_endpoint=None):
+        session = requests.Session()
+        session.trust_env = False  # no proxies or CA bundles from the environment
+        session.headers.update(DEFAULT_HEADERS)
+        session.headers["User-Agent"] = http.USER_AGENT
+        adapter = EwsAdapter(self.call)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def create_oauth2_session(self):
+        session = self.raw_session(self.service_endpoint)
+        session.auth = _Bearer(self.credentials)
+        return session
+
+
+class EwsAdapter(http.EgressAdapter):
+    """The egress adapter with the server's own CA, writing the transcript as exchangelib talks."""
+
+    def __init__(self, call: EwsCall):
+        super().__init__(call.config.network, call.deadline)
+        self.context = call.context
+        self.call = call
+
+    def send(self, request, **kwargs):
+        self.call.record_request(request)
+        try:
+            response = super().send(request, **kwargs)
+        except Exception as error:
+            self.call.last = {}
+            if isinstance(error, EgressRefused):
+                self.call.report.transcript.append("S: (not sent: the egress policy refuses this address)")
+            elif isinstance(error, (DeadlineExceeded, requests.Timeout)):
+                self.call.report.transcript.append(f"S: (no answer within {self.call.deadline})")
+            else:
+                self.call.report.transcript.append(f"S: (no answer: {http.reason(error)})")
+            raise
+        self.call.observe(request, response)
+        return response
+
+
+class _Bearer(requests.auth.AuthBase):
+    def __init__(self, credentials: "TokenCredentials"):
+        self.credentials = credentials
+
+    def __call__(self, request):
+        token = (self.credentials.access_token or {}).get("access_token")
+        if not token:
+            raise NoRefresh()
+        request.headers["Authorization"] = f"Bearer {token}"
+        return request
+
+
+class NoRefresh(StepFailed):
+    def __init__(self):
+        super().__init__("the access token ran out during this request",
+                         "try again: Mailroom obtains a fresh token before each check or mail (exchangelib may not "
+                         "fetch tokens itself)")
+
+
+class PasswordCredentials(Credentials):
+    """Basic/NTLM credentials, equal only to themselves (so exchangelib's cache key is unique to this call)."""
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+
+class TokenCredentials(OAuth2AuthorizationCodeCredentials):
+    """The access token of the Token step, and nothing to get another one with."""
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, token: str, identity: Identity | None = None):
+        super().__init__(access_token={"access_token": token, "token_type": "Bearer"}, identity=identity)
+
+    def __repr__(self):
+        return "TokenCredentials([access_token])"
+
+    def refresh(self, session):
+        raise NoRefresh()
+
+    def on_token_auto_refreshed(self, access_token):
+        raise NoRefresh()
+
+    def session_params(self):
+        return {"token": self.access_token}  # no client id or secret: nothing to refresh with
+
+    @property
+    def token_url(self):
+        raise NoRefresh()
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+def mailbox_of(config) -> str:
+    """The mailbox mail is sent from: the setting, else the OAuth mailbox, else the From address."""
+    if config.settings.mailbox.strip():
+        return config.settings.mailbox.strip()
+    if isinstance(config.auth, BearerAuth) and "@" in config.auth.username:
+        return config.auth.username.strip()
+    return config.sender.address
+
+
+def _who(config) -> str:
+    auth = config.auth
+    if isinstance(auth, PasswordAuth):
+        return f"the account {auth.username}"
+    return "the app" if getattr(auth, "app_only", False) else f"the account {auth.username}"
+
+
+def _auth_label(auth_type: str) -> str:
+    return {BASIC: "Basic", NTLM: "NTLM", OAUTH2: "an OAuth 2.0 access token"}.get(auth_type, auth_type or "—")
+
+
+def _throttled(back_off, details, status) -> StepFailed:
+    wait = f"{back_off:g} s" if isinstance(back_off, (int, float)) and back_off else ""
+    return StepFailed(f"Exchange is throttling this account (ErrorServerBusy){' for ' + wait if wait else ''}",
+                      f"try again {'after ' + wait if wait else 'in a few minutes'}: Exchange's throttling policy "
+                      "limits how many EWS requests one account may make", details, code=status or None)
+
+
+def _network_cause(error: BaseException) -> BaseException | None:
+    """The network failure under an exchangelib error (it re-raises them as TransportError or ErrorTimeoutExpired)."""
+    seen, cause = set(), error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (EgressRefused, DeadlineExceeded, requests.RequestException)):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _schemes(value: str) -> tuple[str, ...]:
+    """The schemes a WWW-Authenticate header offers (requests joins several headers with commas):
+    'Basic realm="x", Bearer client_id="a, b"' -> ("basic", "bearer")."""
+    schemes = []
+    for piece in re.sub(r'"(?:[^"\\]|\\.)*"', '""', value or "").split(","):
+        word = piece.strip().split(" ", 1)[0]
+        if word and "=" not in word:
+            schemes.append(word.lower())
+    return tuple(dict.fromkeys(schemes))
+
+
+def _short(text) -> str:
+    text = " ".join(str(text or "").split())
+    return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT - 1] + "…"
+
+
+def _mime(message: EmailMessage) -> bytes:
+    if not _count(message):
+        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address", temporary=False)
+    return message.as_bytes()
+
+
+def _count(message: EmailMessage) -> int:
+    return len([a for _, a in getaddresses([str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])])
+                if a])

@@ -1,0 +1,158 @@
+"""HTTP for transports and token endpoints: through the egress policy, under one deadline.
+
+`session(network, deadline)` gives a requests.Session (authlib's OAuth2Session mounts the
+same adapter) whose connections:
+
+- resolve the host with `network.resolve` (every address checked) and connect to a
+  checked address, never resolving again (no DNS rebinding between check and connect);
+- verify TLS with the system's authorities plus the app's EXTRA_CA_CERTS, whatever the
+  environment says (REQUESTS_CA_BUNDLE, proxies: trust_env is off);
+- give up when the deadline runs out: each request's timeout is the time left, and a
+  watchdog closes a connection that is still talking when it is over.
+
+`record(report, response)` puts a request and its status into a report's transcript,
+without bodies, query strings or headers (they may carry tokens).
+"""
+import socket
+import threading
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
+
+from .deadline import Deadline, DeadlineExceeded, connect_within
+from .egress import Network
+from .tls import tls_context
+
+USER_AGENT = "Mailroom/1 (+mail server settings check)"
+
+
+class EgressAdapter(HTTPAdapter):
+    def __init__(self, network: Network, deadline: Deadline):
+        self.network, self.deadline = network, deadline
+        self.context = tls_context(True, "", network.extra_ca_pem)
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        network, deadline = self.network, self.deadline
+
+        def new_conn(conn):
+            return _checked_connection(conn, network, deadline)
+
+        http = type("CheckedHTTPConnection", (HTTPConnection,), {"_new_conn": new_conn})
+        https = type("CheckedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn})
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
+            "https": type("CheckedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
+        }
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, _ = super().build_connection_pool_key_attributes(request, True, cert)
+        return host_params, {"ssl_context": self.context, "cert_reqs": "CERT_REQUIRED"}
+
+    def cert_verify(self, conn, url, verify, cert):
+        """Always verify, with our context alone (not a bundle loaded into it)."""
+        conn.cert_reqs, conn.ca_certs, conn.ca_cert_dir = "CERT_REQUIRED", None, None
+
+    def send(self, request, **kwargs):
+        kwargs["timeout"] = self.deadline.left()
+        kwargs["proxies"] = {}
+        return super().send(request, **kwargs)
+
+
+def _checked_connection(conn, network: Network, deadline: Deadline) -> socket.socket:
+    addresses = network.resolve(conn.host, conn.port, deadline)
+    errors: list[OSError] = []
+    for family, sockaddr in addresses:
+        try:
+            sock = connect_within(deadline, family, sockaddr)
+        except OSError as error:
+            errors.append(error)
+            continue
+        _watch(sock, deadline)
+        return sock
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {errors[0] if errors else 'no address'}")
+
+
+def _watch(sock: socket.socket, deadline: Deadline) -> None:
+    """Close the connection when the deadline is over, even if the server keeps trickling bytes."""
+    def close():
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    try:
+        timer = threading.Timer(deadline.left(), close)
+    except DeadlineExceeded:
+        close()
+        return
+    timer.daemon = True
+    timer.start()
+
+
+def mount(session: requests.Session, network: Network, deadline: Deadline) -> requests.Session:
+    adapter = EgressAdapter(network, deadline)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.trust_env = False  # no REQUESTS_CA_BUNDLE, no proxies from the environment
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def session(network: Network, deadline: Deadline) -> requests.Session:
+    return mount(requests.Session(), network, deadline)
+
+
+def record(transcript: list[str], response: requests.Response, what: str = "") -> None:
+    """One line per request and one per answer; no query string, body or header."""
+    request = response.request
+    parts = urlsplit(request.url)
+    label = f" ({what})" if what else ""
+    transcript.append(f"C: {request.method} {parts.scheme}://{parts.netloc}{parts.path}{label}")
+    transcript.append(f"S: {response.status_code} {response.reason or ''}".rstrip())
+
+
+URL_FORBIDDEN = frozenset("<>\"'`\\{}|^")
+
+
+def url_problem(url: str, schemes: tuple[str, ...] = ("https",)) -> str:
+    """Why `url` cannot be a service's address, in words; "" when it can. A user name or password
+    in it would be stored and shown in the clear (and https://good.example@evil.example goes to
+    evil.example); a port or host that does not parse fails every request."""
+    if not url:
+        return ""
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url) or URL_FORBIDDEN & set(url):
+        return "spaces, control characters, quotes and <>\\{}|^` are not allowed in an address"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when it is not a number from 0 to 65535
+    except ValueError:
+        return "the address cannot be read (check the host, the brackets of an IPv6 address and the port)"
+    if parts.scheme.lower() not in schemes or not url.lower().startswith(tuple(f"{s}://" for s in schemes)):
+        return f"the address must start with {' or '.join(s + '://' for s in schemes)}"
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        return "an address may not carry a user name or password (before an @)"
+    if not parts.hostname:
+        return "the address has no host name"
+    if port == 0:
+        return "the port must be a number from 1 to 65535"
+    if parts.fragment or "#" in url:
+        return "an address may not carry a #fragment"
+    return ""
+
+
+def host_of(url: str) -> str:
+    return urlsplit(url).netloc
+
+
+def reason(error: Exception) -> str:
+    """The last cause of a requests error, in a few words ("Connection refused")."""
+    cause: BaseException | None = error
+    while cause is not None and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = getattr(cause, "strerror", None) or str(cause or error)
+    return text.rsplit("] ", 1)[-1].rsplit(": ", 1)[-1].strip(" '\")")

@@ -1,0 +1,387 @@
+"""OAuth 2.0 for sending mail: providers and their clouds, the default scopes, the consent
+URL (PKCE S256), the code exchange, refresh, client credentials and discovery. No Flask.
+
+Every request goes through mail/http.py (the egress policy, one deadline). Token requests
+are RFC 6749 form posts with client_secret_post; errors come back as OAuthFailure, whose
+words say what the provider's error usually means. Never call a token endpoint without a
+code for a code exchange (authlib's fetch_token would silently do client credentials).
+"""
+import base64
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from urllib.parse import urlencode, urlsplit
+
+import requests
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+from . import http
+from .deadline import Deadline
+from .egress import Network
+
+
+class Provider(StrEnum):
+    MICROSOFT = "microsoft"
+    GOOGLE = "google"
+    OTHER = "other"
+
+
+class Cloud(StrEnum):
+    GLOBAL = "global"
+    GCC_HIGH = "gcc_high"
+    DOD = "dod"
+    CHINA = "china"
+
+
+class Flow(StrEnum):
+    DELEGATED = "delegated"  # a person consents; refresh tokens
+    APP = "app"  # client credentials (Microsoft only)
+
+
+PROVIDER_LABELS = {Provider.MICROSOFT: "Microsoft 365", Provider.GOOGLE: "Google", Provider.OTHER: "Other"}
+FLOW_LABELS = {Flow.DELEGATED: "Delegated: the mailbox owner consents",
+               Flow.APP: "App-only: client credentials, admin consent"}
+CLOUD_LABELS = {Cloud.GLOBAL: "Global", Cloud.GCC_HIGH: "US Government GCC High", Cloud.DOD: "US Government DoD",
+                Cloud.CHINA: "China (21Vianet)"}
+# cloud -> (login authority, Graph root)
+CLOUDS = {
+    Cloud.GLOBAL: ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
+    Cloud.GCC_HIGH: ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
+    Cloud.DOD: ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
+    Cloud.CHINA: ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
+}
+GOOGLE_AUTHORIZE = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_TOKEN = "https://oauth2.googleapis.com/token"
+
+# (provider, protocol, flow) -> the scope to ask for (REFERENCE.md's table)
+DEFAULT_SCOPES = {
+    (Provider.MICROSOFT, "smtp", Flow.DELEGATED): "https://outlook.office.com/SMTP.Send offline_access",
+    (Provider.MICROSOFT, "smtp", Flow.APP): "https://outlook.office365.com/.default",
+    (Provider.MICROSOFT, "ews", Flow.DELEGATED): "https://outlook.office365.com/EWS.AccessAsUser.All offline_access",
+    (Provider.MICROSOFT, "ews", Flow.APP): "https://outlook.office365.com/.default",
+    (Provider.MICROSOFT, "graph", Flow.DELEGATED): "Mail.Send offline_access",
+    (Provider.GOOGLE, "smtp", Flow.DELEGATED): "https://mail.google.com/",
+    (Provider.GOOGLE, "gmail", Flow.DELEGATED): "https://www.googleapis.com/auth/gmail.send",
+}
+SIGN_IN_SCOPES = "openid email"  # asked for besides, so the token response says who consented
+EARLY = timedelta(minutes=5)  # an access token this close to its expiry is refreshed first
+
+
+def default_scope(provider: str, protocol: str, flow: str, cloud: str = Cloud.GLOBAL) -> str:
+    if provider == Provider.MICROSOFT and protocol == "graph" and flow == Flow.APP:
+        return f"{CLOUDS.get(cloud, CLOUDS[Cloud.GLOBAL])[1]}/.default"
+    return DEFAULT_SCOPES.get((provider, protocol, flow), "")  # StrEnum keys match plain strings
+
+
+def endpoints(provider: str, cloud: str | None = Cloud.GLOBAL, tenant: str | None = "") -> tuple[str, str]:
+    """(authorization URL, token URL) of a known provider; ("", "") for Other."""
+    if provider == Provider.MICROSOFT:
+        tenant = (tenant or "").strip() or "organizations"
+        authority = f"{CLOUDS.get(cloud, CLOUDS[Cloud.GLOBAL])[0]}/{tenant}/oauth2/v2.0"
+        return f"{authority}/authorize", f"{authority}/token"
+    if provider == Provider.GOOGLE:
+        return GOOGLE_AUTHORIZE, GOOGLE_TOKEN
+    return "", ""
+
+
+def admin_consent_url(token_url: str, client_id: str, redirect_uri: str, state: str) -> str:
+    """Microsoft's admin-consent endpoint of the tenant, beside its token endpoint."""
+    base = token_url.rsplit("/oauth2/", 1)[0]
+    return f"{base}/adminconsent?{urlencode({'client_id': client_id, 'redirect_uri': redirect_uri, 'state': state})}"
+
+
+@dataclass(frozen=True)
+class Client:
+    """An app registration as the provider knows it."""
+    provider: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    authorize_url: str
+    token_url: str
+    scope: str
+    redirect_uri: str = ""
+
+
+@dataclass
+class Tokens:
+    access_token: str = field(repr=False)
+    expires_at: datetime | None
+    scope: str = ""
+    refresh_token: str | None = field(default=None, repr=False)
+    account: str = ""  # who signed in, when the provider says (id_token claims)
+
+    def fresh(self, now: datetime | None = None) -> bool:
+        return bool(self.access_token) and (self.expires_at is None or
+                                            self.expires_at - (now or datetime.now(UTC)) > EARLY)
+
+
+class OAuthFailure(Exception):
+    """The provider (or the way to it) said no. `error`/`description` as the provider wrote
+    them; str() and `hint` in words; `permanent` when only a person can fix it (a new
+    consent, a new secret), not a retry."""
+
+    def __init__(self, error: str, description: str = "", status: int | None = None, provider: str = ""):
+        self.error, self.description, self.status, self.provider = error, description, status, provider
+        self.summary, self.hint, self.permanent = explain(error, description, provider)
+        super().__init__(self.summary)
+
+
+def new_verifier() -> str:
+    return secrets.token_urlsafe(48)
+
+
+def authorization_url(client: Client, state: str, verifier: str, login_hint: str = "") -> str:
+    scope = client.scope
+    if client.provider in (Provider.MICROSOFT, Provider.GOOGLE):
+        scope = " ".join(dict.fromkeys([*scope.split(), *SIGN_IN_SCOPES.split()]))
+    params = {"response_type": "code", "client_id": client.client_id, "redirect_uri": client.redirect_uri,
+              "scope": scope, "state": state, "code_challenge": create_s256_code_challenge(verifier),
+              "code_challenge_method": "S256"}
+    if client.provider == Provider.GOOGLE:
+        params.update(access_type="offline", prompt="consent")  # else no refresh token
+    if client.provider == Provider.MICROSOFT:
+        params["prompt"] = "select_account"
+    if login_hint:
+        params["login_hint"] = login_hint
+    return f"{client.authorize_url}{'&' if '?' in client.authorize_url else '?'}{urlencode(params)}"
+
+
+def exchange_code(client: Client, code: str, verifier: str, network: Network, deadline: Deadline,
+                  transcript: list[str] | None = None) -> Tokens:
+    return _token_request(client, {"grant_type": "authorization_code", "code": code, "code_verifier": verifier,
+                                   "redirect_uri": client.redirect_uri}, network, deadline, transcript,
+                          "authorization code")
+
+
+def refresh(client: Client, refresh_token: str, network: Network, deadline: Deadline,
+            transcript: list[str] | None = None) -> Tokens:
+    tokens = _token_request(client, {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                                     "scope": client.scope}, network, deadline, transcript, "refresh")
+    tokens.refresh_token = tokens.refresh_token or refresh_token  # a provider that does not rotate
+    return tokens
+
+
+def client_credentials(client: Client, network: Network, deadline: Deadline,
+                       transcript: list[str] | None = None) -> Tokens:
+    return _token_request(client, {"grant_type": "client_credentials", "scope": client.scope}, network,
+                          deadline, transcript, "client credentials")
+
+
+def _token_request(client: Client, form: dict, network: Network, deadline: Deadline,
+                   transcript: list[str] | None, what: str) -> Tokens:
+    form = {**form, "client_id": client.client_id, "client_secret": client.client_secret}
+    response = _post(client.token_url, form, network, deadline, transcript, what, client.provider)
+    body = _json(response, client.provider)
+    if response.status_code != 200 or "error" in body:
+        raise OAuthFailure(str(body.get("error") or f"http_{response.status_code}"),
+                           str(body.get("error_description") or ""), response.status_code, client.provider)
+    if not body.get("access_token"):
+        raise OAuthFailure("no_access_token", "the token endpoint answered without an access token", 200,
+                           client.provider)
+    expires_in = body.get("expires_in")
+    expires_at = datetime.now(UTC) + timedelta(seconds=int(expires_in)) if str(expires_in or "").isdigit() else None
+    return Tokens(access_token=body["access_token"], expires_at=expires_at,
+                  scope=str(body.get("scope") or form.get("scope") or ""),
+                  refresh_token=body.get("refresh_token"), account=_account(body.get("id_token")))
+
+
+def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
+    """The authorization server's metadata (RFC 8414, then OpenID discovery); its issuer must
+    be the one asked for."""
+    issuer = issuer.rstrip("/")
+    last: Exception | None = None
+    for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
+        parts = urlsplit(issuer)
+        url = (f"{parts.scheme}://{parts.netloc}{path}{parts.path}" if path.endswith("server") and parts.path
+               else f"{issuer}{path}")
+        try:
+            response = http.session(network, deadline).get(url)
+        except requests.RequestException as error:
+            last = error
+            continue
+        if response.status_code != 200:
+            continue
+        metadata = _json(response, Provider.OTHER)
+        if str(metadata.get("issuer", "")).rstrip("/") != issuer:
+            raise OAuthFailure("issuer_mismatch", f"the metadata names the issuer {metadata.get('issuer')!r}, "
+                                                  f"not {issuer!r}", 200, Provider.OTHER)
+        if not metadata.get("token_endpoint"):
+            raise OAuthFailure("no_token_endpoint", "the metadata has no token_endpoint", 200, Provider.OTHER)
+        return metadata
+    raise OAuthFailure("discovery_failed", f"no metadata found under {issuer}" + (f" ({last})" if last else ""),
+                       None, Provider.OTHER)
+
+
+def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str):
+    try:
+        response = http.session(network, deadline).post(url, data=form, headers={"Accept": "application/json"})
+    except requests.exceptions.SSLError as error:
+        raise OAuthFailure("tls", f"TLS with the token endpoint failed: {_reason(error)}", None, provider) from None
+    except (requests.ConnectionError, requests.Timeout) as error:
+        raise OAuthFailure("unreachable", f"the token endpoint did not answer: {_reason(error)}", None,
+                           provider) from None
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+        raise OAuthFailure("unreachable", "the token URL cannot be used", None, provider) from None
+    if transcript is not None:
+        http.record(transcript, response, what)
+    return response
+
+
+def _json(response, provider: str) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        raise OAuthFailure(f"http_{response.status_code}", "the answer is not JSON", response.status_code,
+                           provider) from None
+    return body if isinstance(body, dict) else {}
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    return text.rsplit(": ", 1)[-1].rstrip(")'\"") if ": " in text else text
+
+
+def _account(id_token: str | None) -> str:
+    """Who signed in, from the id_token the token endpoint sent over TLS (display only)."""
+    if not id_token or id_token.count(".") != 2:
+        return ""
+    try:
+        payload = id_token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    return str(claims.get("email") or claims.get("preferred_username") or claims.get("upn") or "")
+
+
+# -- errors in words ---------------------------------------------------------------------------
+
+_KNOWN = [
+    # (match in error or description, summary, hint, permanent)
+    ("AADSTS7000215", "the client secret is wrong",
+     "enter the secret's Value, not its Secret ID (Entra ID → App registrations → Certificates & secrets); "
+     "a secret shows its value only right after it is made", True),
+    ("AADSTS7000222", "the client secret has expired",
+     "make a new client secret in Entra ID and enter its Value", True),
+    ("AADSTS700016", "the app registration was not found in this tenant",
+     "check the Client ID and the Tenant ID: the app must be registered in that tenant (or be multi-tenant)",
+     True),
+    ("AADSTS90002", "the tenant does not exist", "check the Tenant ID (a GUID, or a domain such as example.com)",
+     True),
+    ("AADSTS65001", "nobody has consented to this app yet",
+     "save the server, then click Authorize (delegated) or Grant admin consent (app-only) under OAuth "
+     "authorization on its page", True),
+    ("AADSTS65004", "the consent was declined", "ask the person who declined to try again and accept", True),
+    ("AADSTS50011", "the redirect URI is not registered for this app",
+     "add Mailroom's redirect URI (shown on the server page) to the app registration, exactly", True),
+    ("AADSTS50059", "app-only tokens need a real tenant",
+     "enter the Tenant ID (not common or organizations)", True),
+    ("AADSTS28000", "the scope names more than one resource", "use the default scope", True),
+    ("AADSTS70000", "the refresh token is no longer valid",
+     "re-authorize. Microsoft refresh tokens end after 90 days unused, when the user's password changes, or "
+     "when consent is revoked", True),
+    ("AADSTS70008", "the authorization has expired", "re-authorize", True),
+    ("AADSTS50173", "the grant was revoked",
+     "re-authorize: the user's password changed, or the consent was revoked", True),
+    ("AADSTS50076", "multi-factor sign-in is required", "re-authorize and complete the sign-in", True),
+]
+_BY_ERROR = {
+    "invalid_grant": ("the provider no longer accepts the authorization (revoked or expired)",
+                      "re-authorize. Microsoft refresh tokens end after 90 days unused or when the user's password "
+                      "changes; Google refresh tokens of an app left in “Testing” end after 7 days "
+                      "(publish the app, or re-authorize weekly)", True),
+    "invalid_client": ("the provider does not accept the client ID or secret",
+                       "check the Client ID and the client secret (its value, not its ID)", True),
+    "unauthorized_client": ("the app may not use this kind of authorization",
+                            "check the app registration: its permissions, its allowed grant types (and for a "
+                            "Google service account, domain-wide delegation: the Workspace admin console → Security "
+                            "→ API controls → Domain-wide delegation, the service account's client ID with this "
+                            "scope)", True),
+    "invalid_scope": ("the provider does not accept the scope", "use the default scope for this provider", True),
+    "access_denied": ("the person who signed in declined, or may not consent to this app",
+                      "sign in as the mailbox owner and accept; if an administrator must approve the app first, "
+                      "ask them to grant consent", True),
+    "consent_required": ("consent is needed first", "click Authorize, or ask an administrator to grant consent",
+                         True),
+    "interaction_required": ("the provider wants the person to sign in again", "re-authorize", True),
+    "invalid_request": ("the provider refused the request", "check the endpoints and the scope", True),
+    "temporarily_unavailable": ("the provider is busy", "try again in a few minutes", False),
+    "server_error": ("the provider had an error", "try again in a few minutes", False),
+    "unreachable": ("the token endpoint did not answer", "check the token URL, and this machine's network", False),
+    "tls": ("the token endpoint's TLS certificate could not be verified",
+            "check the token URL; an on-premises server may need its CA in EXTRA_CA_CERTS", False),
+    "issuer_mismatch": ("the answer came from another issuer than the one configured",
+                        "check the issuer URL", True),
+    "discovery_failed": ("the issuer's metadata could not be found",
+                         "check the issuer URL, or enter the authorization and token URLs by hand", True),
+    "no_token_endpoint": ("the issuer's metadata has no token endpoint",
+                          "enter the authorization and token URLs by hand", True),
+}
+
+
+def explain(error: str, description: str, provider: str = "") -> tuple[str, str, bool]:
+    """(summary, hint, permanent) for a provider's error and its description."""
+    text = f"{error} {description}"
+    for code, summary, hint, permanent in _KNOWN:
+        if code in text:
+            return f"{summary} ({code})", hint, permanent
+    summary, hint, permanent = _BY_ERROR.get(error, (f"the provider answered “{error}”",
+                                                     "see the provider's description", error.startswith("invalid")))
+    first = description.split("\r\n")[0].split(" Trace ID:")[0].strip()
+    return (f"{summary}: {first}" if first else summary), hint, permanent
+
+
+
+# -- Google service accounts (RFC 7523 JWT bearer, domain-wide delegation) ---------------------
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
+
+
+def check_service_account_key(key: dict) -> str:
+    """Why `key` is not a usable service-account key, in words; "" when it is."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    if key.get("type") != "service_account":
+        return "this is not a service-account key (its type is not “service_account”)"
+    for name in ("client_email", "private_key", "token_uri"):
+        if name not in key or key[name] in ("", None):
+            return f"the key has no {name}"
+        if not isinstance(key[name], str) or not key[name].strip():
+            return f"the key's {name} is not text"
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+", key["client_email"]):
+        return "the key's client_email is not an address"
+    problem = http.url_problem(key["token_uri"])
+    if problem:
+        return f"the key's token_uri is not an https:// address that can be used ({problem})"
+    try:
+        private_key = load_pem_private_key(key["private_key"].encode(), password=None)
+    except (ValueError, TypeError):
+        return "the key's private_key cannot be read"
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        return "the key's private_key is not an RSA key (Google signs service-account tokens with RS256)"
+    return ""
+
+
+def service_account_token(key: dict, subject: str, scope: str, network: Network, deadline: Deadline,
+                          transcript: list[str] | None = None) -> Tokens:
+    """An access token for `subject` (the mailbox), from a JWT signed with the key (RS256)."""
+    from authlib.jose import jwt
+
+    now = int(datetime.now(UTC).timestamp())
+    claims = {"iss": key["client_email"], "sub": subject, "scope": scope, "aud": key["token_uri"],
+              "iat": now, "exp": now + 3600}
+    header = {"alg": "RS256", "typ": "JWT", **({"kid": key["private_key_id"]} if key.get("private_key_id") else {})}
+    assertion = jwt.encode(header, claims, key["private_key"]).decode()
+    response = _post(key["token_uri"], {"grant_type": JWT_BEARER, "assertion": assertion}, network, deadline,
+                     transcript, "service account", Provider.GOOGLE)
+    body = _json(response, Provider.GOOGLE)
+    if response.status_code != 200 or "error" in body or not body.get("access_token"):
+        raise OAuthFailure(str(body.get("error") or f"http_{response.status_code}"),
+                           str(body.get("error_description") or ""), response.status_code, Provider.GOOGLE)
+    expires_in = body.get("expires_in")
+    expires_at = datetime.now(UTC) + timedelta(seconds=int(expires_in)) if str(expires_in or "").isdigit() else None
+    return Tokens(access_token=body["access_token"], expires_at=expires_at, scope=str(body.get("scope") or scope))

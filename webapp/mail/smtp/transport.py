@@ -1,0 +1,144 @@
+"""SMTP transport: check() a server step by step without sending, or send() a message.
+
+Both walk the same conversation and record one Step per stage in a Report:
+
+    [Token] -> Resolve host -> Connect -> [TLS, implicit] -> Greeting -> EHLO
+    -> [STARTTLS -> TLS -> EHLO again] -> Authenticate -> MAIL FROM
+    check(): RSET, QUIT            send(): RCPT TO -> DATA -> QUIT
+
+The first failed step ends the conversation; later steps are not added. A failed
+step says in plain words what happened (summary) and what to try (hint).
+
+Time: config.timeout bounds the WHOLE conversation, the token included (deadline.py).
+Network: every address comes from config.network, which applies the egress policy.
+
+Secrets: the transcript never shows AUTH arguments or the lines answering a 334
+challenge, nor a server line that repeats a secret (client.py); as a last line of
+defence every text of the report is cleaned of the secrets in any encoding (redact.py).
+"""
+from contextlib import contextmanager
+from email.message import EmailMessage
+from time import monotonic
+
+from ..auth import AuthType, BearerAuth, token_step
+from ..oauth import Flow
+from ..report import DeliveryError, Outcome, Receipt, Report, Step
+from ..transport import register
+from . import steps
+from .failures import EXPECTED, explain
+from .session import Session
+from .settings import MECHANISM_LABELS, Security, SmtpSettings
+
+
+@register
+class SmtpTransport:
+    protocol = "smtp"
+    label = "SMTP/SMTPS"
+    settings_type = SmtpSettings
+    auth_types = (AuthType.NONE, AuthType.BASIC, AuthType.OAUTH)
+    oauth_flows = (Flow.DELEGATED, Flow.APP)
+    mechanisms = {str(m): label for m, label in MECHANISM_LABELS.items()}
+
+    def check(self, config) -> Report:
+        """Validate the server settings step by step; no mail is sent."""
+        session = Session.start(config)
+        with _conversation(session):
+            _establish(session)
+            _step(session, "MAIL FROM", steps.mail_from)
+            _goodbye(session, reset=True)
+        signed_in = session.report.step("Authenticate")
+        session.report.passed_summary = (
+            "The server accepts the connection, the credentials and the From address."
+            if signed_in and signed_in.outcome == "passed" else
+            "The server accepts the connection and the From address.")
+        return session.report
+
+    def send(self, config, message: EmailMessage) -> Receipt:
+        """Deliver `message` to its To/Cc/Bcc recipients; raises DeliveryError on failure."""
+        session = Session.start(config)
+        with _conversation(session):
+            _step(session, "Message", lambda s: steps.prepare(s, message))
+            _establish(session)
+            _step(session, "MAIL FROM", steps.mail_from)
+            _step(session, "RCPT TO", steps.rcpt_to)
+            _step(session, "DATA", steps.data)
+            _goodbye(session)
+        if not session.report.ok:
+            raise DeliveryError(session.report)
+        return Receipt(reply=session.outgoing.reply, message_id=session.outgoing.message_id,
+                       report=session.report)
+
+
+class _Abort(Exception):
+    """A step failed and is in the report; end the conversation."""
+
+
+def _step(session: Session, name: str, action) -> None:
+    """Run one action, time it, and add its Step (or the explained failure) to the report."""
+    started = monotonic()
+    try:
+        step = action(session)
+    except EXPECTED as exc:
+        failure = explain(name, exc, session)
+        session.report.add(Step(name, Outcome.FAILED, failure.summary, failure.details,
+                                failure.hint, monotonic() - started, code=failure.code,
+                                temporary=failure.temporary))
+        raise _Abort from None
+    step.name, step.elapsed = name, monotonic() - started
+    session.report.add(step)
+
+
+@contextmanager
+def _conversation(session: Session):
+    try:
+        yield
+    except _Abort:
+        pass
+    finally:
+        if session.client is not None:
+            session.client.close()
+        _scrub(session.report, session.redactor)
+
+
+def _establish(s: Session) -> None:
+    """Everything up to and including authentication."""
+    if isinstance(s.auth, BearerAuth):
+        _step(s, "Token", _token)
+    _step(s, "Resolve host", steps.resolve)
+    _step(s, "Connect", steps.connect)
+    if s.settings.security == Security.TLS:
+        _step(s, "TLS", steps.handshake)
+    _step(s, "Greeting", steps.greeting)
+    _step(s, "EHLO", steps.ehlo)
+    if steps.wants_starttls(s):
+        _step(s, "STARTTLS", steps.starttls)
+        _step(s, "TLS", steps.handshake)
+        _step(s, "EHLO", steps.ehlo)  # again: without it AUTH gets 503 and smtplib won't raise
+    _step(s, "Authenticate", steps.authenticate)
+
+
+def _goodbye(s: Session, reset: bool = False) -> None:
+    """RSET / QUIT are politeness: their failure does not fail the check."""
+    try:
+        if reset:
+            s.client.rset()
+        s.client.quit()
+    except EXPECTED:
+        pass
+
+
+def _token(s: Session) -> Step:
+    step, token = token_step(s.auth, s.deadline)
+    s.token = token.value
+    s.redactor.add(token.value)
+    return step
+
+
+def _scrub(report: Report, redactor) -> None:
+    """Last line of defence: no secret, in any encoding, in any text of the report."""
+    if not redactor:
+        return
+    report.transcript[:] = [redactor.clean(line) for line in report.transcript]
+    for step in report.steps:
+        step.summary, step.hint = redactor.clean(step.summary), redactor.clean(step.hint)
+        step.details = [(redactor.clean(k), redactor.clean(v)) for k, v in step.details]
