@@ -33,10 +33,13 @@ def get_server(portal: Portal, server_id: int) -> MailServer | None:
     return db.session().exec(_SERVER, params={"id": server_id, "portal_id": portal.id}).unique().first()
 
 
+_SERVER_ID = select(MailServer.id).where(MailServer.id == bindparam("id"), MailServer.portal_id == bindparam("portal_id"))
+
+
 def server_exists(portal: Portal, server_id: int) -> bool:
     """For the parts of the form that need only the id: is it a server of this portal?"""
     return 0 < server_id <= MAX_ID and db.session().exec(
-        select(MailServer.id).where(MailServer.id == server_id, MailServer.portal_id == portal.id)).first() is not None
+        _SERVER_ID, params={"id": server_id, "portal_id": portal.id}).first() is not None
 
 
 def settings_of(protocol: str, values: dict):
