@@ -19,8 +19,9 @@ class GraphSection(Section):
     template = "servers/_graph.html"
     graph_endpoint = StringField("Graph endpoint", default=GLOBAL_ENDPOINT,
                            validators=[InputRequired(), Length(max=200), https_url],
-                           description="Filled in from the Microsoft cloud chosen under Authentication; change it "
-                                       "only for another national cloud.")
+                           description="With provider Microsoft 365, filled in from the cloud chosen under "
+                                       "Authentication; with another provider, the Graph address its tokens "
+                                       "are for.")
     shared_mailbox = EmailField("Send as (shared mailbox)", validators=[Optional(), email_address, Length(max=320)],
                                 description="Empty: mail goes out as the OAuth mailbox. A shared mailbox needs "
                                             "the scope Mail.Send.Shared (delegated) or app-only access.")
