@@ -2,11 +2,14 @@
 import logging
 import os
 import re
+import socket
+import threading
 
 import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlmodel import SQLModel, select
+from werkzeug.serving import make_server
 
 from webapp import create_app, db
 from webapp.models import AppSetting, Credential, MailServer, Membership, Portal, Role, User
@@ -196,3 +199,22 @@ def admin(make, portal, client) -> Client:
 def staff(make, portal, app) -> Client:
     make.member(portal, "staff@example.com", Role.STAFF)
     return Client(app).login("staff@example.com")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def live_url(app):
+    """The app on http://127.0.0.1:<port>, served by werkzeug in a thread until the test ends
+    (the `app` fixture is per test): for browsers and concurrent clients."""
+    server = make_server("127.0.0.1", _free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)

@@ -17,7 +17,6 @@ the invariants and on what each caller got (a success or a Conflict), never on t
 
 Run with -s to see what happened in each case (successes and Conflicts).
 """
-import socket
 import threading
 from collections import Counter
 
@@ -27,7 +26,6 @@ from flask import g, has_app_context
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
-from werkzeug.serving import make_server
 
 from tests.conftest import PASSWORD, csrf_token_in
 from webapp import db, mailservers, people
@@ -359,24 +357,6 @@ def test_concurrent_duplicates_give_one_success_and_conflicts(app, make, what):
     assert len(users) == (trials if what == "user" else 0)
     assert memberships == (trials if what == "membership" else 0)
     report(f"{crowd} concurrent creations of the same {what}, {trials} trials", counts)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def live_url(app):
-    """The app served by werkzeug's threaded server on 127.0.0.1 until the test ends."""
-    server = make_server("127.0.0.1", _free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
 
 
 class WebClient:

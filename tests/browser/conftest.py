@@ -1,7 +1,8 @@
 """Browser tests: the app served over real HTTP on 127.0.0.1, driven by headless Chromium.
 
 Fixtures:
-    live_url     the base URL of the `app` fixture served by werkzeug in a thread (per test)
+    live_url     (tests/conftest.py) the base URL of the `app` fixture served by werkzeug in a thread
+    help_desk    the portal "Help Desk" with its admin; oauth_portal: the same at live_url's address
     chromium     one headless Chromium for the whole session (Debian's /usr/bin/chromium)
     page         a fresh browser context and page per test; the test fails if the page logs a
                  console error, throws an uncaught exception or reports a CSP violation
@@ -11,12 +12,9 @@ All tests here carry the `browser` marker: deselect them with -m "not browser".
 """
 import os
 import re
-import socket
-import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 CHROMIUM = os.environ.get("MAILROOM_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -52,22 +50,14 @@ def help_desk(make):
     return portal
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def live_url(app):
-    """The app on http://127.0.0.1:<port>, served until the test ends (the `app` fixture is per test)."""
-    server = make_server("127.0.0.1", _free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+def oauth_portal(make, live_url):
+    """The same portal reached at the live server's address, so an OAuth redirect URI comes back here."""
+    from webapp.models import Role
+
+    portal = make.portal(slug="help", name="Help Desk", base_url=live_url)
+    make.member(portal, "admin@example.com", Role.ADMIN)
+    return portal
 
 
 @pytest.fixture(scope="session")

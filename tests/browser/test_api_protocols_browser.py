@@ -12,7 +12,6 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.test_oauth import payload
-from webapp.models import Role
 
 from .pages import add_server, field, htmx_ready, htmx_settled, open_mail_servers, sign_in, stored_servers
 
@@ -31,14 +30,6 @@ RECIPIENT = "jane@example.org"
 GRAPH_SUBJECT = "Mailroom sample mail from Help Desk via Graph mailer"
 GMAIL_SUBJECT = "Mailroom sample mail from Help Desk via Gmail sender"
 ACCEPTED = "Email server accepted mail for delivery."
-
-
-@pytest.fixture
-def oauth_portal(make, live_url):
-    """The portal "Help Desk" reached at the live server's address, so the redirect URI comes back here."""
-    portal = make.portal(slug="help", name="Help Desk", base_url=live_url)
-    make.member(portal, "admin@example.com", Role.ADMIN)
-    return portal
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ link in a browser that is not signed in to Mailroom."""
 import pytest
 from playwright.sync_api import Page, expect
 
-from webapp.models import Role
 
 from .pages import add_server, choose_auth, field, htmx_ready, open_mail_servers, sign_in
 
@@ -13,14 +12,6 @@ OWNER_PASSWORD = "owner-Pass-1"
 CLIENT_ID = "mailroom-app"
 CLIENT_SECRET = "app-secret-VALUE-7"
 TENANT = "contoso.example"
-
-
-@pytest.fixture
-def oauth_portal(make, live_url):
-    """The portal "Help Desk" reached at the live server's address, so the redirect URI comes back here."""
-    portal = make.portal(slug="help", name="Help Desk", base_url=live_url)
-    make.member(portal, "admin@example.com", Role.ADMIN)
-    return portal
 
 
 @pytest.fixture
