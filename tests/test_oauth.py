@@ -13,7 +13,7 @@ import requests
 from sqlmodel import select
 
 from tests.conftest import Client
-from webapp import db
+from webapp import consent, db
 from webapp.credentials import unseal
 from webapp.models import AuditEvent, Credential, MailServer, utcnow
 
@@ -433,3 +433,23 @@ def test_a_tenant_change_swaps_only_the_endpoints_and_scope(admin):
     assert 'value="https://login.chinacloudapi.cn/fabrikam.cn/oauth2/v2.0/authorize"' in swapped
     assert f'value="{SMTP_SCOPE}"' in swapped
     assert 'name="username"' not in swapped and 'name="client_id"' not in swapped
+
+
+@pytest.mark.parametrize("base_url, words", [
+    ("https://help.example.com", None),
+    ("https://mailroom.contoso.com", None),
+    ("http://mailroom.contoso.com", "The redirect URI is plain http://: Microsoft and Google accept that only for localhost"),
+    ("http://127.0.0.1:8123", "The redirect URI points at this machine (127.0.0.1): the consent can only be completed"),
+    ("http://localhost:8000", "The redirect URI points at this machine (localhost)"),
+    ("http://[::1]:8000", "The redirect URI points at this machine (::1)"),
+    ("https://192.0.2.10", "The redirect URI uses the IP address 192.0.2.10: Google does not accept an IP address"),
+    ("https://mailroom.local", "The redirect URI uses the local name mailroom.local: Google accepts only public"),
+    ("https://intranet", "The redirect URI uses the local name intranet"),
+    ("https://mail.corp.internal", "The redirect URI uses the local name mail.corp.internal"),
+])
+def test_a_redirect_uri_a_provider_would_refuse_is_pointed_out(app, make, base_url, words):
+    portal = make.portal(slug="redirects", name="Redirects", base_url=base_url)
+    with app.test_request_context("/p/redirects/servers/new", base_url=base_url):  # used at its own address
+        assert consent.redirect_uri(portal) == f"{base_url}/oauth/callback"
+        warning = consent.host_warning(portal)
+    assert (warning == "") if words is None else (words in warning), warning

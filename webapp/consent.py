@@ -10,6 +10,7 @@ exchanged (with the verifier and the client secret, at the token endpoint the se
 for) and the tokens stored.
 """
 import hashlib
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +32,10 @@ from .models import ConsentLink, Credential, CredentialKind, MailServer, OAuthSt
 STATE_MINUTES = 15
 LINK_DAYS = 7
 BROWSER_KEY = "oauth_browser"
+# Last labels of names that are not public domains (special-use names, RFC 6761/6762/8375, and
+# the usual intranet ones): Google refuses redirect URIs on them.
+LOCAL_SUFFIXES = frozenset({"local", "localdomain", "internal", "intranet", "lan", "home", "corp", "arpa", "test",
+                            "example", "invalid"})
 
 
 class ConsentError(Exception):
@@ -64,7 +69,7 @@ def redirect_uri(portal: Portal) -> str:
 
 
 def host_warning(portal: Portal) -> str:
-    """Said before consent starts: the most common cause of a redirect URI mismatch."""
+    """Said before consent starts: the most common causes of a redirect URI mismatch or refusal."""
     if not portal.base_url:
         return (f"This portal has no public base URL, so the redirect URI uses the address you are using now "
                 f"({request.host_url.rstrip('/')}). Set the base URL in the portal's Settings if people reach "
@@ -74,6 +79,31 @@ def host_warning(portal: Portal) -> str:
         return (f"You are using Mailroom at {here.scheme}://{here.netloc}, but the portal's public base URL is "
                 f"{base.scheme}://{base.netloc}: the provider sends the browser back there, so finish the "
                 "consent from that address (or correct the base URL in the portal's Settings).")
+    return redirect_host_warning(base.scheme, base.hostname or "")
+
+
+def redirect_host_warning(scheme: str, host: str) -> str:
+    """What providers refuse in a redirect URI: plain http off this machine (Microsoft and Google
+    accept it only for localhost), and for Google a bare IP address or a name that is not a
+    public domain."""
+    host = host.lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if host == "localhost" or (address is not None and address.is_loopback):
+        return (f"The redirect URI points at this machine ({host}): the consent can only be completed in a "
+                "browser on the machine Mailroom runs on. Set an https:// public base URL in the portal's "
+                "Settings for anyone else.")
+    if scheme != "https":
+        return ("The redirect URI is plain http://: Microsoft and Google accept that only for localhost. "
+                "Set an https:// public base URL in the portal's Settings.")
+    if address is not None:
+        return (f"The redirect URI uses the IP address {host}: Google does not accept an IP address there "
+                "(Microsoft does). Use a domain name as the public base URL if you use Google.")
+    if "." not in host or host.rsplit(".", 1)[1] in LOCAL_SUFFIXES:
+        return (f"The redirect URI uses the local name {host}: Google accepts only public domain names "
+                "(Microsoft accepts it). Use a public domain name as the base URL if you use Google.")
     return ""
 
 
