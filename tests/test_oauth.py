@@ -15,7 +15,7 @@ from sqlmodel import select
 from tests.conftest import Client
 from webapp import consent, db
 from webapp.credentials import unseal
-from webapp.models import AuditEvent, Credential, MailServer, utcnow
+from webapp.models import AuditEvent, Credential, MailServer, OAuthState, utcnow
 
 MAILBOX = "sender@example.test"
 OWNER_PASSWORD = "owner-Pass-1"
@@ -210,6 +210,56 @@ def test_an_answer_from_another_issuer_is_refused(app, admin, provider, relay, t
     refused = back_at_mailroom(admin, mixed_up)
     assert refused.status_code == 400 and "names the issuer https://evil.example" in refused.text
     assert provider.requests == []
+
+
+def deny_the_provider(app, provider) -> None:
+    """A super-admin puts the authorization server's host and port on the portal's deny list."""
+    port = urlsplit(provider.issuer).port
+    admin_of_everything = Client(app).login("root@example.com")
+    answer = admin_of_everything.post("/p/help/egress", {"allow": "", "deny": f"127.0.0.1 {port}"})
+    assert answer.status_code == 303, answer.text
+
+
+def test_authorize_refuses_before_the_provider_when_the_egress_policy_refuses_its_endpoints(app, admin, make,
+                                                                                             provider, relay):
+    server = save(app, admin, oauth_form(provider, relay))
+    make.user("root@example.com", superadmin=True)
+    deny_the_provider(app, provider)
+    refused = admin.post(f"/p/help/servers/{server.id}/oauth/authorize")
+    assert refused.status_code == 403 and "Location" not in refused.headers  # the browser stays here
+    assert "The token URL cannot be used: the egress policy refuses 127.0.0.1 port" in refused.text
+    assert "in the portal&#39;s deny list, line 1 refuses it" in refused.text
+    assert "a super-admin can allow it" in refused.text and "then authorize again" in refused.text
+    with app.app_context():
+        assert db.session().exec(select(OAuthState)).all() == []
+
+
+def test_a_token_endpoint_refused_after_the_consent_is_said_in_words(app, admin, make, provider, relay, test_ca_file):
+    """The policy changed while the owner was at the provider: the code exchange is refused, not a 500."""
+    server = save(app, admin, oauth_form(provider, relay))
+    make.user("root@example.com", superadmin=True)
+    location = at_the_provider(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"],
+                               test_ca_file)
+    deny_the_provider(app, provider)
+    answer = back_at_mailroom(admin, location)
+    assert answer.status_code == 400
+    assert "The consent did not complete" in answer.text
+    assert "Exchanging the code for tokens failed: Mailroom&#39;s egress policy refuses the token endpoint" in answer.text
+    assert provider.requests == []  # nothing was sent to it
+    stored = credential(app, server.id)
+    assert stored.consented_at is None and "egress policy refuses the token endpoint" in stored.last_error
+    assert "An OAuth consent failed for" in admin.get("/p/help/history").text
+
+
+def test_the_refresh_tokens_command_reports_an_egress_refusal(app, admin, make, provider, relay, test_ca_file):
+    server = save(app, admin, oauth_form(provider, relay))
+    authorize(admin, server, test_ca_file)
+    make.user("root@example.com", superadmin=True)
+    deny_the_provider(app, provider)
+    refused = app.test_cli_runner().invoke(args=["mail", "refresh-tokens", "--older-than-hours", "0"])
+    assert refused.exit_code == 1, refused.output
+    assert "help/Microsoft relay: failed: Mailroom's egress policy refuses the token endpoint" in refused.output
+    assert not credential(app, server.id).needs_reauthorization  # a policy, not the grant: no re-consent
 
 
 def test_a_revoked_grant_asks_for_re_authorization_and_validate_says_why(app, admin, staff, provider, relay,

@@ -26,7 +26,8 @@ from .audit import Actor
 from .credentials import OAUTH_KINDS, seal, unseal
 from .grants import client_for
 from .mail import oauth
-from .mail.deadline import Deadline
+from .mail.deadline import Deadline, DeadlineExceeded
+from .mail.egress import EgressRefused
 from .models import ConsentLink, Credential, CredentialKind, MailServer, OAuthState, Portal, utcnow
 
 STATE_MINUTES = 15
@@ -120,6 +121,7 @@ def start(portal: Portal, server: MailServer, purpose: str, started_by: str, lin
     if purpose == "admin_consent" and provider.get("provider") != oauth.Provider.MICROSOFT:
         raise ConsentError("admin consent is Microsoft's", "choose the delegated flow for this provider")
     client = client_for(provider, unseal(credential.secret), redirect_uri(portal))
+    _check_egress(portal, client, purpose)
     state, verifier = secrets.token_urlsafe(32), oauth.new_verifier()
     if BROWSER_KEY not in session:
         session[BROWSER_KEY] = secrets.token_urlsafe(32)
@@ -132,6 +134,26 @@ def start(portal: Portal, server: MailServer, purpose: str, started_by: str, lin
     if purpose == "admin_consent":
         return oauth.admin_consent_url(client.token_url, client.client_id, client.redirect_uri, state)
     return oauth.authorization_url(client, state, verifier, login_hint=credential.username)
+
+
+def _check_egress(portal: Portal, client: oauth.Client, purpose: str) -> None:
+    """Before the browser leaves for the provider: the portal's egress policy must allow the token
+    endpoint (Mailroom exchanges the code there) and the sign-in page, or the consent is wasted.
+    A name that does not resolve now is left to the code exchange to report."""
+    endpoints = [("token URL", client.token_url)]
+    if purpose == "consent":
+        endpoints.append(("authorization URL", client.authorize_url))
+    net = network.for_portal(portal)
+    for what, url in endpoints:
+        parts = urlsplit(url)
+        try:
+            net.resolve(parts.hostname or "", parts.port or 443, Deadline(5))
+        except EgressRefused as refused:
+            raise ConsentError(f"the {what} cannot be used: {refused}",
+                               "if it is right, a super-admin can allow it (“Egress policy” in the top bar, or the "
+                               "portal's “Settings”); then authorize again", status=403) from None
+        except (OSError, UnicodeError, ValueError, DeadlineExceeded):
+            continue
 
 
 def expected_issuer(provider: dict) -> str:
@@ -200,9 +222,10 @@ def _exchange(server: MailServer, portal: Portal, record: OAuthState, code: str)
     try:
         tokens = oauth.exchange_code(client, code, verifier, network.for_portal(portal),
                                      Deadline(float(server.timeout) + 10))
-    except oauth.OAuthFailure as failure:
+    except (oauth.OAuthFailure, EgressRefused, DeadlineExceeded) as error:
+        failure = oauth.as_failure(error, client.provider)
         _note_failure(server, portal, record, failure)
-        return Outcome("The consent did not complete", f"The token endpoint said: {failure.summary}.",
+        return Outcome("The consent did not complete", f"Exchanging the code for tokens failed: {failure.summary}.",
                        failure.hint, ok=False, server=server, portal=portal)
     if not tokens.refresh_token:
         hint = "the provider gave no refresh token: the scope needs offline_access (Microsoft)"

@@ -24,8 +24,8 @@ from . import audit, db, network
 from .credentials import CredentialValues, seal, unseal
 from .mail import oauth
 from .mail.auth import AccessToken
-from .mail.deadline import Deadline
-from .mail.egress import Network
+from .mail.deadline import Deadline, DeadlineExceeded
+from .mail.egress import EgressRefused, Network
 from .mail.report import StepFailed
 from .models import Credential, CredentialKind, MailServer, Portal, utcnow
 
@@ -206,5 +206,8 @@ def refresh_quiet_grants(older_than_hours: float = 24) -> list[tuple[str, str]]:
             grant._renew(credential, unseal(credential.secret), Deadline(float(server.timeout) + 10))
             outcomes.append((f"{portal.slug}/{server.label}", "refreshed"))
         except StepFailed as failure:
+            outcomes.append((f"{portal.slug}/{server.label}", f"failed: {failure.summary}"))
+        except (EgressRefused, DeadlineExceeded) as error:
+            failure = oauth.as_failure(error, credential.provider.get("provider", ""))
             outcomes.append((f"{portal.slug}/{server.label}", f"failed: {failure.summary}"))
     return outcomes

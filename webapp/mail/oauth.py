@@ -19,8 +19,8 @@ import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from . import http
-from .deadline import Deadline
-from .egress import Network
+from .deadline import Deadline, DeadlineExceeded
+from .egress import EgressRefused, Network
 
 
 class Provider(StrEnum):
@@ -215,6 +215,18 @@ def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
                        None, Provider.OTHER)
 
 
+def as_failure(error: Exception, provider: str) -> "OAuthFailure":
+    """A failure on the way to the token endpoint that the transports report as their own step
+    (an egress refusal, the deadline), as an OAuthFailure for the pages that only speak OAuth."""
+    if isinstance(error, OAuthFailure):
+        return error
+    if isinstance(error, EgressRefused):
+        return OAuthFailure("egress_refused", f"{error.host} port {error.port}, {error.reason}", None, provider)
+    if isinstance(error, DeadlineExceeded):
+        return OAuthFailure("unreachable", "no answer in time", None, provider)
+    raise error
+
+
 def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str):
     try:
         response = http.session(network, deadline).post(url, data=form, headers={"Accept": "application/json"})
@@ -310,6 +322,9 @@ _BY_ERROR = {
     "temporarily_unavailable": ("the provider is busy", "try again in a few minutes", False),
     "server_error": ("the provider had an error", "try again in a few minutes", False),
     "unreachable": ("the token endpoint did not answer", "check the token URL, and this machine's network", False),
+    "egress_refused": ("Mailroom's egress policy refuses the token endpoint",
+                       "once a super-admin allows it (“Egress policy” in the top bar, or the portal's “Settings”), "
+                       "try again", False),
     "tls": ("the token endpoint's TLS certificate could not be verified",
             "check the token URL; an on-premises server may need its CA in EXTRA_CA_CERTS", False),
     "issuer_mismatch": ("the answer came from another issuer than the one configured",

@@ -2,9 +2,11 @@
 from flask import Blueprint, abort, redirect, render_template, request
 from flask_login import current_user, login_required
 
-from .. import consent, mailservers
+from .. import consent, mailservers, network
 from ..forms.server import ServerForm
 from ..mail import oauth
+from ..mail.deadline import Deadline, DeadlineExceeded
+from ..mail.egress import EgressRefused
 from ..models import Role
 from ..security import allow_form_target, current_actor, load_portal
 from .render import page_or_fragment
@@ -53,19 +55,14 @@ def discover(slug, server_id=None):
     form = ServerForm(request.form, only="credentials")
     if "issuer" not in form:
         abort(400)
-    from .. import network
-    from ..mail.deadline import Deadline
-
     try:
         form.fill_endpoints(oauth.discover(form["issuer"].data or "", network.for_portal(portal), Deadline(10)))
     except oauth.OAuthFailure as failure:
         form["issuer"].errors = [f"{failure.summary}: {failure.description}. {failure.hint}".replace(": .", ".")]
-    except Exception as refused:  # the egress policy (or the name) refused the issuer's host
-        from ..mail.egress import EgressRefused
-
-        if not isinstance(refused, EgressRefused):
-            raise
+    except EgressRefused as refused:
         form["issuer"].errors = [str(refused)]
+    except DeadlineExceeded:
+        form["issuer"].errors = ["The issuer did not answer within 10 seconds: check the issuer URL."]
     return render_template("servers/_credentials.html", form=form, server=server)
 
 
