@@ -906,12 +906,13 @@ class OAuthServer:
 
     def _id_token(self, client, username: str) -> str:
         """An OpenID Connect id_token, signed with the client secret (HS256, as OIDC allows)."""
-        from authlib.jose import jwt
+        from joserfc import jwt
+        from joserfc.jwk import OctKey
 
         now = int(time.time())
         claims = {"iss": self.issuer, "sub": username, "aud": client.client_id, "email": username,
                   "preferred_username": username, "iat": now, "exp": now + 3600}
-        return jwt.encode({"alg": "HS256", "typ": "JWT"}, claims, client.client_secret).decode()
+        return jwt.encode({"alg": "HS256", "typ": "JWT"}, claims, OctKey.import_key(client.client_secret))
 
     def _client_error(self, oauth_request, endpoint: str) -> InvalidClientError:
         client_id, secret = extract_basic_authorization(oauth_request.headers)

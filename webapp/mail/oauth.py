@@ -384,13 +384,14 @@ def check_service_account_key(key: dict) -> str:
 def service_account_token(key: dict, subject: str, scope: str, network: Network, deadline: Deadline,
                           transcript: list[str] | None = None) -> Tokens:
     """An access token for `subject` (the mailbox), from a JWT signed with the key (RS256)."""
-    from authlib.jose import jwt
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
 
     now = int(datetime.now(UTC).timestamp())
     claims = {"iss": key["client_email"], "sub": subject, "scope": scope, "aud": key["token_uri"],
               "iat": now, "exp": now + 3600}
     header = {"alg": "RS256", "typ": "JWT", **({"kid": key["private_key_id"]} if key.get("private_key_id") else {})}
-    assertion = jwt.encode(header, claims, key["private_key"]).decode()
+    assertion = jwt.encode(header, claims, RSAKey.import_key(key["private_key"]))
     response = _post(key["token_uri"], {"grant_type": JWT_BEARER, "assertion": assertion}, network, deadline,
                      transcript, "service account", Provider.GOOGLE)
     body = _json(response, Provider.GOOGLE)
