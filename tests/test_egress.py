@@ -107,7 +107,7 @@ def test_a_portal_admin_pointing_validate_at_loopback_is_refused_before_any_conn
     target = listener()
     form = peer_form(target, host="127.0.0.1", security="none", auth_type="none")
     report = admin.post("/p/help/servers/new/validate", form, htmx=True).text
-    assert "Validation failed at “Resolve host”." in report
+    assert "Validation failed at “Resolve host”:" in report
     assert "127.0.0.1 is a loopback address (this machine) (built-in rule)" in report
     metadata = admin.post("/p/help/servers/new/validate", {**form, "host": "169.254.169.254"}, htmx=True).text
     assert "169.254.169.254 is a cloud metadata address" in metadata
@@ -174,7 +174,7 @@ def test_a_peer_that_does_not_speak_smtp_is_named_so_and_not_echoed(app, admin, 
     peer = banner_peer("SSH-2.0-OpenSSH_9.6p1 Debian-3")
     form = peer_form(peer, host="127.0.0.1", security="none", auth_type="none")
     report = admin.post("/p/help/servers/new/validate", form, htmx=True).text
-    assert "Validation failed at “Greeting”." in report
+    assert "Validation failed at “Greeting”:" in report
     assert f"127.0.0.1:{peer.port} does not speak SMTP: its first line is not an SMTP greeting" in report
     assert "OpenSSH" not in report and "SSH-2.0" not in report
 

@@ -173,7 +173,7 @@ def test_ntlm_when_the_server_asks_for_it(app, admin, peer):
     assert re.search(r"C: POST \S+ \(ConvertId\)\nS: 401 ", automatic)  # Basic first, then NTLM's handshake
 
     basic = admin.post("/p/help/servers/new/validate", ews_form(peer, mechanism="basic"), htmx=True).text
-    assert "Validation failed at “Sign in”." in basic
+    assert "Validation failed at “Sign in”:" in basic
     assert "Exchange refused the sign-in of EXAMPLE\\mailer with Basic (401 Unauthorized)" in basic
     assert "the server does not take Basic: choose the mechanism “NTLM” (or Automatic)" in basic
     assert "<dt>The server offers</dt><dd>Negotiate, NTLM</dd>" in basic
@@ -192,7 +192,7 @@ def test_the_servers_own_ca_certificate(app, admin, ews_peer):
     peer = EwsPeer(server_context(own), {SENDER: {"name": "Sender"}}, {USERNAME: PASSWORD})
     try:
         refused = admin.post("/p/help/servers/new/validate", ews_form(peer), htmx=True).text
-        assert "Validation failed at “Connect”." in refused
+        assert "Validation failed at “Connect”:" in refused
         assert "the TLS certificate of 127.0.0.1 could not be verified" in refused
         assert peer.requests == []
         trusted = admin.post("/p/help/servers/new/validate",
@@ -270,7 +270,7 @@ def test_an_app_without_full_access_as_app_is_told_what_to_grant(app, admin, oau
     start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
     back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Sign in”." in report
+    assert "Validation failed at “Sign in”:" in report
     assert "the token may not use EWS (403 Forbidden: not enough scope)" in report
     assert "full_access_as_app" in report
 
@@ -288,7 +288,7 @@ def send_sample(app, server_id: int, recipient: str = "jane@example.org"):
 def test_a_wrong_password(app, admin, peer):
     report = admin.post("/p/help/servers/new/validate", ews_form(peer, password="wrong-one-1",
                                                                 confirm_password="wrong-one-1"), htmx=True).text
-    assert "Validation failed at “Sign in”." in report
+    assert "Validation failed at “Sign in”:" in report
     assert "Exchange refused the sign-in of EXAMPLE\\mailer with Basic (401 Unauthorized)" in report
     assert "check the username and the password" in report
     server = save(app, admin, ews_form(peer, password="wrong-one-1", confirm_password="wrong-one-1"))
@@ -300,11 +300,11 @@ def test_a_wrong_password(app, admin, peer):
 def test_an_unknown_mailbox(app, admin, peer):
     server = save(app, admin, ews_form(peer, mailbox="nobody@example.test", from_address="nobody@example.test"))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Mailbox”." in report
+    assert "Validation failed at “Mailbox”:" in report
     assert "Exchange knows no mailbox nobody@example.test (ErrorNameResolutionNoResults)" in report
     assert "✔ Sign in" in report
     sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
-    assert "The mail was not sent." in sent
+    assert "The mail was not sent:" in sent
     assert "Exchange has no mailbox nobody@example.test (ErrorNonExistentMailbox)" in sent
     result = send_sample(app, server.id)
     assert result.error is not None and result.error.temporary is False
@@ -324,7 +324,7 @@ def test_send_as_denied(app, admin, peer):
 def test_a_soap_fault(app, admin, peer):
     peer.fault_next("ErrorInternalServerError", "An internal server error occurred. The operation failed.")
     report = admin.post("/p/help/servers/new/validate", ews_form(peer), htmx=True).text
-    assert "Validation failed at “Sign in”." in report
+    assert "Validation failed at “Sign in”:" in report
     assert ("Exchange answered with a SOAP fault: ErrorInternalServerError: An internal server error occurred. "
             "The operation failed.") in report
     assert re.search(r"S: 500 [A-Za-z ]+ \(ErrorInternalServerError\)", report)
@@ -371,11 +371,11 @@ def test_exchange_online_is_warned_about_and_its_403_explained(app, admin, onlin
     assert "Microsoft has been blocking EWS there since October 2026" in page
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "⚠ Exchange Online" in report and "choose the protocol “Microsoft Graph”" in report
-    assert "Validation failed at “Sign in”." in report
+    assert "Validation failed at “Sign in”:" in report
     assert ("Exchange Online refuses EWS for this organization (403 Forbidden): Microsoft has been blocking EWS in "
             "Exchange Online since October 2026") in report
     sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
-    assert "The mail was not sent." in sent and "Exchange Online refuses EWS" in sent
+    assert "The mail was not sent:" in sent and "Exchange Online refuses EWS" in sent
     assert "Use Microsoft Graph for Exchange Online mailboxes." in sent  # the note above the steps
     assert online_peer.sent == []
 
@@ -391,10 +391,10 @@ def default_policy(app):
 def test_the_egress_policy_refuses_the_ews_host_before_any_connection(app, admin, peer, default_policy):
     server = save(app, admin, ews_form(peer))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Connect”." in report
+    assert "Validation failed at “Connect”:" in report
     assert "127.0.0.1 is a loopback address (this machine) (built-in rule)" in report
     sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
-    assert "The mail was not sent." in sent and "the egress policy refuses 127.0.0.1" in sent
+    assert "The mail was not sent:" in sent and "the egress policy refuses 127.0.0.1" in sent
     assert "S: (not sent: the egress policy refuses this address)" in sent
     assert peer.requests == []
 
@@ -440,7 +440,7 @@ def test_the_deadline_holds_against_silent_endpoints(app, admin, test_ca):
         url = f"https://127.0.0.1:{silent.port}/EWS/Exchange.asmx"
         report = admin.post("/p/help/servers/new/validate",
                             ews_form(type("P", (), {"url": url}), timeout="2"), htmx=True).text
-        assert "Validation failed at “Connect”." in report and "no answer within 2 s" in report
+        assert "Validation failed at “Connect”:" in report and "no answer within 2 s" in report
     finally:
         silent.stop()
 
@@ -449,7 +449,7 @@ def test_the_deadline_holds_against_silent_endpoints(app, admin, test_ca):
         url = f"https://127.0.0.1:{mute.port}/EWS/Exchange.asmx"
         report = admin.post("/p/help/servers/new/validate",
                             ews_form(type("P", (), {"url": url}), timeout="2"), htmx=True).text
-        assert "✔ Connect" in report and "Validation failed at “Sign in”." in report
+        assert "✔ Connect" in report and "Validation failed at “Sign in”:" in report
         assert "no answer within 2 s" in report
         server = save(app, admin, ews_form(type("P", (), {"url": url}), timeout="2"))
         result = send_sample(app, server.id)

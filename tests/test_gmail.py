@@ -86,14 +86,14 @@ def test_validate_and_a_sample_mail_with_a_service_account(app, admin, staff, oa
 def test_a_mailbox_the_service_account_may_not_act_for_is_explained(app, admin, oauth_server, gmail, key):
     server = save(app, admin, gmail_form(gmail, key, username="someone@elsewhere.test", from_address=MAILBOX))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Token”." in report
+    assert "Validation failed at “Token”:" in report
     assert "the app may not use this kind of authorization" in report and "Domain-wide delegation" in report
 
 
 def test_a_mailbox_without_gmail_is_explained(app, admin, gmail, key):
     server = save(app, admin, gmail_form(gmail, key, username="nobody@example.test"))
     sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
-    assert "The mail was not sent." in sent
+    assert "The mail was not sent:" in sent
     assert "nobody@example.test has no Gmail mailbox, or the service account may not act for it" in sent
 
 
@@ -126,7 +126,7 @@ def test_a_scope_that_cannot_send_fails_validate_at_the_token(app, admin, oauth_
     narrow = service_account_key(oauth_server, subjects={MAILBOX}, scopes={readonly})
     server = save(app, admin, gmail_form(gmail, narrow, scope=readonly))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Token”." in report
+    assert "Validation failed at “Token”:" in report
     assert f"the token may not send mail: it was granted only {readonly}" in report
     assert "allow it for its client ID under Domain-wide delegation" in report
     assert not gmail.requests  # Google gave the token, but it was never used for a call that cannot succeed

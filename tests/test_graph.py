@@ -96,13 +96,13 @@ def test_graph_errors_are_said_in_words(app, admin, authority, graph, test_ca_fi
     server = save(app, admin, graph_form(authority, graph, shared_mailbox="nobody@example.test"))
     authorize(admin, server, test_ca_file)
     missing = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Mailbox”." in missing
+    assert "Validation failed at “Mailbox”:" in missing
     assert "Microsoft Graph knows no mailbox nobody@example.test (404 Request_ResourceNotFound)" in missing
 
     shared = graph_form(authority, graph, shared_mailbox="shared@example.test", client_secret="", version="1")
     assert admin.post(f"/p/help/servers/{server.id}/edit", shared).status_code == 303
     denied = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
-    assert "The mail was not sent." in denied
+    assert "The mail was not sent:" in denied
     assert "the app may not send as shared@example.test (403 ErrorAccessDenied)" in denied
     assert "Mail.Send.Shared" in denied
 
@@ -128,7 +128,7 @@ def test_a_delegated_token_without_mail_send_fails_validate_at_the_token(app, ad
     server = save(app, admin, graph_form(authority, graph, scope="User.Read offline_access"))
     assert authorize(admin, server, test_ca_file).status_code == 200
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Token”." in report
+    assert "Validation failed at “Token”:" in report
     assert "the token may not send mail: it was granted only" in report and "User.Read" in report
     assert "add the delegated permission Mail.Send" in report
     assert not graph.requests

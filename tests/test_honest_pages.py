@@ -102,11 +102,11 @@ def test_an_unreadable_secret_is_a_failed_step_that_says_what_to_do(app, admin, 
     server = make.server(portal, credential={"kind": "password", "username": "u", "secret": foreign})
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True)
     assert report.status_code == 200
-    assert "Validation failed at “Credentials”." in report.text
+    assert "Validation failed at “Credentials”:" in report.text
     assert "the stored secret cannot be read with the configured keys" in report.text
     assert "restore the key that encrypted it" in report.text
     sample = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.test"}, htmx=True)
-    assert sample.status_code == 200 and "The mail was not sent." in sample.text
+    assert sample.status_code == 200 and "The mail was not sent:" in sample.text
     caplog.set_level(logging.WARNING, logger="webapp")
     create_app({"TESTING": True, "DATABASE_URL": app.config["DATABASE_URL"], "AUTO_MIGRATE": False,
                 "SECRET_KEY": "k", "SECRET_KEYS": app.config["SECRET_KEYS"]}, instance_path=app.instance_path)

@@ -269,7 +269,7 @@ def test_a_revoked_grant_asks_for_re_authorization_and_validate_says_why(app, ad
     provider.revoke_grant(MAILBOX)
     an_hour_passes(app, provider, server.id)
     report = staff.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Token”." in report
+    assert "Validation failed at “Token”:" in report
     assert "the grant was revoked (AADSTS50173)" in report
     assert "re-authorize: the user&#39;s password changed, or the consent was revoked" in report
     listing = admin.get("/p/help/servers/").text
@@ -351,7 +351,7 @@ def test_app_only_needs_admin_consent_then_validates(app, admin, provider, relay
     page = admin.get(f"/p/help/servers/{server.id}/edit").text
     assert ">Grant admin consent</button>" in page and "a tenant administrator must grant admin consent" in page
     before = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
-    assert "Validation failed at “Token”." in before and "nobody has consented to this app yet (AADSTS65001)" in before
+    assert "Validation failed at “Token”:" in before and "nobody has consented to this app yet (AADSTS65001)" in before
 
     start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
     assert start.status_code == 303 and f"{provider.issuer}/{TENANT}/adminconsent?" in start.headers["Location"]

@@ -131,7 +131,7 @@ def mail_send_sample(slug, server_id, recipient):
     if result.receipt:
         click.echo(f"Email server accepted mail for delivery: {result.receipt.reply}")
         return
-    click.echo(f"The mail was not sent. {result.error}\nWhat to try: {result.error.hint}")
+    click.echo(f"The mail was not sent: {result.error}\nWhat to try: {result.error.hint}")
     raise SystemExit(1)
 
 

@@ -142,7 +142,7 @@ def test_graph_app_only_admin_consent_validate_and_a_sample_mail(page, app, oaut
 
     # Before any admin consent, Validate says so in words (and saves nothing).
     report = validate(page)
-    expect(report).to_contain_text("Validation failed at “Token”.")
+    expect(report).to_contain_text("Validation failed at “Token”:")
     expect(report).to_contain_text("nobody has consented to this app yet (AADSTS65001)")
     expect(report).to_contain_text("Grant admin consent (app-only)")
     secrets_absent(page, CLIENT_SECRET)
@@ -221,7 +221,7 @@ def test_graph_without_the_mail_send_permission_is_said_in_words(page, app, oaut
     row = save_and_find(page, "Graph mailer")
     send_sample(page, row)
     refused = page.locator("#sample").get_by_role("alert")
-    expect(refused).to_contain_text("The mail was not sent.")
+    expect(refused).to_contain_text("The mail was not sent:")
     expect(refused).to_contain_text(f"the app may not send as {MAILBOX} (403 ErrorAccessDenied)")
     expect(refused.locator(":scope > p.hint")).to_contain_text(
         "grant the Mail.Send application permission with admin consent")
@@ -396,7 +396,7 @@ def test_gmail_with_a_delegation_scope_too_narrow_is_said_in_words(page, app, he
     configure_gmail_service_account(page, gmail, key)
 
     report = validate(page)
-    expect(report).to_contain_text("Validation failed at “Token”.")
+    expect(report).to_contain_text("Validation failed at “Token”:")
     failed = step(report, "failed", "Token")
     expect(failed).to_contain_text("the app may not use this kind of authorization")
     expect(failed).to_contain_text("not authorized for any of the scopes requested")

@@ -188,8 +188,8 @@ def test_validate_then_send_a_sample_through_a_starttls_peer(page, app, help_des
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("reject", ["Validation failed at “Authenticate”.", "535", "rejected the username or password"]),
-    ("silent", ["Validation failed at “Greeting”.", "no answer within 2"]),
+    ("reject", ["Validation failed at “Authenticate”:", "535", "rejected the username or password"]),
+    ("silent", ["Validation failed at “Greeting”:", "no answer within 2"]),
 ])
 def test_validate_explains_a_failure_in_plain_words(page, app, help_desk, smtp_peer, kind, words):
     peer = smtp_peer(kind)
