@@ -11,7 +11,7 @@ from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
 from ..mail.ews import AUTO, VERSIONS, online_warning
 from .server import PARTIALS, Section, register_section
-from .validators import email_address, https_url, pem_certificates
+from .validators import email_address, pem_certificates, tls_only_url
 
 
 def ews_path(_form, field) -> None:
@@ -20,7 +20,7 @@ def ews_path(_form, field) -> None:
     try:
         path = urlsplit(value).path
     except ValueError:
-        return  # https_url says what is wrong with it
+        return  # tls_only_url says what is wrong with it
     if value and path.strip("/") == "":
         raise ValidationError("Enter the whole EWS address, e.g. https://mail.example.com/EWS/Exchange.asmx.")
 
@@ -29,7 +29,7 @@ class EwsSection(Section):
     name, store = "ews", "settings"
     shown = staticmethod(lambda choices: choices.protocol == "ews")
     template = "servers/_ews.html"
-    ews_url = StringField("Connect URL", validators=[InputRequired(), Length(max=2000), https_url, ews_path],
+    ews_url = StringField("Connect URL", validators=[InputRequired(), Length(max=2000), tls_only_url, ews_path],
                           description="The EWS address of your Exchange server, usually "
                                       "https://mail.example.com/EWS/Exchange.asmx. Mailroom does not use Autodiscover "
                                       "(its lookups would bypass the egress policy): enter the address itself.")

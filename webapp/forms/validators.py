@@ -103,7 +103,15 @@ def pem_certificates(_form, field) -> None:
 
 
 def https_url(_form, field) -> None:
-    """An https:// address (tokens and secrets never travel in the clear) that a request can use."""
+    """An https:// address (tokens and secrets never travel in the clear) that a request can use;
+    http:// only for a server on this machine (localhost, a loopback address)."""
     problem = url_problem(field.data or "")
     if problem:
         raise ValidationError(f"Enter an https:// address: {problem}.")
+
+
+def tls_only_url(_form, field) -> None:
+    """An https:// address, even on this machine (the transport checks the server's TLS itself)."""
+    if (field.data or "").lower().startswith("http://"):
+        raise ValidationError("Enter an https:// address: this protocol is used over TLS only.")
+    https_url(_form, field)

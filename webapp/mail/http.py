@@ -5,6 +5,8 @@ same adapter) whose connections:
 
 - resolve the host with `network.resolve` (every address checked) and connect to a
   checked address, never resolving again (no DNS rebinding between check and connect);
+- speak plain http:// only to this machine (every address loopback): a local test server
+  may lack TLS, but nothing leaves the machine in the clear;
 - verify TLS with the system's authorities plus the app's EXTRA_CA_CERTS, whatever the
   environment says (REQUESTS_CA_BUNDLE, proxies: trust_env is off);
 - give up when the deadline runs out: each request's timeout is the time left, and a
@@ -13,6 +15,7 @@ same adapter) whose connections:
 `record(report, response)` puts a request and its status into a report's transcript,
 without bodies, query strings or headers (they may carry tokens).
 """
+import ipaddress
 import socket
 import threading
 from urllib.parse import urlsplit
@@ -24,7 +27,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
 from .deadline import Deadline, DeadlineExceeded, connect_within
-from .egress import Network
+from .egress import EgressRefused, Network
 from .tls import tls_context
 
 USER_AGENT = "Mailroom/1 (+mail server settings check)"
@@ -43,7 +46,10 @@ class EgressAdapter(HTTPAdapter):
         def new_conn(conn):
             return _checked_connection(conn, network, deadline)
 
-        http = type("CheckedHTTPConnection", (HTTPConnection,), {"_new_conn": new_conn})
+        def new_plain_conn(conn):
+            return _checked_connection(conn, network, deadline, loopback_only=True)
+
+        http = type("CheckedHTTPConnection", (HTTPConnection,), {"_new_conn": new_plain_conn})
         https = type("CheckedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn})
         self.poolmanager.pool_classes_by_scheme = {
             "http": type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
@@ -64,8 +70,13 @@ class EgressAdapter(HTTPAdapter):
         return super().send(request, **kwargs)
 
 
-def _checked_connection(conn, network: Network, deadline: Deadline) -> socket.socket:
+def _checked_connection(conn, network: Network, deadline: Deadline, loopback_only: bool = False) -> socket.socket:
     addresses = network.resolve(conn.host, conn.port, deadline)
+    if loopback_only:
+        for _, sockaddr in addresses:
+            if not ipaddress.ip_address(sockaddr[0].split("%", 1)[0]).is_loopback:
+                raise EgressRefused(conn.host, conn.port, sockaddr[0],
+                                    "plain http:// is used only on this machine (loopback): use https://")
     errors: list[OSError] = []
     for family, sockaddr in addresses:
         try:
@@ -132,8 +143,12 @@ def url_problem(url: str, schemes: tuple[str, ...] = ("https",)) -> str:
         port = parts.port  # ValueError when it is not a number from 0 to 65535
     except ValueError:
         return "the address cannot be read (check the host, the brackets of an IPv6 address and the port)"
+    if "https" in schemes and "http" not in schemes and url.lower().startswith("http://") \
+            and on_this_machine(parts.hostname or ""):
+        schemes = (*schemes, "http")  # a test server on this machine may lack TLS; nothing leaves it
     if parts.scheme.lower() not in schemes or not url.lower().startswith(tuple(f"{s}://" for s in schemes)):
-        return f"the address must start with {' or '.join(s + '://' for s in schemes)}"
+        return f"the address must start with {' or '.join(s + '://' for s in schemes)}" + (
+            " (http:// only for this machine: localhost, 127.0.0.1, [::1])" if schemes == ("https",) else "")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         return "an address may not carry a user name or password (before an @)"
     if not parts.hostname:
@@ -143,6 +158,17 @@ def url_problem(url: str, schemes: tuple[str, ...] = ("https",)) -> str:
     if parts.fragment or "#" in url:
         return "an address may not carry a #fragment"
     return ""
+
+
+def on_this_machine(host: str) -> bool:
+    """localhost or a loopback address, written as such (not a name that may resolve elsewhere)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def host_of(url: str) -> str:
