@@ -147,7 +147,7 @@ def _check_egress(portal: Portal, client: oauth.Client, purpose: str) -> None:
     for what, url in endpoints:
         parts = urlsplit(url)
         try:
-            net.resolve(parts.hostname or "", parts.port or 443, Deadline(5))
+            net.resolve(parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443), Deadline(5))
         except EgressRefused as refused:
             raise ConsentError(f"the {what} cannot be used: {refused}",
                                "if it is right, a super-admin can allow it (“Egress policy” in the top bar, or the "
