@@ -1,6 +1,7 @@
 """Goals 3 and 5: Validate against a real STARTTLS + AUTH peer, timed one request after another
 next to the floor POST; and the server page while 20 Validates hang on a port that never greets."""
 import collections
+import re
 import socket
 import statistics
 import threading
@@ -182,7 +183,7 @@ def _kind(summary: str, timeout: int) -> str:
     if "no answer within" in text and "s (" in text:
         return "client gave up"
     if "validation failed" in text:
-        return "failed: " + summary.split("”.", 1)[-1].strip()[:60]
+        return "failed: " + re.split(r"”[.:]", summary, maxsplit=1)[-1].strip()[:60]
     if "all checks passed" in text:
         return "passed"
     return summary[:60] or "(empty)"
