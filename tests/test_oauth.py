@@ -450,6 +450,31 @@ def test_discovery_fills_in_the_endpoints_of_an_issuer(admin, provider):
     assert "the issuer&#39;s metadata could not be found" in wrong
 
 
+def test_discovery_authorize_and_the_code_exchange_take_a_slot_like_checks(app, admin, portal, provider, relay,
+                                                                             test_ca_file):
+    """Each waits on a server the portal chose, as a check does: bounded the same way, busy at once."""
+    server = save(app, admin, oauth_form(provider, relay))
+    form = {"protocol": "smtp", "auth_type": "oauth", "provider": "other", "flow": "delegated",
+            "issuer": provider.issuer, "_shown": ["oauth", "issuer"]}
+    location = admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"]
+    back = at_the_provider(location, test_ca_file)
+    slots = app.extensions["mailroom.slots"]
+    with slots.hold(portal.id, None, 0), slots.hold(portal.id, None, 0):
+        found = admin.post("/p/help/servers/new/oauth/discover", form, htmx=True).text
+        assert "This portal already has 2 checks or sample mails running" in found
+        assert f'value="{provider.token_url}"' not in found
+        refused = admin.post(f"/p/help/servers/{server.id}/oauth/authorize")
+        assert refused.status_code == 429 and "Location" not in refused.headers
+        assert "This portal already has 2 checks or sample mails running" in refused.text
+        answer = back_at_mailroom(admin, back)
+        assert answer.status_code == 400 and "The consent did not complete" in answer.text
+        assert "This portal already has 2 checks or sample mails running" in answer.text
+        assert "authorize again in a moment" in answer.text
+    assert provider.requests == []  # nothing was asked of the token endpoint
+    assert f'value="{provider.token_url}"' in admin.post("/p/help/servers/new/oauth/discover", form, htmx=True).text
+    assert authorize(admin, server, test_ca_file).status_code == 200  # and all works again once the slots are free
+
+
 def test_a_host_other_than_the_public_base_url_is_pointed_out(admin):
     form = {"protocol": "smtp", "auth_type": "oauth", "provider": "microsoft", "_shown": ["oauth", "microsoft"]}
     text = admin.post("/p/help/servers/new/section/credentials", form, htmx=True).text

@@ -25,6 +25,7 @@ from . import audit, db, network
 from .audit import Actor
 from .credentials import OAUTH_KINDS, seal, unseal
 from .grants import client_for
+from .limits import Busy, slots
 from .mail import oauth
 from .mail.deadline import Deadline, DeadlineExceeded
 from .mail.egress import EgressRefused
@@ -121,7 +122,11 @@ def start(portal: Portal, server: MailServer, purpose: str, started_by: str, lin
     if purpose == "admin_consent" and provider.get("provider") != oauth.Provider.MICROSOFT:
         raise ConsentError("admin consent is Microsoft's", "choose the delegated flow for this provider")
     client = client_for(provider, unseal(credential.secret), redirect_uri(portal))
-    _check_egress(portal, client, purpose)
+    try:
+        with slots().hold(portal.id, server.id, server.max_connections):  # resolving may wait on DNS
+            _check_egress(portal, client, purpose)
+    except Busy as busy:
+        raise ConsentError(str(busy), "try again in a moment", status=429) from None
     state, verifier = secrets.token_urlsafe(32), oauth.new_verifier()
     if BROWSER_KEY not in session:
         session[BROWSER_KEY] = secrets.token_urlsafe(32)
@@ -218,10 +223,14 @@ def _exchange(server: MailServer, portal: Portal, record: OAuthState, code: str)
     client = client_for(credential.provider, payload, record.redirect_uri)
     verifier = unseal(record.verifier)["verifier"]
     revision = credential.revision
-    db.release()
+    net = network.for_portal(portal)
     try:
-        tokens = oauth.exchange_code(client, code, verifier, network.for_portal(portal),
-                                     Deadline(float(server.timeout) + 10))
+        with slots().hold(portal.id, server.id, server.max_connections):
+            db.release()
+            tokens = oauth.exchange_code(client, code, verifier, net, Deadline(float(server.timeout) + 10))
+    except Busy as busy:
+        return Outcome("The consent did not complete", f"{busy}", "authorize again in a moment", ok=False,
+                       server=server, portal=portal)
     except (oauth.OAuthFailure, EgressRefused, DeadlineExceeded) as error:
         failure = oauth.as_failure(error, client.provider)
         _note_failure(server, portal, record, failure)

@@ -2,10 +2,11 @@
 from flask import Blueprint, abort, redirect, render_template, request
 from flask_login import current_user, login_required
 
-from .. import consent, mailservers, network
+from .. import consent, db, mailservers, network
 from ..forms.server import ServerForm
 from ..mail import oauth
 from ..mail.deadline import Deadline, DeadlineExceeded
+from ..limits import Busy, slots
 from ..mail.egress import EgressRefused
 from ..models import Role
 from ..security import allow_form_target, current_actor, load_portal
@@ -56,7 +57,12 @@ def discover(slug, server_id=None):
     if "issuer" not in form:
         abort(400)
     try:
-        form.fill_endpoints(oauth.discover(form["issuer"].data or "", network.for_portal(portal), Deadline(10)))
+        with slots().hold(portal.id, server.id if server else None, server.max_connections if server else 0):
+            db.release()
+            metadata = oauth.discover(form["issuer"].data or "", network.for_portal(portal), Deadline(10))
+        form.fill_endpoints(metadata)
+    except Busy as busy:
+        form["issuer"].errors = [str(busy)]
     except oauth.OAuthFailure as failure:
         form["issuer"].errors = [f"{failure.summary}: {failure.description}. {failure.hint}".replace(": .", ".")]
     except EgressRefused as refused:
