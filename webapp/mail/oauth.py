@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -172,9 +172,12 @@ def client_credentials(client: Client, network: Network, deadline: Deadline,
 
 def _token_request(client: Client, form: dict, network: Network, deadline: Deadline,
                    transcript: list[str] | None, what: str) -> Tokens:
-    form = {**form, "client_id": client.client_id, "client_secret": client.client_secret}
-    response = _post(client.token_url, form, network, deadline, transcript, what, client.provider)
-    body = _json(response, client.provider)
+    for method in _client_auth_methods(client.provider):
+        fields, headers = _client_authentication(client, form, method)
+        response = _post(client.token_url, fields, network, deadline, transcript, what, client.provider, headers)
+        body = _json(response, client.provider)
+        if not (body.get("error") == "invalid_client" and method != _client_auth_methods(client.provider)[-1]):
+            break
     if response.status_code != 200 or "error" in body:
         raise OAuthFailure(str(body.get("error") or f"http_{response.status_code}"),
                            str(body.get("error_description") or ""), response.status_code, client.provider)
@@ -186,6 +189,23 @@ def _token_request(client: Client, form: dict, network: Network, deadline: Deadl
     return Tokens(access_token=body["access_token"], expires_at=expires_at,
                   scope=str(body.get("scope") or form.get("scope") or ""),
                   refresh_token=body.get("refresh_token"), account=_account(body.get("id_token")))
+
+
+def _client_auth_methods(provider: str) -> tuple[str, ...]:
+    """How the app proves itself at the token endpoint, in the order tried. Microsoft and Google
+    take the secret in the form; any other server must accept HTTP Basic (RFC 6749 2.3.1), and
+    some accept nothing else, while others want the form: Basic first, the form once more after
+    an invalid_client (the secret goes only to the same saved token URL either way)."""
+    if provider in (Provider.MICROSOFT, Provider.GOOGLE):
+        return ("client_secret_post",)
+    return ("client_secret_basic", "client_secret_post")
+
+
+def _client_authentication(client: Client, form: dict, method: str) -> tuple[dict, dict]:
+    if method == "client_secret_basic":
+        pair = f"{quote(client.client_id, safe='')}:{quote(client.client_secret, safe='')}"
+        return form, {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+    return {**form, "client_id": client.client_id, "client_secret": client.client_secret}, {}
 
 
 def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
@@ -227,9 +247,11 @@ def as_failure(error: Exception, provider: str) -> "OAuthFailure":
     raise error
 
 
-def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str):
+def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str,
+          headers: dict | None = None):
     try:
-        response = http.session(network, deadline).post(url, data=form, headers={"Accept": "application/json"})
+        response = http.session(network, deadline).post(url, data=form,
+                                                        headers={"Accept": "application/json", **(headers or {})})
     except requests.exceptions.SSLError as error:
         raise OAuthFailure("tls", f"TLS with the token endpoint failed: {_reason(error)}", None, provider) from None
     except (requests.ConnectionError, requests.Timeout) as error:
