@@ -172,11 +172,12 @@ def client_credentials(client: Client, network: Network, deadline: Deadline,
 
 def _token_request(client: Client, form: dict, network: Network, deadline: Deadline,
                    transcript: list[str] | None, what: str) -> Tokens:
-    for method in _client_auth_methods(client.provider):
+    methods = _client_auth_methods(client.provider)
+    for method in methods:
         fields, headers = _client_authentication(client, form, method)
         response = _post(client.token_url, fields, network, deadline, transcript, what, client.provider, headers)
         body = _json(response, client.provider)
-        if not (body.get("error") == "invalid_client" and method != _client_auth_methods(client.provider)[-1]):
+        if body.get("error") != "invalid_client" or method == methods[-1]:
             break
     if response.status_code != 200 or "error" in body:
         raise OAuthFailure(str(body.get("error") or f"http_{response.status_code}"),

@@ -4,9 +4,9 @@ from flask_login import current_user, login_required
 
 from .. import consent, db, mailservers, network
 from ..forms.server import ServerForm
+from ..limits import Busy, slots
 from ..mail import oauth
 from ..mail.deadline import Deadline, DeadlineExceeded
-from ..limits import Busy, slots
 from ..mail.egress import EgressRefused
 from ..models import Role
 from ..security import allow_form_target, current_actor, load_portal
