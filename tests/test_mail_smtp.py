@@ -9,6 +9,7 @@ from webapp.mail import transport_for
 from webapp.mail.auth import NoAuth, PasswordAuth
 from webapp.mail.config import Sender, ServerConfig
 from webapp.mail.egress import Network, Policy, parse_rules
+from webapp.mail.envelope import Envelope
 from webapp.mail.message import build_message, sample_message
 from webapp.mail.report import DeliveryError, Outcome, Report
 from webapp.mail.smtp import Mechanism, Security, SmtpSettings
@@ -23,12 +24,12 @@ LOOPBACK = Network(Policy(global_allow=tuple(parse_rules("127.0.0.0/8\n::1", "th
 def config_for(peer, sender: Sender = SENDER, *, timeout=5.0, mechanism=Mechanism.AUTO,
                username=None, password=None, **overrides) -> ServerConfig:
     security = {"tls": Security.TLS}.get(peer.kind, Security.STARTTLS)
-    if peer.kind in ("plain", "refuse_sender"):
+    if peer.kind in ("plain", "refuse_sender", "refuse_recipients"):
         security = Security.NONE
     settings = dict(host="localhost", port=peer.port, security=security, ca_cert=peer.ca_pem)
     settings.update(overrides)
     if username is None:
-        username = peer.username if peer.kind not in ("plain", "refuse_sender") else ""
+        username = peer.username if peer.kind not in ("plain", "refuse_sender", "refuse_recipients") else ""
     auth = PasswordAuth(username, password or peer.password, mechanism) if username else NoAuth()
     return ServerConfig("smtp", sender, SmtpSettings(**settings), network=LOOPBACK, auth=auth,
                         timeout=timeout, label="Test peer")
@@ -319,7 +320,7 @@ def test_password_never_in_delivery_error(smtp_peer):
     peer = smtp_peer("reject")
     message = build_message(SENDER, ["someone@example.org"], "Hi", "Hello")
     with pytest.raises(DeliveryError) as caught:
-        SMTP.send(config_for(peer, mechanism=Mechanism.PLAIN), message)
+        SMTP.send(config_for(peer, mechanism=Mechanism.PLAIN), Envelope.of(message))
 
     for secret in secret_forms(peer):
         assert secret not in str(caught.value)
@@ -336,7 +337,7 @@ def test_send_delivers(smtp_peer, kind):
                             "Hello Ann,\nsee you.\n", cc=["bob@example.org"],
                             bcc=["hidden@example.org"])
 
-    receipt = SMTP.send(config_for(peer), message)
+    receipt = SMTP.send(config_for(peer), Envelope.of(message))
 
     assert receipt.reply.startswith("250 2.0.0 Ok: queued as ")
     assert receipt.message_id == message["Message-ID"]
@@ -362,7 +363,7 @@ def test_send_sample_message_with_non_ascii(smtp_peer):
     now = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
     message = sample_message(sender, "Zoë <zoe@example.org>", "Städtische Bühne", "Mailhost", now)
 
-    receipt = SMTP.send(config_for(peer, sender), message)
+    receipt = SMTP.send(config_for(peer, sender), Envelope.of(message))
 
     [mail] = peer.messages
     assert receipt.reply.startswith("250")
@@ -377,7 +378,7 @@ def test_send_sample_message_with_non_ascii(smtp_peer):
 def test_send_transcript_hides_the_message_body(smtp_peer):
     peer = smtp_peer("plain")
     message = build_message(SENDER, ["ann@example.org"], "Hi", "a body nobody should log\n")
-    receipt = SMTP.send(config_for(peer), message)
+    receipt = SMTP.send(config_for(peer), Envelope.of(message))
 
     transcript = "\n".join(receipt.report.transcript)
     assert "C: rcpt TO:<ann@example.org>" in transcript
@@ -391,7 +392,7 @@ def test_send_refused_sender_raises(smtp_peer):
     message = build_message(SENDER, ["ann@example.org"], "Hi", "Hello")
 
     with pytest.raises(DeliveryError) as caught:
-        SMTP.send(config_for(peer), message)
+        SMTP.send(config_for(peer), Envelope.of(message))
 
     error = caught.value
     assert str(error).startswith("MAIL FROM: 550: the server refused the sender")
@@ -405,7 +406,7 @@ def test_send_without_recipients_fails_before_connecting(smtp_peer):
     message = build_message(SENDER, [], "Hi", "Hello")
 
     with pytest.raises(DeliveryError) as caught:
-        SMTP.send(config_for(peer), message)
+        SMTP.send(config_for(peer), Envelope.of(message))
 
     assert [s.name for s in caught.value.report.steps] == ["Message"]
     assert caught.value.report.transcript == []
@@ -417,7 +418,7 @@ def test_send_to_silent_server_raises_within_the_timeout(smtp_peer):
     started = time.monotonic()
 
     with pytest.raises(DeliveryError) as caught:
-        SMTP.send(config_for(peer, timeout=1.0), message)
+        SMTP.send(config_for(peer, timeout=1.0), Envelope.of(message))
 
     assert time.monotonic() - started < 1.0 + SLACK
     assert "no answer within 1 s" in str(caught.value)

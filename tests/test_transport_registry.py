@@ -49,9 +49,10 @@ class NotebookTransport:
         return Report(steps=[Step("Open notebook", Outcome.PASSED, f"opened {config.settings.mailbox}")],
                       passed_summary="The notebook is open.")
 
-    def send(self, config, message) -> Receipt:
-        NOTEBOOK.append({"verb": "send", "settings": config.settings, "auth": config.auth, "message": message})
-        return Receipt(reply="250 noted", message_id=message["Message-ID"],
+    def send(self, config, envelope) -> Receipt:
+        NOTEBOOK.append({"verb": "send", "settings": config.settings, "auth": config.auth,
+                         "message": envelope.message(), "recipients": envelope.recipients})
+        return Receipt(reply="250 noted", message_id=envelope.message_id,
                        report=Report(steps=[Step("Write", Outcome.PASSED, "written")]))
 
 
@@ -102,6 +103,7 @@ def test_a_registered_transport_is_configured_checked_and_used_through_the_pages
     assert "Email server accepted mail for delivery." in sample and "250 noted" in sample
     sent = notebook[-1]
     assert sent["verb"] == "send" and sent["message"]["To"] == "jane@example.test"
+    assert sent["recipients"] == ("jane@example.test",)
     assert "Notes" in sent["message"]["Subject"]
 
     with app.app_context():

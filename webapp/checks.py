@@ -14,6 +14,7 @@ from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
 from .credentials import CredentialValues, SecretUnreadable, auth_for, destination_for
 from .mail.config import Sender, ServerConfig
+from .mail.envelope import Envelope
 from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
 from .mail.transport import transport_for
@@ -113,10 +114,10 @@ def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str
     result = SampleResult()
     try:
         config = config_for(portal, server)
-        message = sample_message(config.sender, recipient, portal.name, server.label, utcnow())
+        envelope = Envelope.of(sample_message(config.sender, recipient, portal.name, server.label, utcnow()))
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()
-            result.receipt = transport_for(config.protocol).send(config, message)
+            result.receipt = transport_for(config.protocol).send(config, envelope)
     except SecretUnreadable:
         result.error = DeliveryError(Report(steps=[UNREADABLE]))
     except DeliveryError as error:

@@ -61,7 +61,7 @@ class NotAuthorized:
         self.hint = hint
 
     def token(self, deadline: Deadline) -> AccessToken:
-        raise StepFailed("no OAuth authorization yet", self.hint)
+        raise StepFailed("no OAuth authorization yet", self.hint, credentials=True)
 
 
 class DraftAppGrant:
@@ -124,7 +124,8 @@ class StoredGrant:
         app_only = credential.kind in (CredentialKind.OAUTH_APP, CredentialKind.SERVICE_ACCOUNT)
         if not app_only and not payload.get("refresh_token"):
             raise StepFailed("no OAuth authorization yet: nobody has consented for this server",
-                             "click Authorize on the server's page (or send the mailbox owner a consent link)")
+                             "click Authorize on the server's page (or send the mailbox owner a consent link)",
+                             credentials=True)
         revision = credential.revision
         db.release()
         try:
@@ -166,7 +167,8 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 
 def _words(failure: oauth.OAuthFailure) -> StepFailed:
-    return StepFailed(f"the token endpoint refused: {failure.summary}", failure.hint, temporary=not failure.permanent)
+    return StepFailed(f"the token endpoint refused: {failure.summary}", failure.hint, temporary=not failure.permanent,
+                      credentials=failure.permanent)
 
 
 def mark_needs_reauthorization(credential: Credential, failure: oauth.OAuthFailure) -> None:

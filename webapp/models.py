@@ -2,7 +2,7 @@
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, DateTime, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, Relationship, SQLModel
 
 
@@ -54,6 +54,12 @@ class Portal(SQLModel, table=True):
     egress_deny: str = Field(default="", sa_type=Text)
     created_at: datetime = _timestamp(default_factory=utcnow)
 
+    # delivery
+    delivery_policy: str = Field(default="failover", max_length=20)  # DeliveryPolicy
+    admin_address: str = Field(default="", max_length=320)  # receives the delivery notices
+    failover_since: datetime | None = _timestamp(default=None)  # mail goes via an alternate since then
+    failover_reason: str = Field(default="", max_length=500)  # why the primary is not used, in words
+
 
 class AppSetting(SQLModel, table=True):
     """Settings of the whole installation that super-admins change in the app (the global egress lists)."""
@@ -69,6 +75,11 @@ class Membership(SQLModel, table=True):
     user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
     portal_id: int = Field(foreign_key="portal.id", index=True, ondelete="CASCADE")
     role: Role = Field(sa_type=Text)
+
+
+class DeliveryPolicy(StrEnum):
+    FAILOVER = "failover"  # the first enabled server; the next when it fails temporarily
+    SPREAD = "spread"  # messages shared across every enabled server
 
 
 class CredentialKind(StrEnum):
@@ -103,7 +114,15 @@ class MailServer(SQLModel, table=True):
     from_address: str = Field(default="", max_length=320)
     sender_name: str = Field(default="", max_length=200)
     reply_to: str = Field(default="", max_length=320)
-    admin_address: str = Field(default="", max_length=320)  # kept for the delivery queue's notices
+    admin_address: str = Field(default="", max_length=320)  # unused: the portal's admin_address gets the notices
+    rate_per_minute: int | None = None  # messages this server may send per minute (None: no limit)
+    rate_per_day: int | None = None  # ... and per day
+
+    # delivery health, written by the worker without bumping `version`
+    failing_since: datetime | None = _timestamp(default=None)  # temporary failures since then (alternates used)
+    failing_reason: str = Field(default="", max_length=500)
+    held_since: datetime | None = _timestamp(default=None)  # refuses its credentials: its mail is held
+    held_reason: str = Field(default="", max_length=500)
 
     last_check_at: datetime | None = _timestamp(default=None)
     last_check_ok: bool | None = None
@@ -198,3 +217,101 @@ class AuditEvent(SQLModel, table=True):
     action: str = Field(max_length=50)  # "server.updated", "membership.created", ...
     subject: str = Field(default="", max_length=300)
     changes: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+class MailState(StrEnum):
+    QUEUED = "queued"  # waiting for its next attempt (next_attempt_at)
+    SENDING = "sending"  # claimed by a worker until lease_until
+    HELD = "held"  # the server refused its credentials: waits until they are fixed (attempts not counted)
+    SENT = "sent"  # every recipient accepted (or refused for good: see recipients)
+    FAILED = "failed"  # refused for good, or its lifetime ran out
+
+
+class OutboundMail(SQLModel, table=True):
+    """A message handed to Mailroom: the record of what happens to it (the task queue only wakes
+    workers up). `raw` is the MIME message as accepted (Bcc header included, CRLF line ends), so
+    every attempt sends the same bytes with the same Message-ID; `recipients` holds each envelope
+    recipient's outcome: [{"address", "state": pending|sent|failed, "code", "reply"}]."""
+
+    __tablename__ = "outbound_mail"
+    __table_args__ = (
+        UniqueConstraint("portal_id", "idempotency_key"),
+        Index("ix_outbound_mail_due", "state", "next_attempt_at"),
+        Index("ix_outbound_mail_portal_list", "portal_id", "id"),
+        Index("ix_outbound_mail_portal_state", "portal_id", "state", "id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    portal_id: int = Field(foreign_key="portal.id", ondelete="CASCADE")
+    state: str = Field(default=MailState.QUEUED, max_length=20)
+    source: str = Field(default="api", max_length=20)  # api | python | smtp | notice
+    submitted_by: str = Field(default="", max_length=320)  # an API key's name, an SMTP credential, a user
+    client_address: str = Field(default="", max_length=64)
+    api_key_id: int | None = Field(default=None, foreign_key="api_key.id", ondelete="SET NULL")
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    request_hash: str = Field(default="", max_length=64)  # of the request that used the idempotency key
+
+    message_id: str = Field(default="", max_length=500)
+    mail_from: str = Field(default="", max_length=320)  # envelope sender
+    recipients: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    subject: str = Field(default="", max_length=300)  # for lists, shortened
+    to_summary: str = Field(default="", max_length=500)  # the receiver(s), for lists
+    size: int = 0
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))  # purged after retention
+
+    attempts: int = 0
+    created_at: datetime = _timestamp(default_factory=utcnow)
+    updated_at: datetime = _timestamp(default_factory=utcnow)
+    next_attempt_at: datetime = _timestamp(default_factory=utcnow)
+    last_attempt_at: datetime | None = _timestamp(default=None)
+    expires_at: datetime | None = _timestamp(default=None)  # its lifetime: fails (with a notice) after this
+    lease_owner: str = Field(default="", max_length=100)  # the worker that claimed it
+    lease_until: datetime | None = _timestamp(default=None)
+    server_id: int | None = Field(default=None, foreign_key="mail_server.id", ondelete="SET NULL")  # last used
+    last_error: str = Field(default="", max_length=1000)
+    last_code: int | None = None
+    sent_at: datetime | None = _timestamp(default=None)
+    purged_at: datetime | None = _timestamp(default=None)
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    """One try to hand a message to one server."""
+
+    __tablename__ = "delivery_attempt"
+    __table_args__ = (Index("ix_delivery_attempt_server_at", "server_id", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    mail_id: int = Field(foreign_key="outbound_mail.id", index=True, ondelete="CASCADE")
+    at: datetime = _timestamp(default_factory=utcnow)
+    server_id: int | None = Field(default=None, foreign_key="mail_server.id", ondelete="SET NULL")
+    server_label: str = Field(default="", max_length=200)  # kept if the server goes
+    outcome: str = Field(max_length=20)  # sent | deferred | failed | held
+    code: int | None = None
+    reply: str = Field(default="", max_length=1000)  # the server's words (or ours), never a secret
+    elapsed: float = 0.0
+    worker: str = Field(default="", max_length=100)
+
+
+class ApiKey(SQLModel, table=True):
+    """A portal's key for the HTTP API. Only its hash is stored; `prefix` identifies it in lists."""
+
+    __tablename__ = "api_key"
+    id: int | None = Field(default=None, primary_key=True)
+    portal_id: int = Field(foreign_key="portal.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=100)
+    prefix: str = Field(max_length=20)
+    key_hash: str = Field(max_length=64, unique=True)
+    owner_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")  # who created it
+    created_by: str = Field(default="", max_length=254)
+    created_at: datetime = _timestamp(default_factory=utcnow)
+    last_used_at: datetime | None = _timestamp(default=None)
+    revoked_at: datetime | None = _timestamp(default=None)
+
+
+class ConnectionLease(SQLModel, table=True):
+    """A connection a worker holds open to a server: their count never exceeds the server's
+    max_connections, across every process and host. A lease a dead worker left expires."""
+
+    __tablename__ = "connection_lease"
+    id: int | None = Field(default=None, primary_key=True)
+    server_id: int = Field(foreign_key="mail_server.id", index=True, ondelete="CASCADE")
+    owner: str = Field(max_length=100)
+    expires_at: datetime = _timestamp()

@@ -14,6 +14,9 @@ Kinds (see KINDS):
   wrong_name     like starttls, certificate only for mail.example.test
   expired        like starttls, certificate expired on 2020-01-31
   refuse_sender  plain, MAIL FROM answered "550 5.7.1 Sender not allowed"
+  refuse_recipients  plain; RCPT TO nobody@… answered "550 5.1.1 User unknown" and later@… "450 4.2.1
+                 Mailbox busy" (RFC 5321 4.2: 5yz refuses that recipient for good, 4yz for now),
+                 every other recipient accepted
   silent         a TCP listener that accepts and never greets
   closed         nothing listens on the port (connection refused)
 """
@@ -120,6 +123,16 @@ class SenderRefuser(Recorder):
         return "550 5.7.1 Sender not allowed"
 
 
+class RecipientRefuser(Recorder):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith("nobody@"):
+            return "550 5.1.1 User unknown"
+        if address.startswith("later@"):
+            return "450 4.2.1 Mailbox busy, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+
 # --- certificates ---------------------------------------------------------------
 
 @pytest.fixture(scope="session")
@@ -164,8 +177,8 @@ class _QuietController(Controller):
 def _start_aiosmtpd(kind: str, ca: trustme.CA, messages: list) -> tuple[int, object]:
     port = free_port()
     common = dict(hostname="127.0.0.1", port=port, server_hostname=SERVER_NAME, ready_timeout=5.0)
-    if kind in ("plain", "refuse_sender"):
-        handler = (SenderRefuser if kind == "refuse_sender" else Recorder)(messages)
+    if kind in ("plain", "refuse_sender", "refuse_recipients"):
+        handler = {"refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser}.get(kind, Recorder)(messages)
         controller = Controller(handler, **common)
     elif kind == "tls":
         handler = Recorder(messages)
@@ -209,7 +222,7 @@ class _SilentListener:
 
 
 KINDS = ("starttls", "tls", "plain", "reject", "untrusted", "wrong_name", "expired",
-         "refuse_sender", "silent", "closed")
+         "refuse_sender", "refuse_recipients", "silent", "closed")
 
 
 def start_peer(kind: str, ca: trustme.CA, ca_pem: str) -> Peer:

@@ -10,53 +10,33 @@ transport, and every secret (the token) kept out of the report.
         call.run("Mailbox", lambda: ...)         # returns a Step (step_result) or raises StepFailed
     report = call.report                         # cleaned of the token in any encoding
 """
-from time import monotonic
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import requests
 
 from . import http
+from .attempt import Attempt
 from .auth import BearerAuth, token_step
 from .config import ServerConfig
 from .deadline import Deadline, DeadlineExceeded
+from .envelope import Envelope
 from .egress import REFUSED_HINT, EgressRefused, egress_details
 from .redact import Redactor
-from .report import Outcome, Report, Step, StepFailed
+from .report import RecipientOutcome, Report, Step, StepFailed
 
 
-class _Stop(Exception):
-    """A step failed and is in the report."""
-
-
-class ApiCall:
+class ApiCall(Attempt):
     def __init__(self, config: ServerConfig):
+        super().__init__(Report(transcript_name="HTTP requests"), Redactor())
         self.config = config
         self.deadline = Deadline(config.timeout)
-        self.report = Report(transcript_name="HTTP requests")
-        self.redactor = Redactor()
         self.session = http.session(config.network, self.deadline)
         self.token = ""
 
-    def __enter__(self) -> "ApiCall":
-        return self
-
     def __exit__(self, kind, error, traceback) -> bool:
         self.session.close()
-        self._scrub()
-        return kind is _Stop
-
-    def run(self, name: str, action) -> Step:
-        started = monotonic()
-        try:
-            step = action()
-        except Exception as error:  # noqa: BLE001 - every failure is put in words or re-raised
-            failure = error if isinstance(error, StepFailed) else self._words(error)
-            if failure is None:
-                raise
-            self.report.add(Step(name, Outcome.FAILED, failure.summary, failure.details, failure.hint,
-                                 monotonic() - started, code=failure.code, temporary=failure.temporary))
-            raise _Stop from None
-        step.name, step.elapsed = name, monotonic() - started
-        return self.report.add(step)
+        return super().__exit__(kind, error, traceback)
 
     def bearer(self, may_send=None, grant: str = "") -> Step:
         """The Token step: the access token goes into the Authorization header (never the report).
@@ -79,7 +59,7 @@ class ApiCall:
         http.record(self.report.transcript, response, what)
         return response
 
-    def _words(self, error: Exception) -> StepFailed | None:
+    def words(self, name: str, error: Exception) -> StepFailed | None:
         host = http.host_of(getattr(getattr(error, "request", None), "url", "") or "")
         if isinstance(error, EgressRefused):
             return StepFailed(str(error), REFUSED_HINT, egress_details(error))
@@ -99,16 +79,6 @@ class ApiCall:
             return StepFailed("the address cannot be used", "check the address in the settings", temporary=False)
         return None
 
-    def _scrub(self) -> None:
-        redactor = self.redactor
-        if not redactor:
-            return
-        report = self.report
-        report.transcript[:] = [redactor.clean(line) for line in report.transcript]
-        for step in report.steps:
-            step.summary, step.hint = redactor.clean(step.summary), redactor.clean(step.hint)
-            step.details = [(redactor.clean(k), redactor.clean(v)) for k, v in step.details]
-
 
 def json_of(response: requests.Response) -> dict:
     try:
@@ -116,6 +86,25 @@ def json_of(response: requests.Response) -> dict:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def accepted_all(envelope: Envelope, reply: str) -> list[RecipientOutcome]:
+    """An HTTP API takes or refuses the message as a whole: every recipient accepted."""
+    return [RecipientOutcome(address, True, reply=reply) for address in envelope.recipients]
+
+
+def retry_seconds(response: requests.Response) -> float | None:
+    """Retry-After in seconds (a number, or an HTTP date), or None when the service did not say."""
+    value = (response.headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def retry_after(response: requests.Response) -> str:

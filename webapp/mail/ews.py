@@ -3,8 +3,8 @@
 check(): [Token] -> Connect (the egress policy, TLS and the server's certificate) -> Sign in
 (the first authenticated SOAP call: the version probe when the version is "auto", and
 ResolveNames for the mailbox) -> Mailbox (what ResolveNames found). Nothing is sent.
-send(): the EmailMessage as MimeContent (every header, Reply-To and the Message-ID kept) in
-one CreateItem: SendOnly, or SendAndSaveCopy to Sent Items (then exchangelib first reads the
+send(): the stored message (Envelope.raw) as MimeContent (every header, Reply-To and the Message-ID
+kept) in one CreateItem: SendOnly, or SendAndSaveCopy to Sent Items (then exchangelib first reads the
 folders with two GetFolder calls).
 
 Sign-in: Basic or NTLM with a password ("auto": Basic, or NTLM when the server refuses Basic
@@ -36,8 +36,6 @@ import re
 import ssl
 from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
-from email.message import EmailMessage
-from email.utils import getaddresses
 from urllib.parse import urlsplit
 
 import requests
@@ -48,10 +46,11 @@ from exchangelib.protocol import Protocol
 from exchangelib.transport import DEFAULT_HEADERS
 
 from . import http
-from .api import ApiCall
+from .api import ApiCall, accepted_all
 from .auth import AuthType, BearerAuth, PasswordAuth, token_step
 from .deadline import DeadlineExceeded, connect_within
 from .egress import EgressRefused
+from .envelope import Envelope
 from .oauth import Flow, Provider
 from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
 from .tls import handshake_result, tls_context
@@ -161,27 +160,29 @@ class EwsTransport:
         call.report.passed_summary = "Exchange accepts the sign-in and knows the mailbox."
         return call.report
 
-    def send(self, config, message: EmailMessage) -> Receipt:
+    def send(self, config, envelope: Envelope) -> Receipt:
         call = EwsCall(config)
-        mime: list[bytes] = []
 
         def prepare() -> Step:
-            mime.append(_mime(message))
-            return step_result(f"{_count(message)} recipient(s); a copy saved to Sent Items: "
+            if not envelope.recipients:
+                raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address",
+                                 temporary=False)
+            return step_result(f"{len(envelope.recipients)} recipient(s); a copy saved to Sent Items: "
                                f"{'yes' if config.settings.save_copy else 'no'}",
-                               [("Message-ID", str(message["Message-ID"] or "")), ("Mailbox", call.mailbox)])
+                               [("Message-ID", envelope.message_id), ("Mailbox", call.mailbox)])
 
         with call:
             call.warn_online(as_note=True)
             call.run("Message", prepare)
             if isinstance(config.auth, BearerAuth):
                 call.run("Token", call.take_token)
-            call.run("Send", lambda: call.send(mime[0]))
+            call.run("Send", lambda: call.send(envelope.raw))
         if not call.report.ok:
             raise DeliveryError(call.report)
         disposition = "SendAndSaveCopy" if config.settings.save_copy else "SendOnly"
-        return Receipt(reply=f"EWS accepted the message (CreateItem {disposition})",
-                       message_id=str(message["Message-ID"] or ""), report=call.report)
+        reply = f"EWS accepted the message (CreateItem {disposition})"
+        return Receipt(reply=reply, message_id=envelope.message_id, report=call.report,
+                       recipients=accepted_all(envelope, reply))
 
 
 # --- one check or send -------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ class EwsCall(ApiCall):
 
     # -- words -----------------------------------------------------------------------------------------------
 
-    def _words(self, error: Exception) -> StepFailed | None:
+    def words(self, name: str, error: Exception) -> StepFailed | None:
         return self._explain(error)
 
     def _explain(self, error: Exception) -> StepFailed | None:
@@ -398,7 +399,7 @@ class EwsCall(ApiCall):
         if cause is not None:
             if not isinstance(cause, EgressRefused) and self._out_of_time():
                 cause = DeadlineExceeded("the deadline passed")
-            return super()._words(cause)
+            return super().words("", cause)
         inner = error.__context__  # exchangelib's version probe wraps what the server said in a TransportError
         if isinstance(error, ews.TransportError) and isinstance(inner, ews.EWSError) and not isinstance(
                 error, ews.ResponseMessageError):
@@ -724,14 +725,3 @@ def _schemes(value: str) -> tuple[str, ...]:
 def _short(text) -> str:
     text = " ".join(str(text or "").split())
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT - 1] + "…"
-
-
-def _mime(message: EmailMessage) -> bytes:
-    if not _count(message):
-        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address", temporary=False)
-    return message.as_bytes()
-
-
-def _count(message: EmailMessage) -> int:
-    return len([a for _, a in getaddresses([str(v) for h in ("To", "Cc", "Bcc") for v in message.get_all(h, [])])
-                if a])

@@ -9,11 +9,9 @@ send(): the whole message, base64url; Gmail removes the Bcc header itself.
 """
 import base64
 from dataclasses import asdict, dataclass, fields
-from email.message import EmailMessage
-from email.utils import make_msgid
-
-from .api import ApiCall, json_of, retry_after
+from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
 from .auth import AuthType
+from .envelope import Envelope
 from .oauth import Flow, Provider
 from .report import DeliveryError, Outcome, Receipt, Report, StepFailed, step_result
 from .transport import register
@@ -59,17 +57,16 @@ class GmailTransport:
         call.report.passed_summary = "Google gives a token for the mailbox and the Gmail API accepts it."
         return call.report
 
-    def send(self, config, message: EmailMessage) -> Receipt:
+    def send(self, config, envelope: Envelope) -> Receipt:
         call = ApiCall(config)
-        if message["Message-ID"] is None:
-            message = _with_message_id(message, config.sender.address)
         with call:
             call.run("Token", call.bearer)
-            sent = call.run("messages.send", lambda: _send(call, message))
+            sent = call.run("messages.send", lambda: _send(call, envelope))
         if not call.report.ok:
             raise DeliveryError(call.report)
-        return Receipt(reply=sent.summary.split(": ", 1)[-1], message_id=str(message["Message-ID"]),
-                       report=call.report)
+        reply = sent.summary.split(": ", 1)[-1]
+        return Receipt(reply=reply, message_id=envelope.message_id, report=call.report,
+                       recipients=accepted_all(envelope, reply))
 
 
 SENDING_SCOPES = frozenset({"https://mail.google.com/", *(f"https://www.googleapis.com/auth/gmail.{name}"
@@ -100,22 +97,15 @@ def _profile(call: ApiCall):
     raise explain(response, body, call.config.auth.username)
 
 
-def _send(call: ApiCall, message: EmailMessage):
-    policy = message.policy.clone(linesep="\r\n")
-    raw = base64.urlsafe_b64encode(message.as_bytes(policy=policy)).decode("ascii")
+def _send(call: ApiCall, envelope: Envelope):
+    if not envelope.recipients:
+        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address", temporary=False)
+    raw = base64.urlsafe_b64encode(envelope.raw).decode("ascii")
     response = call.request("POST", _url(call.config, "/messages/send"), "messages.send", json={"raw": raw})
     body = json_of(response)
     if response.status_code == 200:
         return step_result(f"Gmail accepted the message: 200 OK, id {body.get('id', '')}")
     raise explain(response, body, call.config.auth.username)
-
-
-def _with_message_id(message: EmailMessage, sender: str) -> EmailMessage:
-    from copy import deepcopy
-
-    copy = deepcopy(message)
-    copy["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "mailroom.invalid")
-    return copy
 
 
 def _reason(body: dict) -> str:
@@ -133,7 +123,7 @@ def explain(response, body: dict, mailbox: str) -> StepFailed:
     details = [("Gmail error", f"{status} {error.get('status', '')} {reason}: {message}".strip())]
     if status == 401:
         return StepFailed(f"the Gmail API refused the token (401 {reason})",
-                          "re-authorize, or check the service account's key", details, code=status)
+                          "re-authorize, or check the service account's key", details, code=status, credentials=True)
     if status == 403 and message.startswith("Delegation denied"):
         return StepFailed(f"the token may not act for {mailbox} (403: {message})",
                           "the mailbox must be the one the token was made for", details, code=status)
@@ -149,7 +139,8 @@ def explain(response, body: dict, mailbox: str) -> StepFailed:
     if status == 429:
         wait = retry_after(response)
         return StepFailed(f"the Gmail API is limiting this mailbox (429){' for ' + wait if wait else ''}",
-                          f"try again {'after ' + wait if wait else 'later'}", details, code=status)
+                          f"try again {'after ' + wait if wait else 'later'}", details, code=status,
+                          retry_after=retry_seconds(response))
     if status == 400:
         return StepFailed(f"Gmail refused the message (400): {message}", "check the recipients", details,
                           code=status, temporary=False)

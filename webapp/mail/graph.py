@@ -12,11 +12,12 @@ importance, the X- headers of the settings as internetMessageHeaders, the Messag
 import re
 from dataclasses import asdict, dataclass, fields
 from email.message import EmailMessage
-from email.utils import getaddresses, make_msgid
+from email.utils import getaddresses
 from urllib.parse import quote
 
-from .api import ApiCall, json_of, retry_after
+from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
 from .auth import AuthType
+from .envelope import Envelope
 from .oauth import CLOUDS, Cloud, Flow, Provider
 from .report import DeliveryError, Outcome, Receipt, Report, StepFailed, step_result
 from .transport import register
@@ -87,9 +88,9 @@ class GraphTransport:
         call.report.passed_summary = "Microsoft Graph accepts the token and knows the mailbox."
         return call.report
 
-    def send(self, config, message: EmailMessage) -> Receipt:
+    def send(self, config, envelope: Envelope) -> Receipt:
         call = ApiCall(config)
-        message_id = message["Message-ID"] or make_msgid(domain=_domain(config.sender.address))
+        message, message_id = envelope.message(), envelope.message_id
         payload: dict = {}
 
         def build():
@@ -104,7 +105,8 @@ class GraphTransport:
             call.run("sendMail", lambda: _send(call, payload))
         if not call.report.ok:
             raise DeliveryError(call.report)
-        return Receipt(reply="202 Accepted", message_id=str(message_id), report=call.report)
+        return Receipt(reply="202 Accepted", message_id=str(message_id), report=call.report,
+                       recipients=accepted_all(envelope, "202 Accepted"))
 
 
 GRANT_SEND = ("add the delegated permission Mail.Send (Mail.Send.Shared to send as a shared mailbox) to the app in "
@@ -198,7 +200,7 @@ def explain(response, body: dict, mailbox: str) -> StepFailed:
         return StepFailed(f"Microsoft Graph refused the token (401 {code})",
                           "re-authorize; check that the token is for Microsoft Graph (the scope Mail.Send or "
                           "https://graph.microsoft.com/.default) and that the Graph endpoint matches the cloud",
-                          details, code=status)
+                          details, code=status, credentials=True)
     if status == 403:
         return StepFailed(f"the app may not send as {mailbox} (403 {code})",
                           "app-only: grant the Mail.Send application permission with admin consent (an "
@@ -213,7 +215,7 @@ def explain(response, body: dict, mailbox: str) -> StepFailed:
         wait = retry_after(response)
         return StepFailed(f"Microsoft Graph is throttling this app (429){' for ' + wait if wait else ''}",
                           f"try again {'after ' + wait if wait else 'in a minute'}: Graph limits how fast one app "
-                          "may send from one mailbox", details, code=status)
+                          "may send from one mailbox", details, code=status, retry_after=retry_seconds(response))
     if status == 413:
         return StepFailed("the message is larger than Graph accepts (about 4 MB)", "send a smaller message",
                           details, code=status, temporary=False)

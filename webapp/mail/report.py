@@ -21,6 +21,8 @@ class Step:
     elapsed: float = 0.0  # seconds
     code: int | None = None  # the server's reply code, when a reply failed the step
     temporary: bool = True  # for a failed step: may the same message go through later or elsewhere?
+    retry_after: float | None = None  # for a failed step: seconds the service asked us to wait, if it said
+    credentials: bool = False  # for a failed step: the server refused its credentials or OAuth grant (hold the mail)
 
 
 @dataclass
@@ -48,11 +50,27 @@ class Report:
         return next((s for s in reversed(self.steps) if s.name == name), None)
 
 
+@dataclass(frozen=True)
+class RecipientOutcome:
+    address: str
+    accepted: bool
+    code: int | None = None  # the reply to this recipient (SMTP RCPT TO), when there was one
+    reply: str = ""
+    temporary: bool = False  # for a refused recipient: may it be accepted later?
+
+
 @dataclass
 class Receipt:
+    """The server took responsibility for the message (for the accepted recipients)."""
+
     reply: str  # the server's answer, e.g. "250 2.0.0 Ok: queued as 4F2" or "202 Accepted"
     message_id: str
     report: Report
+    recipients: list[RecipientOutcome] = field(default_factory=list)  # each envelope recipient's outcome
+
+    @property
+    def refused(self) -> list[RecipientOutcome]:
+        return [r for r in self.recipients if not r.accepted]
 
 
 class DeliveryError(Exception):
@@ -62,14 +80,20 @@ class DeliveryError(Exception):
     connection, TLS or sign-in problem, a 4xx reply); False when the server refused the
     message itself for good (a 5xx reply to MAIL FROM, RCPT TO or DATA, a malformed message).
     `code`: the server's reply code, when a reply ended the attempt.
+    `retry_after`: seconds the service asked to wait (Retry-After, or the time in its message).
+    `credentials`: the server refused its credentials or the OAuth grant is dead: the mail is
+    held until an admin fixes them, rather than retried.
     """
 
-    def __init__(self, report: Report):
+    def __init__(self, report: Report, recipients: list[RecipientOutcome] | None = None):
         self.report = report
+        self.recipients = recipients or []  # each recipient's answer, where the server gave one (SMTP RCPT TO)
         step = report.failure
         self.step = step.name if step else ""
         self.code = step.code if step else None
         self.temporary = step.temporary if step else True
+        self.retry_after = step.retry_after if step else None
+        self.credentials = step.credentials if step else False
         super().__init__(f"{step.name}: {step.summary}" if step else "delivery failed")
 
     @property
@@ -82,10 +106,12 @@ class StepFailed(Exception):
     """A step failed for a reason already put in words."""
 
     def __init__(self, summary: str, hint: str = "", details: list | None = None, *,
-                 code: int | None = None, temporary: bool = True):
+                 code: int | None = None, temporary: bool = True, retry_after: float | None = None,
+                 credentials: bool = False):
         super().__init__(summary)
         self.summary, self.hint, self.details = summary, hint, details or []
         self.code, self.temporary = code, temporary
+        self.retry_after, self.credentials = retry_after, credentials
 
 
 def step_result(summary: str, details=(), outcome: Outcome = Outcome.PASSED, hint: str = "") -> Step:

@@ -2,8 +2,13 @@
 
 A transport is a class with two verbs, both bounded by config.timeout as one deadline:
 
-    check(config: ServerConfig) -> Report           Validate: nothing is sent
-    send(config: ServerConfig, message) -> Receipt  raises DeliveryError
+    check(config: ServerConfig) -> Report                Validate: nothing is sent
+    send(config: ServerConfig, envelope) -> Receipt      raises DeliveryError
+
+(`envelope`: a mail.envelope.Envelope, the message as stored: the same bytes on every attempt),
+and optionally `open(config) -> Connection` for several messages over one connection (each
+send under its own deadline); open_connection() gives a one-message-at-a-time Connection for
+transports without it. Each step runs through mail.attempt.Attempt.
 
 and what the web layer needs to offer it: `protocol` (the stored value), `label`,
 `settings_type` (its typed settings), `auth_types` (the authentication it accepts) and
@@ -12,11 +17,11 @@ and what the web layer needs to offer it: `protocol` (the stored value), `label`
 `oauth_providers` (the providers whose tokens its service accepts; all of them when absent).
 A new protocol is a class decorated with @register; views and services find it here.
 """
-from email.message import EmailMessage
 from typing import ClassVar, Protocol
 
 from .auth import AuthType
 from .config import ServerConfig
+from .envelope import Envelope
 from .report import Receipt, Report
 
 
@@ -29,7 +34,15 @@ class Transport(Protocol):
 
     def check(self, config: ServerConfig) -> Report: ...
 
-    def send(self, config: ServerConfig, message: EmailMessage) -> Receipt: ...
+    def send(self, config: ServerConfig, envelope: Envelope) -> Receipt: ...
+
+
+class Connection(Protocol):
+    """Messages to one server, one after the other, over one connection where the protocol allows."""
+
+    def send(self, envelope: Envelope) -> Receipt: ...
+
+    def close(self) -> None: ...
 
 
 TRANSPORTS: dict[str, type[Transport]] = {}
@@ -47,3 +60,23 @@ def unregister(protocol: str) -> None:
 def transport_for(protocol: str) -> Transport:
     """KeyError for a protocol nobody registered."""
     return TRANSPORTS[protocol]()
+
+
+class _OneAtATime:
+    """A Connection for a transport without open(): every message is a conversation of its own."""
+
+    def __init__(self, transport: Transport, config: ServerConfig):
+        self.transport, self.config = transport, config
+
+    def send(self, envelope: Envelope) -> Receipt:
+        return self.transport.send(self.config, envelope)
+
+    def close(self) -> None:
+        pass
+
+
+def open_connection(config: ServerConfig) -> Connection:
+    """A Connection to the server of `config` (KeyError for an unknown protocol). Close it when done."""
+    transport = transport_for(config.protocol)
+    opener = getattr(transport, "open", None)
+    return opener(config) if opener is not None else _OneAtATime(transport, config)

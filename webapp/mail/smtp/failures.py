@@ -18,6 +18,7 @@ from .session import Rejected, Session
 from .settings import SECURITY_LABELS, Security, SmtpSettings
 
 MESSAGE_STEPS = ("MAIL FROM", "RCPT TO", "DATA")  # a 5xx there refuses the message for good
+CREDENTIALS_REFUSED = (535, 534)  # at AUTH: the credentials (or the token) are refused: hold the mail
 
 
 def explain(name: str, exc: Exception, s: Session) -> StepFailed:
@@ -34,7 +35,8 @@ def explain_reply(name: str, exc: Rejected, s: Session | None = None) -> StepFai
     return StepFailed(
         f'{exc.code}: {meaning.format(**fill)}. The server said "{exc.code} {exc.text}" ({nature})',
         hint.format(**fill), code=exc.code,
-        temporary=not (exc.code // 100 == 5 and name in MESSAGE_STEPS))
+        temporary=not (exc.code // 100 == 5 and name in MESSAGE_STEPS),
+        credentials=name == "Authenticate" and exc.code in CREDENTIALS_REFUSED)
 
 
 def certificate_failure(exc: ssl.SSLCertVerificationError, host: str,

@@ -2,11 +2,12 @@
 Step (step_result), or by raising StepFailed or Rejected."""
 from dataclasses import dataclass, field
 
+from ..attempt import Attempt
 from ..auth import Auth
 from ..config import ServerConfig
 from ..deadline import Deadline
 from ..redact import Redactor
-from ..report import Report
+from ..report import RecipientOutcome, Report
 from .client import Client, one_line
 from .settings import SmtpSettings
 
@@ -14,11 +15,13 @@ from .settings import SmtpSettings
 @dataclass
 class Outgoing:
     """What send() transmits: envelope plus the message bytes without Bcc."""
+    mail_from: str
     recipients: list[str]
     payload: bytes
     message_id: str
     needs_utf8: bool
     reply: str = ""
+    outcomes: list[RecipientOutcome] = field(default_factory=list)  # each recipient's answer to RCPT TO
 
 
 @dataclass
@@ -34,14 +37,21 @@ class Session:
     outgoing: Outgoing | None = None
     redactor: Redactor = field(default_factory=Redactor)  # the secrets no report may show
     token: str = field(default="", repr=False)  # the OAuth access token, once obtained
+    attempt: Attempt | None = None  # runs the steps (set by start)
 
     @classmethod
     def start(cls, config: ServerConfig) -> "Session":
         if not isinstance(config.settings, SmtpSettings):
             raise TypeError("this server configuration has no SMTP settings")
+        from .failures import EXPECTED, explain
+
         password = getattr(config.auth, "password", "")
-        return cls(config=config, settings=config.settings, deadline=Deadline(config.timeout),
-                   redactor=Redactor([password]))
+        session = cls(config=config, settings=config.settings, deadline=Deadline(config.timeout),
+                      redactor=Redactor([password]))
+        session.attempt = Attempt(session.report, session.redactor,
+                                  lambda name, error: explain(name, error, session) if isinstance(error, EXPECTED)
+                                  else None)
+        return session
 
     @property
     def auth(self) -> Auth:

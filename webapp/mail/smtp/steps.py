@@ -2,18 +2,16 @@
 its Step, or raises: StepFailed, Rejected, or whatever the network or smtplib raised."""
 import socket
 import ssl
-from copy import deepcopy
 from dataclasses import replace
-from email.message import EmailMessage
-from email.utils import getaddresses, make_msgid
 from smtplib import SMTPDataError
 
 from cryptography import x509
 
 from ..auth import BearerAuth, PasswordAuth
 from ..deadline import Deadline, DeadlineExceeded, connect_within
-from ..message import RECIPIENT_HEADERS, envelope_address
-from ..report import Outcome, Step, StepFailed, step_result
+from ..envelope import Envelope
+from ..message import envelope_address
+from ..report import Outcome, RecipientOutcome, Step, StepFailed, step_result
 from ..tls import handshake_result, tls_context
 from .client import Client, one_line
 from .failures import EXPECTED, certificate_failure, explain_reply
@@ -23,26 +21,15 @@ from .settings import SECURITY_LABELS, Mechanism, Security, SmtpSettings
 PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of preference
 
 
-def prepare(s: Session, message: EmailMessage) -> Step:
-    """Envelope recipients from To/Cc/Bcc; the transmitted copy loses its Bcc header here."""
-    recipients = list(dict.fromkeys(
-        envelope_address(address)
-        for _, address in getaddresses([str(v) for h in RECIPIENT_HEADERS
-                                        for v in message.get_all(h, [])])
-        if address))
-    if not recipients:
+def prepare(s: Session, envelope: Envelope) -> Step:
+    """The envelope as stored; the transmitted bytes lose the Bcc header here."""
+    if not envelope.recipients:
         raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address",
                          temporary=False)
-    copy = deepcopy(message)  # the caller's message keeps its Bcc
-    del copy["Bcc"]
-    if copy["Message-ID"] is None:
-        copy["Message-ID"] = make_msgid(domain=envelope_address(s.config.sender.address).split("@")[1])
-    policy = copy.policy.clone(linesep="\r\n")
-    s.outgoing = Outgoing(recipients=recipients, payload=copy.as_bytes(policy=policy),
-                          message_id=str(copy["Message-ID"]),
-                          needs_utf8=bool(getattr(policy, "utf8", False))
-                          or not all(r.isascii() for r in recipients))
-    return step_result(f"{len(recipients)} recipient(s), {len(s.outgoing.payload)} bytes",
+    s.outgoing = Outgoing(mail_from=envelope.mail_from, recipients=list(envelope.recipients),
+                          payload=envelope.without_bcc(), message_id=envelope.message_id,
+                          needs_utf8=envelope.needs_utf8)
+    return step_result(f"{len(envelope.recipients)} recipient(s), {len(s.outgoing.payload)} bytes",
                        [("Message-ID", s.outgoing.message_id)])
 
 
@@ -176,7 +163,7 @@ def authenticate(s: Session) -> Step:
 
 
 def mail_from(s: Session) -> Step:
-    sender = envelope_address(s.config.sender.address)
+    sender = s.outgoing.mail_from if s.outgoing else envelope_address(s.config.sender.address)
     needs_utf8 = not sender.isascii() or bool(s.outgoing and s.outgoing.needs_utf8)
     options = _mail_options(s, needs_utf8)
     code, text = s.client.mail(sender, options)
@@ -190,12 +177,14 @@ def rcpt_to(s: Session) -> Step:
     accepted, refused = [], []
     for recipient in s.outgoing.recipients:
         code, text = s.client.rcpt(recipient)
+        s.outgoing.outcomes.append(RecipientOutcome(recipient, code in (250, 251), code, f"{code} {one_line(text)}",
+                                                    temporary=code // 100 != 5))
         if code in (250, 251):
             accepted.append(recipient)
         else:
             refused.append(Rejected(code, text, recipient))
     if not accepted:
-        raise refused[0]
+        raise min(refused, key=lambda r: r.code // 100 != 4)  # a temporary refusal, if any: the message may go later
     details = [("Accepted", r) for r in accepted]
     details += [("Refused", f"{r.subject}: {r.code} {r.text}") for r in refused]
     if refused:

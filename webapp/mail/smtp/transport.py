@@ -17,12 +17,12 @@ challenge, nor a server line that repeats a secret (client.py); as a last line o
 defence every text of the report is cleaned of the secrets in any encoding (redact.py).
 """
 from contextlib import contextmanager
-from email.message import EmailMessage
-from time import monotonic
 
+from ..attempt import Attempt
 from ..auth import AuthType, BearerAuth, token_step
+from ..envelope import Envelope
 from ..oauth import Flow
-from ..report import DeliveryError, Outcome, Receipt, Report, Step
+from ..report import DeliveryError, Receipt, Report, Step
 from ..transport import register
 from . import steps
 from .failures import EXPECTED, explain
@@ -53,51 +53,35 @@ class SmtpTransport:
             "The server accepts the connection and the From address.")
         return session.report
 
-    def send(self, config, message: EmailMessage) -> Receipt:
-        """Deliver `message` to its To/Cc/Bcc recipients; raises DeliveryError on failure."""
+    def send(self, config, envelope: Envelope) -> Receipt:
+        """Deliver the message to the envelope's recipients; raises DeliveryError on failure."""
         session = Session.start(config)
         with _conversation(session):
-            _step(session, "Message", lambda s: steps.prepare(s, message))
+            _step(session, "Message", lambda s: steps.prepare(s, envelope))
             _establish(session)
             _step(session, "MAIL FROM", steps.mail_from)
             _step(session, "RCPT TO", steps.rcpt_to)
             _step(session, "DATA", steps.data)
             _goodbye(session)
         if not session.report.ok:
-            raise DeliveryError(session.report)
+            raise DeliveryError(session.report, session.outgoing.outcomes if session.outgoing else None)
         return Receipt(reply=session.outgoing.reply, message_id=session.outgoing.message_id,
-                       report=session.report)
-
-
-class _Abort(Exception):
-    """A step failed and is in the report; end the conversation."""
+                       report=session.report, recipients=session.outgoing.outcomes)
 
 
 def _step(session: Session, name: str, action) -> None:
-    """Run one action, time it, and add its Step (or the explained failure) to the report."""
-    started = monotonic()
-    try:
-        step = action(session)
-    except EXPECTED as exc:
-        failure = explain(name, exc, session)
-        session.report.add(Step(name, Outcome.FAILED, failure.summary, failure.details,
-                                failure.hint, monotonic() - started, code=failure.code,
-                                temporary=failure.temporary))
-        raise _Abort from None
-    step.name, step.elapsed = name, monotonic() - started
-    session.report.add(step)
+    """Run one step of the conversation (timed, in the report; the first failure ends it)."""
+    session.attempt.run(name, lambda: action(session))
 
 
 @contextmanager
 def _conversation(session: Session):
     try:
-        yield
-    except _Abort:
-        pass
+        with session.attempt:
+            yield
     finally:
         if session.client is not None:
             session.client.close()
-        _scrub(session.report, session.redactor)
 
 
 def _establish(s: Session) -> None:
@@ -132,13 +116,3 @@ def _token(s: Session) -> Step:
     s.token = token.value
     s.redactor.add(token.value)
     return step
-
-
-def _scrub(report: Report, redactor) -> None:
-    """Last line of defence: no secret, in any encoding, in any text of the report."""
-    if not redactor:
-        return
-    report.transcript[:] = [redactor.clean(line) for line in report.transcript]
-    for step in report.steps:
-        step.summary, step.hint = redactor.clean(step.summary), redactor.clean(step.hint)
-        step.details = [(redactor.clean(k), redactor.clean(v)) for k, v in step.details]

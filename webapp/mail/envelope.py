@@ -1,0 +1,65 @@
+"""What a transport sends: a message in its stored form, the raw MIME bytes and the envelope.
+
+The outbox keeps exactly this, so every attempt (a retry, another server after a failover)
+sends the same bytes with the same Message-ID. `raw` keeps the Bcc header: the HTTP APIs
+(Graph's MIME send, Gmail, EWS) read the blind recipients from it and drop it themselves;
+SMTP transmits `without_bcc()` and names every recipient in RCPT TO.
+"""
+from dataclasses import dataclass
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import getaddresses, make_msgid
+
+from .message import RECIPIENT_HEADERS, envelope_address
+
+
+@dataclass(frozen=True)
+class Envelope:
+    mail_from: str  # the envelope sender, a bare address with an ASCII domain
+    recipients: tuple[str, ...]  # every envelope recipient, bare, without duplicates, in order
+    raw: bytes  # the whole message, CRLF line ends, Bcc included
+    message_id: str
+
+    @classmethod
+    def of(cls, message: EmailMessage, mail_from: str = "", recipients: tuple[str, ...] = ()) -> "Envelope":
+        """The envelope of a built message: the sender from `mail_from` or From, the recipients
+        from `recipients` or To/Cc/Bcc. A message without a Message-ID gets one here, once."""
+        if message["Message-ID"] is None:
+            sender_domain = envelope_address(mail_from or _first(message, "From")).rpartition("@")[2]
+            message["Message-ID"] = make_msgid(domain=sender_domain or "mailroom.invalid")
+        recipients = recipients or tuple(dict.fromkeys(
+            envelope_address(address) for _, address in getaddresses(
+                [str(value) for header in RECIPIENT_HEADERS for value in message.get_all(header, [])]) if address))
+        raw = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        return cls(mail_from=envelope_address(mail_from or _first(message, "From")), recipients=recipients,
+                   raw=raw, message_id=str(message["Message-ID"]))
+
+    @property
+    def needs_utf8(self) -> bool:
+        """SMTPUTF8 is needed when an address or a header is not ASCII."""
+        head = self.raw.split(b"\r\n\r\n", 1)[0]
+        return not (self.mail_from.isascii() and all(r.isascii() for r in self.recipients) and head.isascii())
+
+    def message(self) -> EmailMessage:
+        """The message parsed again, for a transport that needs its parts (never sent as such)."""
+        return message_from_bytes(self.raw, policy=email_policy.default)
+
+    def without_bcc(self) -> bytes:
+        """The bytes SMTP transmits: the same message without its Bcc header (and its folded lines)."""
+        head, separator, body = self.raw.partition(b"\r\n\r\n")
+        kept, skipping = [], False
+        for line in head.split(b"\r\n"):
+            if line[:1] in (b" ", b"\t"):
+                if not skipping:
+                    kept.append(line)
+                continue
+            skipping = line.lower().startswith(b"bcc:")
+            if not skipping:
+                kept.append(line)
+        return b"\r\n".join(kept) + separator + body
+
+
+def _first(message: EmailMessage, header: str) -> str:
+    addresses = getaddresses([str(value) for value in message.get_all(header, [])])
+    return addresses[0][1] if addresses else ""
