@@ -153,10 +153,17 @@ class Attachment(BaseModel):
         return self.content_type or mimetypes.guess_type(self.filename)[0] or "application/octet-stream"
 
 
+def _present(field: str, schema: dict) -> dict:
+    return {"required": [field], "properties": {field: schema}}
+
+
 class Submission(BaseModel):
     """A message to send: who from (empty: the portal's From), to whom, what. Made from Python
     (`Submission(to=[...], subject=..., text=...)`) or from the API's JSON; ValidationError names the field."""
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra={"allOf": [
+        {"anyOf": [_present(field, {"type": "array", "minItems": 1}) for field in ("to", "cc", "bcc")]},
+        {"anyOf": [_present(field, {"type": "string"}) for field in ("text", "html")]},
+    ]})
 
     from_: Address | None = Field(None, alias="from", description="empty: the From of the portal's first "
                                   "enabled server; else one of its servers' From addresses")
