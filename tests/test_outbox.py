@@ -228,3 +228,36 @@ def test_two_submissions_with_one_key_at_the_same_moment_store_one_message(app, 
     assert errors == [] and len(ids) == 4 and len(set(ids)) == 1
     with app.app_context():
         assert len(db.session().exec(select(OutboundMail)).all()) == 1
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+def test_the_command_line_queues_a_message_and_prints_its_id(app, portal, servers, tmp_path):
+    html, report = tmp_path / "body.html", tmp_path / "report.pdf"
+    html.write_text("<p>Hällo</p>", encoding="utf-8")
+    report.write_bytes(b"%PDF-1.7\x00")
+    result = app.test_cli_runner().invoke(args=[
+        "mail", "enqueue", "help", "--to", "Ann <ann@example.org>", "--to", "bob@example.org", "--subject", "Report",
+        "--text", "See the report.", "--html-file", str(html), "--attach", str(report), "--header", "X-Job: 7"])
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        mail = db.session().get(OutboundMail, int(result.output.strip()))
+    assert mail.source == "cli" and mail.submitted_by == "command line" and mail.state == "queued"
+    message = parsed(mail.raw)
+    assert message["To"] == "Ann <ann@example.org>, bob@example.org" and message["X-Job"] == "7"
+    assert lines(message.get_body(("html",)).get_content()) == "<p>Hällo</p>\n"
+    assert [(a.get_filename(), a.get_content_type()) for a in message.iter_attachments()] == [
+        ("report.pdf", "application/pdf")]
+
+
+def test_the_command_line_names_the_option_at_fault_and_stores_nothing(app, portal, servers):
+    runner = app.test_cli_runner()
+    bad = runner.invoke(args=["mail", "enqueue", "help", "--to", "ann@example.org", "--to", "bob", "--text", "t"])
+    assert bad.exit_code == 1 and "--to #2:" in bad.output and "not queued" in bad.output
+    foreign = runner.invoke(args=["mail", "enqueue", "help", "--to", "a@example.org", "--from", "x@example.net",
+                                  "--text", "t"])
+    assert foreign.exit_code == 1 and "--from: x@example.net is not a From address of this portal" in foreign.output
+    unknown = runner.invoke(args=["mail", "enqueue", "nowhere", "--to", "a@example.org", "--text", "t"])
+    assert unknown.exit_code == 1 and "No portal has the slug nowhere" in unknown.output
+    with app.app_context():
+        assert db.session().exec(select(OutboundMail)).all() == []
