@@ -251,3 +251,34 @@ def test_last_use_is_remembered_at_most_once_a_minute(api, app):
         db.session().commit()
     api()
     assert last_used() - first < timedelta(minutes=1) and last_used() > first
+
+
+@pytest.mark.parametrize("message_id", ["0", "-1", "01", str(2**63 - 1), str(2**63), str(10**30), "abc", "999999"])
+def test_a_hostile_message_id_is_404_json(api, message_id):
+    response = api("GET", f"{URL}/{message_id}")
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "not_found"
+
+
+def test_another_portals_key_id_cannot_be_revoked_here(app, admin, make, portal):
+    other = make.portal(slug="other", name="Other")
+    with app.app_context():
+        theirs = apikeys.create(Actor("tests"), other, "Theirs")[0]
+    assert admin.get(f"/p/help/api-keys/{theirs.id}/revoke").status_code == 404
+    assert admin.post(f"/p/help/api-keys/{theirs.id}/revoke").status_code == 404
+    with app.app_context():
+        assert db.session().get(ApiKey, theirs.id).revoked_at is None
+
+
+def test_the_keys_page_refuses_an_empty_name_and_lists_without_the_key(app, admin, portal):
+    assert admin.post("/p/help/api-keys", {"name": ""}).status_code == 422
+    created = admin.post("/p/help/api-keys", {"name": "Ticket system"})
+    assert created.status_code == 200
+    import re
+
+    plain = re.search(r'value="(mr_[^"]+)"', created.text).group(1)
+    assert "https://help.example.com/api/v1/portals/help/messages" in created.text  # the portal's base URL
+    listing = admin.get("/p/help/api-keys").text
+    assert "Ticket system" in listing and plain[:11] in listing and plain not in listing
+    with app.app_context():
+        stored = db.session().exec(select(ApiKey)).one()
+    assert stored.key_hash != plain and plain not in repr(stored.model_dump())
