@@ -2,6 +2,7 @@
 the 202; the Idempotency-Key; the key alone authorizes (no session, cookie, CSRF token or Origin
 check); keys are rate-limited and their use is remembered without a write per request."""
 import base64
+import re
 import threading
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -10,7 +11,7 @@ import pytest
 import requests
 from sqlmodel import Session, select
 
-from webapp import apikeys, db
+from webapp import apikeys, db, outbox
 from webapp.audit import Actor
 from webapp.models import ApiKey, DeliveryAttempt, OutboundMail, utcnow
 
@@ -165,8 +166,6 @@ def test_a_message_of_another_portal_is_not_found(api, app, make):
     other = make.portal(slug="other", name="Other")
     make.server(other, from_address="other@example.com")
     with app.app_context():
-        from webapp import outbox
-
         theirs = outbox.submit(other, outbox.Submission(to=["a@example.org"], text="t"),
                                outbox.Submitter(outbox.Source.PYTHON, "tests"))
     assert error_of(api("GET", f"{URL}/{theirs.id}")) == (404, "not_found", "message_id")
@@ -273,8 +272,6 @@ def test_the_keys_page_refuses_an_empty_name_and_lists_without_the_key(app, admi
     assert admin.post("/p/help/api-keys", {"name": ""}).status_code == 422
     created = admin.post("/p/help/api-keys", {"name": "Ticket system"})
     assert created.status_code == 200
-    import re
-
     plain = re.search(r'value="(mr_[^"]+)"', created.text).group(1)
     assert "https://help.example.com/api/v1/portals/help/messages" in created.text  # the portal's base URL
     listing = admin.get("/p/help/api-keys").text

@@ -1,5 +1,6 @@
 """Accepting mail: the message built from a submission (read back with the email package, header by
 header), the portal's From, sizes, the Idempotency-Key, and the committed queued row."""
+import json
 import threading
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -103,16 +104,12 @@ def test_line_breaks_anywhere_in_a_header_are_refused(evil):
     ({"to": ["a@example.org"], "text": "t", "priority": "high"}, "priority"),
 ])
 def test_a_bad_submission_names_its_field(body, field):
-    import json
-
     with pytest.raises(ValidationError) as caught:
         Submission.model_validate_json(json.dumps(body))
     assert [error_field(error) for error in caught.value.errors()] == [field]
 
 
 def test_base64_may_be_wrapped_but_must_be_base64():
-    import json
-
     body = {"to": ["a@example.org"], "text": "t", "attachments": [{"filename": "a.bin", "content": "AAEC\r\n/w=="}]}
     assert Submission.model_validate_json(json.dumps(body)).attachments[0].content == b"\x00\x01\x02\xff"
     from_python = Submission(to=["a@example.org"], text="t", attachments=[{"filename": "a.bin", "content": b"\xff"}])

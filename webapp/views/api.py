@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Literal
 
-from flask import Blueprint, current_app, g, jsonify, request, url_for
+from flask import Blueprint, current_app, g, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from pydantic import BaseModel, Field, ValidationError
 from pydantic.json_schema import models_json_schema

@@ -1,5 +1,5 @@
 """A portal's API keys (admins): list, create (the key shown once), revoke."""
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
 
 from .. import apikeys
@@ -37,8 +37,6 @@ def revoke(slug, key_id):
 
 
 def _page(form, status, **created):
-    from flask import g
-
     portal = g.portal
     api_url = (portal.base_url or request.host_url).rstrip("/") + url_for("api.submit", slug=portal.slug)
     return render_template("keys/index.html", form=form, keys=apikeys.keys_of(portal), api_url=api_url,
