@@ -2,18 +2,22 @@
 the 202; the Idempotency-Key; the key alone authorizes (no session, cookie, CSRF token or Origin
 check); keys are rate-limited and their use is remembered without a write per request."""
 import base64
+import hashlib
 import re
 import threading
 from datetime import timedelta
 from email import message_from_bytes, policy
 
 import pytest
+import redis
 import requests
 from sqlmodel import Session, select
 
-from webapp import apikeys, db, outbox
+from webapp import apikeys, create_app, db, outbox
 from webapp.audit import Actor
 from webapp.models import ApiKey, DeliveryAttempt, OutboundMail, utcnow
+
+from .test_sessions import REDIS, redis_answers
 
 URL = "/api/v1/portals/help/messages"
 MESSAGE = {"to": ["ann@example.org"], "subject": "Hello", "text": "Hi Ann\n"}
@@ -279,3 +283,27 @@ def test_the_keys_page_refuses_an_empty_name_and_lists_without_the_key(app, admi
     with app.app_context():
         stored = db.session().exec(select(ApiKey)).one()
     assert stored.key_hash != plain and plain not in repr(stored.model_dump())
+
+
+def test_with_redis_the_count_per_key_is_kept_there_for_every_host(app, key):
+    """The count lives in Redis, which every host shares (the local server, db 15)."""
+    if not redis_answers():
+        pytest.fail("no Redis on 127.0.0.1:6379: the suite needs one (make test and CI run with it)")
+    url = f"redis://{REDIS[0]}:{REDIS[1]}/15"
+    config = {**app.config, "REDIS_URL": url, "API_LIMIT_PER_KEY": "2 per minute"}
+    config.pop("RATELIMIT_STORAGE_URI", None)
+    host = create_app(config, instance_path=app.instance_path)
+    store = redis.Redis.from_url(url)
+    counter = f"*api-key:{hashlib.sha256(key.encode()).hexdigest()[:16]}*"  # this key's, of this test only
+
+    def post():
+        return host.test_client().post(URL, json=MESSAGE, headers={"Authorization": f"Bearer {key}"}).status_code
+
+    try:
+        assert post() == 202
+        assert [int(store.get(name)) for name in store.keys(counter)] == [1]
+        assert [post(), post()] == [202, 429]
+    finally:
+        for name in store.keys(counter):
+            store.delete(name)
+        host.extensions["mailroom.engine"].dispose()

@@ -133,7 +133,8 @@ def _authorize():
 
 
 def _key_of_request() -> str:
-    return f"api-key:{g.api_key.id}"
+    """Counts per key, named by its hash (an id can come back after a key is deleted)."""
+    return f"api-key:{g.api_key.key_hash[:16]}"
 
 
 per_key = limiter.shared_limit(lambda: current_app.config["API_LIMIT_PER_KEY"], scope="api-key",
