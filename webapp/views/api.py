@@ -9,8 +9,6 @@ the OpenAPI 3.1 description (GET /api/v1/openapi.json) is built too.
 import json
 from datetime import UTC, datetime
 from functools import cache
-from typing import Literal
-
 from flask import Blueprint, current_app, g, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from pydantic import BaseModel, Field, ValidationError
@@ -44,7 +42,7 @@ class ErrorBody(BaseModel):
 
 class RecipientStatus(BaseModel):
     address: str
-    status: Literal["pending", "sent", "failed"]
+    status: str = Field(description="pending, sent or failed (refused for good)")
     code: int | None = Field(description="the server's reply code for this recipient, once known")
     reply: str = Field(description="the server's reply for this recipient, once known")
 
@@ -52,14 +50,14 @@ class RecipientStatus(BaseModel):
 class AttemptStatus(BaseModel):
     at: datetime
     server: str = Field(description="the mail server tried, as the portal names it")
-    outcome: Literal["sent", "deferred", "failed", "held"]
+    outcome: str = Field(description="sent, deferred (tried again later), failed or held (credentials refused)")
     code: int | None
     reply: str = Field(description="the server's reply, or what went wrong, in words")
 
 
 class MessageStatus(BaseModel):
     id: int
-    status: Literal["queued", "sending", "held", "sent", "failed"] = Field(
+    status: MailState = Field(
         description="queued: waiting for its next attempt; sending: being sent; held: the server refused its "
                     "credentials, waits until they are fixed; sent; failed: refused for good or too old")
     message_id: str = Field(description="the Message-ID header, the same on every attempt")
