@@ -36,6 +36,8 @@ ACTIONS = {
     "server.authorization_failed": "An OAuth consent failed for",
     "server.reauthorization_needed": "Re-authorization needed for",
     "server.consent_link": "Made a consent link for",
+    "api_key.created": "Created the API key",
+    "api_key.revoked": "Revoked the API key",
 }
 
 

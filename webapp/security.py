@@ -66,12 +66,14 @@ def _load_user(user_id: str) -> User | None:
 def _same_origin_posts():
     """Beside the CSRF token: a POST that says it comes from another site is refused."""
     origin = request.headers.get("Origin")
-    if request.method == "POST" and origin and origin != request.host_url.rstrip("/"):
+    if request.method == "POST" and origin and not sessions.sessionless(request) and origin != request.host_url.rstrip("/"):
         abort(400)
 
 
 def _new_password_first():
     """A user whose password someone else chose (a new user, a reset) chooses their own first."""
+    if sessions.sessionless(request):  # no user is signed in there (an API key authorizes each request)
+        return None
     if (current_user.is_authenticated and current_user.must_change_password
             and request.endpoint not in OPEN_TO_NEW_PASSWORDS):
         return redirect(url_for("auth.password"), 303)
