@@ -99,10 +99,19 @@ def back_at_mailroom(client: Client, location: str):
     return client.get(f"{parts.path}?{parts.query}")
 
 
+def to_the_provider(client: Client, url: str) -> str:
+    """Press Authorize (or Grant admin consent, or Continue): htmx is told where the browser goes."""
+    start = client.post(url, htmx=True)
+    assert start.status_code == 200 and "Location" not in start.headers, start.text
+    return start.headers["HX-Redirect"]
+
+
+def authorize_url(client: Client, server) -> str:
+    return to_the_provider(client, f"/p/help/servers/{server.id}/oauth/authorize")
+
+
 def authorize(client: Client, server, test_ca_file, **kwargs):
-    start = client.post(f"/p/help/servers/{server.id}/oauth/authorize")
-    assert start.status_code == 303
-    return back_at_mailroom(client, at_the_provider(start.headers["Location"], test_ca_file, **kwargs))
+    return back_at_mailroom(client, at_the_provider(authorize_url(client, server), test_ca_file, **kwargs))
 
 
 def test_consent_then_validate_and_a_sample_mail_over_xoauth2(app, admin, staff, provider, relay, test_ca_file,
@@ -147,8 +156,8 @@ def test_consent_then_validate_and_a_sample_mail_over_xoauth2(app, admin, staff,
 
 def test_the_consent_request_uses_pkce_the_redirect_uri_and_a_fresh_state(app, admin, provider, relay):
     server = save(app, admin, oauth_form(provider, relay))
-    first = query(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"])
-    second = query(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"])
+    first = query(authorize_url(admin, server))
+    second = query(authorize_url(admin, server))
     assert first["code_challenge_method"] == "S256" and len(first["code_challenge"]) == 43
     assert first["redirect_uri"] == REDIRECT_URI and first["client_id"] == CLIENT_ID
     assert set(first["scope"].split()) == {"https://outlook.office.com/SMTP.Send", "offline_access", "openid", "email"}
@@ -160,7 +169,7 @@ def test_the_consent_request_uses_pkce_the_redirect_uri_and_a_fresh_state(app, a
 def test_a_callback_without_a_valid_state_is_refused_before_any_token_request(app, admin, make, provider, relay,
                                                                              test_ca_file):
     server = save(app, admin, oauth_form(provider, relay))
-    location = at_the_provider(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"],
+    location = at_the_provider(authorize_url(admin, server),
                                test_ca_file)
     code = query(location)["code"]
     missing = admin.get(f"/oauth/callback?code={code}")
@@ -178,7 +187,7 @@ def test_a_callback_without_a_valid_state_is_refused_before_any_token_request(ap
 
 def test_a_used_state_cannot_be_replayed(app, admin, provider, relay, test_ca_file):
     server = save(app, admin, oauth_form(provider, relay))
-    location = at_the_provider(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"],
+    location = at_the_provider(authorize_url(admin, server),
                                test_ca_file)
     assert back_at_mailroom(admin, location).status_code == 200
     assert [r["grant_type"] for r in provider.requests] == ["authorization_code"]
@@ -203,7 +212,7 @@ def test_an_answer_from_another_issuer_is_refused(app, admin, provider, relay, t
                       token_url=provider.token_url, _shown=["smtp", "port", "tls", "oauth", "issuer"],
                       **{"provider": "other"})
     server = save(app, admin, form)
-    location = at_the_provider(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"],
+    location = at_the_provider(authorize_url(admin, server),
                                test_ca_file)
     assert query(location)["iss"] == provider.issuer
     mixed_up = location.replace("iss=", "iss=https%3A%2F%2Fevil.example&was=")
@@ -238,7 +247,7 @@ def test_a_token_endpoint_refused_after_the_consent_is_said_in_words(app, admin,
     """The policy changed while the owner was at the provider: the code exchange is refused, not a 500."""
     server = save(app, admin, oauth_form(provider, relay))
     make.user("root@example.com", superadmin=True)
-    location = at_the_provider(admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"],
+    location = at_the_provider(authorize_url(admin, server),
                                test_ca_file)
     deny_the_provider(app, provider)
     answer = back_at_mailroom(admin, location)
@@ -353,10 +362,10 @@ def test_app_only_needs_admin_consent_then_validates(app, admin, provider, relay
     before = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "Validation failed at “Token”:" in before and "nobody has consented to this app yet (AADSTS65001)" in before
 
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    assert start.status_code == 303 and f"{provider.issuer}/{TENANT}/adminconsent?" in start.headers["Location"]
-    assert query(start.headers["Location"])["redirect_uri"] == REDIRECT_URI
-    answer = back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    assert f"{provider.issuer}/{TENANT}/adminconsent?" in start
+    assert query(start)["redirect_uri"] == REDIRECT_URI
+    answer = back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
     assert answer.status_code == 200 and "Admin consent granted" in answer.text
 
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
@@ -374,9 +383,7 @@ def test_the_mailbox_owner_consents_through_a_link(app, admin, provider, relay, 
     path = urlsplit(link).path
     page = owner.get(path)
     assert page.status_code == 200 and f"send mail as <strong>{MAILBOX}</strong>" in page.text
-    start = owner.post(path)
-    assert start.status_code == 303
-    done = back_at_mailroom(owner, at_the_provider(start.headers["Location"], test_ca_file))
+    done = back_at_mailroom(owner, at_the_provider(to_the_provider(owner, path), test_ca_file))
     assert done.status_code == 200 and "Authorized" in done.text and "You can close this page." in done.text
     assert credential(app, server.id).consented_by == MAILBOX
     assert owner.get(path).status_code == 410  # used
@@ -456,7 +463,7 @@ def test_discovery_authorize_and_the_code_exchange_take_a_slot_like_checks(app, 
     server = save(app, admin, oauth_form(provider, relay))
     form = {"protocol": "smtp", "auth_type": "oauth", "provider": "other", "flow": "delegated",
             "issuer": provider.issuer, "_shown": ["oauth", "issuer"]}
-    location = admin.post(f"/p/help/servers/{server.id}/oauth/authorize").headers["Location"]
+    location = authorize_url(admin, server)
     back = at_the_provider(location, test_ca_file)
     slots = app.extensions["mailroom.slots"]
     with slots.hold(portal.id, None, 0), slots.hold(portal.id, None, 0):

@@ -1,11 +1,15 @@
-"""OAuth 2.0 in a real browser: an admin authorizes an SMTP server at the authorization server's
-own sign-in page and sends a sample mail over XOAUTH2; the mailbox owner consents through a
-link in a browser that is not signed in to Mailroom."""
+"""OAuth 2.0 in a real browser, with the app's real Content-Security-Policy: an admin authorizes an
+SMTP server at the authorization server's own sign-in page and sends a sample mail over XOAUTH2;
+the mailbox owner consents through a link in a browser that is not signed in to Mailroom; with
+provider Other, a local authorization server over plain http://, and one whose sign-in sends the
+browser on to another origin."""
+import re
+
 import pytest
 from playwright.sync_api import Page, expect
 
 
-from .pages import add_server, choose_auth, field, htmx_ready, open_mail_servers, sign_in
+from .pages import add_server, choose_auth, field, htmx_ready, htmx_settled, open_mail_servers, sign_in
 
 MAILBOX = "sender@example.test"
 OWNER_PASSWORD = "owner-Pass-1"
@@ -115,3 +119,139 @@ def test_the_mailbox_owner_consents_through_a_link(page, chromium, app, oauth_po
 
     page.reload()
     expect(page.locator("#oauth-status dd").first).to_have_text(MAILBOX)
+
+
+# -- provider Other: a local authorization server over plain http:// -------------------------------
+
+SMTP_SCOPE_OF_OTHER = "smtp"  # what the local XOAUTH2 relay wants in a token
+
+
+@pytest.fixture
+def local_provider(http_oauth_server, live_url):
+    http_oauth_server.add_user(MAILBOX, OWNER_PASSWORD)
+    http_oauth_server.register_client(CLIENT_ID, CLIENT_SECRET, [f"{live_url}/oauth/callback"])
+    return http_oauth_server
+
+
+def configure_other_server(page: Page, provider, relay, authorize_url: str | None = None) -> None:
+    """Provider Other: the issuer's metadata fills in the endpoints; nothing else is Microsoft's or Google's."""
+    add_server(page)
+    field(page, "Description").fill("Local relay")
+    field(page, "Server name / IP address").fill("localhost")
+    field(page, "Port").fill(str(relay.port))
+    field(page, "CA certificate (PEM, optional)").fill(relay.ca_pem)
+    choose_auth(page, "OAuth 2.0")
+    expect(field(page, "Provider")).to_be_visible()
+    htmx_settled(page)
+    field(page, "Provider").select_option("other")
+    expect(field(page, "Issuer URL")).to_be_visible()
+    htmx_settled(page)
+    field(page, "Issuer URL").fill(provider.issuer)
+    page.get_by_role("button", name="Discover").click()
+    expect(field(page, "Token URL")).to_have_value(provider.token_url)
+    expect(field(page, "Authorization URL")).to_have_value(provider.authorize_url)
+    htmx_settled(page)
+    if authorize_url:
+        field(page, "Authorization URL").fill(authorize_url)
+    field(page, "Scope").fill(f"{SMTP_SCOPE_OF_OTHER} openid offline_access")
+    field(page, "Mailbox").fill(MAILBOX)
+    field(page, "Client ID").fill(CLIENT_ID)
+    field(page, "Client secret").fill(CLIENT_SECRET)
+    field(page, "From address").fill(MAILBOX)
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_role("status").filter(has_text="Saved “Local relay”.")).to_be_visible()
+
+
+def open_server(page: Page, description: str) -> None:
+    page.get_by_role("row").filter(has_text=description).get_by_role("link", name="Edit").click()
+    htmx_ready(page)
+
+
+def validate_on_the_page(page: Page):
+    htmx_ready(page)
+    page.get_by_role("button", name="Validate").click()
+    report = page.locator("#report article.report")
+    expect(report).to_be_visible(timeout=20_000)
+    return report
+
+
+def test_an_admin_authorizes_at_a_local_http_authorization_server(page, app, oauth_portal, local_provider,
+                                                                 xoauth2_peer, live_url):
+    relay = xoauth2_peer(local_provider, required_scope=SMTP_SCOPE_OF_OTHER)
+    sign_in(page)
+    open_mail_servers(page)
+    configure_other_server(page, local_provider, relay)
+    open_server(page, "Local relay")
+    page.locator("#oauth-status").get_by_role("button", name="Authorize").click()
+
+    expect(page).to_have_url(re.compile(rf"^{re.escape(local_provider.authorize_url)}\?"))  # left, not blocked
+    sign_in_at_the_provider(page)
+    expect(page.get_by_role("heading", name="Authorized")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text(f"Mailroom can now send mail as {MAILBOX}")
+    page.get_by_role("link", name="Back to “Local relay”").click()
+    expect(page.locator("#oauth-status dd").first).to_have_text(MAILBOX)
+    report = validate_on_the_page(page)
+    expect(report).to_contain_text("All checks passed.")
+    assert [a["accepted"] for a in relay.auth_attempts] == [True]
+
+
+def test_the_mailbox_owner_consents_at_a_local_http_authorization_server(page, chromium, app, oauth_portal,
+                                                                        local_provider, xoauth2_peer, live_url):
+    relay = xoauth2_peer(local_provider, required_scope=SMTP_SCOPE_OF_OTHER)
+    sign_in(page)
+    open_mail_servers(page)
+    configure_other_server(page, local_provider, relay)
+    open_server(page, "Local relay")
+    page.get_by_role("button", name="Make a consent link for the mailbox owner").click()
+    url = page.get_by_label("Consent link").input_value()
+
+    owner = chromium.new_context()  # not signed in to Mailroom; the provider is plain http: nothing to ignore
+    try:
+        theirs = owner.new_page()
+        problems = []
+        theirs.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        theirs.goto(url)
+        htmx_ready(theirs)
+        theirs.get_by_role("button", name="Continue to sign in").click()
+        expect(theirs).to_have_url(re.compile(rf"^{re.escape(local_provider.authorize_url)}\?"))
+        sign_in_at_the_provider(theirs)
+        expect(theirs.get_by_role("heading", name="Authorized")).to_be_visible()
+        assert not [p for p in problems if "Content Security Policy" in p], problems
+    finally:
+        owner.close()
+    page.reload()
+    expect(page.locator("#oauth-status dd").first).to_have_text(MAILBOX)
+
+
+@pytest.fixture
+def front_door(local_provider):
+    """A federated sign-in's first host: its authorization endpoint sends the browser on to another
+    origin (as Entra ID does to a federated tenant's AD FS, or Okta to an external identity provider)
+    with the request's query; the second origin is the authorization server itself."""
+    from flask import Flask, redirect, request
+
+    from tests.peers.https import HttpsPeer
+
+    door = Flask("front-door")
+
+    @door.get("/authorize")
+    def forward():
+        return redirect(f"{local_provider.authorize_url}?{request.query_string.decode()}", 302)
+
+    peer = HttpsPeer(door, None)
+    yield f"http://localhost:{peer.port}/authorize"
+    peer.stop()
+
+
+def test_an_authorization_endpoint_that_sends_the_browser_on_to_another_origin(page, app, oauth_portal,
+                                                                             local_provider, front_door,
+                                                                             xoauth2_peer):
+    relay = xoauth2_peer(local_provider, required_scope=SMTP_SCOPE_OF_OTHER)
+    sign_in(page)
+    open_mail_servers(page)
+    configure_other_server(page, local_provider, relay, authorize_url=front_door)
+    open_server(page, "Local relay")
+    page.locator("#oauth-status").get_by_role("button", name="Authorize").click()
+    expect(page).to_have_url(re.compile(rf"^{re.escape(local_provider.authorize_url)}\?"))  # through the door
+    sign_in_at_the_provider(page)
+    expect(page.get_by_role("heading", name="Authorized")).to_be_visible()

@@ -1,6 +1,17 @@
-"""OAuth 2.0 consent: Authorize, admin consent, consent links, discovery, and the one callback."""
-from flask import Blueprint, abort, redirect, render_template, request
+"""OAuth 2.0 consent: Authorize, admin consent, consent links, discovery, and the one callback.
+
+Leaving for the provider is never a form's redirect: browsers check a page's CSP form-action on
+every redirect of a form submission, so a 303 to the provider is blocked (silently) for an
+http://localhost endpoint, or for a provider that sends the browser on to another host
+(federated sign-in). The POST (CSRF-checked; it starts the consent) answers htmx with
+HX-Redirect (htmx sets window.location: a plain navigation), and a browser without JavaScript
+with a page that links to the provider.
+"""
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, render_template, request
 from flask_login import current_user, login_required
+from htmx_flask import make_response
 
 from .. import consent, db, mailservers, network
 from ..forms.server import ServerForm
@@ -9,7 +20,7 @@ from ..mail import oauth
 from ..mail.deadline import Deadline, DeadlineExceeded
 from ..mail.egress import EgressRefused
 from ..models import Role
-from ..security import allow_form_target, current_actor, load_portal
+from ..security import current_actor, load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("oauth", __name__)
@@ -20,7 +31,7 @@ bp = Blueprint("oauth", __name__)
 def authorize(slug, server_id):
     """Send the admin's browser to the provider's consent (then back to the callback)."""
     portal, server = _saved_server(slug, server_id)
-    return _to_provider(lambda: consent.start(portal, server, "consent", current_user.email), portal, server)
+    return _to_provider(lambda: consent.start(portal, server, "consent", current_user.email), server)
 
 
 @bp.post("/p/<slug>/servers/<id:server_id>/oauth/admin-consent")
@@ -28,7 +39,7 @@ def authorize(slug, server_id):
 def admin_consent(slug, server_id):
     """Microsoft's admin consent for app-only access: a tenant administrator approves."""
     portal, server = _saved_server(slug, server_id)
-    return _to_provider(lambda: consent.start(portal, server, "admin_consent", current_user.email), portal, server)
+    return _to_provider(lambda: consent.start(portal, server, "admin_consent", current_user.email), server)
 
 
 @bp.post("/p/<slug>/servers/<id:server_id>/oauth/link")
@@ -79,7 +90,6 @@ def link(token):
         _link, server, portal = consent.open_link(token)
     except consent.ConsentError as error:
         return render_template("oauth/result.html", error=error), error.status
-    allow_form_target(server.credential.provider.get("authorize_url", ""))
     return render_template("oauth/link.html", server=server, target_portal=portal, token=token)
 
 
@@ -87,9 +97,10 @@ def link(token):
 def follow_link(token):
     try:
         record, server, portal = consent.open_link(token)
-        return redirect(consent.start(portal, server, "consent", "the mailbox owner (consent link)", record.id), 303)
     except consent.ConsentError as error:
-        return render_template("oauth/result.html", error=error), error.status
+        return _problem(error)
+    return _to_provider(lambda: consent.start(portal, server, "consent", "the mailbox owner (consent link)",
+                                              record.id), server)
 
 
 @bp.get("/oauth/callback")
@@ -112,8 +123,23 @@ def _saved_server(slug, server_id):
     return portal, server
 
 
-def _to_provider(start, portal, server):
+def _to_provider(start, server):
+    """Start the consent and leave for the provider by a plain navigation (see the module's doc)."""
     try:
-        return redirect(start(), 303)
+        url = start()
     except consent.ConsentError as error:
-        return render_template("oauth/result.html", error=error, server=server), error.status
+        return _problem(error, server)
+    if request.htmx:
+        return make_response("", 200, redirect=url)
+    return render_template("oauth/continue.html", url=url, host=urlsplit(url).netloc, server=server)
+
+
+def _problem(error: consent.ConsentError, server=None):
+    """Why the consent cannot start: to htmx in the page's message area (whatever the status,
+    static/app.js swaps an answer that names its target), else as a page."""
+    if request.htmx:
+        response = make_response(render_template("oauth/_problem.html", error=error), error.status,
+                                 retarget="#messages")
+        response.headers["HX-Reswap"] = "innerHTML show:top"
+        return response
+    return render_template("oauth/result.html", error=error, server=server), error.status

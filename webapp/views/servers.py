@@ -16,7 +16,7 @@ from ..mail.auth import AUTH_LABELS
 from ..mail.smtp import SECURITY_LABELS
 from ..mail.transport import TRANSPORTS
 from ..models import Role
-from ..security import allow_form_target, current_actor, load_portal
+from ..security import current_actor, load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
@@ -35,9 +35,7 @@ def _labels():
 @login_required
 def index(slug):
     portal = load_portal(slug)
-    servers = mailservers.servers_of(portal)
-    _allow_consent_targets(servers)
-    return render_template("servers/index.html", servers=servers)
+    return render_template("servers/index.html", servers=mailservers.servers_of(portal))
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -213,22 +211,12 @@ def _form(server, only: str | None = None) -> ServerForm:
 
 def _edit_page(form, server, status=200, **context):
     """The whole page; to htmx (a save with errors), the form alone, which takes the form's place."""
-    _allow_consent_targets([server] if server else [])
     return page_or_fragment("servers/edit.html", "servers/_form.html", status, form=form, server=server, **context)
 
 
 def _list(portal, status=200, **context):
-    servers = mailservers.servers_of(portal)
-    _allow_consent_targets(servers)
-    return page_or_fragment("servers/index.html", "servers/_list.html", status, servers=servers, **context)
-
-
-def _allow_consent_targets(servers) -> None:
-    """Authorize and admin-consent buttons post here and are redirected to the provider."""
-    for server in servers:
-        if server.credential is not None and server.credential.provider:
-            allow_form_target(server.credential.provider.get("authorize_url", ""))
-            allow_form_target(server.credential.provider.get("token_url", ""))
+    return page_or_fragment("servers/index.html", "servers/_list.html", status,
+                            servers=mailservers.servers_of(portal), **context)
 
 
 def _busy(busy: Busy, page: str, **context):
