@@ -40,6 +40,15 @@ LOCAL_SUFFIXES = frozenset({"local", "localdomain", "internal", "intranet", "lan
                             "example", "invalid"})
 
 
+NO_REFRESH_TOKEN_HINTS = {
+    oauth.Provider.MICROSOFT: "add offline_access to the scope (the default has it), save, and authorize again",
+    oauth.Provider.GOOGLE: "remove Mailroom's access in the Google account (Security → Third-party access), then "
+                           "authorize again: Google sends a refresh token with a new consent",
+    oauth.Provider.OTHER: "add offline_access to the scope (the default has it), or allow refresh tokens for this "
+                          "client at the authorization server; save, and authorize again",
+}
+
+
 class ConsentError(Exception):
     """The consent cannot go on; str() in words, `hint` what to do, `status` for the page."""
 
@@ -237,11 +246,11 @@ def _exchange(server: MailServer, portal: Portal, record: OAuthState, code: str)
         return Outcome("The consent did not complete", f"Exchanging the code for tokens failed: {failure.summary}.",
                        failure.hint, ok=False, server=server, portal=portal)
     if not tokens.refresh_token:
-        hint = "the provider gave no refresh token: the scope needs offline_access (Microsoft)"
+        hint = NO_REFRESH_TOKEN_HINTS.get(client.provider, NO_REFRESH_TOKEN_HINTS[oauth.Provider.OTHER])
         _note_failure(server, portal, record, oauth.OAuthFailure("no_refresh_token", hint, None, client.provider))
         return Outcome("The consent did not complete", "The provider gave no refresh token, so Mailroom "
-                       "could send mail only for an hour.", "add offline_access to the scope (the default has "
-                       "it), save, and authorize again", ok=False, server=server, portal=portal)
+                       "could send mail only until the access token expires.", hint, ok=False, server=server,
+                       portal=portal)
     credential = db.session().get(Credential, credential.id, populate_existing=True)
     if credential.revision != revision:
         raise ConsentError("the server's OAuth settings changed while the consent was under way",

@@ -21,7 +21,7 @@ Until the plugin is registered, import the fixtures into the test module:
         oauth_server.requests   # every token-endpoint request: {grant_type, client_id, tenant, scope,
                                 #   outcome ("ok" or the error code), status, error_description}
         oauth_server.consents   # approvals: {username, client_id, scope, tenant} (admin consent too)
-        oauth_server.revoke_grant(username, client_id=None), .expire_access_tokens(),
+        oauth_server.revoke_grant(username, client_id=None, keep_access_tokens=False), .expire_access_tokens(),
         oauth_server.grant_admin_consent(client_id), .revoke_admin_consent(client_id)
         oauth_server.access_token_lifetime = 3600, .issue_iss = True, .rotate_refresh_tokens = True,
         oauth_server.known_tenants = set(), .code_lifetime = 60, .withheld_scopes = set()
@@ -785,8 +785,12 @@ class OAuthServer:
                 return None
             return record.describe(self.issuer)
 
-    def revoke_grant(self, username: str, client_id: str | None = None) -> int:
-        """Revoke every token (and pending code) the user granted, to one client or all; returns a count."""
+    def revoke_grant(self, username: str, client_id: str | None = None, keep_access_tokens: bool = False) -> int:
+        """Revoke every token (and pending code) the user granted, to one client or all; returns a count.
+        keep_access_tokens: only the refresh tokens end, issued access tokens live until they expire
+        (Microsoft: a password change or a revoked session ends refresh tokens, while access tokens
+        "can't be revoked" and stay valid until expiry; Microsoft identity platform, "Refresh tokens"
+        and "Access tokens: token lifetime")."""
         def matches(item) -> bool:
             return ((item.username or "").lower() == username.lower()
                     and client_id in (None, item.client_id))
@@ -796,7 +800,7 @@ class OAuthServer:
                 code.revoked = True
             tokens = [t for t in self._access.values() if matches(t)]
             for token in tokens:
-                token.access_revoked = True
+                token.access_revoked = token.access_revoked or not keep_access_tokens
                 if token.refresh_status == "active":
                     token.refresh_status = "revoked"
             return len(tokens)

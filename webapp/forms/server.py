@@ -186,7 +186,9 @@ class OAuthSection(Section):
     authorize_url = StringField("Authorization URL", validators=[Length(max=2000), https_url])
     token_url = StringField("Token URL", validators=[InputRequired(), Length(max=2000), https_url])
     scope = StringField("Scope", validators=[InputRequired(), Length(max=1000)],
-                        description="Filled in for the provider, protocol and flow; “Default” puts it back.")
+                        description="Filled in for the provider, protocol and flow (for Other: sign-in and a "
+                                    "refresh token; add what your mail server wants in its tokens); “Default” "
+                                    "puts it back.")
 
     def __init__(self, *args, protocol: str = "smtp", **kwargs):
         super().__init__(*args, **kwargs)
@@ -496,7 +498,7 @@ KNOWN_PROVIDERS = frozenset(p.value for p in Provider)
 def providers_for(protocol: str) -> tuple[Provider, ...]:
     """The OAuth providers whose tokens the protocol's service accepts."""
     return getattr(TRANSPORTS.get(protocol), "oauth_providers", tuple(Provider))
-KNOWN_SCOPES = frozenset({*oauth.DEFAULT_SCOPES.values(),
+KNOWN_SCOPES = frozenset({*oauth.DEFAULT_SCOPES.values(), oauth.OTHER_SCOPE,
                           *(f"{graph}/.default" for _, graph in oauth.CLOUDS.values())})
 
 
