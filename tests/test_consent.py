@@ -6,11 +6,12 @@ from urllib.parse import urlsplit
 
 from sqlmodel import select
 
+from tests.conftest import Client
 from webapp import db
-from webapp.models import OAuthState
+from webapp.models import MailServer, OAuthState
 
-from .test_oauth import (MAILBOX, authorize_url, deny_the_provider, oauth_form, provider, query, relay,  # noqa: F401
-                         save)
+from .test_oauth import (MAILBOX, at_the_provider, authorize, authorize_url, deny_the_provider,  # noqa: F401
+                         oauth_form, provider, query, relay, save)
 
 
 def test_without_javascript_authorize_answers_a_page_that_links_to_the_provider(app, admin, provider, relay):
@@ -51,3 +52,96 @@ def test_a_refusal_to_start_is_shown_in_the_page_to_htmx(app, admin, make, provi
     assert refused.headers["HX-Retarget"] == "#messages"  # static/app.js swaps it there despite the 403
     assert refused.text.startswith('<p class="flash error" role="alert">The consent cannot go on: the token URL')
     assert "What to try:</strong> if it is right, a super-admin can allow it" in refused.text
+
+
+# -- the next step is obvious ------------------------------------------------------------------------
+
+def test_saving_an_oauth_server_that_needs_consent_lands_where_authorize_is(app, admin, provider, relay):
+    saved = admin.post("/p/help/servers/new", oauth_form(provider, relay))
+    assert saved.status_code == 303 and saved.headers["Location"].endswith("/p/help/servers/1/edit#oauth-status")
+    page = admin.get("/p/help/servers/1/edit").text
+    assert "Saved “Microsoft relay”. Next: authorize Mailroom at the provider (Authorize)" in page
+    assert page.index('id="oauth-status"') < page.index('id="server-form"')  # not buried below the form
+    again = admin.post("/p/help/servers/new", oauth_form(provider, relay, description="Second"), htmx=True)
+    assert again.status_code == 204 and again.headers["HX-Redirect"].endswith("/servers/2/edit#oauth-status")
+    plain = admin.post("/p/help/servers/new", {**oauth_form(provider, relay, description="Plain"),
+                                               "auth_type": "none"})
+    assert plain.headers["Location"] == "/p/help/servers/"  # nothing to consent to: the list
+
+
+def test_the_list_says_authorization_needed_with_the_button(app, admin, staff, provider, relay, test_ca_file):
+    server = save(app, admin, oauth_form(provider, relay))
+    app_only = save_another(app, admin, oauth_form(provider, relay, description="App relay", flow="app",
+                                                   scope="https://outlook.office365.com/.default", authorize_url=""))
+    listing = admin.get("/p/help/servers/").text
+    assert listing.count('<span class="badge error">Authorization needed</span>') == 2
+    assert re.search(rf'hx-post="/p/help/servers/{server.id}/oauth/authorize" class="inline">\s*'
+                     r'<input[^>]+>\s*<button type="submit" class="small">Authorize</button>', listing)
+    assert f'hx-post="/p/help/servers/{app_only.id}/oauth/admin-consent"' in listing
+    assert ">Grant admin consent</button>" in listing
+    assert "oauth/authorize" not in staff.get("/p/help/servers/").text  # staff see the state, not the button
+    authorize(admin, server, test_ca_file)
+    assert admin.get("/p/help/servers/").text.count("Authorization needed") == 1
+
+
+def save_another(app, admin, form):
+    response = admin.post("/p/help/servers/new", form)
+    assert response.status_code == 303, response.text
+    with app.app_context():
+        return db.session().exec(select(MailServer).order_by(MailServer.id.desc())).unique().first()
+
+
+def test_back_from_the_provider_the_address_bar_is_clean_and_the_page_says_it_once(app, admin, provider, relay,
+                                                                                 test_ca_file):
+    server = save(app, admin, oauth_form(provider, relay))
+    location = at_the_provider(authorize_url(admin, server), test_ca_file)
+    handled = admin.get(urlsplit(location).path + "?" + urlsplit(location).query)
+    assert handled.status_code == 303
+    assert handled.headers["Location"] == f"/p/help/servers/{server.id}/edit#oauth-status"
+    page = admin.get(handled.headers["Location"]).text
+    assert f"<strong>Authorized.</strong> Mailroom can now send mail as {MAILBOX}" in page
+    assert "<strong>Authorized.</strong>" not in admin.get(handled.headers["Location"]).text  # once
+
+
+def discover_form(issuer, **values) -> dict:
+    return {"description": "Typed meanwhile", "protocol": "smtp", "host": "localhost", "auth_type": "oauth",
+            "provider": "other", "flow": "delegated", "issuer": issuer, "scope": "openid offline_access",
+            "from_address": "a@example.test", "timeout": "10", "max_connections": "5",
+            "_shown": ["smtp", "port", "tls", "oauth", "issuer"], **values}
+
+
+def test_discover_says_what_it_found(admin, provider):
+    found = admin.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer), htmx=True).text
+    assert (f'<p class="ok" role="status" id="issuer-found">Found the metadata of {provider.issuer}: filled in the '
+            f"authorization URL ({provider.authorize_url}) and the token URL ({provider.token_url}).") in found
+    assert "Its sign-in answers name it (RFC 9207 iss)" in found and "Scopes it offers: " in found
+
+
+def test_discover_without_javascript_answers_the_whole_page(admin, provider):
+    page = admin.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer))
+    assert page.status_code == 200 and page.text.startswith("<!doctype html>")
+    assert '<form id="server-form"' in page.text and 'value="Typed meanwhile"' in page.text
+    assert f'value="{provider.token_url}"' in page.text and 'id="issuer-found"' in page.text
+
+
+def test_an_egress_refusal_at_discover_offers_allow_and_keeps_the_form(app, admin, make, provider):
+    root = Client(app).login(make.user("root@example.com", superadmin=True).email)
+    assert root.post("/settings/egress", {"allow": "", "deny": ""}).status_code == 303  # loopback: refused again
+    port = urlsplit(provider.issuer).port
+    refused = root.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer), htmx=True).text
+    assert f"the egress policy refuses 127.0.0.1 port {port}" in refused  # beside the issuer field
+    report = refused[refused.index('<section id="report" hx-swap-oob="innerHTML">'):]
+    assert "Discover could not reach the issuer:" in report
+    assert f'<input type="hidden" name="rule" value="127.0.0.1 {port}">' in report
+    assert f"Allow 127.0.0.1 {port} for this portal" in report
+    assert refused.index('id="section-credentials"') < refused.index('<section id="report"')  # outside the form
+    assert f'value="{provider.issuer}"' in refused and 'value="openid offline_access"' in refused  # as typed
+    not_offered = admin.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer), htmx=True).text
+    assert "Discover could not reach the issuer:" in not_offered and "Allow 127.0.0.1" not in not_offered
+    without_javascript = root.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer))
+    assert without_javascript.status_code == 422 and 'value="Typed meanwhile"' in without_javascript.text
+    assert f"Allow 127.0.0.1 {port} for this portal" in without_javascript.text
+    allowed = root.post("/p/help/egress/allow", {"rule": f"127.0.0.1 {port}"}, htmx=True)
+    assert allowed.status_code == 200 and "may now connect" in allowed.text
+    found = root.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer), htmx=True).text
+    assert 'id="issuer-found"' in found and "Discover could not reach" not in found

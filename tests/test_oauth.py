@@ -94,9 +94,14 @@ def at_the_provider(location: str, ca_file: str, action="approve", username=MAIL
 
 
 def back_at_mailroom(client: Client, location: str):
+    """The provider sends the browser to the callback, which handles the answer and sends the
+    browser on (303) to where it shows the outcome, without the code and the state."""
     parts = urlsplit(location)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == REDIRECT_URI
-    return client.get(f"{parts.path}?{parts.query}")
+    handled = client.get(f"{parts.path}?{parts.query}")
+    assert handled.status_code == 303 and handled.headers["Referrer-Policy"] == "no-referrer", handled.text
+    assert "?" not in handled.headers["Location"], handled.headers["Location"]
+    return client.get(handled.headers["Location"])
 
 
 def to_the_provider(client: Client, url: str) -> str:
@@ -122,10 +127,9 @@ def test_consent_then_validate_and_a_sample_mail_over_xoauth2(app, admin, staff,
     assert f'<input type="text" id="redirect-uri" value="{REDIRECT_URI}" readonly' in page
     assert "Not authorized yet: nobody has consented for this server." in page
 
-    done = authorize(admin, server, test_ca_file)
-    assert done.status_code == 200 and "Authorized" in done.text
-    assert f"Mailroom can now send mail as {MAILBOX}" in done.text
-    assert done.headers["Referrer-Policy"] == "no-referrer"
+    done = authorize(admin, server, test_ca_file)  # back on the server's page
+    assert done.status_code == 200 and "<strong>Authorized.</strong>" in done.text
+    assert f"Mailroom can now send mail as {MAILBOX}" in done.text and 'id="oauth-status"' in done.text
     stored = credential(app, server.id)
     assert stored.consented_by == MAILBOX and "SMTP.Send" in stored.granted_scopes and stored.expires_at
     tokens = payload(app, server.id)
@@ -172,12 +176,13 @@ def test_a_callback_without_a_valid_state_is_refused_before_any_token_request(ap
     location = at_the_provider(authorize_url(admin, server),
                                test_ca_file)
     code = query(location)["code"]
-    missing = admin.get(f"/oauth/callback?code={code}")
-    forged = admin.get(f"/oauth/callback?code={code}&state=forged-state")
+    missing = admin.get(f"/oauth/callback?code={code}", follow_redirects=True)
+    forged = admin.get(f"/oauth/callback?code={code}&state=forged-state", follow_redirects=True)
     assert missing.status_code == forged.status_code == 400
     assert "The consent cannot go on" in forged.text and "was not started here" in forged.text
     make.member(make.portal(slug="x", name="X"), "someone@example.com")
-    elsewhere = Client(app).login("someone@example.com").get(urlsplit(location).path + "?" + urlsplit(location).query)
+    elsewhere = Client(app).login("someone@example.com").get(
+        urlsplit(location).path + "?" + urlsplit(location).query, follow_redirects=True)
     assert elsewhere.status_code == 400 and "belongs to another browser" in elsewhere.text
     assert provider.requests == []  # nothing reached the token endpoint
     # the state was used up by the other browser's attempt: even the right browser cannot replay it
@@ -198,9 +203,8 @@ def test_a_used_state_cannot_be_replayed(app, admin, provider, relay, test_ca_fi
 
 def test_access_denied_at_the_provider_is_said_in_words(app, admin, provider, relay, test_ca_file):
     server = save(app, admin, oauth_form(provider, relay))
-    answer = authorize(admin, server, test_ca_file, action="deny")
-    assert answer.status_code == 400
-    assert "The consent did not complete" in answer.text
+    answer = authorize(admin, server, test_ca_file, action="deny")  # back on the server's page
+    assert 'role="alert"><strong>The consent did not complete.</strong>' in answer.text
     assert "declined" in answer.text and "What to try:" in answer.text
     assert provider.requests == []
     assert "An OAuth consent failed for" in admin.get("/p/help/history").text
@@ -251,8 +255,7 @@ def test_a_token_endpoint_refused_after_the_consent_is_said_in_words(app, admin,
                                test_ca_file)
     deny_the_provider(app, provider)
     answer = back_at_mailroom(admin, location)
-    assert answer.status_code == 400
-    assert "The consent did not complete" in answer.text
+    assert "<strong>The consent did not complete.</strong>" in answer.text
     assert "Exchanging the code for tokens failed: Mailroom&#39;s egress policy refuses the token endpoint" in answer.text
     assert provider.requests == []  # nothing was sent to it
     stored = credential(app, server.id)
@@ -474,7 +477,7 @@ def test_discovery_authorize_and_the_code_exchange_take_a_slot_like_checks(app, 
         assert refused.status_code == 429 and "Location" not in refused.headers
         assert "This portal already has 2 checks or sample mails running" in refused.text
         answer = back_at_mailroom(admin, back)
-        assert answer.status_code == 400 and "The consent did not complete" in answer.text
+        assert "<strong>The consent did not complete.</strong>" in answer.text
         assert "This portal already has 2 checks or sample mails running" in answer.text
         assert "authorize again in a moment" in answer.text
     assert provider.requests == []  # nothing was asked of the token endpoint

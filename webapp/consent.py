@@ -65,6 +65,54 @@ class Outcome:
     ok: bool = True
     server: MailServer | None = None
     portal: Portal | None = None
+    from_server_page: bool = False  # started by Authorize or admin consent: the browser goes back there
+
+    @classmethod
+    def refused(cls, error: ConsentError) -> "Outcome":
+        summary = error.summary[:1].upper() + error.summary[1:]
+        return cls("The consent cannot go on", f"{summary}.", f"{error.hint}." if error.hint else "", ok=False)
+
+
+OUTCOME_KEY = "oauth_outcome"
+
+
+def keep_outcome(outcome: Outcome) -> None:
+    """Remembered in the browser's session for the page the callback redirects to (so that the
+    code and the state do not stay in the address bar)."""
+    session[OUTCOME_KEY] = {"title": outcome.title, "text": outcome.text, "hint": outcome.hint, "ok": outcome.ok,
+                            "server_id": outcome.server.id if outcome.server else None,
+                            "server_label": outcome.server.label if outcome.server else "",
+                            "portal_slug": outcome.portal.slug if outcome.portal else ""}
+
+
+def kept_outcome() -> dict | None:
+    return session.get(OUTCOME_KEY)
+
+
+def take_outcome(server_id: int) -> dict | None:
+    """The outcome of a consent for this server, shown once on its page."""
+    kept = session.get(OUTCOME_KEY)
+    if kept and kept.get("server_id") == server_id:
+        return session.pop(OUTCOME_KEY)
+    return None
+
+
+def next_step(server: MailServer) -> str:
+    """What the server's OAuth credential waits for: "authorize", "reauthorize", "admin_consent",
+    or "" (nothing, or not OAuth). App-only consent given outside Mailroom cannot be seen: a
+    passing check says enough."""
+    credential = server.credential
+    if credential is None or credential.kind not in OAUTH_KINDS:
+        return ""
+    if credential.kind == CredentialKind.OAUTH_DELEGATED:
+        if credential.needs_reauthorization:
+            return "reauthorize"
+        return "" if credential.consented_at else "authorize"
+    if credential.provider.get("provider") != oauth.Provider.MICROSOFT:
+        return ""
+    if credential.needs_reauthorization or not (credential.consented_at or server.last_check_ok):
+        return "admin_consent"
+    return ""
 
 
 def _hash(value: str) -> str:
@@ -203,6 +251,12 @@ def callback(args) -> Outcome:
                            "someone may be mixing up authorization servers: start again from Mailroom")
     server = db.session().exec(select(MailServer).where(MailServer.id == record.server_id)).unique().first()
     portal = db.session().get(Portal, server.portal_id)
+    outcome = _answer(server, portal, record, args)
+    outcome.from_server_page = record.link_id is None
+    return outcome
+
+
+def _answer(server: MailServer, portal: Portal, record: OAuthState, args) -> Outcome:
     if args.get("error"):
         failure = oauth.OAuthFailure(args["error"], args.get("error_description", ""), None,
                                      server.credential.provider.get("provider", ""))

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from flask import current_app
 from werkzeug.datastructures import CombinedMultiDict
 
-from .. import checks, mailservers
+from .. import checks, consent, mailservers
 from ..credentials import SecretNeeded
 from ..limits import Busy, current_user_key, limiter
 from ..forms.sample import SampleForm
@@ -21,6 +21,10 @@ from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
 
+NEXT_STEPS = {"authorize": "authorize Mailroom at the provider (Authorize), or send the mailbox owner a consent "
+                            "link.",
+              "reauthorize": "re-authorize Mailroom at the provider (Re-authorize).",
+              "admin_consent": "a tenant administrator grants admin consent (Grant admin consent)."}
 STALE = ("This server was changed since you opened it. Your changes were not saved: "
          "open it again to see the current settings, then make your changes there.")
 
@@ -64,10 +68,13 @@ def edit(slug, server_id=None):
         except SecretNeeded as needed:
             form.refuse_secret(str(needed))
         else:
-            flash(f"Saved “{server.label}”.")
-            if request.htmx:  # the form was posted by htmx: the browser goes to the list itself
-                return make_response("", 204, redirect=url_for("servers.index", slug=slug))
-            return redirect(url_for("servers.index", slug=slug), 303)
+            step = consent.next_step(server)  # an OAuth server that waits for a consent: that comes next
+            flash(f"Saved “{server.label}”." + (f" Next: {NEXT_STEPS[step]}" if step else ""))
+            target = (url_for("servers.edit", slug=slug, server_id=server.id, _anchor="oauth-status") if step
+                      else url_for("servers.index", slug=slug))
+            if request.htmx:  # the form was posted by htmx: the browser goes there itself
+                return make_response("", 204, redirect=target)
+            return redirect(target, 303)
     return _edit_page(form, server, 422)
 
 
@@ -210,7 +217,10 @@ def _form(server, only: str | None = None) -> ServerForm:
 
 
 def _edit_page(form, server, status=200, **context):
-    """The whole page; to htmx (a save with errors), the form alone, which takes the form's place."""
+    """The whole page; to htmx (a save with errors), the form alone, which takes the form's place.
+    Coming back from a consent, the page shows how it ended (once)."""
+    if server is not None and request.method == "GET":
+        context.setdefault("oauth_outcome", consent.take_outcome(server.id))
     return page_or_fragment("servers/edit.html", "servers/_form.html", status, form=form, server=server, **context)
 
 
