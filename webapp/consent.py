@@ -2,15 +2,19 @@
 consent link) and Microsoft's admin consent for app-only access.
 
 A consent under way is an OAuthState row: the state's hash, the server, the PKCE verifier
-(sealed), and the hash of a random value kept in the browser's session. The callback checks,
-in this order, before any token request: the state is known and not used (it is deleted as it
-is read), it belongs to this browser, it is at most STATE_MINUTES old, the `iss` of the answer
-(if any) is the expected issuer; then `error=` is shown in words; only then is the code
-exchanged (with the verifier and the client secret, at the token endpoint the secret was saved
-for) and the tokens stored.
+(sealed), the hash of a random value kept in the browser's session, and the hash of the OAuth
+settings it was started for. The callback checks, in this order, before any token request:
+the state is known, it belongs to this browser (an answer opened in another browser leaves it
+alone), it is claimed (deleted; of two answers with the same state one gets it), it is at most
+STATE_MINUTES old, the `iss` of the answer is the expected issuer, compared as an exact string
+(and present when the provider's metadata says it sends it, RFC 9207), and the server's OAuth
+settings are still those it was started for; then `error=` is shown in words; a consent
+link is claimed (once, atomically); only then is the code exchanged (with the verifier and the
+client secret, at the token endpoint the secret was saved for) and the tokens stored.
 """
 import hashlib
 import ipaddress
+import json
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,12 +22,12 @@ from urllib.parse import urlsplit
 
 from flask import current_app, request, session, url_for
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlmodel import select
 
 from . import audit, db, network
 from .audit import Actor
-from .credentials import OAUTH_KINDS, seal, unseal
+from .credentials import OAUTH_DESTINATION, OAUTH_KINDS, seal, unseal
 from .grants import client_for
 from .limits import Busy, slots
 from .mail import oauth
@@ -32,6 +36,7 @@ from .mail.egress import EgressRefused
 from .models import ConsentLink, Credential, CredentialKind, MailServer, OAuthState, Portal, utcnow
 
 STATE_MINUTES = 15
+ISSUER_SECONDS = 5  # reading the issuer's metadata before the browser leaves
 LINK_DAYS = 7
 BROWSER_KEY = "oauth_browser"
 # Last labels of names that are not public domains (special-use names, RFC 6761/6762/8375, and
@@ -179,9 +184,12 @@ def start(portal: Portal, server: MailServer, purpose: str, started_by: str, lin
     if purpose == "admin_consent" and provider.get("provider") != oauth.Provider.MICROSOFT:
         raise ConsentError("admin consent is Microsoft's", "choose the delegated flow for this provider")
     client = client_for(provider, unseal(credential.secret), redirect_uri(portal))
+    destination = _destination(credential, client.redirect_uri)
     try:
         with slots().hold(portal.id, server.id, server.max_connections):  # resolving may wait on DNS
+            db.release()
             _check_egress(portal, client, purpose)
+            issuer, iss_required = _issuer_of(portal, provider)
     except Busy as busy:
         raise ConsentError(str(busy), "try again in a moment", status=429) from None
     state, verifier = secrets.token_urlsafe(32), oauth.new_verifier()
@@ -190,8 +198,8 @@ def start(portal: Portal, server: MailServer, purpose: str, started_by: str, lin
     db.session().execute(delete(OAuthState).where(OAuthState.created_at < utcnow() - timedelta(minutes=STATE_MINUTES)))
     db.session().add(OAuthState(id=_hash(state), server_id=server.id, purpose=purpose,
                                 browser=_hash(session[BROWSER_KEY]), verifier=seal({"verifier": verifier}),
-                                redirect_uri=client.redirect_uri, issuer=expected_issuer(provider),
-                                started_by=started_by, link_id=link_id))
+                                redirect_uri=client.redirect_uri, issuer=issuer, iss_required=iss_required,
+                                destination=destination, started_by=started_by, link_id=link_id))
     db.session().commit()
     if purpose == "admin_consent":
         return oauth.admin_consent_url(client.token_url, client.client_id, client.redirect_uri, state)
@@ -218,13 +226,29 @@ def _check_egress(portal: Portal, client: oauth.Client, purpose: str) -> None:
             continue
 
 
-def expected_issuer(provider: dict) -> str:
-    """The issuer an authorization response may name (RFC 9207), where it is known."""
+def _issuer_of(portal: Portal, provider: dict) -> tuple[str, bool]:
+    """(the issuer an authorization response may name, whether it must name it), RFC 9207. For
+    Other, its metadata is read now: its `issuer` exactly, and whether it says it sends `iss`
+    (authorization_response_iss_parameter_supported). Metadata that cannot be read leaves the
+    configured issuer, compared when an answer names one."""
     if provider.get("provider") == oauth.Provider.GOOGLE and provider.get("authorize_url") == oauth.GOOGLE_AUTHORIZE:
-        return "https://accounts.google.com"  # Google's own endpoints: its own issuer
-    if provider.get("provider") == oauth.Provider.OTHER:
-        return str(provider.get("issuer") or "").rstrip("/")
-    return ""  # Microsoft names the tenant's GUID, which a domain or "organizations" does not tell
+        return "https://accounts.google.com", False  # Google's own endpoints: its own issuer
+    if provider.get("provider") != oauth.Provider.OTHER or not provider.get("issuer"):
+        return "", False  # Microsoft names the tenant's GUID, which a domain or "organizations" does not tell
+    configured = str(provider["issuer"])
+    try:
+        metadata = oauth.discover(configured, network.for_portal(portal), Deadline(ISSUER_SECONDS))
+    except (oauth.OAuthFailure, EgressRefused, DeadlineExceeded, OSError, ValueError):
+        return configured, False
+    return str(metadata["issuer"]), metadata.get("authorization_response_iss_parameter_supported") is True
+
+
+def _destination(credential: Credential, redirect_uri: str) -> str:
+    """What a consent is for: the kind, the mailbox and the OAuth settings (endpoints, client,
+    tenant, scope), hashed. A consent started before they changed does not finish."""
+    settings = {name: str(credential.provider.get(name, "")) for name in (*OAUTH_DESTINATION, "scope", "flow")}
+    bound = {"kind": credential.kind, "mailbox": credential.username, "redirect_uri": redirect_uri, **settings}
+    return _hash(json.dumps(bound, sort_keys=True))
 
 
 # -- coming back -------------------------------------------------------------------------------
@@ -235,22 +259,24 @@ def callback(args) -> Outcome:
     state = args.get("state", "")
     if not state:
         raise ConsentError("the answer carries no state", "start again from Mailroom")
-    record = _take(state)
+    record = db.session().get(OAuthState, _hash(state))
     if record is None:
         raise ConsentError("this answer was already used, has expired, or was not started here",
                            "start again from Mailroom")
-    if record.browser != _hash(session.get(BROWSER_KEY, "")):
+    if record.browser != _hash(session.get(BROWSER_KEY, "")):  # left alone: it is the other browser's
         raise ConsentError("this answer belongs to another browser",
                            "finish the consent in the browser that started it")
+    if not _claim(record):
+        raise ConsentError("this answer was already used", "start again from Mailroom")
     if utcnow() - _aware(record.created_at) > timedelta(minutes=STATE_MINUTES):
         raise ConsentError(f"more than {STATE_MINUTES} minutes passed since the consent started",
                            "start again from Mailroom")
-    issuer = args.get("iss", "")
-    if issuer and record.issuer and issuer.rstrip("/") != record.issuer:
-        raise ConsentError(f"the answer names the issuer {issuer}, not {record.issuer}",
-                           "someone may be mixing up authorization servers: start again from Mailroom")
+    _check_issuer(record, args)
     server = db.session().exec(select(MailServer).where(MailServer.id == record.server_id)).unique().first()
     portal = db.session().get(Portal, server.portal_id)
+    if server.credential is None or _destination(server.credential, record.redirect_uri) != record.destination:
+        raise ConsentError("the server's OAuth settings changed since this consent started, so it would not be "
+                           "for the settings saved now", "authorize again from the server's page", status=409)
     outcome = _answer(server, portal, record, args)
     outcome.from_server_page = record.link_id is None
     return outcome
@@ -270,17 +296,42 @@ def _answer(server: MailServer, portal: Portal, record: OAuthState, args) -> Out
     return _exchange(server, portal, record, args["code"])
 
 
-def _take(state: str) -> OAuthState | None:
-    """Read and delete the state in one go: of two answers with the same state, one gets it."""
-    record = db.session().get(OAuthState, _hash(state))
-    if record is None:
-        return None
+def _claim(record: OAuthState) -> bool:
+    """Delete the state: of two answers with the same state, one gets it."""
     deleted = db.session().execute(delete(OAuthState).where(OAuthState.id == record.id))
     db.session().commit()
-    return record if deleted.rowcount == 1 else None
+    return deleted.rowcount == 1
+
+
+def _check_issuer(record: OAuthState, args) -> None:
+    """RFC 9207: the `iss` of the answer is the expected issuer, as an exact string; required when
+    the provider's metadata says it sends it (else a mix-up could strip it)."""
+    issuer = args.get("iss")
+    if issuer is None:
+        if record.iss_required:
+            raise ConsentError(f"the answer does not name its issuer, though {record.issuer} says it always does",
+                               "someone may be mixing up authorization servers: start again from Mailroom")
+        return
+    if record.issuer and issuer != record.issuer:
+        raise ConsentError(f"the answer names the issuer {issuer}, not {record.issuer}",
+                           "someone may be mixing up authorization servers: start again from Mailroom")
 
 
 def _exchange(server: MailServer, portal: Portal, record: OAuthState, code: str) -> Outcome:
+    if record.link_id and not _claim_link(record.link_id):
+        raise ConsentError("this consent link was already used", "ask the admin who sent it for a new one",
+                           status=410)
+    try:
+        outcome = _exchange_code(server, portal, record, code)
+    except Exception:
+        _release_link(record.link_id)
+        raise
+    if not outcome.ok:
+        _release_link(record.link_id)  # nothing came of it: the link may be used again
+    return outcome
+
+
+def _exchange_code(server: MailServer, portal: Portal, record: OAuthState, code: str) -> Outcome:
     credential = server.credential
     payload = unseal(credential.secret)
     client = client_for(credential.provider, payload, record.redirect_uri)
@@ -318,7 +369,6 @@ def _exchange(server: MailServer, portal: Portal, record: OAuthState, code: str)
     db.session().add(credential)
     audit.record(_actor(record, account), "server.authorized", f"“{server.label}”",
                  {"consented_by": [None, account], "scope": [None, tokens.scope]}, portal.id)
-    _use_link(record)
     db.session().commit()
     text = f"Mailroom can now send mail as {credential.username} through “{server.label}” ({portal.name})."
     if tokens.account and tokens.account.lower() != credential.username.lower():
@@ -379,7 +429,7 @@ def make_link(actor: Actor, portal: Portal, server: MailServer) -> str:
     db.session().add(link)
     audit.record(actor, "server.consent_link", f"“{server.label}”", {}, portal.id)
     db.session().commit()
-    return url_for("oauth.link", token=_links().dumps({"link": link.id, "server": server.id}), _external=True)
+    return url_for("oauth.link", link=_links().dumps({"link": link.id, "server": server.id}), _external=True)
 
 
 def open_link(token: str) -> tuple[ConsentLink, MailServer, Portal]:
@@ -400,10 +450,18 @@ def open_link(token: str) -> tuple[ConsentLink, MailServer, Portal]:
     return link, server, db.session().get(Portal, server.portal_id)
 
 
-def _use_link(record: OAuthState) -> None:
-    if record.link_id:
-        link = db.session().get(ConsentLink, record.link_id)
-        if link is not None:
-            link.used_at = utcnow()
-            db.session().add(link)
+def _claim_link(link_id: str) -> bool:
+    """Mark the link used in one statement: of two browsers that come back at once, one gets it
+    (before anything is asked of the token endpoint)."""
+    claimed = db.session().execute(update(ConsentLink).where(ConsentLink.id == link_id, ConsentLink.used_at.is_(None))
+                                   .values(used_at=utcnow()))
+    db.session().commit()
+    return claimed.rowcount == 1
+
+
+def _release_link(link_id: str | None) -> None:
+    if link_id:
+        db.session().rollback()
+        db.session().execute(update(ConsentLink).where(ConsentLink.id == link_id).values(used_at=None))
+        db.session().commit()
 

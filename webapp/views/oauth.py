@@ -118,9 +118,14 @@ def _found(metadata: dict) -> str:
     return words
 
 
+# A consent link carries its token in the query (/oauth/consent?link=...), which the access log
+# leaves out (the Makefile logs the path, %(U)s); the button posts it in the form. Links made
+# before, with the token in the path, work until they expire (consent.LINK_DAYS).
+@bp.get("/oauth/consent")
 @bp.get("/oauth/consent/<token>")
-def link(token):
+def link(token=None):
     """The mailbox owner's page: who asks, for which mailbox, and a button to the provider."""
+    token = token or request.args.get("link", "")
     try:
         _link, server, portal = consent.open_link(token)
     except consent.ConsentError as error:
@@ -128,8 +133,10 @@ def link(token):
     return render_template("oauth/link.html", server=server, target_portal=portal, token=token)
 
 
+@bp.post("/oauth/consent")
 @bp.post("/oauth/consent/<token>")
-def follow_link(token):
+def follow_link(token=None):
+    token = token or request.form.get("link", "")
     try:
         record, server, portal = consent.open_link(token)
     except consent.ConsentError as error:
