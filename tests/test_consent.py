@@ -4,10 +4,11 @@ and how it comes back."""
 import re
 from urllib.parse import urlsplit
 
+import pytest
 from sqlmodel import select
 
 from tests.conftest import Client
-from webapp import db
+from webapp import consent, db
 from webapp.models import MailServer, OAuthState
 
 from .test_oauth import (MAILBOX, at_the_provider, authorize, authorize_url, deny_the_provider,  # noqa: F401
@@ -145,3 +146,21 @@ def test_an_egress_refusal_at_discover_offers_allow_and_keeps_the_form(app, admi
     assert allowed.status_code == 200 and "may now connect" in allowed.text
     found = root.post("/p/help/servers/new/oauth/discover", discover_form(provider.issuer), htmx=True).text
     assert 'id="issuer-found"' in found and "Discover could not reach" not in found
+
+
+@pytest.mark.parametrize("base_url, provider, words", [
+    ("http://mailroom.contoso.com", "other", "The redirect URI is plain http://: Authorization servers commonly "
+                                             "accept that only for localhost"),
+    ("https://192.0.2.10", "other", ""),
+    ("https://mailroom.local", "other", ""),
+    ("https://mailroom.local", "microsoft", ""),
+    ("https://mailroom.local", "google", "Google accepts only public domain names"),
+    ("http://127.0.0.1:8123", "other", "The redirect URI points at this machine (127.0.0.1)"),
+])
+def test_redirect_uri_warnings_give_other_no_microsoft_or_google_advice(app, make, base_url, provider, words):
+    portal = make.portal(slug="redirects", name="Redirects", base_url=base_url)
+    with app.test_request_context("/p/redirects/servers/new", base_url=base_url):
+        warning = consent.host_warning(portal, provider)
+    assert (warning == "") if not words else (words in warning), warning
+    if provider != "google":
+        assert "Google" not in warning and ("Microsoft" not in warning or provider == "microsoft")

@@ -132,8 +132,9 @@ def redirect_uri(portal: Portal) -> str:
     return base + url_for("oauth.callback")
 
 
-def host_warning(portal: Portal) -> str:
-    """Said before consent starts: the most common causes of a redirect URI mismatch or refusal."""
+def host_warning(portal: Portal, provider: str = "") -> str:
+    """Said before consent starts: the most common causes of a redirect URI mismatch or refusal
+    (what Microsoft or Google refuse only for them, or for an unknown provider)."""
     if not portal.base_url:
         return (f"This portal has no public base URL, so the redirect URI uses the address you are using now "
                 f"({request.host_url.rstrip('/')}). Set the base URL in the portal's Settings if people reach "
@@ -143,13 +144,13 @@ def host_warning(portal: Portal) -> str:
         return (f"You are using Mailroom at {here.scheme}://{here.netloc}, but the portal's public base URL is "
                 f"{base.scheme}://{base.netloc}: the provider sends the browser back there, so finish the "
                 "consent from that address (or correct the base URL in the portal's Settings).")
-    return redirect_host_warning(base.scheme, base.hostname or "")
+    return redirect_host_warning(base.scheme, base.hostname or "", provider)
 
 
-def redirect_host_warning(scheme: str, host: str) -> str:
+def redirect_host_warning(scheme: str, host: str, provider: str = "") -> str:
     """What providers refuse in a redirect URI: plain http off this machine (Microsoft and Google
-    accept it only for localhost), and for Google a bare IP address or a name that is not a
-    public domain."""
+    accept it only for localhost; RFC 6749 3.1.2.1 asks TLS of every redirection endpoint),
+    and for Google a bare IP address or a name that is not a public domain."""
     host = host.lower().rstrip(".")
     try:
         address = ipaddress.ip_address(host)
@@ -160,8 +161,12 @@ def redirect_host_warning(scheme: str, host: str) -> str:
                 "browser on the machine Mailroom runs on. Set an https:// public base URL in the portal's "
                 "Settings for anyone else.")
     if scheme != "https":
-        return ("The redirect URI is plain http://: Microsoft and Google accept that only for localhost. "
+        who = ("Authorization servers commonly accept" if provider == oauth.Provider.OTHER
+               else "Microsoft and Google accept")
+        return (f"The redirect URI is plain http://: {who} that only for localhost. "
                 "Set an https:// public base URL in the portal's Settings.")
+    if provider not in ("", oauth.Provider.GOOGLE):
+        return ""  # what follows is Google's rule alone
     if address is not None:
         return (f"The redirect URI uses the IP address {host}: Google does not accept an IP address there "
                 "(Microsoft does). Use a domain name as the public base URL if you use Google.")
