@@ -164,3 +164,17 @@ def test_redirect_uri_warnings_give_other_no_microsoft_or_google_advice(app, mak
     assert (warning == "") if not words else (words in warning), warning
     if provider != "google":
         assert "Google" not in warning and ("Microsoft" not in warning or provider == "microsoft")
+
+
+def test_the_oauth_section_gives_other_no_microsoft_or_google_advice(admin):
+    def section(provider):
+        form = {"protocol": "smtp", "auth_type": "oauth", "provider": provider, "flow": "delegated",
+                "_shown": ["oauth", "issuer", "microsoft"]}
+        return admin.post("/p/help/servers/new/section/credentials", form, htmx=True).text
+
+    other = re.sub(r"<select.*?</select>", "", section("other"), flags=re.S)  # the choices name them all
+    assert "at the authorization server, as a redirect URI of this client" in other
+    assert "Entra" not in other and "Google" not in other and "Secret ID" not in other
+    assert "Entra ID: Authentication → Web → Redirect URIs" in section("microsoft")
+    assert "The secret&#39;s Value (not its Secret ID)." in section("microsoft")
+    assert "Authorized redirect URIs" in section("google")

@@ -181,7 +181,7 @@ class OAuthSection(Section):
                                        "the app acts for).")
     client_id = StringField("Client ID", validators=[InputRequired(), Length(max=200)])
     client_secret = PasswordField("Client secret", validators=[Length(max=2000)],
-                                  description="The secret's Value (not its ID).")
+                                  description="The secret the authorization server issued for this client.")
     flow = SelectField("Flow", default=Flow.DELEGATED.value)
     authorize_url = StringField("Authorization URL", validators=[Length(max=2000), https_url])
     token_url = StringField("Token URL", validators=[InputRequired(), Length(max=2000), https_url])
@@ -200,6 +200,8 @@ class OAuthSection(Section):
         if self.provider.data != Provider.MICROSOFT:
             flows = tuple(f for f in flows if f == Flow.DELEGATED)
         self.flow.choices = [SelectChoice(f.value, FLOW_LABELS[f]) for f in flows]
+        if self.provider.data == Provider.MICROSOFT:  # Entra shows a secret's Value and its Secret ID
+            self.client_secret.description = "The secret's Value (not its Secret ID)."
 
     def validate_authorize_url(self, field) -> None:
         if self.flow.data == Flow.DELEGATED and not field.data:
