@@ -365,6 +365,7 @@ def test_app_only_needs_admin_consent_then_validates(app, admin, provider, relay
     assert ">Grant admin consent</button>" in page and "a tenant administrator must grant admin consent" in page
     before = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "Validation failed at “Token”:" in before and "nobody has consented to this app yet (AADSTS65001)" in before
+    assert ">Grant admin consent</button>" in admin.get("/p/help/servers/").text  # the list says what is needed
 
     start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
     assert f"{provider.issuer}/{TENANT}/adminconsent?" in start
@@ -376,6 +377,7 @@ def test_app_only_needs_admin_consent_then_validates(app, admin, provider, relay
     assert "All checks passed." in report and f"signed in as {MAILBOX} with XOAUTH2" in report
     assert [r["grant_type"] for r in provider.requests if r["outcome"] == "ok"] == ["client_credentials"]
     assert "refresh_token" not in payload(app, server.id)
+    assert "Authorization needed" not in admin.get("/p/help/servers/").text
 
 
 def test_the_mailbox_owner_consents_through_a_link(app, admin, provider, relay, test_ca_file):

@@ -104,8 +104,8 @@ def take_outcome(server_id: int) -> dict | None:
 
 def next_step(server: MailServer) -> str:
     """What the server's OAuth credential waits for: "authorize", "reauthorize", "admin_consent",
-    or "" (nothing, or not OAuth). App-only consent given outside Mailroom cannot be seen: a
-    passing check says enough."""
+    or "" (nothing, or not OAuth). Admin consent given outside Mailroom (in Entra) cannot be
+    seen: once the server was checked, a missing one shows as a failed token, which marks it."""
     credential = server.credential
     if credential is None or credential.kind not in OAUTH_KINDS:
         return ""
@@ -115,7 +115,7 @@ def next_step(server: MailServer) -> str:
         return "" if credential.consented_at else "authorize"
     if credential.provider.get("provider") != oauth.Provider.MICROSOFT:
         return ""
-    if credential.needs_reauthorization or not (credential.consented_at or server.last_check_ok):
+    if credential.needs_reauthorization or not (credential.consented_at or server.last_check_at):
         return "admin_consent"
     return ""
 
@@ -189,7 +189,7 @@ def start(portal: Portal, server: MailServer, purpose: str, started_by: str, lin
     if purpose == "admin_consent" and provider.get("provider") != oauth.Provider.MICROSOFT:
         raise ConsentError("admin consent is Microsoft's", "choose the delegated flow for this provider")
     client = client_for(provider, unseal(credential.secret), redirect_uri(portal))
-    destination = _destination(credential, client.redirect_uri)
+    destination = _destination(credential)
     try:
         with slots().hold(portal.id, server.id, server.max_connections):  # resolving may wait on DNS
             db.release()
@@ -248,12 +248,11 @@ def _issuer_of(portal: Portal, provider: dict) -> tuple[str, bool]:
     return str(metadata["issuer"]), metadata.get("authorization_response_iss_parameter_supported") is True
 
 
-def _destination(credential: Credential, redirect_uri: str) -> str:
+def _destination(credential: Credential) -> str:
     """What a consent is for: the kind, the mailbox and the OAuth settings (endpoints, client,
     tenant, scope), hashed. A consent started before they changed does not finish."""
     settings = {name: str(credential.provider.get(name, "")) for name in (*OAUTH_DESTINATION, "scope", "flow")}
-    bound = {"kind": credential.kind, "mailbox": credential.username, "redirect_uri": redirect_uri, **settings}
-    return _hash(json.dumps(bound, sort_keys=True))
+    return _hash(json.dumps({"kind": credential.kind, "mailbox": credential.username, **settings}, sort_keys=True))
 
 
 # -- coming back -------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def callback(args) -> Outcome:
     _check_issuer(record, args)
     server = db.session().exec(select(MailServer).where(MailServer.id == record.server_id)).unique().first()
     portal = db.session().get(Portal, server.portal_id)
-    if server.credential is None or _destination(server.credential, record.redirect_uri) != record.destination:
+    if server.credential is None or _destination(server.credential) != record.destination:
         raise ConsentError("the server's OAuth settings changed since this consent started, so it would not be "
                            "for the settings saved now", "authorize again from the server's page", status=409)
     outcome = _answer(server, portal, record, args)
