@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from tests.conftest import Client
 
-from .test_oauth import (CLIENT_SECRET, MAILBOX, at_the_provider, authorize_url, back_at_mailroom, credential,
+from .test_oauth import (at_the_provider, authorize_url, back_at_mailroom, credential,
                          oauth_form, provider, query, relay, save, to_the_provider)  # noqa: F401
 
 

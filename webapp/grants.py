@@ -3,12 +3,13 @@
 - A delegated grant gives its stored access token while it is fresh, and otherwise refreshes
   it first, asking for what was granted (Microsoft: the configured scope, which it requires;
   others: no scope, which RFC 6749 6 reads as the scope originally granted, so a provider
-  that granted less than asked is not asked again for what it withheld). The newest refresh token (providers rotate them) is written with the new access
-  token, in one write, as a compare-and-set on the credential's revision; the server's
-  version is untouched, so no open edit form becomes stale. Two refreshes at once do not
-  race: one at a time per credential in a process, and across processes the one that loses
-  the compare-and-set (or gets invalid_grant for a refresh token the other one just used)
-  reads the winner's token instead.
+  that granted less than asked is not asked again for what it withheld). The newest refresh
+  token (providers rotate them) is written with the new access token, in one write, as a
+  compare-and-set on the credential's revision; the server's version is untouched, so no
+  open edit form becomes stale. Two refreshes at once do not race: one at a time per
+  credential in a process, and across processes the one that loses the compare-and-set (or
+  gets invalid_grant for a refresh token the other one just used) reads the winner's token
+  instead.
 - An app-only credential (Microsoft client credentials) fetches a token when its stored one
   is not fresh, and stores it the same way.
 - When a refresh shows that the grant has ended (invalid_grant: revoked, expired; or the
