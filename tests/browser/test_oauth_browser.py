@@ -291,3 +291,54 @@ def test_an_authorization_endpoint_that_sends_the_browser_on_to_another_origin(p
     expect(page).to_have_url(re.compile(rf"^{re.escape(local_provider.authorize_url)}\?"))  # through the door
     sign_in_at_the_provider(page)
     back_on_the_server_page_authorized(page)
+
+
+def test_without_javascript_authorize_leaves_by_a_link(chromium, app, oauth_portal, local_provider, xoauth2_peer,
+                                                       live_url, make):
+    """No script: the POST answers a page of Mailroom's own with a plain link to the provider."""
+    from tests.conftest import PASSWORD
+
+    from .pages import stored_servers
+
+    relay = xoauth2_peer(local_provider, required_scope=SMTP_SCOPE_OF_OTHER)
+    make.server(oauth_portal, description="Local relay", from_address=MAILBOX,
+                settings={"host": "localhost", "port": relay.port, "security": "starttls", "ca_cert": relay.ca_pem})
+    [server] = stored_servers(app)
+    context = chromium.new_context(base_url=live_url, java_script_enabled=False)
+    violations = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+        page.goto("/login")
+        page.get_by_label("Email").fill("admin@example.com")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        page.goto(f"/p/help/servers/{server.id}/edit")
+        configure_oauth_without_javascript(page, local_provider)
+        page.locator("#oauth-status").get_by_role("button", name="Authorize").click()
+        host = local_provider.issuer.removeprefix("http://")
+        expect(page.get_by_role("heading", name="Continue to the sign-in page")).to_be_visible()
+        page.get_by_role("button", name=f"Continue to {host}").click()  # a link styled as a button
+        sign_in_at_the_provider(page)
+        expect(page).to_have_url(SERVER_PAGE)
+        expect(page.locator("#oauth-outcome")).to_contain_text(f"Authorized. Mailroom can now send mail as {MAILBOX}")
+        assert violations == []
+    finally:
+        context.close()
+
+
+def configure_oauth_without_javascript(page: Page, provider) -> None:
+    """The no-script form: choose OAuth and Other, update the form, Discover, fill in, Save."""
+    field(page, "Authentication").select_option(label="OAuth 2.0")
+    page.get_by_role("button", name="Update the form for these choices").click()
+    field(page, "Provider").select_option("other")
+    page.get_by_role("button", name="Update the form for these choices").click()
+    field(page, "Issuer URL").fill(provider.issuer)
+    page.get_by_role("button", name="Discover").click()  # the whole page comes back
+    expect(page.locator("#issuer-found")).to_contain_text(f"Found the metadata of {provider.issuer}")
+    field(page, "Scope").fill(f"{SMTP_SCOPE_OF_OTHER} openid offline_access")
+    field(page, "Mailbox").fill(MAILBOX)
+    field(page, "Client ID").fill(CLIENT_ID)
+    field(page, "Client secret").fill(CLIENT_SECRET)
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page).to_have_url(SERVER_PAGE)
