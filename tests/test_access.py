@@ -15,7 +15,7 @@ from webapp.sessions import SESSIONLESS_PATH
 # Endpoints a staff member may use; every other portal route is for admins only.
 STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
-PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.link", "oauth.follow_link"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link"}
 
 
 @pytest.fixture
@@ -59,8 +59,9 @@ def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app,
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS
-    assert client.get("/oauth/callback").status_code == 400
-    assert client.get("/oauth/callback?state=forged&code=x").status_code == 400
+    assert client.get("/oauth/result").status_code == 404  # no consent in this browser: nothing to show
+    assert client.get("/oauth/callback", follow_redirects=True).status_code == 400
+    assert client.get("/oauth/callback?state=forged&code=x", follow_redirects=True).status_code == 400
     assert client.get("/oauth/consent/not-a-link").status_code == 404
     assert client.post("/oauth/consent/not-a-link", csrf=False).status_code == 400
 

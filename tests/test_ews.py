@@ -21,7 +21,7 @@ from webapp.mail.egress import Network
 from webapp.models import AppSetting, MailServer, Portal
 
 from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
-                         authorize, back_at_mailroom, payload, save)
+                         authorize, back_at_mailroom, payload, save, to_the_provider)
 
 SENDER = MAILBOX  # sender@example.test: the peer's mailbox "Sender"
 USERNAME = "EXAMPLE\\mailer"
@@ -245,8 +245,8 @@ def test_oauth_app_only_impersonates_the_mailbox_with_an_anchor(app, admin, auth
     peer = ews_peer(verifier=authority)
     form = oauth_ews_form(authority, peer, flow="app", scope=EWS_APP, authorize_url="", mailbox="")
     server = save(app, admin, form)
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
 
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "All checks passed." in report and "app-only, impersonating the mailbox" in report
@@ -267,8 +267,8 @@ def test_an_app_without_full_access_as_app_is_told_what_to_grant(app, admin, oau
     oauth_server.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI], app_roles={"Mail.Send"})
     peer = ews_peer(verifier=oauth_server)
     server = save(app, admin, oauth_ews_form(oauth_server, peer, flow="app", scope=EWS_APP, authorize_url=""))
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "Validation failed at “Sign in”:" in report
     assert "the token may not use EWS (403 Forbidden: not enough scope)" in report

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
-                         authorize, back_at_mailroom, credential, payload, save)
+                         authorize, back_at_mailroom, credential, payload, save, to_the_provider)
 
 GRAPH_SCOPE = "Mail.Send offline_access"
 
@@ -80,8 +80,8 @@ def test_app_only_with_admin_consent_sends_and_a_profile_it_may_not_read_is_a_wa
                                                                                      test_ca_file):
     form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="")
     server = save(app, admin, form)
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "All checks passed." in report
     assert "the token may not read the mailbox&#39;s profile: that needs User.Read.All" in report

@@ -179,6 +179,8 @@ class OAuthState(SQLModel, table=True):
     verifier: str = Field(sa_type=Text)  # the PKCE code verifier, sealed
     redirect_uri: str = Field(max_length=2000)
     issuer: str = Field(default="", max_length=2000)  # the expected `iss` of the answer, when known
+    iss_required: bool = False  # the provider's metadata says it sends `iss` (RFC 9207): an answer without is refused
+    destination: str = Field(default="", max_length=64)  # sha256 of the OAuth settings it was started for
     started_by: str = Field(default="", max_length=320)  # a user's email, or "the mailbox owner (consent link)"
     link_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _timestamp(default_factory=utcnow)

@@ -1,4 +1,6 @@
-"""Pytest plugin: a real OAuth 2.0 authorization server (authlib) over HTTPS on 127.0.0.1.
+"""Pytest plugin: a real OAuth 2.0 authorization server (authlib) over HTTPS on 127.0.0.1
+(or over plain HTTP: the `http_oauth_server` fixture, a local authorization server such as
+a developer's Keycloak on http://localhost, which Mailroom accepts on this machine).
 
 It plays Microsoft's identity platform and Google's token endpoint for the tests:
 authorization code with PKCE (S256 required), refresh tokens that rotate,
@@ -19,10 +21,10 @@ Until the plugin is registered, import the fixtures into the test module:
         oauth_server.requests   # every token-endpoint request: {grant_type, client_id, tenant, scope,
                                 #   outcome ("ok" or the error code), status, error_description}
         oauth_server.consents   # approvals: {username, client_id, scope, tenant} (admin consent too)
-        oauth_server.revoke_grant(username, client_id=None), .expire_access_tokens(),
+        oauth_server.revoke_grant(username, client_id=None, keep_access_tokens=False), .expire_access_tokens(),
         oauth_server.grant_admin_consent(client_id), .revoke_admin_consent(client_id)
         oauth_server.access_token_lifetime = 3600, .issue_iss = True, .rotate_refresh_tokens = True,
-        oauth_server.known_tenants = set(), .code_lifetime = 60
+        oauth_server.known_tenants = set(), .code_lifetime = 60, .withheld_scopes = set()
 
     service_account_key(oauth_server, client_email=..., subjects=..., scopes=...)
         -> the dict of a Google service-account key file whose token_uri is this server
@@ -65,6 +67,19 @@ is refused with AADSTS28000 (bare scopes other than openid/profile/email/
 offline_access count as Microsoft Graph there). A refresh request may narrow the
 scope to any part of what the user consented to. Refresh tokens do not expire;
 authorization codes live `code_lifetime` (60) seconds.
+
+Granting less than asked (`withheld_scopes`): RFC 6749 3.3 lets a server "fully or
+partially ignore the scope requested" and then name the issued scope in the token
+response, as Keycloak does with a scope not assigned to the client, or Okta and Auth0
+with `offline_access` while still issuing a refresh token under their own policy. The
+scopes in `withheld_scopes` are left out of what a consent grants (the code, the token
+response's `scope`, introspection); a refresh token is still issued when offline access
+was asked for. A refresh that asks for a withheld scope is refused with invalid_scope,
+as RFC 6749 6 requires ("MUST NOT include any scope not originally granted"); a refresh
+without `scope` gets what was granted.
+
+`authorization_response_iss_parameter_supported` in the metadata follows `issue_iss`
+(RFC 9207 2.3: a server that says so sends `iss` in every authorization response).
 """
 import hmac
 import html
@@ -149,6 +164,9 @@ NOT_DEFAULT_SCOPE = ("AADSTS1002012: The provided value for scope {scope} is not
                      "credential flows must have a scope value with /.default suffixed to the "
                      "resource identifier (application ID URI).")
 SCOPE_NOT_GRANTED = "AADSTS65001: The user or administrator has not consented to use the scope {scope}."
+# RFC 6749 5.2's own words for invalid_scope (what Keycloak-like servers answer)
+SCOPE_EXCEEDS_GRANT = ("The requested scope is invalid, unknown, malformed, or exceeds the scope granted "
+                       "by the resource owner: {scope}.")
 NO_ADMIN_CONSENT = ("AADSTS65001: The user or administrator has not consented to use the application "
                     "with ID '{client_id}'.")
 NO_TENANT = ("AADSTS50059: No tenant-identifying information found in either the request or implied "
@@ -413,7 +431,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         super().validate_token_request()
         granted = self.request.authorization_code.scope
         requested = self.request.payload.scope or granted
-        check_within(requested, granted)
+        check_within(requested, granted, self.server.peer.withheld_scopes)
         check_one_resource(self.request, requested)
         self.request.token_scope = requested
 
@@ -433,10 +451,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return self.server.peer._user(refresh_token.username)
 
     def _validate_token_scope(self, token):
-        check_within(self.request.payload.scope, token.get_scope())
+        check_within(self.request.payload.scope, token.get_scope(), self.server.peer.withheld_scopes)
 
     def issue_token(self, user, refresh_token):
-        scope = self.request.payload.scope or refresh_token.scope
+        scope = self.request.payload.scope or refresh_token.grant_scope  # RFC 6749 6: omitted, as granted
         check_one_resource(self.request, scope)
         return self.generate_token(user=user, scope=scope,
                                    include_refresh_token=self.server.peer.rotate_refresh_tokens)
@@ -605,9 +623,12 @@ def check_app_only_scope(scope: str | None) -> None:
         raise InvalidScopeError(SEVERAL_RESOURCES.format(scope=safe(scope)))
 
 
-def check_within(requested: str | None, granted: str) -> None:
-    """A token request may ask for part of what was consented to (OpenID scopes always, as Microsoft)."""
-    extra = set(scope_list(requested)) - set(scope_list(granted)) - NON_RESOURCE_SCOPES
+def check_within(requested: str | None, granted: str, withheld: set[str] = frozenset()) -> None:
+    """A token request may ask for part of what was consented to (OpenID scopes always, as Microsoft,
+    unless the server withheld them)."""
+    extra = set(scope_list(requested)) - set(scope_list(granted)) - (NON_RESOURCE_SCOPES - set(withheld))
+    if extra & set(withheld):
+        raise InvalidScopeError(SCOPE_EXCEEDS_GRANT.format(scope=safe(" ".join(sorted(extra)))))
     if extra:
         raise InvalidScopeError(SCOPE_NOT_GRANTED.format(scope=safe(" ".join(sorted(extra)))))
 
@@ -686,7 +707,7 @@ def admin_consent_page(client_id: str, error: str | None = None) -> Response:
 class OAuthServer:
     """An authorization server on 127.0.0.1 over HTTPS (certificate from `ca`)."""
 
-    def __init__(self, ca: trustme.CA):
+    def __init__(self, ca: trustme.CA, tls: bool = True):
         self._lock = threading.RLock()
         self._users: dict[str, User] = {}
         self._clients: dict[str, Client] = {}
@@ -699,11 +720,12 @@ class OAuthServer:
         self.code_lifetime = 60
         self.issue_iss = True
         self.rotate_refresh_tokens = True
+        self.withheld_scopes: set[str] = set()
         self.requests: list[dict] = []
         self.consents: list[dict] = []
         self.ca_pem = ca.cert_pem.bytes().decode()
         self._authlib = AuthlibServer(self)
-        self._http = HttpsPeer(self._build_app(), server_context(ca))
+        self._http = HttpsPeer(self._build_app(), server_context(ca) if tls else None)
         self.issuer = self._http.url
         self.port = self._http.port
         self.authorize_url = f"{self.issuer}/authorize"
@@ -763,8 +785,12 @@ class OAuthServer:
                 return None
             return record.describe(self.issuer)
 
-    def revoke_grant(self, username: str, client_id: str | None = None) -> int:
-        """Revoke every token (and pending code) the user granted, to one client or all; returns a count."""
+    def revoke_grant(self, username: str, client_id: str | None = None, keep_access_tokens: bool = False) -> int:
+        """Revoke every token (and pending code) the user granted, to one client or all; returns a count.
+        keep_access_tokens: only the refresh tokens end, issued access tokens live until they expire
+        (Microsoft: a password change or a revoked session ends refresh tokens, while access tokens
+        "can't be revoked" and stay valid until expiry; Microsoft identity platform, "Refresh tokens"
+        and "Access tokens: token lifetime")."""
         def matches(item) -> bool:
             return ((item.username or "").lower() == username.lower()
                     and client_id in (None, item.client_id))
@@ -774,7 +800,7 @@ class OAuthServer:
                 code.revoked = True
             tokens = [t for t in self._access.values() if matches(t)]
             for token in tokens:
-                token.access_revoked = True
+                token.access_revoked = token.access_revoked or not keep_access_tokens
                 if token.refresh_status == "active":
                     token.refresh_status = "revoked"
             return len(tokens)
@@ -806,7 +832,7 @@ class OAuthServer:
             "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
             "revocation_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-            "authorization_response_iss_parameter_supported": True,
+            "authorization_response_iss_parameter_supported": self.issue_iss,
         }
 
     # --- state used by the authlib grants ---
@@ -823,9 +849,10 @@ class OAuthServer:
     def _save_code(self, code: str, oauth_request) -> None:
         data = oauth_request.payload.data
         scope = oauth_request.scope
+        granted = " ".join(s for s in scope_list(scope) if s not in self.withheld_scopes)
         self._codes[code] = AuthorizationCode(
             code=code, client_id=oauth_request.client.client_id,
-            redirect_uri=oauth_request.payload.redirect_uri, scope=scope,
+            redirect_uri=oauth_request.payload.redirect_uri, scope=granted,
             username=oauth_request.user.username, code_challenge=data["code_challenge"],
             code_challenge_method=data["code_challenge_method"],
             offline="offline_access" in scope_list(scope) or data.get("access_type") == "offline",
@@ -1122,6 +1149,14 @@ def make_service_account_key(oauth_server: OAuthServer,
 def oauth_server(test_ca):
     """A fresh authorization server for this test, stopped at teardown."""
     server = OAuthServer(test_ca)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def http_oauth_server(test_ca):
+    """The same over plain HTTP on 127.0.0.1 (a local authorization server without TLS)."""
+    server = OAuthServer(test_ca, tls=False)
     yield server
     server.stop()
 

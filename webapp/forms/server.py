@@ -181,12 +181,14 @@ class OAuthSection(Section):
                                        "the app acts for).")
     client_id = StringField("Client ID", validators=[InputRequired(), Length(max=200)])
     client_secret = PasswordField("Client secret", validators=[Length(max=2000)],
-                                  description="The secret's Value (not its ID).")
+                                  description="The secret the authorization server issued for this client.")
     flow = SelectField("Flow", default=Flow.DELEGATED.value)
     authorize_url = StringField("Authorization URL", validators=[Length(max=2000), https_url])
     token_url = StringField("Token URL", validators=[InputRequired(), Length(max=2000), https_url])
     scope = StringField("Scope", validators=[InputRequired(), Length(max=1000)],
-                        description="Filled in for the provider, protocol and flow; “Default” puts it back.")
+                        description="Filled in for the provider, protocol and flow (for Other: sign-in and a "
+                                    "refresh token; add what your mail server wants in its tokens); “Default” "
+                                    "puts it back.")
 
     def __init__(self, *args, protocol: str = "smtp", **kwargs):
         super().__init__(*args, **kwargs)
@@ -198,6 +200,8 @@ class OAuthSection(Section):
         if self.provider.data != Provider.MICROSOFT:
             flows = tuple(f for f in flows if f == Flow.DELEGATED)
         self.flow.choices = [SelectChoice(f.value, FLOW_LABELS[f]) for f in flows]
+        if self.provider.data == Provider.MICROSOFT:  # Entra shows a secret's Value and its Secret ID
+            self.client_secret.description = "The secret's Value (not its Secret ID)."
 
     def validate_authorize_url(self, field) -> None:
         if self.flow.data == Flow.DELEGATED and not field.data:
@@ -496,7 +500,7 @@ KNOWN_PROVIDERS = frozenset(p.value for p in Provider)
 def providers_for(protocol: str) -> tuple[Provider, ...]:
     """The OAuth providers whose tokens the protocol's service accepts."""
     return getattr(TRANSPORTS.get(protocol), "oauth_providers", tuple(Provider))
-KNOWN_SCOPES = frozenset({*oauth.DEFAULT_SCOPES.values(),
+KNOWN_SCOPES = frozenset({*oauth.DEFAULT_SCOPES.values(), oauth.OTHER_SCOPE,
                           *(f"{graph}/.default" for _, graph in oauth.CLOUDS.values())})
 
 

@@ -67,12 +67,18 @@ DEFAULT_SCOPES = {
     (Provider.GOOGLE, "gmail", Flow.DELEGATED): "https://www.googleapis.com/auth/gmail.send",
 }
 SIGN_IN_SCOPES = "openid email"  # asked for besides, so the token response says who consented
+# Provider Other: an OpenID provider's sign-in and a refresh token (OpenID Connect Core 11:
+# offline_access; Okta, Auth0 and Ory Hydra issue refresh tokens only for it). The admin adds
+# what the mail server wants in its tokens.
+OTHER_SCOPE = "openid offline_access"
 EARLY = timedelta(minutes=5)  # an access token this close to its expiry is refreshed first
 
 
 def default_scope(provider: str, protocol: str, flow: str, cloud: str = Cloud.GLOBAL) -> str:
     if provider == Provider.MICROSOFT and protocol == "graph" and flow == Flow.APP:
         return f"{CLOUDS.get(cloud, CLOUDS[Cloud.GLOBAL])[1]}/.default"
+    if provider == Provider.OTHER:
+        return OTHER_SCOPE
     return DEFAULT_SCOPES.get((provider, protocol, flow), "")  # StrEnum keys match plain strings
 
 
@@ -158,8 +164,10 @@ def exchange_code(client: Client, code: str, verifier: str, network: Network, de
 
 def refresh(client: Client, refresh_token: str, network: Network, deadline: Deadline,
             transcript: list[str] | None = None) -> Tokens:
-    tokens = _token_request(client, {"grant_type": "refresh_token", "refresh_token": refresh_token,
-                                     "scope": client.scope}, network, deadline, transcript, "refresh")
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if client.scope:  # else, RFC 6749 6: the scope originally granted
+        form["scope"] = client.scope
+    tokens = _token_request(client, form, network, deadline, transcript, "refresh")
     tokens.refresh_token = tokens.refresh_token or refresh_token  # a provider that does not rotate
     return tokens
 

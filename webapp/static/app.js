@@ -32,6 +32,16 @@ document.addEventListener("htmx:responseError", (event) => {
 });
 document.addEventListener("htmx:sendError", () => showProblem("Mailroom did not answer. Check your connection and try again."));
 
+// A refusal the server rendered for a place it names (HX-Retarget, e.g. why a consent cannot
+// start) is shown there whatever its status, instead of the generic words above.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const xhr = event.detail.xhr;
+  if (xhr.status >= 400 && xhr.getResponseHeader("HX-Retarget")) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+
 // Typed passwords survive the parts of a form that htmx replaces (a section swap, a form
 // re-rendered with errors): the server never writes a password back into the page, so
 // they are kept here, in memory only, and put back into the new fields of the same name.
