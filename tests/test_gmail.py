@@ -87,7 +87,8 @@ def test_a_mailbox_the_service_account_may_not_act_for_is_explained(app, admin, 
     server = save(app, admin, gmail_form(gmail, key, username="someone@elsewhere.test", from_address=MAILBOX))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "Validation failed at “Token”:" in report
-    assert "the app may not use this kind of authorization" in report and "Domain-wide delegation" in report
+    assert "the service account may not act for the mailbox with this scope" in report
+    assert "Domain-wide delegation" in report
 
 
 def test_a_mailbox_without_gmail_is_explained(app, admin, gmail, key):

@@ -140,7 +140,7 @@ class StoredGrant:
             current, fresh_payload = self._load()
             if current.revision != revision and fresh_payload.get("access_token"):
                 return _access(fresh_payload["access_token"], current, refreshed=True)  # another one won
-            if failure.permanent:
+            if failure.reauthorize:
                 mark_needs_reauthorization(current, failure)
             raise _words(failure) from None
         own = unseal(credential.secret) if credential.secret else {}  # without a secret typed for this check
@@ -167,7 +167,7 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 
 def _words(failure: oauth.OAuthFailure) -> StepFailed:
-    return StepFailed(f"the token endpoint refused: {failure.summary}", failure.hint, temporary=not failure.permanent,
+    return StepFailed(failure.headline, failure.hint, temporary=not failure.permanent,
                       credentials=failure.permanent)
 
 

@@ -76,8 +76,11 @@ BUILDS = {"Exchange2019": Build(15, 2), "Exchange2016": Build(15, 1), "Exchange2
           "Exchange2013": Build(15, 0), "Exchange2010_SP2": Build(14, 2), "Exchange2010_SP1": Build(14, 1),
           "Exchange2010": Build(14, 0)}
 MECHANISMS = {"auto": "Automatic (Basic, or NTLM when the server asks)", "basic": "Basic", "ntlm": "NTLM"}
-# Exchange Online's EWS hosts (global, GCC High/DoD, China): EWS is being switched off there
-ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us", "partner.outlook.cn")
+# Exchange Online's EWS hosts (global, GCC High, DoD, China): EWS is being switched off there. The government
+# hosts: https://learn.microsoft.com/microsoft-365/enterprise/microsoft-365-u-s-government-gcc-high-endpoints and
+# .../microsoft-365-u-s-government-dod-endpoints (DoD: outlook-dod.office365.us, webmail.apps.mil)
+ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us", "outlook-dod.office365.us",
+                "webmail.apps.mil", "partner.outlook.cn")
 ONLINE_SUFFIXES = (".outlook.com",)
 ONLINE_WARNING = ("this is Exchange Online: Microsoft has been blocking EWS there since October 2026 (it is "
                   "switched off by April 2027), so mail through this URL will stop")
