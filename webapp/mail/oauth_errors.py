@@ -224,7 +224,9 @@ def _service_account(error: str, description: str) -> Words:
             if marker in lowered:
                 return Words(summary, hint, permanent)
     if error == "unauthorized_client":
-        return Words(*SA_UNAUTHORIZED)
+        summary, hint, permanent = SA_UNAUTHORIZED
+        first = _first_line(description)
+        return Words(f"{summary}: {first}" if first else summary, hint, permanent)
     if error in ERRORS:
         summary, hints, permanent = ERRORS[error]
         hint = hints.get(GOOGLE) or hints[OTHER]
