@@ -120,3 +120,37 @@ def test_a_closed_token_endpoint_is_one_clear_sentence(app, admin, oauth_server,
     assert failure.count("token endpoint") == 1 and "did not answer" not in report
     assert "the key&#39;s token_uri" in report
     assert not credential(app, server.id).needs_reauthorization
+
+
+# --- the consent pages, with the peer as the provider ---------------------------------------------------------------
+
+def test_a_declined_admin_consent_is_said_on_the_page(app, admin, oauth_server, xoauth2_peer, test_ca_file):
+    from .test_oauth import CLIENT_ID, CLIENT_SECRET, OWNER_PASSWORD, REDIRECT_URI, at_the_provider, back_at_mailroom
+    from .test_oauth import oauth_form
+
+    oauth_server.add_user(MAILBOX, OWNER_PASSWORD)
+    oauth_server.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI], app_roles={"SMTP.SendAsApp"})
+    relay = xoauth2_peer(oauth_server)
+    server = save(app, admin, oauth_form(oauth_server, relay, flow="app", authorize_url="",
+                                         scope="https://outlook.office365.com/.default"))
+    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
+    page = back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="cancel"))
+    assert "the administrator declined the admin consent: The admin canceled the request" in page.text
+    assert "ask a tenant administrator to click Grant admin consent again" in page.text
+
+
+def test_another_provider_whose_client_takes_only_http_basic(app, admin, oauth_server, xoauth2_peer, test_ca_file):
+    from .test_oauth import OWNER_PASSWORD, REDIRECT_URI, authorize, oauth_form
+
+    oauth_server.add_user(MAILBOX, OWNER_PASSWORD)
+    oauth_server.register_client("basic-only", "basic-SECRET-1", [REDIRECT_URI], auth_methods=("client_secret_basic",))
+    relay = xoauth2_peer(oauth_server)
+    form = oauth_form(oauth_server, relay, client_id="basic-only", client_secret="basic-SECRET-1",
+                      issuer=oauth_server.issuer, authorize_url=oauth_server.authorize_url,
+                      token_url=oauth_server.token_url, _shown=["smtp", "port", "tls", "oauth", "issuer"],
+                      **{"provider": "other"})
+    server = save(app, admin, form)
+    assert authorize(admin, server, test_ca_file).status_code == 200
+    assert [(r["grant_type"], r["outcome"]) for r in oauth_server.requests] == [("authorization_code", "ok")]
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "All checks passed." in report
