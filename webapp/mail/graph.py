@@ -214,8 +214,7 @@ def _read_mailbox(call: ApiCall):
             needs = "the delegated permission User.ReadBasic.All in the scope"
         return step_result(f"the token may not read the mailbox's profile: that needs {needs}, which sending does "
                            "not; whether the mail may go shows only when a mail is sent", outcome=Outcome.WARNING,
-                           hint=f"send a sample mail to be sure; or add {needs.removeprefix('the ')} to see the "
-                                "mailbox here")
+                           hint=f"send a sample mail to be sure; or grant {needs} to see the mailbox here")
     raise explain(response, body, config)
 
 
@@ -263,8 +262,9 @@ def explain(response, body: dict, config, author: str = "") -> StepFailed:
         if app_only(config):
             return StepFailed("Microsoft Graph refused the app's token: it carries no permission, so nobody has "
                               f"granted admin consent yet (401 {code})",
-                              "a tenant administrator grants admin consent (Grant admin consent on the server's page, "
-                              "or Entra ID → the app → API permissions), then try again", details, code=status,
+                              "a tenant administrator grants admin consent (save the server, then Grant admin consent "
+                              "on its page; or Entra ID → the app → API permissions), then try again", details,
+                              code=status,
                               credentials=True)
         return StepFailed(f"Microsoft Graph refused the token: it carries no permission (401 {code})", GRANT_SEND,
                           details, code=status, credentials=True)
