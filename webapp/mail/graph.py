@@ -264,8 +264,7 @@ def explain(response, body: dict, config, author: str = "") -> StepFailed:
                               f"granted admin consent yet (401 {code})",
                               "a tenant administrator grants admin consent (save the server, then Grant admin consent "
                               "on its page; or Entra ID → the app → API permissions), then try again", details,
-                              code=status,
-                              credentials=True)
+                              code=status, credentials=True)
         return StepFailed(f"Microsoft Graph refused the token: it carries no permission (401 {code})", GRANT_SEND,
                           details, code=status, credentials=True)
     if status == 401 and "audience" in message.lower():
