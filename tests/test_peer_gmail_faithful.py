@@ -10,8 +10,10 @@ from tests.peers.gmail import JSON_LIMIT, UPLOAD_LIMIT
 
 from .test_peer_graph_gmail import GMAIL, SENDER, DictVerifier, call, claims, google_error, mime_bytes  # noqa: F401
 
-TOKENS = {"send": claims(SENDER, GMAIL + "send"), "send.settings": claims(SENDER, f"{GMAIL}send {GMAIL}settings.basic"),
-          "send.metadata": claims(SENDER, f"{GMAIL}send {GMAIL}metadata"), "full": claims(SENDER, "https://mail.google.com/")}
+TOKENS = {"send": claims(SENDER, GMAIL + "send"),
+          "send.settings": claims(SENDER, f"{GMAIL}send {GMAIL}settings.basic"),
+          "send.metadata": claims(SENDER, f"{GMAIL}send {GMAIL}metadata"),
+          "full": claims(SENDER, "https://mail.google.com/")}
 
 
 @pytest.fixture

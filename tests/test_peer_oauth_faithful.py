@@ -8,7 +8,7 @@ import requests
 from tests.peers.oauth import GRAPH_APP_ID
 
 from .test_peer_oauth import (CLIENT_ID, PASSWORD, REDIRECT, SECRET, USER, app_token, assert_error, assertion,
-                              browser, jwt_bearer, post_token, query, session, sign_in, smtp_connect, start_authorization,
+                              jwt_bearer, post_token, query, session, sign_in, smtp_connect, start_authorization,
                               tenant_url, xoauth2)
 
 US_GRAPH_DEFAULT = "https://graph.microsoft.us/.default"

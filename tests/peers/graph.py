@@ -581,7 +581,8 @@ class GraphPeer:
         headers = _internet_headers(message)
         _check_resolvable([address for field in ("toRecipients", "ccRecipients", "bccRecipients")
                            for _, address in recipients[field]])
-        return build_mime(message, sender, recipients, headers, importance, html, str(content_body.get("content") or ""))
+        content = str(content_body.get("content") or "")
+        return build_mime(message, sender, recipients, headers, importance, html, content)
 
 
 @pytest.fixture

@@ -468,8 +468,8 @@ class EwsCall(ApiCall):
                 return StepFailed("Exchange refused the app's token: it carries no permission, so nobody has granted "
                                   "admin consent yet (401 Unauthorized)",
                                   "a tenant administrator grants admin consent to the app's full_access_as_app "
-                                  "permission (save the server, then Grant admin consent on its page), then try again", details,
-                                  code=401, credentials=True)
+                                  "permission (save the server, then Grant admin consent on its page), then try again",
+                                  details, code=401, credentials=True)
             return StepFailed("Exchange refused the token: it carries no permission (401 Unauthorized)",
                               "ask for EWS.AccessAsUser.All in the scope and authorize again", details, code=401,
                               credentials=True)

@@ -216,7 +216,8 @@ def _send(call: ApiCall, envelope: Envelope):
                                 headers={"Content-Type": "message/rfc822"})
     body = json_of(response)
     if response.status_code == 200:
-        return step_result(f"Gmail accepted the message: 200 OK, id {body.get('id', '')}", [("Id", str(body.get("id")))])
+        return step_result(f"Gmail accepted the message: 200 OK, id {body.get('id', '')}",
+                           [("Id", str(body.get("id")))])
     raise explain(response, body, call.config.auth.username)
 
 
