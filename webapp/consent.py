@@ -386,6 +386,9 @@ def _admin_consented(server: MailServer, portal: Portal, record: OAuthState, arg
         raise ConsentError("the answer says neither that consent was granted nor why not",
                            "start again from Mailroom")
     credential = server.credential
+    # A token fetched before the consent carries no roles (Entra issues it all the same): fetch a new one
+    credential.secret, credential.expires_at = seal({k: v for k, v in unseal(credential.secret).items()
+                                                     if k != "access_token"}), None
     credential.consented_by = f"a tenant administrator ({args.get('tenant', 'tenant not named')})"
     credential.consented_at, credential.last_error, credential.needs_reauthorization = utcnow(), "", False
     db.session().add(credential)

@@ -165,7 +165,9 @@ class StoredGrant:
             current, fresh_payload = self._load()
             if current.revision != revision and fresh_payload.get("access_token") and not self.typed:
                 return _access(fresh_payload["access_token"], current, refreshed=True)  # another one won
-            ended = failure.permanent if app_only else failure.error in GRANT_ENDED
+            # Delegated: only an answer that says the grant ended (not a refused scope or secret);
+            # app-only and service accounts: what only a new consent fixes (never a service account's key)
+            ended = failure.reauthorize if app_only else failure.error in GRANT_ENDED
             if ended and not self.typed:
                 mark_needs_reauthorization(current, failure)
             raise _words(failure, needs_reauthorization=ended or current.needs_reauthorization) from None
@@ -204,8 +206,8 @@ def _aware(moment: datetime | None) -> datetime | None:
 def _words(failure: oauth.OAuthFailure, needs_reauthorization: bool = False) -> StepFailed:
     """`credentials`: only a person can fix it (the delivery queue holds the mail meanwhile)."""
     state = "re-authorization needed: " if needs_reauthorization else ""
-    return StepFailed(f"{state}the token endpoint refused: {failure.summary}", failure.hint,
-                      temporary=not failure.permanent, credentials=failure.permanent)
+    return StepFailed(f"{state}{failure.headline}", failure.hint, temporary=not failure.permanent,
+                      credentials=failure.permanent)
 
 
 def mark_needs_reauthorization(credential: Credential, failure: oauth.OAuthFailure) -> None:

@@ -24,7 +24,8 @@ Until the plugin is registered, import the fixtures into the test module:
         oauth_server.revoke_grant(username, client_id=None, keep_access_tokens=False), .expire_access_tokens(),
         oauth_server.grant_admin_consent(client_id), .revoke_admin_consent(client_id)
         oauth_server.access_token_lifetime = 3600, .issue_iss = True, .rotate_refresh_tokens = True,
-        oauth_server.known_tenants = set(), .code_lifetime = 60, .withheld_scopes = set()
+        oauth_server.known_tenants = set(), .code_lifetime = 60, .withheld_scopes = set(), .cloud = "global",
+        .clock_offset = 0
 
     service_account_key(oauth_server, client_email=..., subjects=..., scopes=...)
         -> the dict of a Google service-account key file whose token_uri is this server
@@ -80,6 +81,29 @@ without `scope` gets what was granted.
 
 `authorization_response_iss_parameter_supported` in the metadata follows `issue_iss`
 (RFC 9207 2.3: a server that says so sends `iss` in every authorization response).
+
+Faithful to Entra ID and Google where they differ from a textbook server:
+  - `cloud` ("global", "gcc_high", "dod", "china"): the Microsoft cloud whose login authority
+    this server plays. A scope naming a Microsoft resource of another cloud (Exchange or Graph
+    of GCC High, DoD or China at the global authority, and so on) is refused on the tenant
+    paths with invalid_resource AADSTS500011, at the authorization and the token endpoint,
+    as Entra does (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+    GCC High and DoD share one authority (login.microsoftonline.us) and so each other's
+    resources. On the tenant paths a token for bare (Graph) scopes has aud
+    00000003-0000-0000-c000-000000000000, Graph's application ID, as Entra's v2 tokens do.
+  - Client credentials before admin consent: Entra issues a token all the same, without a
+    `roles` claim (the app has no application permission yet); the resource then refuses it
+    ("Either scp or roles claim need to be present in the token." at Graph). So does this
+    server: `roles` are the client's app_roles only after grant_admin_consent().
+  - The token answers of client credentials (Entra: token_type, expires_in, access_token;
+    https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow) and
+    of Google's JWT bearer grant (access_token, expires_in, token_type;
+    https://developers.google.com/identity/protocols/oauth2/service-account) carry no `scope`.
+  - A declined admin consent redirects with error=permission_denied and "The admin canceled
+    the request" (the client credentials flow's documented error response).
+  - register_client(..., auth_methods=("client_secret_basic",)): a client that may authenticate
+    only with HTTP Basic (RFC 6749 2.3.1), as some servers configure it; a client_secret_post
+    request is then invalid_client.
 """
 import hmac
 import html
@@ -124,6 +148,16 @@ from tests.peers.https import HttpsPeer
 from tests.peers.tls import server_context
 
 JWT_BEARER = JWTBearerGrant.GRANT_TYPE
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+# The Microsoft resources each login authority knows (Graph and Exchange Online of its clouds):
+# https://learn.microsoft.com/graph/deployments and Microsoft's CSS-Exchange Get-CloudServiceEndpoint.ps1
+AUTHORITY_OF_CLOUD = {"global": "global", "gcc_high": "us_government", "dod": "us_government", "china": "china"}
+MICROSOFT_RESOURCES = {
+    "global": {"https://graph.microsoft.com", "https://outlook.office365.com", "https://outlook.office.com"},
+    "us_government": {"https://graph.microsoft.us", "https://dod-graph.microsoft.us", "https://outlook.office365.us",
+                      "https://outlook-dod.office365.us"},
+    "china": {"https://microsoftgraph.chinacloudapi.cn", "https://partner.outlook.cn"},
+}
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 GENERIC_TENANTS = {"common", "organizations", "consumers"}
 NON_RESOURCE_SCOPES = {"openid", "profile", "email", "offline_access"}
@@ -167,12 +201,14 @@ SCOPE_NOT_GRANTED = "AADSTS65001: The user or administrator has not consented to
 # RFC 6749 5.2's own words for invalid_scope (what Keycloak-like servers answer)
 SCOPE_EXCEEDS_GRANT = ("The requested scope is invalid, unknown, malformed, or exceeds the scope granted "
                        "by the resource owner: {scope}.")
-NO_ADMIN_CONSENT = ("AADSTS65001: The user or administrator has not consented to use the application "
-                    "with ID '{client_id}'.")
 NO_TENANT = ("AADSTS50059: No tenant-identifying information found in either the request or implied "
              "by any provided credentials.")
 USER_DENIED = "The user denied the request."
-ADMIN_DECLINED = "AADSTS65004: User declined to consent to access the app."
+ADMIN_CANCELED = "The admin canceled the request"
+OTHER_CLOUD = ("AADSTS500011: The resource principal named {resource} was not found in the tenant named {tenant}. "
+               "This can happen if the application has not been installed by the administrator of the tenant or "
+               "consented to by any user in the tenant. You might have sent your authentication request to the "
+               "wrong tenant.")
 SILENT_SIGN_IN = "AADSTS50058: A silent sign-in request was sent but no user is signed in."
 WRONG_LOGIN = "Wrong username or password."
 # Google (oauth2.googleapis.com) for the JWT bearer grant
@@ -205,8 +241,11 @@ def scope_resource(scope: str) -> str | None:
     return None
 
 
-def delegated_audience(scope: str) -> str | None:
+def delegated_audience(scope: str, microsoft: bool = False) -> str | None:
+    """The resource of the URL-shaped scopes; on Microsoft's paths bare scopes are Graph's (its app ID)."""
     resources = {scope_resource(s) for s in scope_list(scope)} - {None}
+    if microsoft and not resources and set(scope_list(scope)) - NON_RESOURCE_SCOPES:
+        return GRAPH_APP_ID
     return resources.pop() if len(resources) == 1 else None
 
 
@@ -256,6 +295,7 @@ class Client(ClientMixin):
     app_roles: frozenset[str] = frozenset()
     grant_types: tuple[str, ...] = DEFAULT_GRANT_TYPES
     admin_consented: bool = False
+    auth_methods: tuple[str, ...] = tuple(CLIENT_AUTH_METHODS)
 
     def get_client_id(self):
         return self.client_id
@@ -278,7 +318,7 @@ class Client(ClientMixin):
         return hmac.compare_digest(self.client_secret.encode(), client_secret.encode())
 
     def check_endpoint_auth_method(self, method, endpoint):
-        return method in CLIENT_AUTH_METHODS
+        return method in self.auth_methods
 
     def check_response_type(self, response_type):
         return response_type == "code" and "authorization_code" in self.grant_types
@@ -472,11 +512,6 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
             raise InvalidRequestError(NO_TENANT)
         check_app_only_scope(self.request.payload.scope)
 
-    def validate_token_request(self):
-        super().validate_token_request()
-        if not self.request.client.admin_consented:
-            raise InvalidGrantError(NO_ADMIN_CONSENT.format(client_id=self.request.client.client_id))
-
 
 class ServiceAccountGrant(JWTBearerGrant):
     """Google's JWT bearer grant: the scope is a claim of the assertion, Google's error texts."""
@@ -511,7 +546,7 @@ class ServiceAccountGrant(JWTBearerGrant):
     def verify_claims(self, claims):
         if claims.get("aud") not in self.get_audiences():
             raise InvalidGrantError(JWT_AUDIENCE.format(aud=self.get_audiences()[0]))
-        iat, exp, now = claims.get("iat"), claims.get("exp"), time.time()
+        iat, exp, now = claims.get("iat"), claims.get("exp"), time.time() + self.server.peer.clock_offset
         if not all(isinstance(v, (int, float)) for v in (iat, exp)):
             raise InvalidGrantError(JWT_LIFETIME)
         if exp - iat > self.MAX_LIFETIME or exp <= iat or exp < now - self.LEEWAY or iat > now + self.LEEWAY:
@@ -721,6 +756,8 @@ class OAuthServer:
         self.issue_iss = True
         self.rotate_refresh_tokens = True
         self.withheld_scopes: set[str] = set()
+        self.cloud = "global"
+        self.clock_offset = 0.0  # seconds this server's clock is ahead: a client whose clock is off, seen from here
         self.requests: list[dict] = []
         self.consents: list[dict] = []
         self.ca_pem = ca.cert_pem.bytes().decode()
@@ -748,9 +785,10 @@ class OAuthServer:
 
     def register_client(self, client_id: str, client_secret: str, redirect_uris: list[str],
                         scopes: set[str] | None = None, app_roles: set[str] = frozenset(),
-                        grant_types=DEFAULT_GRANT_TYPES) -> Client:
+                        grant_types=DEFAULT_GRANT_TYPES, auth_methods=tuple(CLIENT_AUTH_METHODS)) -> Client:
         client = Client(client_id, client_secret, list(redirect_uris),
-                        None if scopes is None else set(scopes), frozenset(app_roles), tuple(grant_types))
+                        None if scopes is None else set(scopes), frozenset(app_roles), tuple(grant_types),
+                        auth_methods=tuple(auth_methods))
         with self._lock:
             self._clients[client_id] = client
         return client
@@ -905,10 +943,11 @@ class OAuthServer:
         grant_type = oauth_request.payload.grant_type
         client = oauth_request.client
         scope = token["scope"]
-        values = dict(sub=None, username=None, roles=[], aud=delegated_audience(scope),
+        tenant = getattr(oauth_request, "tenant", None)
+        values = dict(sub=None, username=None, roles=[], aud=delegated_audience(scope, microsoft=bool(tenant)),
                       grant_scope=scope, grant_id=None)
-        if grant_type == "client_credentials":
-            values.update(sub=client.client_id, roles=sorted(client.app_roles),
+        if grant_type == "client_credentials":  # no roles before admin consent, as Entra issues them
+            values.update(sub=client.client_id, roles=sorted(client.app_roles) if client.admin_consented else [],
                           aud=app_only_audience(scope))
         elif grant_type == JWT_BEARER:
             subject = oauth_request.assertion_claims.get("sub")
@@ -1023,6 +1062,11 @@ class OAuthServer:
             if not error.redirect_uri:
                 return error_page(f"{error.error}: {error.get_error_description()}")
             return self._with_iss(self._authlib.handle_error_response(None, error))
+        other_cloud = self._other_cloud(request.values.get("scope"))
+        if other_cloud:
+            error = OAuth2Error(safe(other_cloud), error="invalid_resource", redirect_uri=grant.redirect_uri,
+                                state=request.values.get("state"))
+            return self._with_iss(self._authlib.handle_error_response(None, error))
         if request.values.get("prompt") == "none":
             error = OAuth2Error(SILENT_SIGN_IN, error="login_required", redirect_uri=grant.redirect_uri,
                                 state=request.values.get("state"))
@@ -1044,14 +1088,38 @@ class OAuthServer:
 
     def _token(self):
         problem = self._tenant_problem()
-        if problem:
-            response = jsonify(error="invalid_request", error_description=safe(problem))
+        other_cloud = self._other_cloud(request.form.get("scope"))
+        if problem or other_cloud:
+            error = "invalid_request" if problem else "invalid_resource"
+            response = jsonify(error=error, error_description=safe(problem or other_cloud))
             response.status_code = 400
             response.headers.update(JSON_HEADERS)
         else:
             response = self._authlib.create_token_response()
+        self._without_scope(response)
         self._log_token_request(response)
         return response
+
+    def _other_cloud(self, scope: str | None) -> str | None:
+        """AADSTS500011 when, on the tenant paths, a scope names a Microsoft resource of another cloud."""
+        if g.tenant is None:
+            return None
+        known = MICROSOFT_RESOURCES[AUTHORITY_OF_CLOUD[self.cloud]]
+        every = set().union(*MICROSOFT_RESOURCES.values())
+        for item in scope_list(scope):
+            resource = (scope_resource(item) or "").lower()
+            if resource in every and resource not in known:
+                return OTHER_CLOUD.format(resource=resource, tenant=g.tenant)
+        return None
+
+    @staticmethod
+    def _without_scope(response: Response) -> None:
+        """Entra's client credentials answer and Google's JWT bearer answer name no scope."""
+        if response.status_code != 200 or request.form.get("grant_type") not in ("client_credentials", JWT_BEARER):
+            return
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and body.pop("scope", None) is not None:
+            response.set_data(json.dumps(body))
 
     def _log_token_request(self, response: Response) -> None:
         form = request.form
@@ -1083,7 +1151,7 @@ class OAuthServer:
         action = request.form.get("action")
         state = request.values.get("state")
         if action == "cancel":
-            return redirect_to(redirect_uri, error="access_denied", error_description=ADMIN_DECLINED,
+            return redirect_to(redirect_uri, error="permission_denied", error_description=ADMIN_CANCELED,
                                state=state)
         if action != "accept":
             return error_page("The form was sent without choosing 'Accept' or 'Cancel'.")
