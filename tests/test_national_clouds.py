@@ -7,7 +7,7 @@ import pytest
 
 from .test_ews import oauth_ews_form
 from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
-                         authorize, back_at_mailroom, oauth_form, save)
+                         authorize, back_at_mailroom, oauth_form, save, to_the_provider)
 
 
 def default_scope(admin, protocol: str, cloud: str, flow: str = "delegated") -> str:
@@ -54,8 +54,8 @@ def test_ews_app_only_in_dod_gets_a_token_its_exchange_takes(app, admin, gcc_hig
     peer.audiences = {"https://outlook-dod.office365.us"}
     scope = default_scope(admin, "ews", "dod", flow="app")
     server = save(app, admin, oauth_ews_form(gcc_high, peer, cloud="dod", flow="app", scope=scope, authorize_url=""))
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "All checks passed." in report and "app-only, impersonating the mailbox" in report
 

@@ -125,7 +125,8 @@ def test_a_closed_token_endpoint_is_one_clear_sentence(app, admin, oauth_server,
 # --- the consent pages, with the peer as the provider ---------------------------------------------------------------
 
 def test_a_declined_admin_consent_is_said_on_the_page(app, admin, oauth_server, xoauth2_peer, test_ca_file):
-    from .test_oauth import CLIENT_ID, CLIENT_SECRET, OWNER_PASSWORD, REDIRECT_URI, at_the_provider, back_at_mailroom
+    from .test_oauth import (CLIENT_ID, CLIENT_SECRET, OWNER_PASSWORD, REDIRECT_URI, at_the_provider, back_at_mailroom,
+                             to_the_provider)
     from .test_oauth import oauth_form
 
     oauth_server.add_user(MAILBOX, OWNER_PASSWORD)
@@ -133,8 +134,8 @@ def test_a_declined_admin_consent_is_said_on_the_page(app, admin, oauth_server, 
     relay = xoauth2_peer(oauth_server)
     server = save(app, admin, oauth_form(oauth_server, relay, flow="app", authorize_url="",
                                          scope="https://outlook.office365.com/.default"))
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    page = back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="cancel"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    page = back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="cancel"))
     assert "the administrator declined the admin consent: The admin canceled the request" in page.text
     assert "ask a tenant administrator to click Grant admin consent again" in page.text
 

@@ -105,7 +105,8 @@ def take_outcome(server_id: int) -> dict | None:
 def next_step(server: MailServer) -> str:
     """What the server's OAuth credential waits for: "authorize", "reauthorize", "admin_consent",
     or "" (nothing, or not OAuth). Admin consent given outside Mailroom (in Entra) cannot be
-    seen: once the server was checked, a missing one shows as a failed token, which marks it."""
+    seen: Entra gives an unconsented app a token without roles, which the service refuses, so
+    an app-only server not consented here asks for it until a check passed."""
     credential = server.credential
     if credential is None or credential.kind not in OAUTH_KINDS:
         return ""
@@ -115,7 +116,7 @@ def next_step(server: MailServer) -> str:
         return "" if credential.consented_at else "authorize"
     if credential.provider.get("provider") != oauth.Provider.MICROSOFT:
         return ""
-    if credential.needs_reauthorization or not (credential.consented_at or server.last_check_at):
+    if credential.needs_reauthorization or not (credential.consented_at or server.last_check_ok):
         return "admin_consent"
     return ""
 
