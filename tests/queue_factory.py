@@ -29,10 +29,11 @@ class Outbox:
         envelope = Envelope.of(build_message(Sender("helpdesk@example.com", "Help Desk"), to, subject,
                                              "The ticket was updated.", cc=cc, bcc=bcc))
         recipients = [{"address": a, "state": "pending", "code": None, "reply": ""} for a in envelope.recipients]
-        row = OutboundMail(portal_id=self.portal.id, state=state, submitted_by="key “Help desk app”",
-                           client_address="192.0.2.7", message_id=envelope.message_id, mail_from=envelope.mail_from,
-                           recipients=recipients, subject=subject, to_summary=", ".join(to), size=len(envelope.raw),
-                           raw=envelope.raw, **values)
+        values = {"submitted_by": "key “Help desk app”", "client_address": "192.0.2.7", "raw": envelope.raw,
+                  **values}
+        row = OutboundMail(portal_id=self.portal.id, state=state, message_id=envelope.message_id,
+                           mail_from=envelope.mail_from, recipients=recipients, subject=subject,
+                           to_summary=", ".join(to), size=len(envelope.raw), **values)
         with self.app.app_context():
             db.session().add(row)
             db.session().commit()
@@ -41,13 +42,14 @@ class Outbox:
     def many(self, count: int, state: str = MailState.SENT, start: datetime = T0, step=timedelta(minutes=1),
              **values) -> list[int]:
         """`count` small messages, one a `step` apart from `start` (ids in the same order); their ids."""
-        rows = [dict(portal_id=self.portal.id, state=state, source="api", submitted_by="bulk", client_address="",
-                     request_hash="", message_id=f"<{i}@bulk.example>", mail_from="helpdesk@example.com",
-                     recipients=[{"address": f"user{i}@example.com", "state": "pending", "code": None, "reply": ""}],
-                     subject=f"Message {i}", to_summary=f"user{i}@example.com", size=100, raw=b"Subject: x\r\n\r\nx",
-                     attempts=0, created_at=start + i * step, updated_at=start + i * step,
-                     next_attempt_at=start + i * step, lease_owner="", last_error="", **values)
-                for i in range(count)]
+        rows = [{**dict(portal_id=self.portal.id, state=state, source="api", submitted_by="bulk", client_address="",
+                        request_hash="", message_id=f"<{i}@bulk.example>", mail_from="helpdesk@example.com",
+                        recipients=[{"address": f"user{i}@example.com", "state": "pending", "code": None,
+                                     "reply": ""}],
+                        subject=f"Message {i}", to_summary=f"user{i}@example.com", size=100,
+                        raw=b"Subject: x\r\n\r\nx", attempts=0, created_at=start + i * step,
+                        updated_at=start + i * step, next_attempt_at=start + i * step, lease_owner="", last_error=""),
+                 **values} for i in range(count)]
         with self.app.app_context():
             session = db.session()
             for first in range(0, count, 2000):

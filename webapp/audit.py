@@ -36,6 +36,10 @@ ACTIONS = {
     "server.authorization_failed": "An OAuth consent failed for",
     "server.reauthorization_needed": "Re-authorization needed for",
     "server.consent_link": "Made a consent link for",
+    "mail.retried": "Retry now for",
+    "mail.released": "Released",
+    "mail.requeued": "Requeued",
+    "mail.deleted": "Deleted",
 }
 
 

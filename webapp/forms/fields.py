@@ -16,7 +16,8 @@ from .server import SECTIONS, Choices
 NOT_IN_FORMS = {"password": "Password", "order": "Order", "recipient": "Recipient", "superadmin": "Super-admin",
                 "active": "Active", "role": "Role", "auth_type": "Authentication",
                 "egress_allow": "Egress allow list", "egress_deny": "Egress deny list", "reason": "Reason",
-                "consented_by": "Consented by", "tenant": "Tenant", "client_secret": "Client secret"}
+                "consented_by": "Consented by", "tenant": "Tenant", "client_secret": "Client secret",
+                "filter": "Filter", "count": "Messages"}
 
 
 def field_labels(protocol: str | None = None, auth_type: str | None = None) -> dict[str, str]:
