@@ -1,6 +1,6 @@
 """The Mail Queue as admins see it: a portal's messages by filter, a page at a time, newest first;
 the counts per state; the attempts of the last day per hour; one message with its headers and
-attempts. Reads only (queue_actions.py changes).
+attempts; and the delivery banner of every portal page. Reads only (queue_actions.py changes).
 
 Every filter but the text ones uses an index: the state `(portal_id, state, id)`, the server
 `(portal_id, server_id, id)`, the time range `(portal_id, created_at, id)` (turned into a range
@@ -9,16 +9,16 @@ the receivers) cannot use one: they look through at most SEARCH_WINDOW messages 
 then offer to search older ones, so no page costs more than that.
 """
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesHeaderParser
 
-from sqlalchemy import Text, bindparam, cast, false, func, or_
+from sqlalchemy import Boolean, Text, and_, bindparam, cast, false, func, or_
 from sqlmodel import select
 
 from . import db, pagination
-from .models import DeliveryAttempt, MailServer, MailState, OutboundMail, Portal, server_label
+from .models import Credential, DeliveryAttempt, MailServer, MailState, OutboundMail, Portal, server_label
 
 ORDER = (OutboundMail.id.desc(),)
 # The columns the list shows (never `raw`, the message itself).
@@ -259,3 +259,51 @@ def headers_of(raw: bytes) -> list[tuple[str, str]]:
             fields.append((name, " ".join(str(value).split())))
     return fields
 
+
+# -- the banner on every portal page ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeldServer:
+    id: int
+    label: str
+    since: datetime
+    reason: str
+    credential_kind: str
+
+
+@dataclass
+class Banner:
+    failover_since: datetime | None = None
+    failover_reason: str = ""
+    alternate: str | None = None  # the server mail goes through meanwhile, if one works
+    held: list[HeldServer] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.failover_since is not None or bool(self.held)
+
+
+_BANNER_SERVERS = (
+    select(MailServer.id, MailServer.description, MailServer.settings["host"].as_string(), MailServer.held_since,
+           MailServer.held_reason, Credential.kind)
+    .outerjoin(Credential, Credential.server_id == MailServer.id)
+    .where(MailServer.portal_id == bindparam("portal_id"),
+           or_(MailServer.held_since.is_not(None),
+               and_(bindparam("failover", type_=Boolean), MailServer.enabled, MailServer.failing_since.is_(None))))
+    .order_by(MailServer.position).limit(50))
+
+
+def banner(portal: Portal) -> Banner:
+    """What every page of the portal says about delivery: mail going via an alternate server, and
+    servers whose mail is held. One query: the held servers, and (in failover) the working ones."""
+    failover = portal.failover_since is not None
+    rows = db.session().exec(_BANNER_SERVERS, params={"portal_id": portal.id, "failover": failover}).all()
+    said = Banner(portal.failover_since, portal.failover_reason)
+    for id_, description, host, held_since, held_reason, kind in rows:
+        label = server_label(id_, description, host)
+        if held_since is not None:
+            said.held.append(HeldServer(id_, label, held_since, held_reason, kind or ""))
+        elif said.alternate is None:
+            said.alternate = label
+    if not failover:
+        said.alternate = None
+    return said

@@ -1,8 +1,12 @@
-"""The Mail Queue page (staff read, admins act) and a message's page."""
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
-from flask_login import login_required
+"""The Mail Queue page (staff read, admins act), a message's page, and the delivery banner that
+every portal page shows."""
+import logging
 
-from .. import mailqueue, queue_actions
+from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask_login import login_required
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import db, mailqueue, queue_actions
 from ..forms.queue import STATE_LABELS, QueueFilterForm
 from ..models import Role, utcnow
 from ..queue_actions import Action
@@ -10,6 +14,7 @@ from ..security import current_actor, load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("queue", __name__, url_prefix="/p/<slug>/queue")
+log = logging.getLogger(__name__)
 
 DONE = {Action.RETRY: "The message is due now: a worker sends it next.",
         Action.RELEASE: "Released: the message is queued again and goes out next.",
@@ -29,6 +34,24 @@ NOT_NOW = {Action.RETRY: "Nothing changed: the message is no longer queued.",
 @bp.context_processor
 def _words():
     return {"state_labels": STATE_LABELS, "verbs": VERBS}
+
+
+@bp.app_context_processor
+def _banner():
+    return {"delivery_banner": _delivery_banner}
+
+
+def _delivery_banner():
+    """For base.html: what the portal's pages say about delivery (one query, only on portal pages)."""
+    portal = g.get("portal")
+    if portal is None:
+        return None
+    try:
+        return mailqueue.banner(portal)
+    except SQLAlchemyError as error:  # the error page of a database that refuses: without the banner
+        db.session().rollback()
+        log.warning("the delivery banner could not be read: %s", error.__class__.__name__)
+        return None
 
 
 @bp.get("/")
