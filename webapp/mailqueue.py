@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesHeaderParser
 
-from sqlalchemy import Boolean, Text, and_, bindparam, cast, false, func, or_
+from sqlalchemy import Boolean, Text, and_, bindparam, cast, false, func, literal_column, or_
 from sqlmodel import select
 
 from . import db, pagination
@@ -228,10 +228,11 @@ def hourly(portal: Portal, now: datetime) -> Chart:
 
 
 def _hour_of(column):
-    """'YYYY-MM-DD HH' of a UTC timestamp, in SQL."""
+    """'YYYY-MM-DD HH' of a UTC timestamp, in SQL. Its constants are literals, not parameters: the
+    GROUP BY must repeat the very expression of the SELECT (PostgreSQL compares them as written)."""
     if db.session().get_bind().dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24")
-    return func.substr(column, 1, 13)  # SQLite stores "YYYY-MM-DD HH:MM:SS.ffffff" in UTC
+        return func.to_char(func.timezone(literal_column("'UTC'"), column), literal_column("'YYYY-MM-DD HH24'"))
+    return func.substr(column, literal_column("1"), literal_column("13"))  # SQLite: "YYYY-MM-DD HH:MM:SS.ffffff", UTC
 
 
 # -- one message ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The Mail Queue page (staff read, admins act), a message's page, and the delivery banner that
 every portal page shows."""
 import logging
+from functools import partial
 
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_login import login_required
@@ -76,13 +77,10 @@ def _queue_page(portal, form, servers, page, status=200):
                                                            page=page.previous),
              "bulk": {action: url_for("queue.bulk", slug=portal.slug, action=action.value, **args)
                       for action in Action}}
-    context = {"form": form, "page": page, "servers": servers, "base": base, "links": links}
-    htmx = request.htmx
-    if htmx and not htmx.history_restore_request:
-        return render_template("queue/_queue.html", **context), status
-    now = utcnow()
-    return render_template("queue/index.html", counts=mailqueue.counts(portal), chart=mailqueue.hourly(portal, now),
-                           **context), status
+    # The counts and the chart are read only for the whole page (the template calls them).
+    return page_or_fragment("queue/index.html", "queue/_queue.html", status, form=form, listing=page, servers=servers,
+                            base=base, links=links, counts_of=partial(mailqueue.counts, portal),
+                            chart_of=partial(mailqueue.hourly, portal, utcnow()))
 
 
 @bp.get("/<id:mail_id>")
