@@ -189,6 +189,13 @@ def test_bulk_retry_with_nothing_to_do_says_so(admin, outbox):
     assert '<button type="submit"' not in confirm.split("<main", 1)[1]
 
 
+def test_a_bulk_action_that_finds_nothing_to_change_records_nothing(app, admin, outbox):
+    outbox.many(3, state=MailState.SENT)
+    answer = admin.post(f"{QUEUE}bulk/requeue", {"state": "sent"})
+    assert flash_after(admin, answer).startswith("Nothing changed")
+    assert events(app, "mail.requeued") == []
+
+
 def test_a_bulk_action_with_a_bad_filter_changes_nothing(app, admin, outbox):
     failed = outbox.many(3, state=MailState.FAILED)
     answer = admin.post(f"{QUEUE}bulk/delete", {"recipient": "nobody", "state": "failed"})

@@ -84,9 +84,10 @@ def apply_to_filter(actor: Actor, portal: Portal, action: Action, chosen: QueueF
         if len(ids) < BATCH:
             break
         below = ids[-1]
-    subject = " ".join(filter(None, [f"{done:,}", kind.noun, "message" if done == 1 else "messages"]))
-    audit.record(actor, kind.event, subject, {"filter": [None, described], "count": [None, done]}, portal.id)
-    session.commit()
+    if done:  # nothing changed, nothing to record
+        subject = " ".join(filter(None, [f"{done:,}", kind.noun, "message" if done == 1 else "messages"]))
+        audit.record(actor, kind.event, subject, {"filter": [None, described], "count": [None, done]}, portal.id)
+        session.commit()
     return done
 
 

@@ -138,7 +138,8 @@ def bulk(slug, action):
                                described=described, args=args, noun=queue_actions.KINDS[action].noun,
                                cancel=url_for("queue.index", slug=slug, **args))
     done = queue_actions.apply_to_filter(current_actor(), portal, action, chosen, described, utcnow())
-    flash(DONE_MANY[action].format(n=f"{done:,} message" + ("" if done == 1 else "s")))
+    flash(DONE_MANY[action].format(n=f"{done:,} message" + ("" if done == 1 else "s")) if done else
+          "Nothing changed: none of the messages this filter selects could be changed (any more).")
     return redirect(url_for("queue.index", slug=slug, **args), 303)
 
 
