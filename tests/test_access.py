@@ -9,11 +9,11 @@ from sqlmodel import select
 
 from webapp import apikeys, db
 from webapp.audit import Actor
-from webapp.models import Membership, Role
+from webapp.models import Membership, OutboundMail, Role
 from webapp.sessions import SESSIONLESS_PATH
 
 # Endpoints a staff member may use; every other portal route is for admins only.
-STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history"}
+STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history", "queue.index", "queue.message"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
 PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link"}
 
@@ -22,11 +22,15 @@ PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "o
 def world(app, make, portal):
     server = make.server(portal)
     member = make.member(portal, "member@example.com", Role.STAFF)
+    mail = OutboundMail(portal_id=portal.id, state="failed", subject="Hello", raw=b"Subject: Hello\r\n\r\nHi")
     with app.app_context():
         membership = db.session().exec(select(Membership).where(Membership.user_id == member.id)).one()
         key, _ = apikeys.create(Actor("tests"), portal, "Sample")
+        db.session().add(mail)
+        db.session().commit()
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
-              "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1}
+              "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1,
+              "mail_id": mail.id, "action": "requeue"}
     return values
 
 
@@ -55,7 +59,7 @@ def portal_routes(app):
 
 def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
     public = {rule.endpoint for rule in app.url_map.iter_rules() if not by_key(rule) and not rule.endpoint.startswith(
-        ("portals.", "servers.", "users.", "settings.", "keys.")) and rule.endpoint not in (
+        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.")) and rule.endpoint not in (
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS

@@ -46,7 +46,7 @@ from webapp.forms.gmail import MAX_KEY_BYTES
 from webapp.limits import limiter
 from webapp.mail.graph import GraphSettings
 from webapp.mail.transport import TRANSPORTS
-from webapp.models import AppSetting, MailServer, Membership, Role
+from webapp.models import AppSetting, MailServer, Membership, OutboundMail, Role
 from webapp.sessions import SESSIONLESS_PATH
 
 from .conftest import LOOPBACK, PASSWORD, SECRET_KEYS, Client, Factory
@@ -124,15 +124,18 @@ def world(migrated, database_url, tmp_path_factory):
     make.user("leser@bücher.example")  # an international address
     server = make.server(portal, description="Relay")
     elsewhere = make.server(other, description="Elsewhere")
+    mails = [OutboundMail(portal_id=p.id, subject="Hello", raw=b"Subject: Hello\r\n\r\nHi") for p in (portal, other)]
     with app.app_context():
         memberships = {m.portal_id: m.id for m in db.session().exec(select(Membership).order_by(Membership.id))}
+        db.session().add_all(mails)
+        db.session().commit()
     clients = {}
     for who in ("admin", "root", "pw"):
         clients[who] = Client(app).login(f"{who}@example.com")
         clients[who].csrf_token()  # the session keeps its CSRF token from here on
     world = World(app, clients, {"server": server.id, "other_server": elsewhere.id,
                                  "membership": memberships[portal.id], "other_membership": memberships[other.id],
-                                 "user": someone.id})
+                                 "user": someone.id, "mail": mails[0].id, "other_mail": mails[1].id})
     world.baseline = dump(world.engine)
     yield world
     world.engine.dispose()
@@ -1249,10 +1252,13 @@ ID_ROUTES = {
     "/users/<id:user_id>/reset-password": ("root", "GET POST", "user"),
     "/users/<id:user_id>/remove": ("root", "GET POST", "user"),
     "/p/<slug>/api-keys/<id:key_id>/revoke": ("admin", "GET POST", "api_key"),
+    "/p/<slug>/queue/<id:mail_id>": ("admin", "GET", "mail"),
+    "/p/<slug>/queue/<id:mail_id>/<any(retry, release, requeue):action>": ("admin", "POST", "mail"),
+    "/p/<slug>/queue/<id:mail_id>/delete": ("admin", "GET POST", "mail"),
 }
 IDS = [("0", "0"), ("-1", "-1"), ("leading-zero", "01"), ("2**63-1", str(2**63 - 1)), ("2**63", str(2**63)),
        ("10**30", str(10**30)), ("non-numeric", "abc"), ("no-such-row", "999999")]
-OTHER_PORTALS = {"server": "{other_server}", "membership": "{other_membership}"}  # a row of the portal "other"
+OTHER_PORTALS = {"server": "{other_server}", "membership": "{other_membership}", "mail": "{other_mail}"}  # a row of the portal "other"
 
 
 def route(who, method, url, label, status=404, data=None):
@@ -1260,7 +1266,7 @@ def route(who, method, url, label, status=404, data=None):
 
 
 def url_of(rule: str, id_value: str = "{server}", **parts) -> str:
-    parts = {"slug": "help", "name": "tls", "direction": "up", **parts}
+    parts = {"slug": "help", "name": "tls", "direction": "up", "action": "retry", **parts}
     url = re.sub(r"<id:\w+>", id_value, rule)
     return re.sub(r"<(?:[^<>]*:)?(\w+)>", lambda m: parts[m.group(1)], url)
 

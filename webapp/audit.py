@@ -38,6 +38,10 @@ ACTIONS = {
     "server.consent_link": "Made a consent link for",
     "api_key.created": "Created the API key",
     "api_key.revoked": "Revoked the API key",
+    "mail.retried": "Retry now for",
+    "mail.released": "Released",
+    "mail.requeued": "Requeued",
+    "mail.deleted": "Deleted",
 }
 
 

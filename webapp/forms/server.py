@@ -249,6 +249,18 @@ class LimitsSection(Section):
                                    description="How many Validate runs and sample mails may talk to this "
                                                "server at once (per app process); beyond that Mailroom "
                                                "answers “busy, try again”.")
+    rate_per_minute = IntegerField(
+        "Send rate: messages per minute", validators=[Optional(), NumberRange(1, 100_000, "Enter 1 to 100,000, or "
+                                                                                        "leave it empty.")],
+        description="Empty: no limit. Mail beyond it waits for a later minute. Exchange Online takes 30 messages a "
+                    "minute per mailbox; the Gmail API 60 sends a minute per user (6,000 quota units, 100 per "
+                    "send). Microsoft Graph limits requests at once instead (4 per mailbox): set that as Max. "
+                    "concurrent connections.")
+    rate_per_day = IntegerField(
+        "Send rate: messages per day", validators=[Optional(), NumberRange(1, 10_000_000, "Enter 1 to 10,000,000, or "
+                                                                                         "leave it empty.")],
+        description="Empty: no limit. Google Workspace sends 2,000 messages a day per user (500 on a trial); "
+                    "Exchange Online 10,000 recipients a day per mailbox.")
 
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (

@@ -48,7 +48,9 @@ document.addEventListener("htmx:beforeSwap", (event) => {
 const typedSecrets = new Map();
 
 document.addEventListener("htmx:beforeSwap", (event) => {
-  const form = event.detail.target.closest("form") || event.detail.target.querySelector("form");
+  const target = event.detail.target;
+  if (!target) return;  // a history restore swaps the whole page
+  const form = target.closest("form") || target.querySelector("form");
   if (!form) return;
   for (const input of form.querySelectorAll('input[type="password"]')) {
     if (input.value) typedSecrets.set(input.name, input.value);
@@ -57,7 +59,8 @@ document.addEventListener("htmx:beforeSwap", (event) => {
 });
 
 document.addEventListener("htmx:afterSettle", (event) => {
-  const scope = event.detail.target.isConnected ? event.detail.target : document;
+  const target = event.detail.target;  // none after a history restore (back to an htmx-pushed address)
+  const scope = target && target.isConnected ? target : document;
   for (const input of scope.querySelectorAll('input[type="password"]')) {
     if (!input.value && typedSecrets.has(input.name)) {
       input.value = typedSecrets.get(input.name);
