@@ -1228,6 +1228,39 @@ def test_a_swapped_part_shows_a_hostile_value_escaped_and_saves_nothing(world, p
     assert database(world) == before
 
 
+# A swap posted without the parts it re-renders (a hand-made request, or a page of another version):
+# 400, never a 500. Each part's answer is recognised by the element it replaces.
+PART_ELEMENTS = {"connection": 'id="section-connection"', "credentials": 'id="section-credentials"',
+                 "tls": 'id="port-group"', "endpoints": 'id="oauth-endpoints"', "ews": 'id="ews-online"'}
+AUTH_POSTED = ["none", "basic", "oauth", "service_account", "bogus", None]  # None: no auth_type at all
+
+
+@pytest.mark.parametrize("auth_type", AUTH_POSTED)
+@pytest.mark.parametrize("protocol", sorted(TRANSPORTS))
+@pytest.mark.parametrize("part", sorted(PART_ELEMENTS))
+def test_a_swap_without_the_parts_it_needs_is_a_400_not_a_500(world, part, protocol, auth_type):
+    data = {"protocol": protocol, **({"auth_type": auth_type} if auth_type else {})}
+    before = database(world)
+    for url in ("/p/help/servers/new/section/", world.url("/p/help/servers/{server}/section/")):
+        response = world.client("admin").post(url + part, data, htmx=True)
+        assert response.status_code in (200, 400), response.text[:300]
+        if response.status_code == 200:
+            assert PART_ELEMENTS[part] in response.text
+    assert database(world) == before
+
+
+@pytest.mark.parametrize("part,data", [
+    ("endpoints", {"protocol": "smtp", "auth_type": "basic", "tenant": "example.com"}),
+    ("endpoints", {"protocol": "smtp"}),
+    ("endpoints", {"protocol": "gmail", "auth_type": "service_account", "cloud": "china"}),
+    ("tls", {"protocol": "graph", "security": "tls"}),
+    ("ews", {"protocol": "smtp", "ews_url": "https://mail.example.com/EWS/Exchange.asmx"}),
+])
+def test_a_part_the_posted_choices_do_not_show_is_refused(world, part, data):
+    response = world.client("admin").post(f"/p/help/servers/new/section/{part}", data, htmx=True)
+    assert response.status_code == 400
+
+
 # -- route parameters -------------------------------------------------------------------------------------
 
 # Every route with an <id:...> argument: who may reach it with a good id, its methods, the row its id names.

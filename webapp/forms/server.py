@@ -258,6 +258,9 @@ PARTIALS: dict[str, list[str]] = {
     "credentials": ["basic", "oauth", "microsoft", "issuer"],  # when the authentication or provider changes
     "endpoints": ["oauth", "microsoft", "issuer"],  # when the tenant, cloud or flow changes (endpoints and scope)
 }
+# Parts that gather whichever of their sections show; every other part is its first section's own
+# markup, and can be rendered only when the posted choices show that section.
+GATHERING = frozenset({"connection", "credentials"})
 FOLLOWS_THE_CLOUD = "graph_endpoint"  # a protocol's service root that is filled in from the Microsoft cloud
 
 
@@ -353,6 +356,10 @@ class ServerForm:
 
     def shows(self, section: str) -> bool:
         return section in self.sections
+
+    def can_render(self, partial: str) -> bool:
+        """The posted choices show what this part is made of (e.g. "endpoints" needs the OAuth section)."""
+        return partial in GATHERING or PARTIALS[partial][0] in self.sections
 
     def in_partial(self, partial: str) -> list[tuple[str, Section | None]]:
         """The partial's own sections in order: (name, the section if shown, else None for a carry)."""
