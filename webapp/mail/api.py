@@ -91,6 +91,8 @@ class ApiCall:
             return StepFailed(f"the TLS certificate of {host or 'the service'} could not be verified",
                               "check the address; a server with a certificate from your own authority needs "
                               "its CA in EXTRA_CA_CERTS (or the server's CA certificate)", temporary=False)
+        if isinstance(error, http.AnswerRefused):
+            return StepFailed(str(error), error.hint)
         if isinstance(error, requests.ConnectionError):
             return StepFailed(f"could not connect to {host or 'the service'}: {http.reason(error)}",
                               "check the address and this machine's network")
@@ -111,10 +113,15 @@ class ApiCall:
 
 
 def json_of(response: requests.Response) -> dict:
+    """The answer's JSON object; {} for anything else (an error page, not an object). JSON nested
+    deeper than the interpreter can parse fails the step in words (called inside a step)."""
     try:
         body = response.json()
     except ValueError:
         return {}
+    except RecursionError:
+        raise StepFailed(f"the answer from {http.host_of(response.url)} is JSON nested too deeply to read",
+                         "check the address: it should lead to the service itself") from None
     return body if isinstance(body, dict) else {}
 
 

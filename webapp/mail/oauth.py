@@ -255,6 +255,8 @@ def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript
                                                         headers={"Accept": "application/json", **(headers or {})})
     except requests.exceptions.SSLError as error:
         raise OAuthFailure("tls", f"TLS with the token endpoint failed: {_reason(error)}", None, provider) from None
+    except http.AnswerRefused as error:
+        raise OAuthFailure("unreadable_answer", str(error), None, provider) from None
     except (requests.ConnectionError, requests.Timeout) as error:
         raise OAuthFailure("unreachable", f"the token endpoint did not answer: {_reason(error)}", None,
                            provider) from None
@@ -268,7 +270,7 @@ def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript
 def _json(response, provider: str) -> dict:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested without bound
         raise OAuthFailure(f"http_{response.status_code}", "the answer is not JSON", response.status_code,
                            provider) from None
     return body if isinstance(body, dict) else {}
@@ -345,6 +347,8 @@ _BY_ERROR = {
     "temporarily_unavailable": ("the provider is busy", "try again in a few minutes", False),
     "server_error": ("the provider had an error", "try again in a few minutes", False),
     "unreachable": ("the token endpoint did not answer", "check the token URL, and this machine's network", False),
+    "unreadable_answer": ("the token endpoint's answer could not be read",
+                          "check the token URL: it should lead to the provider's token endpoint", False),
     "egress_refused": ("Mailroom's egress policy refuses the token endpoint",
                        "once a super-admin allows it (“Egress policy” in the top bar, or the portal's “Settings”), "
                        "try again", False),
