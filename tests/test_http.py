@@ -243,3 +243,61 @@ def test_validate_of_a_server_that_never_stops_answering_is_a_failed_step_not_a_
     answer = admin.post("/p/help/servers/new/validate", ews_form(Peer(), ews_version="Exchange2016"), htmx=True)
     assert answer.status_code == 200
     assert "Validation failed at" in answer.text and TOO_LARGE in answer.text
+
+
+# -- a redirect is never followed: a secret goes only where it was saved for ----------------------------
+
+REDIRECTS = ["redirect-302", "redirect-307"]
+
+
+def redirecting(hostile, mode: str, tls: bool = False) -> tuple[HostilePeer, HostilePeer]:
+    """A server that redirects every request to another port of this machine, where a recorder listens."""
+    elsewhere = hostile("cut-off", tls=tls)  # it records what reaches it before answering anything
+    return hostile(mode, tls=tls, redirect_to=elsewhere.url + "/collect?x=1"), elsewhere
+
+
+def says_redirect(text: str, peer: HostilePeer, elsewhere: HostilePeer) -> bool:
+    return (f"127.0.0.1:{peer.port} redirects to {elsewhere.url}/collect" in text
+            and "Mailroom does not follow redirects" in text)
+
+
+@pytest.mark.parametrize("mode", REDIRECTS)
+@pytest.mark.parametrize("provider", ["other", "microsoft"])  # the secret as HTTP Basic, or in the form
+def test_a_token_endpoint_that_redirects_gets_the_secret_once_and_its_target_nothing(hostile, mode, provider):
+    peer, elsewhere = redirecting(hostile, mode)
+    with pytest.raises(oauth.OAuthFailure) as failure:
+        oauth.client_credentials(app_client(peer.url + "/token", provider), Network(LOOPBACK_ALLOWED), Deadline(10))
+    assert says_redirect(str(failure.value), peer, elsewhere), str(failure.value)
+    assert len(peer.requests) == 1 and elsewhere.requests == []
+
+
+@pytest.mark.parametrize("mode", REDIRECTS)
+def test_an_api_that_redirects_never_sees_the_token_go_elsewhere(hostile, mode):
+    peer, elsewhere = redirecting(hostile, mode)
+    report = GraphTransport().check(graph_config(peer.url))
+    mailbox = report.steps[-1]
+    assert mailbox.name == "Mailbox" and mailbox.outcome == Outcome.FAILED
+    assert says_redirect(mailbox.summary, peer, elsewhere) and "saved for" in mailbox.hint
+    [(_, _, headers, _)] = peer.requests
+    assert headers["authorization"] == "Bearer fixed-access-token"
+    assert elsewhere.requests == []
+
+
+@pytest.mark.parametrize("mode", REDIRECTS)
+def test_ews_that_redirects_sends_the_password_nowhere_else(hostile, test_ca_pem, mode):
+    peer, elsewhere = redirecting(hostile, mode, tls=True)
+    settings = EwsSettings(ews_url=peer.url + "/EWS/Exchange.asmx", ews_version="Exchange2016", ews_ca_cert=test_ca_pem)
+    config = ServerConfig("ews", Sender("sender@example.test"), settings, Network(LOOPBACK_ALLOWED),
+                          PasswordAuth("EXAMPLE\\mailer", "Ews-Pass-7wq"), 10)
+    report = EwsTransport().check(config)
+    [failed] = [step for step in report.steps if step.outcome == Outcome.FAILED]
+    assert says_redirect(failed.summary, peer, elsewhere), failed.summary
+    assert elsewhere.requests == []
+
+
+def test_discovery_does_not_follow_a_redirect_either(hostile):
+    peer, elsewhere = redirecting(hostile, "redirect-302")
+    with pytest.raises(oauth.OAuthFailure) as failure:
+        oauth.discover(peer.url, Network(LOOPBACK_ALLOWED), Deadline(10))
+    assert "Mailroom does not follow redirects" in str(failure.value)
+    assert elsewhere.requests == []

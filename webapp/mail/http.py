@@ -13,7 +13,9 @@ same adapter) whose connections:
   watchdog closes a connection that is still talking when it is over;
 - read every answer up to `limit` bytes (decoded) and no further, whoever reads it (requests,
   authlib, exchangelib): a larger one (announced or sent), one cut off before its end, or one
-  that cannot be decoded raises AnswerRefused (a requests.ConnectionError, in words).
+  that cannot be decoded raises AnswerRefused (a requests.ConnectionError, in words);
+- never follow a redirect (AnswerRefused too): a token or secret goes only to the URL it was
+  saved for, and requests would re-send a 307's form, client secret included, wherever it points.
 
 `record(report, response)` puts a request and its status into a report's transcript,
 without bodies, query strings or headers (they may carry tokens).
@@ -22,7 +24,7 @@ import ipaddress
 import socket
 import threading
 from contextlib import contextmanager
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -88,11 +90,25 @@ class EgressAdapter(HTTPAdapter):
         kwargs["stream"] = True  # requests reads the body afterwards, through the bounded response
         response = super().send(request, **kwargs)
         BoundedResponse.bind(response.raw, urlsplit(request.url).netloc, self.limit, self.deadline)
+        if response.is_redirect:
+            response.close()
+            raise _redirect_refused(response)
         declared = response.headers.get("Content-Length", "").strip()
         if declared.isdigit() and int(declared) > self.limit:
             response.close()
             raise response.raw.too_large()
         return response
+
+
+def _redirect_refused(response: requests.Response) -> AnswerRefused:
+    """A redirect is not followed: requests would re-send a 307's form (a client secret) to wherever
+    it points, and a session-wide Authorization header to another path of the host."""
+    where = urlsplit(urljoin(response.request.url, response.headers["Location"]))
+    target = f"{where.scheme}://{where.netloc}{where.path}" if where.netloc else "another address"
+    return AnswerRefused(f"{urlsplit(response.request.url).netloc} redirects to {target} ({response.status_code} "
+                         f"{response.reason or ''}".rstrip() + "), and Mailroom does not follow redirects",
+                         "enter the address it redirects to, if that is the service's own: a token or secret goes "
+                         "only to the address it was saved for", response.request)
 
 
 class BoundedResponse(HTTPResponse):

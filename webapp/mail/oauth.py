@@ -347,8 +347,8 @@ _BY_ERROR = {
     "temporarily_unavailable": ("the provider is busy", "try again in a few minutes", False),
     "server_error": ("the provider had an error", "try again in a few minutes", False),
     "unreachable": ("the token endpoint did not answer", "check the token URL, and this machine's network", False),
-    "unreadable_answer": ("the token endpoint's answer could not be read",
-                          "check the token URL: it should lead to the provider's token endpoint", False),
+    "unreadable_answer": ("the token endpoint's answer cannot be used",
+                          "check the token URL: it should lead to the provider's token endpoint itself", False),
     "egress_refused": ("Mailroom's egress policy refuses the token endpoint",
                        "once a super-admin allows it (“Egress policy” in the top bar, or the portal's “Settings”), "
                        "try again", False),
