@@ -19,7 +19,7 @@ from .auth import BearerAuth, token_step
 from .config import ServerConfig
 from .deadline import Deadline, DeadlineExceeded
 from .egress import REFUSED_HINT, EgressRefused, egress_details
-from .redact import Redactor
+from .redact import NOT_SHOWN, Redactor
 from .report import Outcome, Report, Step, StepFailed
 
 
@@ -107,7 +107,12 @@ class ApiCall:
             return
         report = self.report
         report.transcript[:] = [redactor.clean(line) for line in report.transcript]
+        answered = any(line.startswith("S: ") for line in report.transcript)
         for step in report.steps:
+            if redactor.blind and answered and step.outcome == Outcome.FAILED:
+                # a secret too short to look for: what the service said about the failure is not shown
+                step.summary = NOT_SHOWN
+                step.details = [(k, v) for k, v in step.details if k == "HTTP status"]
             step.summary, step.hint = redactor.clean(step.summary), redactor.clean(step.hint)
             step.details = [(redactor.clean(k), redactor.clean(v)) for k, v in step.details]
 
