@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as fields_of
 from email import policy
 from email.header import decode_header, make_header
+from email.utils import getaddresses
 from html import unescape
 from io import BytesIO
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -924,6 +925,10 @@ SENT = [
     sent("sender_name", "Help Desk 📮", "emoji"), sent("sender_name", "مكتب المساعدة", "right-to-left"),
     sent("sender_name", 'Help "Desk", Inc.', "quotes-comma"), sent("sender_name", SCRIPT, "markup"),
     sent("sender_name", "=?utf-8?q?Evil?=", "encoded-word-look-alike"), sent("sender_name", "s" * 200, "200-chars"),
+    sent("sender_name", "=?utf-8?q?Evil=0D=0ABcc:_victim@example.org?=", "encoded-word-of-a-line-break"),
+    sent("sender_name", "A" * 60 + " =?utf-8?q?Evil=0D=0ABcc:_victim@example.org?=", "long-encoded-word-look-alike"),
+    sent("sender_name", "Bücher Café " * 12 + "Ende", "long-non-ascii"),
+    sent("description", "R" * 60 + " =?utf-8?q?Evil=0D=0ABcc:_victim@example.org?=", "long-encoded-word-look-alike"),
     sent("sender_name", "Help (Desk) \\ Support", "parentheses-backslash"),
     sent("sender_name", "<admin@evil.example>", "an-address-as-the-name"),
     sent("sender_name", "Bücher Café", "latin-1"), sent("sender_name", "Help: Desk; Team", "colon-semicolon"),
@@ -978,9 +983,13 @@ def test_an_unusual_value_is_saved_shown_escaped_and_the_mail_goes_out_as_typed(
     from_address = stored if name == "from_address" else VALID["from_address"]
     assert mail.mail_from == ascii_address(from_address)
     assert mail.rcpt_tos == [ascii_address(stored if name == "recipient" else recipient)]
-    [author] = mail.message["From"].addresses  # as a mail client reads it: encoded words decoded
+    received = email.message_from_bytes(mail.data, policy=policy.compat32)
+    [(author, address)] = getaddresses(received.get_all("From"))  # as mail clients read it: the address,
+    author = str(make_header(decode_header(author)))                # then the name's encoded words decoded
     sender_name = stored if name == "sender_name" else VALID["sender_name"]
-    assert (author.display_name, author.addr_spec) == (sender_name, ascii_address(from_address))
+    assert (author, address) == (sender_name, ascii_address(from_address))
+    assert sorted(k.lower() for k in received.keys()) == ["content-transfer-encoding", "content-type", "date", "from",
+                                                          "message-id", "mime-version", "reply-to", "subject", "to"]
     raw = email.message_from_bytes(mail.data, policy=policy.compat32)["Subject"]
     subject = str(make_header(decode_header(raw)))  # decoded the way older mail clients do
     assert (stored if name == "description" else VALID["description"]) in subject
