@@ -39,7 +39,7 @@ def make_engine(url: str, busy_timeout: float = 30):
 def _private_file(path: str | None) -> None:
     """The database file readable by its owner only (SQLite gives its -wal and -shm files the same mode)."""
     if path and path != ":memory:" and not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
