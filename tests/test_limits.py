@@ -83,6 +83,14 @@ def test_a_server_gets_no_more_connections_than_its_limit(app, staff, silent_ser
         thread.join(15)
 
 
+def test_the_form_says_what_max_concurrent_connections_limits(admin):
+    form = admin.get("/p/help/servers/new").text
+    help_text = re.search(r'<small id="max_connections-help"[^>]*>([^<]*)</small>', form).group(1)
+    assert "Validate and sample mails" in help_text  # what it limits
+    assert "Each app process (gunicorn worker) counts its own" in help_text  # where it is counted
+    assert "busy, try" in help_text  # what happens beyond it
+
+
 def test_the_process_limit_holds_across_portals(app, make, portal, smtp_peer):
     app.extensions["mailroom.slots"].per_process = 2
     peer = smtp_peer("silent")

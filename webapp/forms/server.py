@@ -242,9 +242,11 @@ class LimitsSection(Section):
                            description="The longest a whole Validate or sample mail may take.")
     max_connections = IntegerField("Max. concurrent connections", default=5,
                                    validators=[InputRequired(), NumberRange(1, 100, "Enter 1 to 100.")],
-                                   description="How many Validate runs and sample mails may talk to this "
-                                               "server at once (per app process); beyond that Mailroom "
-                                               "answers “busy, try again”.")
+                                   description="How many connections Validate and sample mails may have open "
+                                               "to this server at once. Each app process (gunicorn worker) "
+                                               "counts its own, so with several processes the server may see "
+                                               "that many per process. Beyond it Mailroom answers “busy, try "
+                                               "again” at once.")
 
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
