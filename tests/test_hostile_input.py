@@ -98,8 +98,9 @@ def put_back(engine, rows: dict[str, list[dict]]) -> None:
 
 
 def database(world: World) -> dict:
-    """What a refused request must not change (sessions are touched by any request)."""
-    return dump(world.engine, skip={"user_session"})
+    """What a refused request must not change (sessions are touched by any request, rate limits
+    count requests whatever their outcome)."""
+    return dump(world.engine, skip={"user_session", "rate_count"})
 
 
 @pytest.fixture(scope="module")

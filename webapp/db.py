@@ -26,10 +26,10 @@ def init_app(app) -> None:
 def make_engine(url: str, busy_timeout: float = 30):
     """`busy_timeout`: how long SQLite waits for another writer before giving up (then a 503)."""
     if url.startswith("sqlite"):
-        _private_file(make_url(url).database)
+        path = make_url(url).database
+        _private_file(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
         event.listen(engine, "connect", _sqlite_pragmas)
-        path = make_url(url).database
         if path and path != ":memory:":
             ReadOnlyConnections(path).watch(engine)
         return engine

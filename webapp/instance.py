@@ -10,8 +10,6 @@ from pathlib import Path
 from .crypto import KEY_FILE, SecretBox, configured_keys, ensure_key_file
 
 FLASK_KEY_FILE = "flask-secret-key"
-
-
 log = logging.getLogger(__name__)
 
 

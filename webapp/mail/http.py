@@ -28,9 +28,9 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import HTTPResponse
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3 import HTTPResponse
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .deadline import Deadline, DeadlineExceeded, connect_within
@@ -112,7 +112,7 @@ def _redirect_refused(response: requests.Response) -> AnswerRefused:
 
 
 class BoundedResponse(HTTPResponse):
-    """urllib3's response to one request, read at most `limit` bytes far (decoded: a compressed
+    """urllib3's response to one request, read no further than `limit` bytes (decoded: a compressed
     bomb counts as what it inflates to) and never past the deadline (the watchdog's close is no
     end of an answer). It stays an HTTPResponse with its socket, which requests-ntlm reads for
     channel binding before the body; requests reads the body through it (.content, iter_content).
