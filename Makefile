@@ -15,7 +15,9 @@ VENDOR := webapp/static/vendor
 # land on the worker that wakes first and stay there while other cores idle (bench/README.md).
 # Beware: a second server started on the same port then does not fail with "address in use", it
 # silently takes a share of the connections.
-GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --timeout 120
+# --forwarded-allow-ips '': gunicorn itself trusts no X-Forwarded-* header (its default trusts them from
+# 127.0.0.1); the app alone does, and only as MAILROOM_TRUSTED_PROXIES says.
+GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --timeout 120 --forwarded-allow-ips ''
 
 .PHONY: run test test-postgres serve assets venv test-deps bench lock clean
 

@@ -19,7 +19,7 @@ htmx = Htmx()
 def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("MAILROOM_INSTANCE_PATH"))
-    Path(app.instance_path).mkdir(mode=0o700, parents=True, exist_ok=True)  # keys and, by default, the database
+    instance.private_folder(Path(app.instance_path))  # keys and, by default, the database
     config.load(app, test_config)
     instance.load_secrets(app)
     _configure_logging(app.config["LOG_LEVEL"])

@@ -18,13 +18,17 @@ class Defaults:
     LOG_LEVEL = "INFO"
     AUTO_MIGRATE = None  # None: upgrade automatically only on the embedded SQLite default
     EXTRA_CA_CERTS = None  # a PEM file of CA certificates trusted for every outgoing TLS connection
-    REDIS_URL = None  # sessions and rate limits in Redis (shared by several hosts); None: database / memory
+    REDIS_URL = None  # sessions and rate limits in Redis (shared by several hosts); None: in the database
     SESSION_IDLE_MINUTES = 120  # a session ends after this long without a request
     SESSION_MAX_HOURS = 12  # and this long after sign-in in any case
     CHECKS_PER_PROCESS = 4  # Validate runs and sample mails at once in one app process (each holds a thread)
     CHECKS_PER_PORTAL = 2  # ... of which one portal may use this many
-    SIGN_IN_LIMIT_PER_ACCOUNT = "10 per 15 minutes"  # failed sign-ins (Flask-Limiter's notation)
+    # failed sign-ins (Flask-Limiter's notation), counted by every process together: an account from one
+    # client address first; an address whatever the account; an account from everywhere only at a much
+    # higher count (so a flood from elsewhere does not lock the owner out at once)
+    SIGN_IN_LIMIT_PER_ACCOUNT_AND_ADDRESS = "10 per 15 minutes"
     SIGN_IN_LIMIT_PER_ADDRESS = "30 per 15 minutes"
+    SIGN_IN_LIMIT_PER_ACCOUNT = "100 per 15 minutes"
     SAMPLE_LIMIT_PER_USER = "10 per minute"
     DELIVERY_LIFETIME_HOURS = 120  # a message handed in is tried this long (5 days), then it fails
     MESSAGE_MAX_BYTES = 15 * 1024 * 1024  # a message as built (MIME, attachments base64-encoded)

@@ -215,6 +215,16 @@ class UserSession(SQLModel, table=True):
     last_seen_at: datetime = _timestamp(default_factory=utcnow)
 
 
+class RateCount(SQLModel, table=True):
+    """One rate limit's count in its current window (failed sign-ins, sample mails) when there is no
+    Redis: every process of every host counts here together (limits.DatabaseStorage)."""
+
+    __tablename__ = "rate_count"
+    key: str = Field(primary_key=True, max_length=64)  # sha256 of the limit's key (it may name an account)
+    count: int = 0
+    expires_at: float = Field(index=True)  # seconds since the epoch: the window's end
+
+
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
     id: int | None = Field(default=None, primary_key=True)

@@ -65,7 +65,7 @@ class SmtpTransport:
             _goodbye(session)
         if not session.report.ok:
             raise DeliveryError(session.report, session.outgoing.outcomes if session.outgoing else None)
-        return Receipt(reply=session.outgoing.reply, message_id=session.outgoing.message_id,
+        return Receipt(reply=session.redactor.clean(session.outgoing.reply), message_id=session.outgoing.message_id,
                        report=session.report, recipients=session.outgoing.outcomes)
 
 
