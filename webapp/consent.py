@@ -21,7 +21,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete
 from sqlmodel import select
 
-from . import audit, db, network
+from . import audit, db, delivery, network
 from .audit import Actor
 from .credentials import OAUTH_KINDS, seal, unseal
 from .grants import client_for
@@ -257,6 +257,7 @@ def _exchange(server: MailServer, portal: Portal, record: OAuthState, code: str)
                  {"consented_by": [None, account], "scope": [None, tokens.scope]}, portal.id)
     _use_link(record)
     db.session().commit()
+    delivery.release_held(server, "its OAuth authorization was renewed")
     text = f"Mailroom can now send mail as {credential.username} through “{server.label}” ({portal.name})."
     if tokens.account and tokens.account.lower() != credential.username.lower():
         text += (f" Note: the consent was given by {tokens.account}, not by {credential.username}; mail goes out "
