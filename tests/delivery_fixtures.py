@@ -3,6 +3,7 @@ the app with delivery settings small enough for tests, outbox rows made the way 
 makes them, runs of the worker in this process, and real `flask mail worker` processes."""
 import email
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -208,8 +209,13 @@ class Workers:
 
 @pytest.fixture
 def workers(app, outbox, database_url, tmp_path, request):
-    """Factory of worker processes; `request.param`, when given, adds environment (e.g. Redis)."""
-    extra = getattr(request, "param", None) or {}
+    """Factory of worker processes on a queue of the test's own (Huey's SQLite storage in the
+    test's instance folder, or Redis when `request.param` says REDIS_URL; Redis keys are named
+    after the queue, removed afterwards). The test app wakes that same queue."""
+    extra = {**(getattr(request, "param", None) or {}), "DELIVERY_QUEUE_NAME": f"test_{secrets.token_hex(6)}"}
+    app.config.update(extra)
+    delivery.init_app(app)
     started = Workers(app, database_url, tmp_path, extra)
     yield started
     started.stop_all()
+    app.extensions["mailroom.delivery"].huey.flush()

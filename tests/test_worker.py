@@ -2,7 +2,6 @@
 test database, with Huey on its SQLite storage and on Redis: they drain the outbox into real
 SMTP peers, exactly once each; a worker killed with SIGKILL loses nothing; a server's
 connection cap holds across processes; failover and the probe work end to end."""
-import secrets
 from collections import Counter
 
 import pytest
@@ -18,11 +17,6 @@ QUEUES = [pytest.param({}, id="huey-sqlite"), pytest.param(REDIS, id="huey-redis
 DRAIN = 120  # seconds: a hang guard for a whole drain, far beyond what it takes
 
 
-def _fresh_queue(env: dict) -> dict:
-    """A queue name of this test's own (the Redis server is shared: keys huey.*.<name>)."""
-    return {**env, "DELIVERY_QUEUE_NAME": f"mailroom_test_{secrets.token_hex(6)}"}
-
-
 def _wake(outbox, ids):
     with outbox.app.app_context():
         outbox.app.extensions["mailroom.delivery"].wake(ids)
@@ -36,18 +30,8 @@ def _all_sent(outbox, ids):
     return _states(outbox, ids) == Counter({MailState.SENT: len(ids)})
 
 
-def _queue_env(outbox, env):
-    """The test app's own queue must be the workers' queue: the same name and storage."""
-    outbox.app.config.update({k: v for k, v in env.items()})
-    from webapp import delivery
-
-    delivery.init_app(outbox.app)
-
-
-@pytest.mark.parametrize("workers", [_fresh_queue(q.values[0]) for q in QUEUES], indirect=True,
-                         ids=["huey-sqlite", "huey-redis"])
+@pytest.mark.parametrize("workers", QUEUES, indirect=True)
 def test_several_worker_processes_deliver_every_message_exactly_once(outbox, workers, make, portal, smtp_peer):
-    _queue_env(outbox, workers.extra_env)
     peer = smtp_peer("slow")
     peer.delay = 0.05  # long enough for the work to be shared
     make.server(portal, settings=smtp_settings(peer), max_connections=10)
@@ -73,6 +57,7 @@ def test_mail_queued_while_no_worker_ran_goes_out_when_one_starts(outbox, worker
     assert len(peer.messages) == 5
 
 
+@pytest.mark.parametrize("workers", QUEUES, indirect=True)
 def test_a_worker_killed_mid_drain_loses_nothing_and_duplicates_at_most_what_it_had_in_flight(
         outbox, workers, make, portal, smtp_peer):
     peer = smtp_peer("slow")
@@ -100,9 +85,8 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_duplicates_at_most_what_it_
     assert rescued and {outbox.mail(i).message_id for i in rescued} == owned
 
 
-@pytest.mark.parametrize("workers", [_fresh_queue(REDIS)], indirect=True, ids=["huey-redis"])
+@pytest.mark.parametrize("workers", [pytest.param(REDIS, id="huey-redis")], indirect=True)
 def test_a_servers_connection_cap_holds_across_processes(outbox, workers, make, portal, smtp_peer):
-    _queue_env(outbox, workers.extra_env)
     peer = smtp_peer("slow")
     peer.delay = 0.1
     make.server(portal, settings=smtp_settings(peer), max_connections=2)

@@ -37,8 +37,8 @@ def lock_server(server_id: int) -> None:
     if session.get_bind().dialect.name == "sqlite":
         session.execute(update(MailServer).where(MailServer.id == server_id).values(id=MailServer.id)
                         .execution_options(synchronize_session=False))
-    else:
-        session.execute(select(MailServer.id).where(MailServer.id == server_id).with_for_update())
+    else:  # NO KEY UPDATE: attempts referring to the server may still be written meanwhile
+        session.execute(select(MailServer.id).where(MailServer.id == server_id).with_for_update(key_share=True))
 
 
 def take_connection(server: MailServer, owner: str, lease_seconds: float, busy_seconds: float) -> int | Busy:

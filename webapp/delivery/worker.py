@@ -335,7 +335,7 @@ class _Attempt:
             failed = [r for r in self.recipients if r.get("state") == FAILED]
             error = "" if state == MailState.SENT and not failed else (
                 f"{len(failed)} recipient(s) refused: {failed[0]['reply']}" if state == MailState.SENT
-                else last.reply if last else "")
+                else last.reply if last else "the message has no recipients")
             values.update(state=state, last_error=error[:1000], last_code=last.code if last else None)
             outcomes.finish(mail, owner, self.tried, **values)
             log.info("mail %s %s via %s: %s", mail.id, state, last.server_label if last else "-",
