@@ -13,7 +13,7 @@ from webapp.mail.report import DeliveryError
 from webapp.mail.smtp import Security, SmtpSettings
 from webapp.mail.transport import open_connection
 
-from .peers.smtp import IDLE_TIMEOUT, PLAIN_KINDS
+from .peers.smtp import IDLE_TIMEOUT, MESSAGES_PER_SESSION, PLAIN_KINDS
 from .test_mail_smtp import LOOPBACK
 
 SENDER = Sender("mailer@example.test", "Portal Mailer")
@@ -81,6 +81,18 @@ def test_a_session_the_server_closed_while_idle_is_established_again(smtp_peer):
     assert [m.message["Subject"] for m in peer.messages] == ["Before the pause", "After the pause"]
     assert peer.sessions == 2
     assert "C: rset" in later.report.transcript and "Connect" in [s.name for s in later.report.steps]
+
+
+def test_a_session_the_server_ends_with_421_before_the_message_goes_on_over_a_new_one(smtp_peer):
+    peer = smtp_peer("message_limit")
+    connection = open_connection(config_for(peer))
+    try:
+        receipts = [connection.send(envelope(subject=f"Message {n}")) for n in range(MESSAGES_PER_SESSION + 1)]
+    finally:
+        connection.close()
+    assert peer.message_ids() == [r.message_id for r in receipts]
+    assert peer.sessions == 2
+    assert "Connect" in [s.name for s in receipts[-1].report.steps]  # its report is the new session's
 
 
 def test_a_message_the_server_refuses_keeps_the_session_for_the_next(smtp_peer):

@@ -24,6 +24,10 @@ Kinds (see KINDS):
                  temporary refusal that a real MTA's retry gets past)
   slow           plain; the answer to the end of DATA comes after `peer.delay` seconds (a server that
                  scans the message before taking responsibility: Postfix's before-queue content filter)
+  message_limit  plain; after MESSAGES_PER_SESSION messages in one session the next MAIL FROM is answered
+                 "421 4.7.0 Too many messages in this session, closing connection" and the connection closed
+                 (RFC 5321 3.8: a server may end a session with 421; many cap the messages per connection,
+                 e.g. Exchange's MaxMessagesPerConnection on a receive connector)
   idle_close     plain; the server closes a connection that stays idle for `IDLE_TIMEOUT` seconds,
                  saying "421 4.4.2 Timeout" first (RFC 5321 4.5.3.2.7: servers time idle clients out;
                  aiosmtpd's own `timeout`, set short)
@@ -57,6 +61,7 @@ USERNAME = "mailer@example.test"
 PASSWORD = "s3cret-Pass!"
 SERVER_NAME = "mx.peer.test"
 IDLE_TIMEOUT = 0.5  # seconds an idle_close peer waits for the client's next command
+MESSAGES_PER_SESSION = 2  # what a message_limit peer takes over one connection
 
 
 @dataclass
@@ -262,13 +267,32 @@ class _CountingSMTP(SMTP):
         super().connection_lost(error)
 
 
-class _CountingController(Controller):
+class _MessageLimitSMTP(_CountingSMTP):
+    """Takes MESSAGES_PER_SESSION messages per connection, then says 421 and closes."""
+
     def __init__(self, handler, peer: "Peer", **kwargs):
+        super().__init__(handler, peer, **kwargs)
+        self._messages = 0
+
+    async def smtp_MAIL(self, arg):
+        if self._messages >= MESSAGES_PER_SESSION:
+            await self.push("421 4.7.0 Too many messages in this session, closing connection")
+            self.transport.close()
+            return
+        return await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg):
+        await super().smtp_DATA(arg)
+        self._messages += 1
+
+
+class _CountingController(Controller):
+    def __init__(self, handler, peer: "Peer", smtp_class=_CountingSMTP, **kwargs):
         super().__init__(handler, **kwargs)
-        self.peer = peer
+        self.peer, self.smtp_class = peer, smtp_class
 
     def factory(self):
-        return _CountingSMTP(self.handler, self.peer, **self.SMTP_kwargs)
+        return self.smtp_class(self.handler, self.peer, **self.SMTP_kwargs)
 
 
 class _QuietController(_CountingController):
@@ -281,7 +305,8 @@ class _QuietController(_CountingController):
 
 
 PLAIN_HANDLERS = {"plain": Recorder, "refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser,
-                  "refuse_message": MessageRefuser, "greylist": Greylister, "idle_close": Recorder}
+                  "refuse_message": MessageRefuser, "greylist": Greylister, "idle_close": Recorder,
+                  "message_limit": Recorder}
 PLAIN_KINDS = (*PLAIN_HANDLERS, "slow")  # no TLS, no AUTH
 
 
@@ -292,7 +317,8 @@ def _start_aiosmtpd(kind: str, ca: trustme.CA, peer: "Peer", port: int) -> objec
         common["timeout"] = IDLE_TIMEOUT
     if kind in PLAIN_KINDS:
         handler = SlowRecorder(messages, peer) if kind == "slow" else PLAIN_HANDLERS[kind](messages)
-        controller = _CountingController(handler, peer, **common)
+        smtp_class = _MessageLimitSMTP if kind == "message_limit" else _CountingSMTP
+        controller = _CountingController(handler, peer, smtp_class=smtp_class, **common)
     elif kind == "tls":
         handler = Recorder(messages)
         controller = _QuietController(

@@ -93,6 +93,13 @@ class SmtpConnection:
         self.messages = 0  # sent over the current session
 
     def send(self, envelope: Envelope) -> Receipt:
+        resumed = self._session is not None
+        session = self._send(envelope)
+        if resumed and _worth_a_new_session(session):
+            session = self._send(envelope)  # once more over a new session: the old one was at its end
+        return _receipt(session)
+
+    def _send(self, envelope: Envelope) -> Session:
         session = Session.start(self.config)
         with _conversation(session, keep=True):
             _step(session, "Message", lambda s: steps.prepare(s, envelope))
@@ -105,7 +112,7 @@ class SmtpConnection:
         self._keep_or_drop(session)
         if session.report.ok:
             self.messages += 1
-        return _receipt(session)
+        return session
 
     def close(self) -> None:
         """QUIT (under a short deadline of its own: the session may have been idle) and close."""
@@ -140,6 +147,16 @@ class SmtpConnection:
             self._session = session
         elif session.client is not None:
             session.client.close()
+
+
+def _worth_a_new_session(session: Session) -> bool:
+    """A resumed session that the server ended before taking the message: a 421 (closing, RFC
+    5321 3.8: "too many messages", a shutdown) or the connection gone before DATA was sent. The
+    message was not taken, so sending it over a new session cannot make it arrive twice."""
+    failure = session.report.failure
+    if failure is None or failure.name not in MESSAGE_STEPS:
+        return False
+    return failure.code == 421 or (failure.code is None and failure.name in ("MAIL FROM", "RCPT TO"))
 
 
 def _receipt(session: Session) -> Receipt:
