@@ -148,9 +148,8 @@ def recovered(server: MailServer, portal: Portal) -> None:
 def release_held(server: MailServer, why: str) -> list[int]:
     """Give `server` another go and send the portal's held mail again: its credentials were
     saved, its OAuth grant renewed, or a check of its saved settings passed. Mail that still
-    cannot go is held again without an attempt counted. The ids released."""
+    cannot go is held again without an attempt counted. Call it after committing. The ids released."""
     session = db.session()
-    session.commit()
     portal = session.get(Portal, server.portal_id)
     if portal is None:
         return []
