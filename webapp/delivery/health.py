@@ -125,23 +125,30 @@ def probe(server_id: int, owner: str, settings) -> bool | None:
 
 
 def recovered(server: MailServer, portal: Portal) -> None:
-    """The server works again: clear its marks, send what waited for it, end the failover."""
+    """The server works again: clear its marks, send what waited for it, end the failover.
+    Reads first and writes only what changes (this runs after every save of a server)."""
     session = db.session()
-    now = utcnow()
-    session.execute(update(MailServer).where(MailServer.id == server.id).values(
-        failing_since=None, failing_reason="", held_since=None, held_reason="")
-        .execution_options(synchronize_session=False))
-    waiting = session.execute(update(OutboundMail).where(
-        OutboundMail.portal_id == portal.id, OutboundMail.state == MailState.QUEUED,
-        OutboundMail.server_id == server.id, OutboundMail.next_attempt_at > now,
-        or_(OutboundMail.last_code.is_(None), OutboundMail.last_code == 421))
-        .values(next_attempt_at=now).returning(OutboundMail.id).execution_options(synchronize_session=False)).scalars()
-    woken = list(waiting)
+    marks = session.execute(select(MailServer.failing_since, MailServer.held_since).where(
+        MailServer.id == server.id)).first()
+    woken = []
+    if marks is not None and (marks.failing_since is not None or marks.held_since is not None):
+        now = utcnow()
+        session.execute(update(MailServer).where(MailServer.id == server.id).values(
+            failing_since=None, failing_reason="", held_since=None, held_reason="")
+            .execution_options(synchronize_session=False))
+        woken = list(session.execute(update(OutboundMail).where(
+            OutboundMail.portal_id == portal.id, OutboundMail.state == MailState.QUEUED,
+            OutboundMail.server_id == server.id, OutboundMail.next_attempt_at > now,
+            or_(OutboundMail.last_code.is_(None), OutboundMail.last_code == 421))
+            .values(next_attempt_at=now).returning(OutboundMail.id).execution_options(synchronize_session=False))
+            .scalars())
+        log.info("server %s (%s) works again; %d message(s) that waited for it are due", server.id, server.label,
+                 len(woken))
+    in_failover = session.execute(select(Portal.failover_since).where(Portal.id == portal.id)).scalar()
     session.commit()
-    if server.failing_since is not None:
-        log.info("server %s (%s) works again", server.id, server.label)
     server.failing_since, server.failing_reason, server.held_since, server.held_reason = None, "", None, ""
-    end_failover_if_primary_works(portal)
+    if in_failover is not None:
+        end_failover_if_primary_works(portal)
     current_app.extensions["mailroom.delivery"].wake(woken)
 
 
@@ -153,17 +160,24 @@ def release_held(server: MailServer, why: str) -> list[int]:
     portal = session.get(Portal, server.portal_id)
     if portal is None:
         return []
-    now = utcnow()
-    released = list(session.execute(update(OutboundMail).where(
-        OutboundMail.portal_id == portal.id, OutboundMail.state == MailState.HELD)
-        .values(state=MailState.QUEUED, next_attempt_at=now, updated_at=now)
-        .returning(OutboundMail.id).execution_options(synchronize_session=False)).scalars())
-    session.commit()
-    if released or server.held_since is not None or server.failing_since is not None:
+    held = _any_held(portal)
+    released = []
+    if held:
+        now = utcnow()
+        released = list(session.execute(update(OutboundMail).where(
+            OutboundMail.portal_id == portal.id, OutboundMail.state == MailState.HELD)
+            .values(state=MailState.QUEUED, next_attempt_at=now, updated_at=now)
+            .returning(OutboundMail.id).execution_options(synchronize_session=False)).scalars())
         log.info("server %s (%s): %s; %d held message(s) released", server.id, server.label, why, len(released))
+    session.commit()
     recovered(server, portal)
     current_app.extensions["mailroom.delivery"].wake(released)
     return released
+
+
+def _any_held(portal: Portal) -> bool:
+    return db.session().execute(select(OutboundMail.id).where(
+        OutboundMail.portal_id == portal.id, OutboundMail.state == MailState.HELD).limit(1)).first() is not None
 
 
 def _servers(portal: Portal) -> list[MailServer]:
