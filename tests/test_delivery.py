@@ -222,3 +222,17 @@ def test_a_send_rate_delays_mail_to_a_later_slot_instead_of_failing_it(outbox, m
     wait_seconds = (later.next_attempt_at.replace(tzinfo=None) - utcnow().replace(tzinfo=None)).total_seconds()
     assert 30 < wait_seconds <= 62  # the slot: when the first of the two leaves the minute
     assert len(peer.messages) == 2
+
+
+def test_waking_never_fails_the_caller_when_the_queue_is_unreachable(app, outbox, portal, caplog):
+    from webapp import delivery
+
+    from .peers.smtp import free_port
+
+    app.config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    delivery.init_app(app)
+    mail_id = outbox.queue(portal)
+    with app.app_context():
+        delivery.wake([mail_id])  # the row is committed: the sweep sends it all the same
+    assert "could not wake the delivery worker" in caplog.text
+    assert outbox.mail(mail_id).state == MailState.QUEUED

@@ -83,6 +83,12 @@ def test_a_single_failing_server_makes_mail_wait_for_its_probe_without_trying_it
     assert outbox.server(server.id).failing_since is not None
     assert outbox.portal(portal.id).failover_since is None  # no alternate took over
 
+    with outbox.app.app_context():
+        queue = outbox.app.extensions["mailroom.delivery"]
+        queue.huey.flush()
+        assert sweep(queue)["probes"] == 1  # the failing server is due for a probe: a job for it
+        assert queue.waiting() == 1
+
     second = outbox.queue(portal)
     outbox.run(second)
     waiting = outbox.mail(second)

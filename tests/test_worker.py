@@ -4,6 +4,8 @@ SMTP peers, exactly once each; a worker killed with SIGKILL loses nothing; a ser
 connection cap holds across processes; failover and the probe work end to end."""
 from collections import Counter
 
+import signal
+
 import pytest
 from sqlmodel import select
 
@@ -96,6 +98,21 @@ def test_a_servers_connection_cap_holds_across_processes(outbox, workers, make, 
     wait_until(lambda: _all_sent(outbox, ids), DRAIN, "every message sent")
     assert peer.max_active <= 2, f"{peer.max_active} sessions at once"
     assert len(peer.messages) == 30 and set(Counter(peer.message_ids()).values()) == {1}
+
+
+def test_a_worker_asked_to_stop_finishes_the_message_it_is_sending(outbox, workers, make, portal, smtp_peer):
+    peer = smtp_peer("slow")
+    peer.delay = 2.0
+    make.server(portal, settings=smtp_settings(peer))
+    [worker] = workers.start(threads=1)
+    mail_id = outbox.queue(portal)
+    _wake(outbox, [mail_id])
+    wait_until(lambda: peer.active == 1 and outbox.mail(mail_id).state == MailState.SENDING, DRAIN,
+               "the message to be under way")
+    worker.send_signal(signal.SIGTERM)  # what a service manager sends
+    assert worker.wait(timeout=DRAIN) == 0
+    assert outbox.mail(mail_id).state == MailState.SENT and len(peer.messages) == 1
+    assert "Shutting down gracefully" in workers.logs()
 
 
 def test_failover_and_the_probe_end_to_end(outbox, workers, make, smtp_peer):
