@@ -16,6 +16,7 @@ import itertools
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import db
 from ..models import DeliveryAttempt, MailState, OutboundMail, utcnow
@@ -77,7 +78,7 @@ def extend(mail: OutboundMail, owner: str, until: datetime) -> bool:
         .values(lease_until=until).execution_options(synchronize_session=False)).rowcount == 1
     session.commit()
     if kept:
-        mail.lease_until = until
+        set_committed_value(mail, "lease_until", until)  # known, not a change to write again
     return kept
 
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 from flask import current_app
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import db
 from ..models import MailServer, MailState, OutboundMail, Portal, utcnow
@@ -34,7 +35,7 @@ def mark_failing(server: MailServer, reason: str) -> None:
     session.commit()
     if server.failing_since is None:
         log.warning("server %s (%s) is failing: %s", server.id, server.label, reason)
-    server.failing_since, server.failing_reason = server.failing_since or now, reason[:500]
+    _known(server, failing_since=server.failing_since or now, failing_reason=reason[:500])
 
 
 def hold(server: MailServer, portal: Portal, reason: str) -> None:
@@ -44,7 +45,7 @@ def hold(server: MailServer, portal: Portal, reason: str) -> None:
                             .values(held_since=utcnow(), held_reason=reason[:500])
                             .execution_options(synchronize_session=False)).rowcount == 1
     session.commit()
-    server.held_since, server.held_reason = server.held_since or utcnow(), server.held_reason or reason[:500]
+    _known(server, held_since=server.held_since or utcnow(), held_reason=server.held_reason or reason[:500])
     if newly:
         log.warning("server %s (%s) is held: %s", server.id, server.label, reason)
         notices.held(portal, f"“{server.label}” refuses its credentials",
@@ -146,7 +147,7 @@ def recovered(server: MailServer, portal: Portal) -> None:
                  len(woken))
     in_failover = session.execute(select(Portal.failover_since).where(Portal.id == portal.id)).scalar()
     session.commit()
-    server.failing_since, server.failing_reason, server.held_since, server.held_reason = None, "", None, ""
+    _known(server, failing_since=None, failing_reason="", held_since=None, held_reason="")
     if in_failover is not None:
         end_failover_if_primary_works(portal)
     current_app.extensions["mailroom.delivery"].wake(woken)
@@ -178,6 +179,13 @@ def release_held(server: MailServer, why: str) -> list[int]:
 def _any_held(portal: Portal) -> bool:
     return db.session().execute(select(OutboundMail.id).where(
         OutboundMail.portal_id == portal.id, OutboundMail.state == MailState.HELD).limit(1)).first() is not None
+
+
+def _known(server: MailServer, **values) -> None:
+    """What was just written, on the loaded object too, without making it a change to write
+    again later (that could undo what another worker wrote meanwhile)."""
+    for name, value in values.items():
+        set_committed_value(server, name, value)
 
 
 def _servers(portal: Portal) -> list[MailServer]:

@@ -184,14 +184,15 @@ class Run:
         if opened is not None and opened.version != version:
             self._drop(server.id)  # an admin changed the server meanwhile
             opened = None
+        seconds = self._lease_for(server)
         if opened is not None:
-            if monotonic() - opened.renewed > self.settings.lease / 3:
-                if not capacity.renew_connection(opened.lease_id, self.settings.lease):
+            if monotonic() - opened.renewed > seconds / 3:
+                if not capacity.renew_connection(opened.lease_id, seconds):
                     self._drop(server.id)
                     return self._connection(portal, server)
                 opened.renewed = monotonic()
             return opened
-        lease = capacity.take_connection(server, self.owner, self.settings.lease, self.settings.busy_retry)
+        lease = capacity.take_connection(server, self.owner, seconds, self.settings.busy_retry)
         if isinstance(lease, Busy):
             return lease
         try:
@@ -214,8 +215,11 @@ class Run:
 
     def _keep_claim(self, mail: OutboundMail, server: MailServer) -> bool:
         """Confirm the claim right before a server is tried, and make it outlast the send."""
-        seconds = max(self.settings.lease, server.timeout + LEASE_MARGIN)
-        return claims.extend(mail, self.owner, utcnow() + timedelta(seconds=seconds))
+        return claims.extend(mail, self.owner, utcnow() + timedelta(seconds=self._lease_for(server)))
+
+    def _lease_for(self, server: MailServer) -> float:
+        """A claim or connection lease must outlast a send to `server`, whatever the setting says."""
+        return max(self.settings.lease, server.timeout + LEASE_MARGIN)
 
     def _wait(self, attempt: "_Attempt", portal: Portal, way: Route) -> None:
         """No server may take mail now: wait for the probe of a failing one, else hold."""
