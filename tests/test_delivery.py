@@ -3,6 +3,7 @@ sent, and its outcome recorded; temporary failures are retried, permanent ones f
 server's words, recipients are handled one by one, consecutive messages share a connection."""
 from datetime import timedelta
 
+import pytest
 from sqlmodel import select
 
 from webapp import db
@@ -236,3 +237,36 @@ def test_waking_never_fails_the_caller_when_the_queue_is_unreachable(app, outbox
         delivery.wake([mail_id])  # the row is committed: the sweep sends it all the same
     assert "could not wake the delivery worker" in caplog.text
     assert outbox.mail(mail_id).state == MailState.QUEUED
+
+
+def test_a_sent_message_is_recorded_even_when_the_database_is_busy_for_a_moment(app, outbox, make, portal, smtp_peer,
+                                                                                database_url, monkeypatch):
+    if not database_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock: PostgreSQL waits for a row lock instead of refusing")
+    import sqlite3
+    import threading
+    import time
+
+    from webapp.delivery import outcomes
+
+    app.extensions["mailroom.engine"].dispose()
+    app.extensions["mailroom.engine"] = db.make_engine(database_url, busy_timeout=0.2)  # refuse quickly
+    monkeypatch.setattr(outcomes, "WRITE_RETRIES", (0.5, 0.5, 5))
+    peer = smtp_peer("slow")
+    peer.delay = 0.5
+    make.server(portal, settings=smtp_settings(peer))
+    mail_id = outbox.queue(portal)
+
+    def hold_the_write_lock():
+        wait_until(lambda: peer.active == 1, 30, "the send to start")
+        other = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=30)
+        other.execute("BEGIN IMMEDIATE")  # another writer, for longer than the busy timeout
+        time.sleep(1.5)
+        other.rollback()
+        other.close()
+
+    locker = threading.Thread(target=hold_the_write_lock)
+    locker.start()
+    outbox.run(mail_id)
+    locker.join(timeout=30)
+    assert outbox.mail(mail_id).state == MailState.SENT and len(peer.messages) == 1

@@ -5,14 +5,18 @@ Only the worker that holds the claim writes, except for "sent": a message the se
 is recorded as sent even when the claim ran out meanwhile (a worker paused past its lease,
 and the sweep gave the message back): it went out, and that must not be sent again.
 """
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import update
+from sqlalchemy.exc import InternalError, OperationalError
 
 from .. import db
 from ..models import DeliveryAttempt, MailState, OutboundMail, utcnow
 
+log = logging.getLogger(__name__)
 PENDING, SENT, FAILED = "pending", "sent", "failed"  # a recipient's state
 
 
@@ -31,7 +35,23 @@ class Tried:
 
 def finish(mail: OutboundMail, owner: str, tried: list[Tried], **values) -> bool:
     """Record the outcome (`values`: the row's new columns, with its state); False when
-    another worker has the message now and this outcome was not written."""
+    another worker has the message now and this outcome was not written. A database too busy
+    to write is tried again a few times: the outcome of a send is not to be lost lightly."""
+    for pause in (*WRITE_RETRIES, None):
+        try:
+            return _finish(mail, owner, tried, dict(values))
+        except (OperationalError, InternalError):
+            db.session().rollback()
+            if pause is None:
+                raise
+            log.warning("mail %s: the database refused the outcome, trying again in %s s", mail.id, pause)
+            time.sleep(pause)
+
+
+WRITE_RETRIES = (1, 3, 10)  # seconds between tries, after SQLite's own busy timeout
+
+
+def _finish(mail: OutboundMail, owner: str, tried: list[Tried], values: dict) -> bool:
     session = db.session()
     now = utcnow()
     values.update(lease_owner="", lease_until=None, updated_at=now)
