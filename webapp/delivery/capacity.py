@@ -21,6 +21,7 @@ from .. import db
 from ..models import ConnectionLease, DeliveryAttempt, MailServer, utcnow
 from .times import aware
 
+LEASE_MARGIN = 5.0  # seconds a claim or connection lease must outlast a server's timeout
 RATE_WINDOWS = (("rate_per_minute", timedelta(minutes=1), "minute"), ("rate_per_day", timedelta(days=1), "day"))
 COUNTED = ("sent", "sending")  # what uses up a send rate
 
@@ -29,6 +30,12 @@ COUNTED = ("sent", "sending")  # what uses up a send rate
 class Busy:
     until: datetime  # when to try again
     reason: str
+
+
+def lease_seconds(server: MailServer, configured: float) -> float:
+    """How long a claim or a connection lease for a send to `server` lasts: the configured time,
+    but always longer than the server's timeout (a send cannot outlive it)."""
+    return max(configured, server.timeout + LEASE_MARGIN)
 
 
 def lock_server(server_id: int) -> None:

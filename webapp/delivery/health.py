@@ -100,7 +100,8 @@ def probe(server_id: int, owner: str, settings) -> bool | None:
         return None
     server = session.get(MailServer, server_id, populate_existing=True)
     portal = session.get(Portal, server.portal_id)
-    lease = capacity.take_connection(server, owner, settings.lease, settings.busy_retry)
+    lease = capacity.take_connection(server, owner, capacity.lease_seconds(server, settings.lease),
+                                     settings.busy_retry)
     if isinstance(lease, Busy):
         return None
     try:

@@ -54,7 +54,6 @@ from .times import aware
 log = logging.getLogger(__name__)
 
 MESSAGE_STEPS = frozenset({"Message", "MAIL FROM", "RCPT TO", "DATA"})  # failures there concern the message
-LEASE_MARGIN = 5.0  # seconds a claim must outlast a server's timeout
 UNREADABLE = "the stored secret cannot be read with the configured keys: enter it again and save"
 
 
@@ -218,8 +217,7 @@ class Run:
         return claims.extend(mail, self.owner, utcnow() + timedelta(seconds=self._lease_for(server)))
 
     def _lease_for(self, server: MailServer) -> float:
-        """A claim or connection lease must outlast a send to `server`, whatever the setting says."""
-        return max(self.settings.lease, server.timeout + LEASE_MARGIN)
+        return capacity.lease_seconds(server, self.settings.lease)
 
     def _wait(self, attempt: "_Attempt", portal: Portal, way: Route) -> None:
         """No server may take mail now: wait for the probe of a failing one, else hold."""
