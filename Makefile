@@ -25,8 +25,11 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 # consent link's its token (/oauth/consent?link=...).
 ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
+# The delivery worker runs beside gunicorn; Ctrl-C stops both (the worker finishes the messages under way).
 run: venv assets
 	$(BIN)/flask --app webapp init --url http://$(HOST):$(PORT)
+	@$(BIN)/flask --app webapp mail worker & worker=$$!; \
+	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
 	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 
 serve: venv assets

@@ -8,7 +8,7 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, db, instance, limits, network, security, views
+from . import cli, config, db, delivery, instance, limits, network, security, views
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     security.init_app(app)
     limits.init_app(app)
     db.init_app(app)
+    delivery.init_app(app)
     network.init_app(app)
     views.init_app(app)
     cli.init_app(app)

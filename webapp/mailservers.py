@@ -3,7 +3,7 @@ worker call these; each change is committed with its AuditEvent."""
 from sqlalchemy import bindparam
 from sqlmodel import func, select, update
 
-from . import audit, credentials, db
+from . import audit, credentials, db, delivery
 from .audit import Actor
 from .credentials import CredentialValues
 from .mail.transport import TRANSPORTS
@@ -122,6 +122,7 @@ def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version
         audit.record(actor, "server.created" if creating else "server.updated", f"“{server.label}”", changes,
                      portal.id)
     session.commit()
+    delivery.release_held(server, "its settings were saved")
     return server
 
 
@@ -174,6 +175,8 @@ def set_enabled(actor: Actor, portal: Portal, server: MailServer, enabled: bool)
         return
     audit.record(actor, "server.updated", f"“{server.label}”", {"enabled": [not enabled, enabled]}, portal.id)
     session.commit()
+    if enabled:
+        delivery.release_held(server, "it was enabled")
 
 
 def move(actor: Actor, portal: Portal, server: MailServer, step: int) -> None:

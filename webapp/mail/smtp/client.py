@@ -75,6 +75,13 @@ class Client(SMTP):
             code, text = self.docmd(b64(authobject(base64.decodebytes(text))))
         return code, text
 
+    def rebind(self, deadline: Deadline, transcript: list[str], redactor: Redactor) -> None:
+        """Go on with another message: its deadline, its transcript, its secrets."""
+        self._deadline, self._transcript, self._redactor = deadline, transcript, redactor
+        if self.file is not None:
+            self.file.close()  # bound to the old deadline; nothing is left unread between messages
+            self.file = None
+
     def start_over(self) -> None:
         """After STARTTLS: RFC 3207 says forget what the server offered before."""
         self.file = None
