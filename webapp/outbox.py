@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from . import db
+from . import db, delivery
 from .forms.validators import normalize_address
 from .mail.envelope import Envelope
 from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
@@ -244,6 +244,7 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
         if earlier is None:
             raise
         return earlier
+    delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
     return mail
 
 
