@@ -242,12 +242,12 @@ def compose(
     addresses = {field: [parse_address(m.address, m.name) for m in mailboxes] for field, mailboxes in people.items()}
 
     message = EmailMessage(policy=_policy_for([from_, *([reply] if reply else []), *sum(addresses.values(), [])]))
-    _set_address(message, "From", from_)
+    _set_addresses(message, "From", [from_])
     if reply:
-        _set_address(message, "Reply-To", reply)
+        _set_addresses(message, "Reply-To", [reply])
     for field, values in addresses.items():
         if values:
-            message[field] = values
+            _set_addresses(message, field, values)
     _set_unstructured(message, "Subject", subject)
     message["Date"] = format_datetime(_utc(now or datetime.now(timezone.utc)))
     message["Message-ID"] = make_msgid(domain=ascii_domain(from_.domain))
