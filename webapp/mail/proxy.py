@@ -230,7 +230,7 @@ def _handshake(proxy: Proxy, sock: socket.socket, sockaddr: tuple, target_host: 
                deadline: Deadline) -> Exception | None:
     """python-socks speaks the proxy's protocol on our socket; the refusal in words, or None."""
     settings, used = proxy.settings, _endpoint(sockaddr)
-    watchdog = _Watchdog(sock, deadline)
+    watchdog = Watchdog(sock, deadline)
     first_hop = _Connected(_HeadersOnly(sock) if settings.kind == ProxyKind.HTTP else sock)
     try:
         socks = SocksProxy(_TYPES[settings.kind], sockaddr[0], sockaddr[1], username=settings.username or None,
@@ -281,7 +281,7 @@ class _Connected:
         return self.sock
 
 
-class _Watchdog:
+class Watchdog:
     """Shuts the socket down when the deadline is over, unless cancelled first (the handshake ended)."""
 
     def __init__(self, sock: socket.socket, deadline: Deadline):
