@@ -23,6 +23,7 @@ import threading
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from http import HTTPStatus
+from urllib.parse import urlsplit
 
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.sync import Proxy as SocksProxy
@@ -136,6 +137,22 @@ class Connection:
              ("Tunnel to", self.target), ("Names", names)])
 
 
+def tunnel_step(network: Network, url: str, deadline: Deadline) -> Step:
+    """The "Proxy" step of an HTTP protocol's Validate: a tunnel to the service's host and port,
+    opened through the proxy (policy, sign-in, the proxy's rules) and closed again."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        connection = connect(network, host, port, deadline)
+    except socket.gaierror:
+        raise StepFailed(f"the host name {host} could not be resolved", "check the service's address") from None
+    except OSError as error:
+        raise StepFailed(f"could not reach {host} port {port} through the proxy ({error.strerror or error})",
+                         "check the service's address and the proxy") from None
+    connection.sock.close()
+    return connection.step()
+
+
 def targets(network: Network, host: str, port: int, deadline: Deadline) -> list[tuple] | None:
     """The target's addresses to connect to (or to hand the proxy), each checked by the egress
     policy; None when the proxy resolves the name (SOCKS5 with remote DNS), after the policy
@@ -178,7 +195,11 @@ def tunnel(network: Network, host: str, port: int, addresses: list[tuple] | None
     settings = proxy.settings
     if not settings.host.strip():
         raise ProxyFailed("no proxy host is configured", "enter the proxy's host name or address")
-    proxy_addresses = network.resolve(settings.host, settings.port, deadline)
+    try:
+        proxy_addresses = network.resolve(settings.host, settings.port, deadline)
+    except socket.gaierror:
+        raise ProxyFailed(f"the proxy's host name {settings.host.strip()} could not be resolved",
+                          "check the spelling of the proxy host, and this machine's DNS settings") from None
     wanted = [(family, sockaddr) for family, sockaddr in addresses] if addresses is not None else [(None, None)]
     if settings.kind == ProxyKind.SOCKS4:
         wanted = [(f, s) for f, s in wanted if f != socket.AF_INET6] or _no_ipv4(host)
