@@ -68,7 +68,7 @@ PEER_PROGRAMS := chromium microsocks danted tinyproxy dovecot
 PEER_PACKAGES := chromium microsocks dante-server tinyproxy dovecot-core dovecot-pop3d dovecot-imapd
 
 test-deps: venv assets
-	@missing=; for program in $(PEER_PROGRAMS); do command -v $$program >/dev/null || missing=yes; done; \
+	@missing=; for program in $(PEER_PROGRAMS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$program >/dev/null || missing=yes; done; \
 	[ -z "$$missing" ] || { \
 	  echo "Installing Debian's $(PEER_PACKAGES) for the tests' peers"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from .proxies import program
 from .smtp import Peer, Recorder, _CountingController, free_port
 
 USERNAME = "receiver@example.test"
@@ -97,7 +98,8 @@ mail_location = maildir:~/Maildir
 
 @pytest.fixture(scope="session")
 def dovecot(test_ca):
-    if shutil.which("dovecot") is None:
+    dovecot_program = program("dovecot")
+    if dovecot_program is None:
         pytest.fail("the mail receiver peer needs Dovecot (make test-deps installs it)", pytrace=False)
     # Dovecot's auth process runs as the user "dovecot": its passwd-file must be in a directory it can
     # reach, which pytest's own (mode 0700, root's) is not.
@@ -112,7 +114,7 @@ def dovecot(test_ca):
     ports = {name: free_port() for name in LISTENERS}
     (directory / "dovecot.conf").write_text(_config(directory, ports))
     peer = Dovecot(directory, ports)
-    peer.process = subprocess.Popen(["dovecot", "-F", "-c", str(directory / "dovecot.conf")],
+    peer.process = subprocess.Popen([dovecot_program, "-F", "-c", str(directory / "dovecot.conf")],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         _wait_until_listening(peer)

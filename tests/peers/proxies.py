@@ -65,8 +65,13 @@ class ProxyPeer:
         return self.logfile.read_text(errors="replace") if self.logfile and self.logfile.exists() else ""
 
 
+def program(name: str) -> str | None:
+    """Its path; Debian puts the daemons in /usr/sbin, which a user's PATH may lack."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def which_missing() -> list[str]:
-    return sorted({program for program in PROGRAMS.values() if shutil.which(program) is None})
+    return sorted({name for name in PROGRAMS.values() if program(name) is None})
 
 
 def _dante_config(port: int, refused_port: int | None) -> str:
@@ -119,15 +124,15 @@ def proxy_peer(tmp_path):
         peer = ProxyPeer(kind, port, refused_port=refused_port, logfile=directory / "log")
         if kind == "socks5":
             peer.username, peer.password = USERNAME, PASSWORD
-            command = ["microsocks", "-i", "127.0.0.1", "-p", str(port), "-b", "127.0.0.1",
+            command = [program("microsocks"), "-i", "127.0.0.1", "-p", str(port), "-b", "127.0.0.1",
                        "-u", USERNAME, "-P", PASSWORD]
         elif kind in ("socks5_open", "socks4"):
             (directory / "danted.conf").write_text(_dante_config(port, refused_port))
-            command = ["danted", "-f", str(directory / "danted.conf"), "-N", "1", "-p", str(directory / "pid")]
+            command = [program("danted"), "-f", str(directory / "danted.conf"), "-N", "1", "-p", str(directory / "pid")]
         elif kind == "http":
             peer.username, peer.password = USERNAME, PASSWORD
             (directory / "tinyproxy.conf").write_text(_tinyproxy_config(port, directory, connect_ports))
-            command = ["tinyproxy", "-d", "-c", str(directory / "tinyproxy.conf")]
+            command = [program("tinyproxy"), "-d", "-c", str(directory / "tinyproxy.conf")]
         else:
             raise ValueError(kind)
         with open(peer.logfile, "wb") as log:
