@@ -98,7 +98,7 @@ def test_a_target_the_policy_refuses_is_never_asked_of_the_proxy(proxy_peer, smt
     with pytest.raises(EgressRefused) as refused:
         proxy.connect(network(peer, deny=f"127.0.0.1 {smtp.port}"), "127.0.0.1", smtp.port, Deadline(5))
     assert refused.value.port == smtp.port
-    assert "CONNECT" not in peer.log()
+    assert "Request (file descriptor" not in peer.log()  # tinyproxy logs each request it reads so
 
 
 def test_a_wrong_socks5_password_is_said_as_such(proxy_peer, smtp_peer):

@@ -98,7 +98,7 @@ def test_a_proxy_the_policy_refuses_is_not_connected_to(proxy_peer, smtp_peer):
     failure = report.failure
     assert failure.name == "Proxy" and f"port {peer.port}" in failure.summary and "egress policy" in failure.summary
     assert ("Refused destination", f"127.0.0.1 {peer.port}") in failure.details
-    assert "Request" not in peer.log()
+    assert "Request (file descriptor" not in peer.log()
 
 
 def test_a_proxy_that_cannot_reach_the_server(proxy_peer, smtp_peer):
