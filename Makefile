@@ -62,11 +62,17 @@ $(VENDOR)/.installed: package.json
 	cp node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/pico.min.css
 	touch $@
 
+# The tests' peers from Debian: chromium (browser tests), the proxies (microsocks, Dante, tinyproxy) and
+# Dovecot (POP3 and IMAP). The tests start their own instances on free ports of 127.0.0.1.
+PEER_PROGRAMS := chromium microsocks danted tinyproxy dovecot
+PEER_PACKAGES := chromium microsocks dante-server tinyproxy dovecot-core dovecot-pop3d dovecot-imapd
+
 test-deps: venv assets
-	@command -v chromium >/dev/null || { \
-	  echo "Installing Debian's chromium for the browser tests"; \
+	@missing=; for program in $(PEER_PROGRAMS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$program >/dev/null || missing=yes; done; \
+	[ -z "$$missing" ] || { \
+	  echo "Installing Debian's $(PEER_PACKAGES) for the tests' peers"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PEER_PACKAGES) >/dev/null; }
 
 test: test-deps
 	$(BIN)/pytest

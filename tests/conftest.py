@@ -15,7 +15,7 @@ from webapp import create_app, db
 from webapp.models import AppSetting, Credential, MailServer, Membership, Portal, Role, User
 from webapp.security import hash_password
 
-pytest_plugins = ["tests.peers.network", "tests.peers.tls", "tests.peers.smtp", "tests.peers.echo",
+pytest_plugins = ["tests.peers.network", "tests.peers.tls", "tests.peers.smtp", "tests.peers.echo", "tests.peers.proxies", "tests.peers.dovecot",
                   "tests.peers.oauth", "tests.peers.xoauth2", "tests.peers.graph", "tests.peers.gmail",
                   "tests.peers.ews"]
 

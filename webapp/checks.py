@@ -5,21 +5,24 @@ everything is read first, the connection goes back to the pool (db.release), and
 outcome is written in a new, short transaction.
 """
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.exc import InternalError, OperationalError
 
 from . import audit, db, delivery, network
 from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
-from .credentials import CredentialValues, SecretUnreadable, auth_for, destination_for
+from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, destination_for, saved_receiver,
+                          side_password)
 from .mail.config import Sender, ServerConfig
 from .mail.envelope import Envelope
+from .mail.proxy import Proxy, ProxySettings
+from .mail.receiver import Receiver, ReceiverSettings
 from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
 from .mail.transport import transport_for
 from .mailservers import settings_of
-from .models import MailServer, Portal, utcnow
+from .models import MailServer, Portal, SecretPurpose, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +41,34 @@ class SampleResult:
 
 def config_for(portal: Portal, server: MailServer) -> ServerConfig:
     """The saved settings as the transport needs them; SecretUnreadable when the keys cannot read the secret."""
-    net = network.for_portal(portal)
+    net = network.for_server(portal, server)
+    receiver = saved_receiver(server, server.settings.get("ca_cert", ""))
     return _config(server, server.protocol, _columns(server), server.settings,
-                   auth_for(server.credential, network=net), net)
+                   auth_for(server.credential, network=net), net, receiver)
 
 
 def draft_config(portal: Portal, server: MailServer | None, columns: dict, settings: dict,
-                 credential: CredentialValues) -> ServerConfig:
+                 credential: CredentialValues, side: list[SidePassword] = ()) -> ServerConfig:
     """Unsaved values: a typed secret, or the stored one where it may serve them
-    (credentials.SecretNeeded otherwise; SecretUnreadable when it cannot be read)."""
+    (credentials.SecretNeeded otherwise; SecretUnreadable when it cannot be read); the same for the
+    proxy's and the mail receiver's passwords (`side`)."""
     typed = settings_of(columns["protocol"], settings)
-    net = network.for_portal(portal)
+    passwords = {value.purpose: side_password(server, value) for value in side}
+    proxy_settings = ProxySettings.from_dict(columns.get("proxy"))
+    proxy = Proxy(proxy_settings, passwords.get(SecretPurpose.PROXY, "")) if proxy_settings.enabled else None
+    net = replace(network.for_portal(portal), proxy=proxy)
+    receiver_settings = ReceiverSettings.from_dict(columns.get("receiver"))
+    receiver = Receiver(receiver_settings, passwords.get(SecretPurpose.RECEIVER, ""), settings.get("ca_cert", "")) \
+        if receiver_settings.enabled and columns["protocol"] == "smtp" else None
     auth = auth_for(server.credential if server else None, credential, destination_for(typed, credential), net)
-    return _config(server, columns["protocol"], columns, typed.to_dict(), auth, net)
+    return _config(server, columns["protocol"], columns, typed.to_dict(), auth, net, receiver)
 
 
-def _config(server, protocol, columns, settings, auth, net) -> ServerConfig:
+def _config(server, protocol, columns, settings, auth, net, receiver=None) -> ServerConfig:
     sender = Sender(columns["from_address"], columns.get("sender_name", ""), columns.get("reply_to", ""))
     label = columns.get("description") or settings.get("host") or (server.label if server else "")
     return ServerConfig(protocol=protocol, sender=sender, settings=settings_of(protocol, settings),
-                        network=net, auth=auth, timeout=float(columns["timeout"]), label=label)
+                        network=net, auth=auth, timeout=float(columns["timeout"]), label=label, receiver=receiver)
 
 
 def _columns(server: MailServer) -> dict:
@@ -80,10 +91,10 @@ def check(actor: Actor, portal: Portal, server: MailServer) -> Report:
 
 
 def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns: dict, settings: dict,
-                credential: CredentialValues) -> Report:
+                credential: CredentialValues, side: list[SidePassword] = ()) -> Report:
     """Validate values from the form, saved or not; remembered only when they are exactly the saved ones."""
     try:
-        config = draft_config(portal, server, columns, settings, credential)
+        config = draft_config(portal, server, columns, settings, credential, side)
     except SecretUnreadable:
         report = Report(steps=[UNREADABLE])
     else:
@@ -91,7 +102,8 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
                             server.max_connections if server else columns.get("max_connections", 1))
     _note_disabled(report, columns.get("enabled", True))
     _log_check(actor, portal, server, report)
-    if server is not None and credential.secret is None and _same_as_saved(server, columns, config):
+    if server is not None and credential.secret is None and not any(value.typed for value in side) \
+            and _same_as_saved(server, columns, config):
         remember(server, report, "validate")
     return report
 

@@ -342,7 +342,7 @@ def _exchange_code(server: MailServer, portal: Portal, record: OAuthState, code:
     client = client_for(credential.provider, payload, record.redirect_uri)
     verifier = unseal(record.verifier)["verifier"]
     revision = credential.revision
-    net = network.for_portal(portal)
+    net = network.for_server(portal, server)
     try:
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()

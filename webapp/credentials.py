@@ -14,7 +14,7 @@ from flask import current_app
 
 from .crypto import SecretUnreadable
 from .mail.auth import Auth, AuthType, BearerAuth, NoAuth, PasswordAuth
-from .models import Credential, CredentialKind, utcnow
+from .models import Credential, CredentialKind, MailServer, SecretPurpose, ServerSecret, utcnow
 
 MARK = "\x01"  # a sealed payload is JSON after this mark; before revision 0002 it was the bare password
 
@@ -46,7 +46,12 @@ class CredentialValues:
 
 
 class SecretNeeded(Exception):
-    """The stored secret may not be used for these values; str() says why, for beside the field."""
+    """The stored secret may not be used for these values; str() says why, for beside the field
+    (`field`: the form field of the secret, when it is not the credential's own)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def kind_for(auth_type: str, flow: str = "") -> CredentialKind:
@@ -187,11 +192,107 @@ def auth_for(credential: Credential | None, values: CredentialValues | None = No
     return NoAuth()
 
 
+# --- the passwords beside the credential: the proxy's, the mail receiver's -----------------------------
+
+SIDE_SECRETS = {SecretPurpose.PROXY: ("proxy password", "proxy_password"),
+                SecretPurpose.RECEIVER: ("mail receiver password", "receiver_password")}
+
+
+@dataclass
+class SidePassword:
+    """A password beside the credential as a form gives it: whether one is wanted at all (a proxy
+    with a username, a receiver login), where it may go, and what was typed (None keeps the stored)."""
+    purpose: SecretPurpose
+    wanted: bool
+    destination: dict = field(default_factory=dict)
+    typed: str | None = field(default=None, repr=False)
+
+
+def side_secret(server: MailServer | None, purpose: str) -> ServerSecret | None:
+    if server is None or server.id is None:
+        return None
+    return next((s for s in server.secrets if s.purpose == purpose), None)
+
+
+def check_side_password(server: MailServer | None, value: SidePassword) -> None:
+    """SecretNeeded (naming the field) unless one was typed, none is wanted, or the stored one was
+    saved for this very destination."""
+    if not value.wanted or value.typed:
+        return
+    what, field_name = SIDE_SECRETS[value.purpose]
+    stored = side_secret(server, value.purpose)
+    if stored is None:
+        raise SecretNeeded(f"Enter the {what}.", field_name)
+    if stored.bound_to != value.destination:
+        where = "proxy's" if value.purpose == SecretPurpose.PROXY else "mail receiver's"
+        raise SecretNeeded(f"The {where} type, host or port changed since the {what} was saved: enter the {what} "
+                           "again to use it there.", field_name)
+
+
+def side_password(server: MailServer | None, value: SidePassword) -> str:
+    """The password these values use: the typed one, or the stored one where it may serve
+    (SecretNeeded otherwise; SecretUnreadable when the keys cannot read it)."""
+    if not value.wanted:
+        return ""
+    check_side_password(server, value)
+    if value.typed:
+        return value.typed
+    return unseal(side_secret(server, value.purpose).secret).get("password", "")
+
+
+def apply_side_password(server: MailServer, value: SidePassword) -> bool:
+    """Write it into the server's secrets (check_side_password ran); True when it changed."""
+    stored = side_secret(server, value.purpose)
+    if not value.wanted:
+        if stored is not None:
+            server.secrets.remove(stored)
+        return stored is not None
+    if not value.typed:
+        return False
+    if stored is None:
+        stored = ServerSecret(purpose=value.purpose)
+        server.secrets.append(stored)
+    changed = not stored.secret or unseal_quietly(stored.secret) != value.typed
+    stored.secret, stored.bound_to, stored.updated_at = seal({"password": value.typed}), value.destination, utcnow()
+    return changed
+
+
+def saved_proxy(server: MailServer | None):
+    """The saved proxy of a server as connections use it (mail.proxy.Proxy), or None."""
+    from .mail.proxy import Proxy, ProxySettings
+
+    settings = ProxySettings.from_dict(server.proxy if server is not None else {})
+    if not settings.enabled:
+        return None
+    stored = side_secret(server, SecretPurpose.PROXY)
+    password = unseal(stored.secret).get("password", "") if stored and settings.takes_password else ""
+    return Proxy(settings, password)
+
+
+def saved_receiver(server: MailServer | None, ca_pem: str = ""):
+    """The saved mail receiver login of a server (mail.receiver.Receiver), or None."""
+    from .mail.receiver import Receiver, ReceiverSettings
+
+    settings = ReceiverSettings.from_dict(server.receiver if server is not None else {})
+    if not settings.enabled or server.protocol != "smtp":
+        return None
+    stored = side_secret(server, SecretPurpose.RECEIVER)
+    return Receiver(settings, unseal(stored.secret).get("password", "") if stored else "", ca_pem)
+
+
+def unseal_quietly(token: str) -> str | None:
+    try:
+        return unseal(token).get("password")
+    except SecretUnreadable:
+        return None
+
+
 def unreadable_secrets(credentials) -> int:
     """How many stored secrets the configured keys cannot read (told at start)."""
     box = _box()
     return sum(1 for credential in credentials if credential.secret and not box.readable(credential.secret))
 
 
-__all__ = ["CredentialValues", "SecretNeeded", "SecretUnreadable", "auth_for", "apply", "check_secret",
+__all__ = ["CredentialValues", "SecretNeeded", "SecretUnreadable", "SidePassword", "auth_for", "apply", "check_secret",
+           "check_side_password", "side_password", "apply_side_password",
            "destination_for", "kind_for", "auth_type_of", "seal", "unseal", "KIND_LABELS", "OAUTH_KINDS"]

@@ -245,7 +245,7 @@ def refresh_quiet_grants(older_than_hours: float = 24) -> list[tuple[str, str]]:
             continue
         if not credential.secret or "refresh_token" not in unseal(credential.secret):
             continue
-        grant = StoredGrant(credential.id, network.for_portal(portal))
+        grant = StoredGrant(credential.id, network.for_server(portal, server))
         try:
             grant._renew(credential, unseal(credential.secret), Deadline(float(server.timeout) + 10))
             outcomes.append((f"{portal.slug}/{server.label}", "refreshed"))

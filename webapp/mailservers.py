@@ -10,7 +10,7 @@ from .mail.transport import TRANSPORTS
 from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcnow
 
 SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
-                  "rate_per_day", "from_address", "sender_name", "reply_to")
+                  "rate_per_day", "from_address", "sender_name", "reply_to")  # and proxy, receiver (prefixed fields)
 # Each kind's secret as its form field calls it: History says "(changed)" when a different one is typed.
 SECRET_FIELD = {CredentialKind.PASSWORD: "password", CredentialKind.OAUTH_DELEGATED: "client_secret",
                 CredentialKind.OAUTH_APP: "client_secret", CredentialKind.SERVICE_ACCOUNT: "key"}
@@ -54,6 +54,8 @@ def saved_values(server: MailServer) -> dict:
     """Everything the form shows of a saved server, flat by field name."""
     values = {name: getattr(server, name) for name in SERVER_COLUMNS}
     values.update(server.settings)
+    for column, prefix in (("proxy", "proxy_"), ("receiver", "receiver_")):  # their fields carry the prefix
+        values.update({prefix + name: value for name, value in (getattr(server, column) or {}).items()})
     credential = server.credential
     if credential is not None:
         values.update(credential.provider)
@@ -89,14 +91,18 @@ def secret_typed(credential: Credential | None, values: CredentialValues) -> str
 
 
 def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version: str | None,
-         columns: dict, settings: dict, credential_values: CredentialValues) -> MailServer:
-    """Create or update a server with its credential, and record the change; StaleEdit if
-    someone saved first, credentials.SecretNeeded if a stored secret may not serve the new values."""
+         columns: dict, settings: dict, credential_values: CredentialValues,
+         side: list[credentials.SidePassword] = ()) -> MailServer:
+    """Create or update a server with its credential (and the proxy's and mail receiver's passwords,
+    `side`), and record the change; StaleEdit if someone saved first, credentials.SecretNeeded if
+    a stored secret may not serve the new values."""
     session = db.session()
     creating = server is None
     typed = settings_of(columns.get("protocol", "smtp"), settings)
     destination = credentials.destination_for(typed, credential_values)
     credentials.check_secret(None if creating else server.credential, credential_values, destination)
+    for value in side:
+        credentials.check_side_password(server, value)
     before = {} if creating else snapshot(server)
     secret_changed = secret_typed(None if creating else server.credential, credential_values)
     if creating:
@@ -113,11 +119,15 @@ def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version
         setattr(server, name, value)
     server.settings = typed.to_dict()
     credentials.apply(server.credential, credential_values, destination)
+    side_changed = [credentials.SIDE_SECRETS[value.purpose][1] for value in side
+                    if credentials.apply_side_password(server, value) and value.wanted]
     session.add(server)
     session.flush()
     changes = audit.diff(before, snapshot(server))
     if secret_changed:
         changes[secret_changed] = audit.SECRET
+    for name in side_changed:
+        changes[name] = audit.SECRET
     if changes or creating:
         audit.record(actor, "server.created" if creating else "server.updated", f"“{server.label}”", changes,
                      portal.id)

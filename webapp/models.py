@@ -131,9 +131,16 @@ class MailServer(SQLModel, table=True):
     created_at: datetime = _timestamp(default_factory=utcnow)
     updated_at: datetime = _timestamp(default_factory=utcnow)
 
+    # the way out: a proxy (mail.proxy.ProxySettings) and a login before sending (mail.receiver.ReceiverSettings);
+    # {} when there is none. Their passwords are ServerSecrets.
+    proxy: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    receiver: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
     credential: "Credential" = Relationship(
         back_populates="server",
         sa_relationship_kwargs={"lazy": "joined", "uselist": False, "cascade": "all, delete-orphan"})
+    secrets: list["ServerSecret"] = Relationship(
+        back_populates="server", sa_relationship_kwargs={"cascade": "all, delete-orphan"})
 
     @property
     def label(self) -> str:
@@ -172,6 +179,27 @@ class Credential(SQLModel, table=True):
     updated_at: datetime = _timestamp(default_factory=utcnow)
 
     server: MailServer = Relationship(back_populates="credential")
+
+
+class SecretPurpose(StrEnum):
+    PROXY = "proxy"  # the proxy's password
+    RECEIVER = "receiver"  # the mail receiver's password (login before sending)
+
+
+class ServerSecret(SQLModel, table=True):
+    """A server's password beside its credential's (the proxy's, the mail receiver's): sealed like
+    the credential's secret, and bound to the destination it was saved for (`bound_to`)."""
+
+    __tablename__ = "server_secret"
+    __table_args__ = (UniqueConstraint("server_id", "purpose"),)
+    id: int | None = Field(default=None, primary_key=True)
+    server_id: int = Field(foreign_key="mail_server.id", index=True, ondelete="CASCADE")
+    purpose: str = Field(max_length=20)  # SecretPurpose
+    secret: str = Field(sa_type=Text)
+    bound_to: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    updated_at: datetime = _timestamp(default_factory=utcnow)
+
+    server: MailServer = Relationship(back_populates="secrets")
 
 
 class OAuthState(SQLModel, table=True):

@@ -3,6 +3,7 @@ lists, and the app's own database and Redis (always refused). See mail/egress.py
 destination is decided."""
 import ipaddress
 import socket
+from dataclasses import replace
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -46,6 +47,14 @@ def policy_for(portal: Portal | None) -> Policy:
 
 def for_portal(portal: Portal) -> Network:
     return Network(policy_for(portal), extra_ca_pem=current_app.config.get("EXTRA_CA_PEM", ""))
+
+
+def for_server(portal: Portal, server, proxy=None) -> Network:
+    """The portal's network as a server's connections take it: through the server's proxy (its saved
+    one, or `proxy` for unsaved values). SecretUnreadable when the keys cannot read its password."""
+    from .credentials import saved_proxy
+
+    return replace(for_portal(portal), proxy=proxy if proxy is not None else saved_proxy(server))
 
 
 def check_rules(text: str, what: str) -> str:

@@ -20,11 +20,17 @@ from wtforms import (BooleanField, EmailField, IntegerField, PasswordField, Sele
                      TextAreaField)
 from wtforms.validators import EqualTo, InputRequired, Length, NumberRange, Optional, ValidationError
 
-from ..credentials import CredentialValues, kind_for
+from ..credentials import CredentialValues, SidePassword, kind_for
 from ..mail import oauth
 from ..mail.auth import AUTH_LABELS, AuthType
 from ..mail.oauth import CLOUD_LABELS, FLOW_LABELS, PROVIDER_LABELS, Cloud, Flow, Provider
+from ..mail.proxy import KIND_LABELS as PROXY_LABELS, ProxyKind, ProxySettings
+from ..mail.proxy import default_port as proxy_default_port
+from ..mail.receiver import (PROTOCOL_LABELS as RECEIVER_LABELS, SECURITY_LABELS as RECEIVER_SECURITY_LABELS,
+                             ReceiverProtocol, ReceiverSecurity, ReceiverSettings)
+from ..mail.receiver import default_port as receiver_default_port
 from ..mail.smtp import Security, default_port
+from ..models import SecretPurpose
 from ..mail.transport import TRANSPORTS
 from .base import PartForm
 from .render import focus_first_error
@@ -47,6 +53,8 @@ class Choices:
     auth_type: str
     provider: str = Provider.MICROSOFT.value
     flow: str = Flow.DELEGATED.value
+    proxy_kind: str = ProxyKind.NONE.value
+    receiver_protocol: str = ReceiverProtocol.NONE.value
 
     @classmethod
     def read(cls, formdata, saved: dict) -> "Choices":
@@ -63,7 +71,8 @@ class Choices:
         if provider in KNOWN_PROVIDERS and provider not in providers:  # another protocol's provider
             provider = providers[0].value
         return cls(protocol, pick("security", Security.STARTTLS.value), auth_type, provider,
-                   pick("flow", Flow.DELEGATED.value))
+                   pick("flow", Flow.DELEGATED.value), pick("proxy_kind", ProxyKind.NONE.value),
+                   pick("receiver_protocol", ReceiverProtocol.NONE.value))
 
     @property
     def known_protocol(self) -> bool:
@@ -266,9 +275,104 @@ class LimitsSection(Section):
                     "Exchange Online 10,000 recipients a day per mailbox.")
 
 
+def _proxied(choices: Choices) -> bool:
+    return choices.proxy_kind in (ProxyKind.HTTP, ProxyKind.SOCKS4, ProxyKind.SOCKS5)
+
+
+class ProxySection(Section):
+    """Proxy / firewall (Privileged Identity's "Firewall Configuration", SupportCenter Plus's proxy)."""
+    name, store = "proxy", "proxy"
+    proxy_kind = SelectField("Proxy / firewall", default=ProxyKind.NONE.value,
+                             choices=[SelectChoice(k.value, label) for k, label in PROXY_LABELS.items()],
+                             description="How Mailroom reaches this server: directly, or through an HTTP proxy (a "
+                                         "CONNECT tunnel) or a SOCKS proxy. Every connection of this server goes "
+                                         "through it: SMTP, the mail receiver login, and the token, EWS, Graph and "
+                                         "Gmail requests.")
+
+
+class ProxyServerSection(Section):
+    name, store = "proxy_server", "proxy"
+    shown = staticmethod(_proxied)
+    proxy_host = StringField("Proxy host", validators=[InputRequired(), Length(max=253), hostname],
+                             description="The proxy's name or address. The egress policy checks it: it is where "
+                                         "Mailroom connects.")
+    proxy_port = IntegerField("Proxy port", validators=[Optional(), NumberRange(1, 65535, "Enter a port from 1 to "
+                                                                                          "65535.")],
+                              description="Empty: 8080 for HTTP, 1080 for SOCKS.")
+    proxy_username = StringField("Proxy username", validators=[Length(max=255)],
+                                 description="Empty: the proxy is used without signing in. SOCKS4 sends it as its "
+                                             "user ID (SOCKS4 has no password).")
+
+    def validate_proxy_username(self, field) -> None:
+        if not (field.data or "").isascii() or ":" in (field.data or ""):
+            raise ValidationError("A proxy username is ASCII, without a colon.")
+
+
+class ProxyPasswordSection(Section):
+    name, store = "proxy_password", "proxy"
+    shown = staticmethod(lambda c: c.proxy_kind in (ProxyKind.HTTP, ProxyKind.SOCKS5))
+    secret = frozenset({"proxy_password"})
+    proxy_password = PasswordField("Proxy password", validators=[Length(max=255)],
+                                   description="Needed with a username. Sent only to the proxy it was saved for.")
+
+    def validate_proxy_password(self, field) -> None:
+        if field.data and not field.data.isascii():
+            raise ValidationError("A proxy password is ASCII (SOCKS5 and HTTP Basic carry nothing else).")
+
+
+class ProxyDnsSection(Section):
+    name, store = "proxy_dns", "proxy"
+    shown = staticmethod(lambda c: c.proxy_kind == ProxyKind.SOCKS5)
+    proxy_remote_dns = BooleanField(
+        "Resolve names at the proxy", default=False,
+        description="Off (safer): Mailroom resolves the server's name, the egress policy checks every address, and "
+                    "the proxy is given the checked address. On: the proxy resolves the name (for names only it "
+                    "knows); the egress policy then checks only the name and port, not the address the proxy "
+                    "reaches.")
+
+
+def _receives(choices: Choices) -> bool:
+    return _smtp(choices) and choices.receiver_protocol in (ReceiverProtocol.POP3, ReceiverProtocol.IMAP)
+
+
+class ReceiverSection(Section):
+    """eG's "mail receiver settings": log in to receive mail before sending (POP-before-SMTP)."""
+    name, store, shown = "receiver", "receiver", staticmethod(_smtp)
+    receiver_protocol = SelectField(
+        "Log in to receive mail before sending", default=ReceiverProtocol.NONE.value,
+        choices=[SelectChoice(p.value, label) for p, label in RECEIVER_LABELS.items()],
+        description="Some mail servers accept mail only from a machine that has just logged in to receive mail "
+                    "there (POP-before-SMTP). Mailroom then logs in with POP3 or IMAP before each SMTP session; it "
+                    "reads no mail.")
+
+
+class ReceiverServerSection(Section):
+    name, store = "receiver_server", "receiver"
+    shown = staticmethod(_receives)
+    secret = frozenset({"receiver_password"})
+    receiver_host = StringField("Server for receiving mails", validators=[InputRequired(), Length(max=253), hostname])
+    receiver_security = SelectField("Security for receiving mails", default=ReceiverSecurity.TLS.value,
+                                    choices=[SelectChoice(k.value, label) for k, label in
+                                             RECEIVER_SECURITY_LABELS.items()])
+    receiver_port = IntegerField("Port used for receiving mails",
+                                 validators=[Optional(), NumberRange(1, 65535, "Enter a port from 1 to 65535.")],
+                                 description="Empty: 995 (POP3) or 993 (IMAP) with SSL/TLS, 110 or 143 otherwise.")
+    receiver_username = StringField("Mail receiver ID", validators=[InputRequired(), Length(max=320)],
+                                    description="The login for receiving mails.")
+    receiver_password = PasswordField("Mail receiver password", validators=[Length(max=1000)],
+                                      description="Sent only to the server, port and security it was saved for.")
+    receiver_verify_cert = BooleanField("Verify the receiving server's certificate", default=True,
+                                        description="It is trusted like the SMTP server's: the public authorities, "
+                                                    "and the CA certificate above.")
+
+
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
     GeneralSection, SmtpSection, PortSection, TlsSection, PlaintextSection, AuthSection, BasicSection,
-    OAuthSection, MicrosoftSection, IssuerSection, SenderSection, LimitsSection)}
+    OAuthSection, MicrosoftSection, IssuerSection, SenderSection, LimitsSection, ProxySection, ProxyServerSection,
+    ProxyPasswordSection, ProxyDnsSection, ReceiverSection, ReceiverServerSection)}
+# The sections of the way out, stored apart from the protocol's settings (their passwords too).
+SIDE_STORES = {"proxy": ("proxy_", ProxySettings, SecretPurpose.PROXY),
+               "receiver": ("receiver_", ReceiverSettings, SecretPurpose.RECEIVER)}
 
 # The parts of the page that are swapped, and the sections each holds.
 PARTIALS: dict[str, list[str]] = {
@@ -276,10 +380,12 @@ PARTIALS: dict[str, list[str]] = {
     "tls": ["port", "tls", "plaintext"],  # when the security changes
     "credentials": ["basic", "oauth", "microsoft", "issuer"],  # when the authentication or provider changes
     "endpoints": ["oauth", "microsoft", "issuer"],  # when the tenant, cloud or flow changes (endpoints and scope)
+    "proxy": ["proxy_server", "proxy_password", "proxy_dns"],  # when the proxy's type changes
+    "receiver": ["receiver_server"],  # when the mail receiver login is turned on or off
 }
 # Parts that gather whichever of their sections show; every other part is its first section's own
 # markup, and can be rendered only when the posted choices show that section.
-GATHERING = frozenset({"connection", "credentials"})
+GATHERING = frozenset({"connection", "credentials", "proxy", "receiver"})
 FOLLOWS_THE_CLOUD = "graph_endpoint"  # a protocol's service root that is filled in from the Microsoft cloud
 
 
@@ -397,6 +503,13 @@ class ServerForm:
     def default_port(self) -> int:
         return default_port(self.choices.security)
 
+    def proxy_default_port(self) -> int:
+        return proxy_default_port(self.choices.proxy_kind)
+
+    def receiver_default_port(self) -> int:
+        security = self["receiver_security"].data if "receiver_security" in self else ReceiverSecurity.TLS
+        return receiver_default_port(self.choices.receiver_protocol, security)
+
     # -- validating and the values to save ------------------------------------------
 
     def validate(self) -> bool:
@@ -407,15 +520,17 @@ class ServerForm:
         focus_first_error(self.fields)
         return valid
 
-    def refuse_secret(self, message: str) -> None:
-        """The stored secret may not be used for these values: ask for it beside its field."""
-        field = next(self[name] for section in self.sections.values() for name in section.secret)
+    def refuse_secret(self, message: str, field_name: str | None = None) -> None:
+        """The stored secret may not be used for these values: ask for it beside its field (the
+        credential's, unless `field_name` names another, e.g. the proxy's password)."""
+        field = self[field_name] if field_name else next(
+            self[name] for section in self.sections.values() if section.store == "credential" for name in section.secret)
         field.errors = [*field.errors, message]
         focus_first_error(self.fields)
 
     def values(self) -> tuple[dict, dict, CredentialValues]:
         """(server columns, protocol settings, credential) from the shown sections."""
-        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}}
+        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}, "proxy": {}, "receiver": {}}
         provider: dict = {}
         for section in self.sections.values():
             for field in section:
@@ -429,6 +544,8 @@ class ServerForm:
         settings = stores["settings"]
         if "port" in settings and settings["port"] is None:
             settings["port"] = self.default_port()
+        for store in SIDE_STORES:  # {} when its section does not show (no proxy, not SMTP)
+            stores["server"][store] = self._side_settings(store, stores.get(store, {})).to_dict()
         credential = stores["credential"]
         auth_type = credential.pop("auth_type", AuthType.NONE.value)
         return stores["server"], settings, CredentialValues(
@@ -436,15 +553,36 @@ class ServerForm:
             mechanism=credential.get("mechanism", "auto"), secret=self.new_secret(), provider=provider)
 
     def new_secret(self) -> dict | None:
-        """The secret parts typed into the form, if any (a blank secret field keeps the stored one)."""
-        typed = {name: section[name].data for section in self.sections.values() for name in section.secret
-                 if section[name].data}
+        """The credential's secret parts typed into the form, if any (a blank secret field keeps the stored one)."""
+        typed = {name: section[name].data for section in self.sections.values() if section.store == "credential"
+                 for name in section.secret if section[name].data}
         return typed or None
 
-    def typed_secret(self) -> bool:
-        """A secret was posted (typed, or a file chosen) that the re-rendered page cannot show again."""
-        return self.formdata is not None and any(
-            self.formdata.get(name) for section in self.sections.values() for name in section.secret)
+    def typed_secret(self, field_name: str | None = None) -> bool:
+        """A secret was posted (typed, or a file chosen) that the re-rendered page cannot show again:
+        the credential's, or the one `field_name` names."""
+        if self.formdata is None:
+            return False
+        if field_name:
+            return bool(self.formdata.get(field_name)) and field_name in self
+        return any(self.formdata.get(name) for section in self.sections.values() if section.store == "credential"
+                   for name in section.secret)
+
+    def _side_settings(self, store: str, values: dict):
+        prefix, settings_type, _ = SIDE_STORES[store]
+        return settings_type.from_dict({name.removeprefix(prefix): value for name, value in values.items()})
+
+    def side_passwords(self) -> list[SidePassword]:
+        """The proxy's and the mail receiver's passwords: wanted or not, where they may go, what was typed."""
+        passwords = []
+        for store, (prefix, _, purpose) in SIDE_STORES.items():
+            values = {field.name: field.data for section in self.sections.values() if section.store == store
+                      for field in section if field.name not in section.secret}
+            settings = self._side_settings(store, values)
+            wanted = settings.enabled and (store == "receiver" or (settings.takes_password and bool(settings.username)))
+            typed = self[f"{prefix}password"].data if f"{prefix}password" in self else None
+            passwords.append(SidePassword(purpose, wanted, settings.destination(), typed or None))
+        return passwords
 
     def needs_files(self) -> bool:
         return any(field.type == "FileField" for field in self.fields)

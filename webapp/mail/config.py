@@ -2,7 +2,8 @@
 
 Each protocol has its own settings type (smtp.SmtpSettings, ...); what every protocol
 shares is here: who the mail is from, how long a check or send may take, how to sign
-in, and the network the connection must go through.
+in, and the network the connection must go through (with the server's proxy, if any:
+`network.proxy`).
 """
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,3 +46,4 @@ class ServerConfig:
     auth: Auth = field(default_factory=NoAuth)
     timeout: float = 10.0  # seconds for the whole check or send, token included
     label: str = ""  # what admins call this server, for messages
+    receiver: Any = None  # SMTP: a receiver.Receiver to log in to before each session (POP-before-SMTP)

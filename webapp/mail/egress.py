@@ -258,6 +258,7 @@ class Network:
     policy: Policy = field(default_factory=Policy)
     extra_ca_pem: str = ""  # CA certificates trusted for every TLS connection (EXTRA_CA_CERTS)
     resolver: object = socket.getaddrinfo
+    proxy: object = None  # a server's mail.proxy.Proxy: its connections go through it (see mail/proxy.py)
 
     def resolve(self, host: str, port: int, deadline: Deadline) -> list[tuple[int, tuple]]:
         """[(family, sockaddr)] for host:port, every one checked; EgressRefused otherwise."""

@@ -33,6 +33,7 @@ kept quiet unless someone configured it.
 import hashlib
 import logging
 import re
+import socket
 import ssl
 from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
@@ -45,10 +46,10 @@ from exchangelib import errors as ews
 from exchangelib.protocol import Protocol
 from exchangelib.transport import DEFAULT_HEADERS
 
-from . import http
+from . import http, proxy
 from .api import ApiCall, accepted_all
 from .auth import AuthType, BearerAuth, PasswordAuth, token_step
-from .deadline import DeadlineExceeded, connect_within
+from .deadline import DeadlineExceeded
 from .egress import EgressRefused
 from .envelope import Envelope
 from .oauth import Flow, Provider
@@ -243,39 +244,39 @@ class EwsCall(ApiCall):
         return step
 
     def connect(self) -> Step:
-        """Resolve through the egress policy, connect, and shake hands as exchangelib's sessions will."""
+        """Resolve through the egress policy, connect (through the server's proxy, if it has one), and shake
+        hands as exchangelib's sessions will."""
         port = urlsplit(self.url).port or 443
-        addresses = self.config.network.resolve(self.host, port, self.deadline)
-        context, failures = self.context, []
-        for family, sockaddr in addresses:
-            try:
-                sock = connect_within(self.deadline, family, sockaddr)
-            except OSError as error:
-                failures.append(error)
-                continue
-            try:
-                http._watch(sock, self.deadline)  # noqa: SLF001  (a trickling server cannot outlast the deadline)
-                sock.settimeout(self.deadline.left())
-                with context.wrap_socket(sock, server_hostname=self.host) as tls:
-                    step = handshake_result(tls, verified=True)
-            except ssl.SSLCertVerificationError as error:
-                raise StepFailed(f"the TLS certificate of {self.host} could not be verified: "
-                                 f"{error.verify_message or error.reason}",
-                                 "check the address; an Exchange server with a certificate from your own "
-                                 "authority needs that CA under “CA certificate” (or in EXTRA_CA_CERTS)",
-                                 temporary=False) from None
-            except TimeoutError:
-                raise DeadlineExceeded("no TLS handshake in time") from None
-            except (ssl.SSLError, OSError) as error:
-                raise _no_tls(self.host, port, error) from None
-            finally:
-                sock.close()
-            step.summary = f"connected to {self.host} port {port}, {step.summary}"
-            step.details.insert(0, ("Address", f"{sockaddr[0]} port {port}"))
-            return step
-        reason = http.reason(failures[0]) if failures else "no address"
-        raise StepFailed(f"could not connect to {self.host} port {port}: {reason}",
-                         "check the address and this machine's network")
+        try:
+            connection = proxy.connect(self.config.network, self.host, port, self.deadline)
+        except OSError as error:
+            if isinstance(error, socket.gaierror):
+                raise
+            raise StepFailed(f"could not connect to {self.host} port {port}: {http.reason(error)}",
+                             "check the address and this machine's network") from None
+        sock, context = connection.sock, self.context
+        try:
+            http._watch(sock, self.deadline)  # noqa: SLF001  (a trickling server cannot outlast the deadline)
+            sock.settimeout(self.deadline.left())
+            with context.wrap_socket(sock, server_hostname=self.host) as tls:
+                step = handshake_result(tls, verified=True)
+        except ssl.SSLCertVerificationError as error:
+            raise StepFailed(f"the TLS certificate of {self.host} could not be verified: "
+                             f"{error.verify_message or error.reason}",
+                             "check the address; an Exchange server with a certificate from your own "
+                             "authority needs that CA under “CA certificate” (or in EXTRA_CA_CERTS)",
+                             temporary=False) from None
+        except TimeoutError:
+            raise DeadlineExceeded("no TLS handshake in time") from None
+        except (ssl.SSLError, OSError) as error:
+            raise _no_tls(self.host, port, error) from None
+        finally:
+            sock.close()
+        step.summary = f"connected to {self.host} port {port}, {step.summary}"
+        step.details.insert(0, ("Address", f"{connection.peer[1][0] if connection.peer else self.host} port {port}"))
+        if connection.proxy is not None:
+            step.details.insert(1, ("Through", connection.proxy.settings.label))
+        return step
 
     def sign_in(self) -> Step:
         def resolve(protocol):

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 import requests
 
+from . import proxy
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
 from .auth import AuthType
 from .deadline import DeadlineExceeded
@@ -99,6 +100,9 @@ class GmailTransport:
     def check(self, config) -> Report:
         call = GmailCall(config)
         with call:
+            if config.network.proxy is not None:
+                call.run("Proxy", lambda: proxy.tunnel_step(config.network, config.settings.gmail_endpoint,
+                                                            call.deadline))
             call.run("Token", lambda: call.bearer(may_send, GRANT_SEND))
             call.run("Mailbox", lambda: _profile(call))
             if not _same(config.sender.address, config.auth.username):

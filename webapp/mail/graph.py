@@ -36,6 +36,7 @@ from email.header import Header
 from email.utils import getaddresses
 from urllib.parse import quote
 
+from . import proxy
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
 from .auth import AuthType, BearerAuth
 from .envelope import Envelope
@@ -128,6 +129,9 @@ class GraphTransport:
     def check(self, config) -> Report:
         call = ApiCall(config)
         with call:
+            if config.network.proxy is not None:
+                call.run("Proxy", lambda: proxy.tunnel_step(config.network, config.settings.graph_endpoint,
+                                                            call.deadline))
             call.run("Token", lambda: call.bearer(may_send, GRANT_SEND))
             call.run("Mailbox", lambda: _read_mailbox(call))
             if not _same(config.sender.address, sender_of(config)):

@@ -5,6 +5,9 @@ same adapter) whose connections:
 
 - resolve the host with `network.resolve` (every address checked) and connect to a
   checked address, never resolving again (no DNS rebinding between check and connect);
+- go through the server's proxy when it has one (`network.proxy`, mail/proxy.py): a CONNECT
+  or SOCKS tunnel to the checked address, TLS inside it; a proxy's refusal is a
+  requests.ConnectionError whose reason (`reason()`) is the refusal and its hint in words;
 - speak plain http:// only to this machine (every address loopback): a local test server
   may lack TLS, but nothing leaves the machine in the clear;
 - verify TLS with the system's authorities plus the app's EXTRA_CA_CERTS, whatever the
@@ -33,7 +36,8 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 
-from .deadline import Deadline, DeadlineExceeded, connect_within
+from . import proxy
+from .deadline import Deadline, DeadlineExceeded
 from .egress import EgressRefused, Network
 from .tls import tls_context
 
@@ -174,22 +178,31 @@ class BoundedResponse(HTTPResponse):
 
 
 def _checked_connection(conn, network: Network, deadline: Deadline, loopback_only: bool = False) -> socket.socket:
-    addresses = network.resolve(conn.host, conn.port, deadline)
+    """Directly to a checked address, or through the server's proxy (mail/proxy.py); a proxy's
+    refusal becomes a connection error whose reason is the refusal in words."""
+    addresses = proxy.targets(network, conn.host, conn.port, deadline)
     if loopback_only:
-        for _, sockaddr in addresses:
+        if addresses is None and not on_this_machine(conn.host):
+            raise EgressRefused(conn.host, conn.port, "", "plain http:// is used only on this machine (loopback): "
+                                                          "use https://")
+        for _, sockaddr in addresses or ():
             if not ipaddress.ip_address(sockaddr[0].split("%", 1)[0]).is_loopback:
                 raise EgressRefused(conn.host, conn.port, sockaddr[0],
                                     "plain http:// is used only on this machine (loopback): use https://")
-    errors: list[OSError] = []
-    for family, sockaddr in addresses:
-        try:
-            sock = connect_within(deadline, family, sockaddr)
-        except OSError as error:
-            errors.append(error)
-            continue
+    try:
+        sock = proxy.connect(network, conn.host, conn.port, deadline, addresses).sock
+    except (proxy.ProxyFailed, OSError) as error:
+        failure = error
+    else:
         _watch(sock, deadline)
         return sock
-    raise NewConnectionError(conn, f"Failed to establish a new connection: {errors[0] if errors else 'no address'}")
+    reason = _one_reason(failure) if isinstance(failure, proxy.ProxyFailed) else failure
+    raise NewConnectionError(conn, f"Failed to establish a new connection: {reason}")  # no chain: reason() reads this
+
+
+def _one_reason(failure: "proxy.ProxyFailed") -> str:
+    """The refusal and its hint as the last part of a message (reason() keeps what follows the last ": ")."""
+    return f"{failure.summary}; {failure.hint}".replace(": ", ", ")
 
 
 def _watch(sock: socket.socket, deadline: Deadline) -> None:

@@ -61,12 +61,12 @@ def edit(slug, server_id=None):
         columns, settings, credential = form.values()
         try:
             server = mailservers.save(current_actor(), portal, server, request.form.get("version"), columns,
-                                      settings, credential)
+                                      settings, credential, form.side_passwords())
         except mailservers.StaleEdit:
             form.form_errors.append(STALE)
             return _edit_page(form, server, 409)
         except SecretNeeded as needed:
-            form.refuse_secret(str(needed))
+            form.refuse_secret(str(needed), needed.field)
         else:
             step = consent.next_step(server)  # an OAuth server that waits for a consent: that comes next
             flash(f"Saved “{server.label}”." + (f" Next: {NEXT_STEPS[step]}" if step else ""))
@@ -123,9 +123,10 @@ def validate(slug, server_id=None):
     if form.validate():
         columns, settings, credential = form.values()
         try:
-            report = checks.check_draft(current_actor(), portal, server, columns, settings, credential)
+            report = checks.check_draft(current_actor(), portal, server, columns, settings, credential,
+                                        form.side_passwords())
         except SecretNeeded as needed:
-            form.refuse_secret(str(needed))
+            form.refuse_secret(str(needed), needed.field)
         except Busy as busy:
             return _busy(busy, "servers/edit.html", form=form, server=server)
         else:

@@ -116,6 +116,9 @@ def _explain_timeout(name: str, exc: Exception, s: Session) -> StepFailed:
         return StepFailed(f"the host name {host} could not be resolved within {t}",
                           "the name server did not answer in time: check the spelling of the "
                           "host name and this machine's DNS settings")
+    if name == "Proxy":
+        return StepFailed(f"no answer from the proxy within {t}",
+                          "check the proxy's host, port and type; a firewall may be dropping the connection")
     if name == "Connect":
         return StepFailed(f"no answer within {t}: a firewall may be dropping the port",
                           f"check host and port {port}, and whether outgoing connections to "

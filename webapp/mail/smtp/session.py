@@ -46,8 +46,9 @@ class Session:
         from .failures import EXPECTED, explain
 
         password = getattr(config.auth, "password", "")
+        others = [getattr(config.network.proxy, "password", ""), getattr(config.receiver, "password", "")]
         session = cls(config=config, settings=config.settings, deadline=Deadline(config.timeout),
-                      redactor=Redactor([password]))
+                      redactor=Redactor([password, *(other for other in others if other)]))
         session.attempt = Attempt(session.report, session.redactor,
                                   lambda name, error: explain(name, error, session) if isinstance(error, EXPECTED)
                                   else None)

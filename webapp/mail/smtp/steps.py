@@ -7,8 +7,10 @@ from smtplib import SMTPDataError
 
 from cryptography import x509
 
+from .. import proxy, receiver
 from ..auth import BearerAuth, PasswordAuth
-from ..deadline import Deadline, DeadlineExceeded, connect_within
+from ..deadline import Deadline, DeadlineExceeded
+from ..egress import EgressRefused
 from ..envelope import Envelope
 from ..message import envelope_address
 from ..report import Outcome, RecipientOutcome, Step, StepFailed, step_result
@@ -33,28 +35,36 @@ def prepare(s: Session, envelope: Envelope) -> Step:
                        [("Message-ID", s.outgoing.message_id)])
 
 
+def receiver_login(s: Session) -> Step:
+    """POP-before-SMTP: log in to the mail receiver first (mail/receiver.py), through the same network."""
+    return receiver.login(s.config.receiver, s.config.network, s.deadline)
+
+
 def resolve(s: Session) -> Step:
     host = s.settings.host.strip()
     if not host:
         raise StepFailed("no host name is configured", "enter the mail server's host name")
-    s.addresses = s.config.network.resolve(host, s.settings.port, s.deadline)
+    addresses = proxy.targets(s.config.network, host, s.settings.port, s.deadline)
+    if addresses is None:  # SOCKS5 resolving at the proxy
+        s.addresses = []
+        return step_result(f"the proxy resolves {host}: the egress policy checked the name and port only",
+                           outcome=Outcome.SKIPPED)
+    s.addresses = addresses
     ips = [sockaddr[0] for _, sockaddr in s.addresses]
     return step_result(f"{host} resolves to {', '.join(ips)}", [("Address", ip) for ip in ips])
 
 
 def connect(s: Session) -> Step:
-    errors: list[OSError] = []
-    for family, sockaddr in s.addresses:  # like socket.create_connection: first that answers
-        try:
-            sock = connect_within(s.deadline, family, sockaddr)
-        except OSError as exc:
-            errors.append(exc)
-            continue
-        s.peer = (family, sockaddr)
-        s.client = Client(sock, s.settings.host.strip(), _ehlo_name(s.settings, sock),
-                          s.deadline, s.report.transcript, s.redactor)
-        return step_result(f"connected to {s.endpoint}", [("Address", s.endpoint)])
-    raise errors[0]
+    """To the first address that answers (like socket.create_connection), or through the proxy:
+    then this is the "Proxy" step (connected to the proxy, the tunnel established)."""
+    connection = proxy.connect(s.config.network, s.settings.host.strip(), s.settings.port, s.deadline,
+                               s.addresses or None)
+    s.peer = connection.peer
+    s.client = Client(connection.sock, s.settings.host.strip(), _ehlo_name(s.settings, connection.sock),
+                      s.deadline, s.report.transcript, s.redactor)
+    if connection.proxy is not None:
+        return connection.step()
+    return step_result(f"connected to {s.endpoint}", [("Address", s.endpoint)])
 
 
 def handshake(s: Session) -> Step:
@@ -238,7 +248,7 @@ def _await_greeting_or_implicit_tls(s: Session) -> None:
         return
     except TimeoutError:
         pass
-    if s.peer is not None and _speaks_tls(s):
+    if (s.peer is not None or s.config.network.proxy is not None) and _speaks_tls(s):
         chosen = SECURITY_LABELS[s.settings.security]
         raise StepFailed(f"port {s.settings.port} expects TLS from the start (implicit TLS, like 465) "
                          f"and sends no greeting before it; you chose {chosen}",
@@ -246,10 +256,11 @@ def _await_greeting_or_implicit_tls(s: Session) -> None:
 
 
 def _speaks_tls(s: Session) -> bool:
-    family, sockaddr = s.peer
     try:
-        probe = connect_within(Deadline(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left())), family, sockaddr)
-    except (OSError, DeadlineExceeded):
+        probe = proxy.connect(s.config.network, s.settings.host.strip(), s.settings.port,
+                              Deadline(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left())),
+                              [s.peer] if s.peer else None).sock
+    except (OSError, DeadlineExceeded, StepFailed, EgressRefused):
         return False
     try:
         probe.settimeout(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left()))

@@ -2,7 +2,8 @@
 
 Both walk the same conversation and record one Step per stage in a Report:
 
-    [Token] -> Resolve host -> Connect -> [TLS, implicit] -> Greeting -> EHLO
+    [Token] -> [Mail receiver login] -> Resolve host -> Connect (or Proxy: through the server's proxy)
+    -> [TLS, implicit] -> Greeting -> EHLO
     -> [STARTTLS -> TLS -> EHLO again] -> Authenticate -> MAIL FROM
     check(): RSET, QUIT            send(): RCPT TO -> DATA -> QUIT
 
@@ -14,7 +15,10 @@ establishes it, later ones start with RSET (and establish it again when the serv
 closed it meanwhile); each message has its own deadline and report.
 
 Time: config.timeout bounds the WHOLE conversation, the token included (deadline.py).
-Network: every address comes from config.network, which applies the egress policy.
+Network: every address comes from config.network, which applies the egress policy; with a proxy
+(config.network.proxy) the connection is a tunnel through it (mail/proxy.py). The mail receiver
+login (config.receiver, POP-before-SMTP) comes before every session that is established, so before
+the first message of a reused connection too.
 
 Secrets: the transcript never shows AUTH arguments or the lines answering a 334
 challenge, nor a server line that repeats a secret (client.py); as a last line of
@@ -190,8 +194,10 @@ def _establish(s: Session) -> None:
     """Everything up to and including authentication."""
     if isinstance(s.auth, BearerAuth):
         _step(s, "Token", _token)
+    if s.config.receiver is not None:
+        _step(s, "Mail receiver login", steps.receiver_login)
     _step(s, "Resolve host", steps.resolve)
-    _step(s, "Connect", steps.connect)
+    _step(s, "Proxy" if s.config.network.proxy is not None else "Connect", steps.connect)
     if s.settings.security == Security.TLS:
         _step(s, "TLS", steps.handshake)
     _step(s, "Greeting", steps.greeting)
