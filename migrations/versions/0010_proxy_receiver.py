@@ -1,7 +1,7 @@
 """Proxies and the mail receiver login: a server's proxy and receiver settings, and their
 sealed passwords (server_secret)
 
-Revision ID: proxy_1
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-06
 """
@@ -11,7 +11,7 @@ from alembic import op
 
 AutoString = sqlmodel.sql.sqltypes.AutoString
 
-revision = 'proxy_1'
+revision = '0010'
 down_revision = '0009'
 branch_labels = None
 depends_on = None
