@@ -6,7 +6,9 @@ from sqlmodel import select
 
 from webapp import db
 
+from webapp.audit import COMMAND_LINE
 from webapp.models import Membership, Role
+from webapp.submission import credentials as smtp_credentials
 
 # Endpoints a staff member may use; every other portal route is for admins only.
 STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history"}
@@ -20,8 +22,11 @@ def world(app, make, portal):
     member = make.member(portal, "member@example.com", Role.STAFF)
     with app.app_context():
         membership = db.session().exec(select(Membership).where(Membership.user_id == member.id)).one()
+    with app.app_context():
+        credential, _ = smtp_credentials.create(COMMAND_LINE, portal, smtp_credentials.CredentialValues(
+            "Scanner", from_addresses="scanner@example.com"))
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
-              "direction": "up", "user_id": member.id, "token": "not-a-link"}
+              "direction": "up", "user_id": member.id, "token": "not-a-link", "credential_id": credential.id}
     return values
 
 
@@ -45,7 +50,7 @@ def portal_routes(app):
 
 def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
     public = {rule.endpoint for rule in app.url_map.iter_rules() if not rule.endpoint.startswith(
-        ("portals.", "servers.", "users.", "settings.")) and rule.endpoint not in (
+        ("portals.", "servers.", "users.", "settings.", "smtp_credentials.")) and rule.endpoint not in (
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS

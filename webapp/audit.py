@@ -36,6 +36,10 @@ ACTIONS = {
     "server.authorization_failed": "An OAuth consent failed for",
     "server.reauthorization_needed": "Re-authorization needed for",
     "server.consent_link": "Made a consent link for",
+    "smtp_credential.created": "Created the SMTP credential",
+    "smtp_credential.updated": "Changed the SMTP credential",
+    "smtp_credential.password_replaced": "Gave a new password to the SMTP credential",
+    "smtp_credential.revoked": "Revoked the SMTP credential",
 }
 
 

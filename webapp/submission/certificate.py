@@ -52,11 +52,11 @@ def read(cert_file: Path, key_file: Path, self_signed: bool) -> Certificate:
                        leaf.subject.rfc4514_string(), leaf.not_valid_after_utc, self_signed)
 
 
-def configured_or_existing(settings: RelaySettings, instance_path: str) -> Certificate | None:
+def configured_or_existing(cert_file: str | None, key_file: str | None, instance_path: str) -> Certificate | None:
     """What the listener uses, without creating anything: None while the self-signed pair does not
     exist yet (the listener creates it when it first starts)."""
-    if settings.cert_file:
-        return read(Path(settings.cert_file), Path(settings.key_file), self_signed=False)
+    if cert_file:
+        return read(Path(cert_file), Path(key_file or cert_file), self_signed=False)
     cert_file, key_file = Path(instance_path) / CERT_FILE, Path(instance_path) / KEY_FILE
     if not (cert_file.exists() and key_file.exists()):
         return None
@@ -66,11 +66,11 @@ def configured_or_existing(settings: RelaySettings, instance_path: str) -> Certi
 def load_or_create(settings: RelaySettings, instance_path: str) -> Certificate:
     """The configured certificate, or the self-signed one in the instance folder, created once."""
     with locked(Path(instance_path) / "submission-cert.lock"):  # several listeners may start at once
-        existing = configured_or_existing(settings, instance_path)
+        existing = configured_or_existing(settings.cert_file, settings.key_file, instance_path)
         if existing is not None:
             return existing
         _create(Path(instance_path), settings.hostname, settings.host)
-        return configured_or_existing(settings, instance_path)
+        return configured_or_existing(None, None, instance_path)
 
 
 def _create(folder: Path, hostname: str, bind_host: str) -> None:

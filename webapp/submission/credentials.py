@@ -24,6 +24,7 @@ from ..audit import Actor
 from ..models import MAX_ID, FromPolicy, Portal, SmtpCredential, utcnow
 from ..security import hash_password
 
+MIB = 1024 * 1024
 _NOBODY = hash_password(secrets.token_urlsafe(16))  # an unknown username costs what a wrong password does
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -40,7 +41,7 @@ class CredentialValues:
     from_addresses: str = ""  # one per line: an address, or @domain for every address of the domain
     client_networks: str = ""  # CIDR, one per line; empty: any client address
     plain_networks: str = ""  # clients that may sign in without TLS; empty: none
-    max_message_bytes: int = 10 * 1024 * 1024
+    max_message_bytes: int = 10 * MIB
     per_minute: int | None = None
     per_day: int | None = None
 
@@ -100,7 +101,10 @@ def new_password() -> str:
 
 
 def _recorded(values: CredentialValues) -> dict:
-    return {name: str(value) if isinstance(value, FromPolicy) else value for name, value in asdict(values).items()}
+    """As History shows it: in the form's words (the size in MB)."""
+    recorded = {name: str(value) if isinstance(value, FromPolicy) else value for name, value in asdict(values).items()}
+    recorded["max_message_mb"] = recorded.pop("max_message_bytes") // MIB
+    return recorded
 
 
 def create(actor: Actor, portal: Portal, values: CredentialValues, username: str | None = None

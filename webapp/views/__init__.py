@@ -12,11 +12,11 @@ from ..credentials import KIND_LABELS
 from ..mail.transport import TRANSPORTS
 from ..forms.render import init_app as init_field_rendering
 from .. import consent
-from . import auth, oauth, portals, servers, settings, users
+from . import auth, oauth, portals, servers, settings, smtp_credentials, users
 
 
 def init_app(app) -> None:
-    for blueprint in (auth.bp, oauth.bp, portals.bp, servers.bp, settings.bp, users.bp):
+    for blueprint in (auth.bp, oauth.bp, portals.bp, servers.bp, settings.bp, smtp_credentials.bp, users.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(400, _error(400, "Bad request", "The request could not be understood. Reload the page and try again."))
     app.register_error_handler(403, _error(403, "You may not do this", "Your role in this portal does not allow it."))
@@ -41,7 +41,7 @@ def init_app(app) -> None:
 
 ASSETS = ("vendor/pico.min.css", "app.css", "vendor/htmx.min.js", "app.js")
 NAV = ("portals.index", "users.index", "settings.egress", "auth.password", "auth.logout")
-PORTAL_NAV = ("servers.index", "portals.members", "portals.settings", "portals.history")
+PORTAL_NAV = ("servers.index", "portals.members", "portals.settings", "portals.history", "smtp_credentials.index")
 SLUG_MARK = "slug-mark"  # a slug (security.SLUG: lower-case letters, digits, "-") needs no quoting
 
 
