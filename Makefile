@@ -22,8 +22,10 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 # The access log shows paths without their query string: the OAuth callback's carries a code.
 ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
+# The SMTP submission listener (flask mail relay) runs beside gunicorn and stops with it.
 run: venv assets
 	$(BIN)/flask --app webapp init --url http://$(HOST):$(PORT)
+	$(BIN)/flask --app webapp mail relay & relay=$$!; trap 'kill $$relay 2>/dev/null' EXIT INT TERM; \
 	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 
 serve: venv assets
@@ -61,6 +63,10 @@ test-deps: venv assets
 	  echo "Installing Debian's chromium for the browser tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@command -v swaks >/dev/null || { \
+	  echo "Installing Debian's swaks for the SMTP submission tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq swaks >/dev/null; }
 
 test: test-deps
 	$(BIN)/pytest
