@@ -6,6 +6,7 @@ import hashlib
 import secrets
 import shutil
 import smtplib
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -466,3 +467,35 @@ def test_a_configured_certificate_is_used(app, relay, test_ca, tmp_path):
     assert presented == ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
     assert not listener.certificate.self_signed
     assert listener.certificate.fingerprint == ":".join(f"{b:02X}" for b in hashlib.sha256(presented).digest())
+
+
+# -- behind a load balancer ------------------------------------------------------------------------
+
+def behind_a_balancer(source: str, implicit: bool):
+    """An SMTP client whose connection starts with the PROXY protocol header a TCP load balancer
+    (HAProxy's send-proxy) writes before anything else: the device's address is `source`."""
+    base = smtplib.SMTP_SSL if implicit else smtplib.SMTP
+
+    class Client(base):
+        def _get_socket(self, host, port, timeout):
+            sock = socket.create_connection((host, port), timeout)
+            sock.sendall(f"PROXY TCP4 {source} 127.0.0.1 40000 {port}\r\n".encode())
+            return self.context.wrap_socket(sock, server_hostname=host) if implicit else sock
+
+    return Client
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_behind_a_load_balancer_the_proxy_protocol_gives_the_devices_address(app, relay, login, implicit):
+    listener, account = relay(proxy_protocol=True), login(client_networks="192.0.2.0/24")
+    port = listener.settings.tls_port if implicit else listener.settings.starttls_port
+    client_class = behind_a_balancer("192.0.2.7", implicit)
+    with (client_class("127.0.0.1", port, context=trust(listener), timeout=15) if implicit
+          else client_class("127.0.0.1", port, timeout=15)) as client:
+        if not implicit:
+            client.starttls(context=trust(listener))
+        client.login(account.username, account.password)  # allowed from 192.0.2.0/24 only
+        assert submit(client)[0] == 250
+    assert [m.client_address for m in stored(app)] == ["192.0.2.7"]
+    with pytest.raises(smtplib.SMTPServerDisconnected):  # no PROXY header: not a balancer's connection
+        smtplib.SMTP("127.0.0.1", listener.settings.starttls_port, timeout=15)

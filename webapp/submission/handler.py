@@ -25,7 +25,9 @@ import base64
 import binascii
 import logging
 import os
+import ssl
 import time
+from asyncio import sslproto
 
 from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 from sqlalchemy.exc import SQLAlchemyError
@@ -46,6 +48,7 @@ SOURCE = "smtp"
 # Test-only: "before-commit=SECONDS" or "after-commit=SECONDS" pauses handle_DATA there (after a log
 # line saying so), so that a test can kill the listener at that point.
 TEST_PAUSE = "MAILROOM_SUBMISSION_TEST_PAUSE"
+PROXIED_CLIENT = "mailroom_client_address"
 
 
 def _encrypted(server) -> bool:
@@ -69,10 +72,11 @@ def _test_pause(where: str) -> None:
 class SubmissionHandler:
     """aiosmtpd handler: hooks (handle_*) and the PLAIN and LOGIN mechanisms (auth_*)."""
 
-    def __init__(self, app, settings: RelaySettings, failed_sign_ins: FailedSignIns):
+    def __init__(self, app, settings: RelaySettings, failed_sign_ins: FailedSignIns, implicit_tls: bool = False):
         self.app = app
         self.settings = settings
         self.failed_sign_ins = failed_sign_ins
+        self.implicit_tls = implicit_tls  # and behind the PROXY protocol: TLS starts after its header
 
     async def _run(self, function, *args):
         return await asyncio.to_thread(self._in_app, function, *args)
@@ -82,27 +86,40 @@ class SubmissionHandler:
             return function(*args)
 
     @staticmethod
-    def client(session) -> str:
+    def client(server) -> str:
         """The client's address: the PROXY protocol's source behind a load balancer, else the peer's."""
-        proxy = session.proxy_data
-        if proxy is not None and getattr(proxy, "src_addr", None) is not None:
-            return str(proxy.src_addr)
-        return str(session.peer[0]) if session.peer else ""
+        proxied = getattr(server, PROXIED_CLIENT, None)
+        if proxied:
+            return proxied
+        peer = server.session.peer if server.session else None
+        return str(peer[0]) if peer else ""
 
     # -- connection --------------------------------------------------------------------------
 
     async def handle_PROXY(self, server, session, envelope, proxy_data) -> bool:
-        return bool(proxy_data and proxy_data.valid)
+        if not (proxy_data and proxy_data.valid):
+            return False
+        # Kept on the SMTP object (one per connection): STARTTLS starts a new session. No source
+        # address: the balancer's own health check (PROXY LOCAL).
+        if proxy_data.src_addr is not None:
+            setattr(server, PROXIED_CLIENT, str(proxy_data.src_addr))
+        if self.implicit_tls:
+            try:
+                await _start_tls(server)
+            except (ssl.SSLError, OSError, ConnectionError) as error:
+                log.info("TLS handshake after the PROXY header failed: %s", error)
+                return False
+        return True
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
-        if not _encrypted(server) and not await self._plain_allowed(session):
+        if not _encrypted(server) and not await self._plain_allowed(server):
             responses = [line for line in responses if not line[4:].startswith("AUTH")]
         return responses
 
-    async def _plain_allowed(self, session) -> bool:
+    async def _plain_allowed(self, server) -> bool:
         try:
-            return await self._run(credentials.plain_allowed_from, self.client(session))
+            return await self._run(credentials.plain_allowed_from, self.client(server))
         except SQLAlchemyError as error:
             log.error("cannot read the SMTP credentials: %s", _first_line(error))
             return False
@@ -110,8 +127,8 @@ class SubmissionHandler:
     # -- AUTH --------------------------------------------------------------------------------
 
     async def handle_AUTH(self, server, session, envelope, args):
-        client = self.client(session)
-        if not _encrypted(server) and not await self._plain_allowed(session):
+        client = self.client(server)
+        if not _encrypted(server) and not await self._plain_allowed(server):
             return "538 5.7.11 Encryption required: use STARTTLS (or the SSL/TLS port) before AUTH"
         if await asyncio.to_thread(self.failed_sign_ins.exhausted, client):
             log.warning("SMTP AUTH from %s: too many failed sign-ins, hanging up", client)
@@ -139,7 +156,7 @@ class SubmissionHandler:
         return await self._sign_in(server, login, password)
 
     async def _sign_in(self, server, login: bytes, password: bytes) -> AuthResult:
-        session, client = server.session, self.client(server.session)
+        session, client = server.session, self.client(server)
         try:
             username, secret = login.decode(), password.decode()
         except UnicodeDecodeError:
@@ -172,7 +189,7 @@ class SubmissionHandler:
             account = await self._run(credentials.account, session.auth_data.id)
             over = account and await self._run(credentials.over_limit, account)
         except SQLAlchemyError as error:
-            log.error("SMTP MAIL from %s: cannot read the SMTP credentials: %s", self.client(session),
+            log.error("SMTP MAIL from %s: cannot read the SMTP credentials: %s", self.client(server),
                       _first_line(error))
             return "451 4.3.0 Mailroom cannot read its database right now: try again later"
         if account is None:
@@ -197,7 +214,7 @@ class SubmissionHandler:
 
     async def handle_DATA(self, server, session, envelope):
         submission = Submission(data=envelope.original_content, mail_from=envelope.mail_from,
-                                recipients=tuple(envelope.rcpt_tos), client=self.client(session),
+                                recipients=tuple(envelope.rcpt_tos), client=self.client(server),
                                 helo=session.host_name or "", encrypted=_encrypted(server),
                                 listener=self.settings.hostname)
         try:
@@ -236,6 +253,18 @@ class SubmissionHandler:
             return "454 4.7.0 TLS not available"
         log.exception("the SMTP submission listener failed on a command")
         return "451 4.3.0 Mailroom could not handle this command: try again later"
+
+
+async def _start_tls(server) -> None:
+    """Implicit TLS after the PROXY protocol's header, which comes before the TLS handshake: what
+    aiosmtpd's smtp_STARTTLS does, without the command and its 220."""
+    waiter = server.loop.create_future()
+    server._tls_protocol = sslproto.SSLProtocol(server.loop, server, server.tls_context, waiter, server_side=True)
+    server._original_transport = server.transport
+    server._original_transport.set_protocol(server._tls_protocol)
+    server.transport = server._tls_protocol._app_transport
+    server._tls_protocol.connection_made(server._original_transport)
+    await waiter
 
 
 async def _decoded(server, text: str):

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class _Listener(Controller):
     def __init__(self, handler: SubmissionHandler, settings: RelaySettings, port: int, **tls):
         super().__init__(
-            handler, hostname=settings.host, port=port, server_hostname=settings.hostname,
+            handler, hostname=settings.host, port=port, server_hostname=settings.hostname, ident="Mailroom",
             data_size_limit=settings.max_message_bytes, auth_required=True, auth_require_tls=False,
             timeout=settings.idle_timeout, enable_SMTPUTF8=True, decode_data=False,
             proxy_protocol_timeout=10 if settings.proxy_protocol else None, **tls)
@@ -42,10 +42,15 @@ class Relay:
         self.certificate: Certificate = load_or_create(self.settings, app.instance_path)
         failed = FailedSignIns(self.settings.auth_failures, app.config.get("REDIS_URL"),
                                app.config.get("RATELIMIT_KEY_PREFIX") or "mailroom")
-        handler = SubmissionHandler(app, self.settings, failed)
         context = self.certificate.server_context()
-        self.listeners = [_Listener(handler, self.settings, self.settings.starttls_port, tls_context=context),
-                          _Listener(handler, self.settings, self.settings.tls_port, ssl_context=context)]
+        # Implicit TLS: the event loop's TLS, or, behind the PROXY protocol (whose header comes first,
+        # in the clear), TLS started by the handler once the header is read.
+        implicit = {"tls_context": context} if self.settings.proxy_protocol else {"ssl_context": context}
+        self.listeners = [
+            _Listener(SubmissionHandler(app, self.settings, failed), self.settings, self.settings.starttls_port,
+                      tls_context=context),
+            _Listener(SubmissionHandler(app, self.settings, failed, implicit_tls=self.settings.proxy_protocol),
+                      self.settings, self.settings.tls_port, **implicit)]
         logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd: every command at INFO otherwise
 
     def start(self) -> None:
