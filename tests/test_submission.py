@@ -375,6 +375,7 @@ def test_the_daily_limit_is_checked_again_when_the_message_is_counted(app, relay
     (SCAN.replace(b"From: Scanner <scanner@example.com>", b"From: scanner@example.com, ann@example.org"),
      b"exactly one address"),
     (b"From: scanner@example.com\r\nContent-Type: multipart/mixed\r\n\r\nno parts\r\n", b"MIME structure is broken"),
+    (b" folded, but first\r\n" + SCAN, b"starts with a continuation line"),
 ])
 def test_a_message_that_cannot_be_sent_faithfully_gets_554(app, relay, login, data, words):
     listener, account = relay(), login()
@@ -411,9 +412,16 @@ def test_a_message_is_completed_as_a_submission_server_does(app, relay, login):
 def test_421_when_the_outbox_cannot_be_written_and_nothing_is_half_stored(app, relay, login, database_url):
     if not database_url.startswith("sqlite"):
         pytest.skip("holds SQLite's write lock to make the outbox unwritable")
-    app.config["DATABASE_BUSY_TIMEOUT"] = 0.2
-    app.extensions["mailroom.engine"] = db.make_engine(database_url, 0.2)
-    listener, account = relay(), login()
+    impatient, patient = db.make_engine(database_url, 0.2), app.extensions["mailroom.engine"]
+    app.extensions["mailroom.engine"] = impatient  # gives up on a locked database after 0.2 s
+    try:
+        _outbox_locked_then_free(app, relay(), login(), database_url)
+    finally:
+        app.extensions["mailroom.engine"] = patient
+        impatient.dispose()
+
+
+def _outbox_locked_then_free(app, listener, account, database_url):
     with starttls(listener) as client:
         client.login(account.username, account.password)
         client.mail("scanner@example.com")

@@ -137,3 +137,11 @@ def test_the_page_says_how_devices_reach_the_listener(app, admin):
 def test_staff_see_no_link_to_the_credentials(staff):
     assert "SMTP credentials" not in staff.get("/p/help/servers/").text
     assert staff.get("/p/help/smtp-credentials").status_code == 403
+
+
+def test_markup_in_a_name_is_shown_as_text(app, admin):
+    script = "<script>alert(1)</script>"
+    page = admin.post("/p/help/smtp-credentials/new", {**FORM, "name": script})
+    assert page.status_code == 200
+    for text in (page.text, admin.get("/p/help/smtp-credentials").text, admin.get("/p/help/history").text):
+        assert script not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text

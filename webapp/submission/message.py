@@ -123,6 +123,7 @@ def _check_fields(message) -> None:
     counts: dict[str, int] = {}
     for name in message.keys():
         counts[name.lower()] = counts.get(name.lower(), 0) + 1
+    counts.pop("bcc", None)  # replaced anyway (prepare)
     for name, count in counts.items():
         allowed = email_policy.default.header_max_count(name)
         if allowed is not None and count > allowed:
