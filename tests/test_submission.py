@@ -21,7 +21,7 @@ from sqlmodel import select
 from tests.peers.smtp import free_port
 from webapp import db
 from webapp.audit import COMMAND_LINE
-from webapp.models import OutboundMail, SmtpCredential
+from webapp.models import OutboundMail, Portal, SmtpCredential
 from webapp.submission import credentials
 from webapp.submission.credentials import CredentialValues
 from webapp.submission.listener import Relay
@@ -255,6 +255,23 @@ def test_a_credential_revoked_during_a_session_is_refused_at_the_next_message(ap
         code, reply = client.mail("scanner@example.com")
         assert code == 530 and b"revoked" in reply
     assert len(stored(app)) == 1
+
+
+@pytest.mark.parametrize("gone", ["credential revoked", "portal removed"])
+def test_revoked_between_mail_from_and_data_nothing_is_accepted(app, relay, login, portal, gone):
+    listener, account = relay(), login()
+    with starttls(listener) as client:
+        client.login(account.username, account.password)
+        client.mail("scanner@example.com")
+        client.rcpt("ann@example.org")
+        with app.app_context():
+            if gone == "portal removed":
+                db.session().delete(db.session().get(Portal, portal.id))
+                db.session().commit()
+            else:
+                credentials.revoke(COMMAND_LINE, portal, db.session().get(SmtpCredential, account.id))
+        assert client.data(SCAN) == (550, b"5.7.1 This SMTP credential was revoked: nothing was accepted")
+    assert stored(app) == []
 
 
 def test_mail_of_a_credential_goes_into_its_own_portal_only(app, relay, login, make):

@@ -231,6 +231,8 @@ def over_limit(account_: Account) -> str:
     credential = db.session().get(SmtpCredential, account_.id)
     db.session().rollback()
     minute, day = _windows(time.time())
+    if credential is None:
+        return ""
     if credential.per_minute is not None and credential.minute_window == minute \
             and credential.minute_count >= credential.per_minute:
         return f"{credential.per_minute} per minute"

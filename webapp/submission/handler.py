@@ -49,6 +49,7 @@ SOURCE = "smtp"
 # line saying so), so that a test can kill the listener at that point.
 TEST_PAUSE = "MAILROOM_SUBMISSION_TEST_PAUSE"
 PROXIED_CLIENT = "mailroom_client_address"
+REVOKED_AT_DATA = "550 5.7.1 This SMTP credential was revoked: nothing was accepted"
 
 
 def _encrypted(server) -> bool:
@@ -227,6 +228,8 @@ class SubmissionHandler:
     def _accept(self, account: Account, submission: Submission) -> str:
         """Runs in a thread with an app context: check, count, store and commit; the reply."""
         portal = db.session().get(Portal, account.portal_id)
+        if portal is None:  # removed since MAIL FROM, and its credentials with it
+            return REVOKED_AT_DATA
         sender = _portal_sender(portal) if account.from_policy == FromPolicy.REWRITE else None
         try:
             envelope = prepare(submission, account, sender, utcnow())
@@ -238,7 +241,7 @@ class SubmissionHandler:
             over = credentials.over_limit(account)
             if over:
                 return f"450 4.7.1 This SMTP credential may send {over}: try again later"
-            return "550 5.7.1 This SMTP credential was revoked: nothing was accepted"
+            return REVOKED_AT_DATA
         _test_pause("before-commit")
         mail = outbox.store(portal, envelope, source=SOURCE, submitted_by=account.name,
                             client_address=submission.client)
