@@ -504,8 +504,14 @@ def behind_a_balancer(source: str, implicit: bool):
     class Client(base):
         def _get_socket(self, host, port, timeout):
             sock = socket.create_connection((host, port), timeout)
+            # Corked, the header and the TLS hello leave in one segment (as a balancer often sends them):
+            # the listener reads both at once. Linux sends a corked segment after 200 ms at the latest.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
             sock.sendall(f"PROXY TCP4 {source} 127.0.0.1 40000 {port}\r\n".encode())
-            return self.context.wrap_socket(sock, server_hostname=host) if implicit else sock
+            if implicit:
+                sock = self.context.wrap_socket(sock, server_hostname=host)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            return sock
 
     return Client
 
@@ -522,5 +528,6 @@ def test_behind_a_load_balancer_the_proxy_protocol_gives_the_devices_address(app
         client.login(account.username, account.password)  # allowed from 192.0.2.0/24 only
         assert submit(client)[0] == 250
     assert [m.client_address for m in stored(app)] == ["192.0.2.7"]
-    with pytest.raises(smtplib.SMTPServerDisconnected):  # no PROXY header: not a balancer's connection
-        smtplib.SMTP("127.0.0.1", listener.settings.starttls_port, timeout=15)
+    if not implicit:  # (a wait of aiosmtpd's PROXY timeout, 10 s: once is enough)
+        with pytest.raises(smtplib.SMTPServerDisconnected):  # no PROXY header: not a balancer's connection
+            smtplib.SMTP("127.0.0.1", listener.settings.starttls_port, timeout=15)

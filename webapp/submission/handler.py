@@ -262,11 +262,22 @@ async def _start_tls(server) -> None:
     """Implicit TLS after the PROXY protocol's header, which comes before the TLS handshake: what
     aiosmtpd's smtp_STARTTLS does, without the command and its 220."""
     waiter = server.loop.create_future()
-    server._tls_protocol = sslproto.SSLProtocol(server.loop, server, server.tls_context, waiter, server_side=True)
+    tls = server._tls_protocol = sslproto.SSLProtocol(server.loop, server, server.tls_context, waiter,
+                                                      server_side=True)
     server._original_transport = server.transport
-    server._original_transport.set_protocol(server._tls_protocol)
-    server.transport = server._tls_protocol._app_transport
-    server._tls_protocol.connection_made(server._original_transport)
+    server._original_transport.set_protocol(tls)
+    server.transport = tls._app_transport
+    tls.connection_made(server._original_transport)
+    # The client may have sent its TLS hello right behind the header: what the reader holds already
+    # goes to the handshake (BufferedProtocol: get_buffer, then buffer_updated).
+    early = bytes(server._reader._buffer)
+    server._reader._buffer.clear()
+    while early:
+        buffer = tls.get_buffer(len(early))
+        size = min(len(buffer), len(early))
+        buffer[:size] = early[:size]
+        tls.buffer_updated(size)
+        early = early[size:]
     await waiter
 
 
