@@ -356,18 +356,33 @@ def test_more_recipients_than_a_message_may_have_get_452(app, relay, login):
 
 
 def test_rate_limits_hold_across_listeners_sharing_the_database(app, relay, login):
-    first, second, account = relay(), relay(), login(per_minute=2)
+    first, second, account = relay(), relay(), login(per_day=2)
     codes = []
     for listener in (first, second, first):
         with starttls(listener) as client:
             client.login(account.username, account.password)
             codes.append(submit(client))
     assert [code for code, _ in codes] == [250, 250, 450]
-    assert codes[2][1] == b"4.7.1 This SMTP credential may send 2 per minute: try again later"
+    assert codes[2][1] == b"4.7.1 This SMTP credential may send 2 per day: try again later"
     assert len(stored(app)) == 2
     with app.app_context():
         credential = db.session().get(SmtpCredential, account.id)
-        assert credential.minute_count == 2 and credential.last_client == "127.0.0.1" and credential.last_used_at
+        assert credential.day_count == 2 and credential.last_client == "127.0.0.1" and credential.last_used_at
+
+
+def test_a_minute_and_a_day_are_windows_of_the_clock(app, login):
+    """Fixed windows: the minute's count starts again in the next minute, the day's does not."""
+    account = login(per_minute=2, per_day=3)
+    minute = 29_000_000 * 60 + 10  # ten seconds into a minute (and well inside its UTC day)
+    with app.app_context():
+        snapshot = credentials.account(account.id)
+        assert [credentials.count_message(snapshot, "192.0.2.7", minute + s) for s in (0, 1, 2)] == [True, True, False]
+        assert credentials.over_limit(snapshot, minute + 3) == "2 per minute"
+        assert credentials.over_limit(snapshot, minute + 60) == ""
+        assert credentials.count_message(snapshot, "192.0.2.7", minute + 60)  # the next minute
+        assert not credentials.count_message(snapshot, "192.0.2.7", minute + 120)
+        assert credentials.over_limit(snapshot, minute + 120) == "3 per day"
+        assert credentials.over_limit(snapshot, minute + 86_400) == ""  # the next day
 
 
 def test_the_daily_limit_is_checked_again_when_the_message_is_counted(app, relay, login):

@@ -12,7 +12,7 @@ import ipaddress
 import secrets
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import case, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -226,11 +226,12 @@ def _windows(now: float) -> tuple[int, int]:
     return int(now // 60), int(now // 86400)
 
 
-def over_limit(account_: Account) -> str:
-    """Which rate limit the next message would exceed ("30 per minute"), or "" (read only)."""
+def over_limit(account_: Account, now: float | None = None) -> str:
+    """Which rate limit the next message would exceed ("30 per minute"), or "" (read only).
+    `now`: seconds since the epoch (default: the clock)."""
     credential = db.session().get(SmtpCredential, account_.id)
     db.session().rollback()
-    minute, day = _windows(time.time())
+    minute, day = _windows(time.time() if now is None else now)
     if credential is None:
         return ""
     if credential.per_minute is not None and credential.minute_window == minute \
@@ -241,11 +242,12 @@ def over_limit(account_: Account) -> str:
     return ""
 
 
-def count_message(account_: Account, client: str, at: datetime | None = None) -> bool:
+def count_message(account_: Account, client: str, now: float | None = None) -> bool:
     """Count one accepted message, atomically and only if it is within both limits (one UPDATE,
     committed at once: another process sees it). False when a limit is reached or the credential
-    was revoked meanwhile."""
-    minute, day = _windows(time.time())
+    was revoked meanwhile. `now`: seconds since the epoch (default: the clock)."""
+    now = time.time() if now is None else now
+    minute, day = _windows(now)
     c = SmtpCredential
     statement = (update(c).where(
         c.id == account_.id, c.revoked_at.is_(None),
@@ -254,7 +256,7 @@ def count_message(account_: Account, client: str, at: datetime | None = None) ->
     ).values(
         minute_count=case((c.minute_window == minute, c.minute_count + 1), else_=1), minute_window=minute,
         day_count=case((c.day_window == day, c.day_count + 1), else_=1), day_window=day,
-        last_used_at=at or utcnow(), last_client=client[:64],
+        last_used_at=datetime.fromtimestamp(now, UTC), last_client=client[:64],
     ).execution_options(synchronize_session=False))
     counted = db.session().execute(statement).rowcount == 1
     db.session().commit()
