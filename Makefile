@@ -19,7 +19,8 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 
 .PHONY: run test test-postgres serve assets venv test-deps bench lock clean
 
-# The access log shows paths without their query string: the OAuth callback's carries a code.
+# The access log shows paths without their query string: the OAuth callback's carries a code, and a
+# consent link's its token (/oauth/consent?link=...).
 ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
 # The SMTP submission listener (flask mail relay) runs beside gunicorn and stops with it.

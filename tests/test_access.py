@@ -1,38 +1,50 @@
-"""Walk the URL map: every route is CSRF-protected on POST and checks the user's right to the portal."""
+"""Walk the URL map: every route is CSRF-protected on POST and checks the user's right to the portal.
+
+The API's routes (under sessions.SESSIONLESS_PATH) are authorized by a portal's API key instead of a
+session: they are walked apart, and must refuse every request without a live key of their portal."""
 import re
 
 import pytest
 from sqlmodel import select
 
-from webapp import db
-
-from webapp.audit import COMMAND_LINE
-from webapp.models import Membership, Role
+from webapp import apikeys, db
+from webapp.audit import Actor
+from webapp.models import Membership, OutboundMail, Role
+from webapp.sessions import SESSIONLESS_PATH
 from webapp.submission import credentials as smtp_credentials
 
 # Endpoints a staff member may use; every other portal route is for admins only.
-STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history"}
+STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history", "queue.index", "queue.message"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
-PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.link", "oauth.follow_link"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link"}
 
 
 @pytest.fixture
 def world(app, make, portal):
     server = make.server(portal)
     member = make.member(portal, "member@example.com", Role.STAFF)
+    mail = OutboundMail(portal_id=portal.id, state="failed", subject="Hello", raw=b"Subject: Hello\r\n\r\nHi")
     with app.app_context():
         membership = db.session().exec(select(Membership).where(Membership.user_id == member.id)).one()
-    with app.app_context():
-        credential, _ = smtp_credentials.create(COMMAND_LINE, portal, smtp_credentials.CredentialValues(
+        key, _ = apikeys.create(Actor("tests"), portal, "Sample")
+        credential, _ = smtp_credentials.create(Actor("tests"), portal, smtp_credentials.CredentialValues(
             "Scanner", from_addresses="scanner@example.com"))
+        db.session().add(mail)
+        db.session().commit()
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
-              "direction": "up", "user_id": member.id, "token": "not-a-link", "credential_id": credential.id}
+              "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1,
+              "mail_id": mail.id, "action": "requeue", "credential_id": credential.id}
     return values
 
 
+def by_key(rule) -> bool:
+    return rule.rule.startswith(SESSIONLESS_PATH)
+
+
 def routes(app, predicate=lambda rule: True):
+    """The routes a session authorizes (not the API's)."""
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC_ENDPOINTS or not predicate(rule):
+        if rule.endpoint in PUBLIC_ENDPOINTS or by_key(rule) or not predicate(rule):
             continue
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             yield rule, method
@@ -49,13 +61,14 @@ def portal_routes(app):
 
 
 def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
-    public = {rule.endpoint for rule in app.url_map.iter_rules() if not rule.endpoint.startswith(
-        ("portals.", "servers.", "users.", "settings.", "smtp_credentials.")) and rule.endpoint not in (
+    public = {rule.endpoint for rule in app.url_map.iter_rules() if not by_key(rule) and not rule.endpoint.startswith(
+        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.", "smtp_credentials.")) and rule.endpoint not in (
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS
-    assert client.get("/oauth/callback").status_code == 400
-    assert client.get("/oauth/callback?state=forged&code=x").status_code == 400
+    assert client.get("/oauth/result").status_code == 404  # no consent in this browser: nothing to show
+    assert client.get("/oauth/callback", follow_redirects=True).status_code == 400
+    assert client.get("/oauth/callback?state=forged&code=x", follow_redirects=True).status_code == 400
     assert client.get("/oauth/consent/not-a-link").status_code == 404
     assert client.post("/oauth/consent/not-a-link", csrf=False).status_code == 400
 
@@ -203,3 +216,40 @@ def test_fragments_for_htmx_carry_no_document_policy_and_pages_do(admin, world):
     restore = admin.get(f"/p/{world['slug']}/servers/",
                         headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
     assert "<html" in restore.text and "Content-Security-Policy" in restore.headers  # a whole page again
+
+
+# -- the API: a key of the portal, never a session ---------------------------------------------------------
+
+def key_routes(app):
+    for rule in app.url_map.iter_rules():
+        if by_key(rule) and rule.endpoint != "api.openapi":  # the description is public
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                yield rule, method
+
+
+def test_the_sessionless_paths_are_the_apis_and_only_its(app):
+    assert {rule.endpoint.split(".")[0] for rule in app.url_map.iter_rules() if by_key(rule)} == {"api"}
+    assert all(by_key(rule) for rule in app.url_map.iter_rules() if rule.endpoint.startswith("api."))
+    assert {rule.endpoint for rule, _ in key_routes(app)} == {"api.submit", "api.message"}
+
+
+def test_every_api_route_refuses_without_a_live_key_of_its_portal(app, make, admin, world):
+    other = make.portal(slug="other", name="Other")
+    with app.app_context():
+        others = apikeys.create(Actor("tests"), other, "Theirs")[1]
+    admin.get(f"/p/{world['slug']}/servers/")  # a signed-in browser session: worth nothing here
+    for rule, method in key_routes(app):
+        for headers in ({}, {"Authorization": "Bearer mr_unknown"}, {"Authorization": f"Bearer {others}"}):
+            response = admin.http.open(url(rule, world), method=method, headers=headers)
+            assert response.status_code == 401, (method, rule.rule, headers, response.status_code)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer"), rule.rule
+            assert response.get_json()["error"]["field"] == "Authorization"
+            assert "Set-Cookie" not in response.headers, rule.rule
+
+
+def test_staff_and_strangers_have_no_api_keys_page(app, make, staff, client, world):
+    make.member(make.portal(slug="other", name="Other"), "stranger@example.com", Role.ADMIN)
+    stranger = client.login("stranger@example.com")
+    for path in (f"/p/{world['slug']}/api-keys", f"/p/{world['slug']}/api-keys/{world['key_id']}/revoke"):
+        assert staff.get(path).status_code == 403 and staff.post(path).status_code == 403
+        assert stranger.get(path).status_code == 404 and stranger.post(path).status_code == 404

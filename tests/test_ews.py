@@ -21,7 +21,7 @@ from webapp.mail.egress import Network
 from webapp.models import AppSetting, MailServer, Portal
 
 from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
-                         authorize, back_at_mailroom, payload, save)
+                         authorize, back_at_mailroom, payload, save, to_the_provider)
 
 SENDER = MAILBOX  # sender@example.test: the peer's mailbox "Sender"
 USERNAME = "EXAMPLE\\mailer"
@@ -245,8 +245,8 @@ def test_oauth_app_only_impersonates_the_mailbox_with_an_anchor(app, admin, auth
     peer = ews_peer(verifier=authority)
     form = oauth_ews_form(authority, peer, flow="app", scope=EWS_APP, authorize_url="", mailbox="")
     server = save(app, admin, form)
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
 
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "All checks passed." in report and "app-only, impersonating the mailbox" in report
@@ -267,8 +267,8 @@ def test_an_app_without_full_access_as_app_is_told_what_to_grant(app, admin, oau
     oauth_server.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI], app_roles={"Mail.Send"})
     peer = ews_peer(verifier=oauth_server)
     server = save(app, admin, oauth_ews_form(oauth_server, peer, flow="app", scope=EWS_APP, authorize_url=""))
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "Validation failed at “Sign in”:" in report
     assert "the token may not use EWS (403 Forbidden: not enough scope)" in report
@@ -471,3 +471,54 @@ def test_the_stored_password_goes_only_to_the_url_and_trust_it_was_saved_for(app
     assert "enter the password again" in admin.post(f"/p/help/servers/{server.id}/validate", trusting).text
     changes = history(admin)
     assert "Save a copy to Sent Items" in changes and PASSWORD not in changes
+
+
+# --- something that is not EWS, and Exchange's permissions ------------------------------------------------------
+
+def test_a_port_that_does_not_speak_tls_is_one_clear_sentence(admin, banner_peer):
+    smtp = banner_peer("220 mail.example.com ESMTP Postfix")
+    url = f"https://127.0.0.1:{smtp.port}/EWS/Exchange.asmx"
+    report = admin.post("/p/help/servers/new/validate", ews_form(type("P", (), {"url": url})), htmx=True).text
+    assert "Validation failed at “Connect”:" in report
+    assert f"127.0.0.1 port {smtp.port} does not speak TLS: it is not an HTTPS server (perhaps plain HTTP, or " \
+           "another service such as SMTP)" in report
+    assert "_ssl.c" not in report and "EWS is HTTPS, usually on port 443" in report
+
+
+def test_a_web_server_that_is_not_ews_is_said_as_such(admin, test_ca):
+    from flask import Flask
+
+    from tests.peers.https import HttpsPeer
+
+    site = Flask("a-web-site")
+    site.add_url_rule("/<path:path>", "page", lambda path: "<html><p>Welcome</p></html>", methods=["GET", "POST"])
+    server = HttpsPeer(site, server_context(test_ca))
+    try:
+        url = f"{server.url}/EWS/Exchange.asmx"
+        report = admin.post("/p/help/servers/new/validate", ews_form(type("P", (), {"url": url})), htmx=True).text
+    finally:
+        server.stop()
+    assert "127.0.0.1 answered, but not as Exchange Web Services does (200 OK with text/html, not a SOAP answer)" \
+           in report
+    assert "it is the EWS address itself, usually https://&lt;server&gt;/EWS/Exchange.asmx" in report
+
+
+def test_app_only_before_admin_consent_says_grant_admin_consent(app, admin, authority, ews_peer):
+    peer = ews_peer(verifier=authority)
+    server = save(app, admin, oauth_ews_form(authority, peer, flow="app", scope=EWS_APP, authorize_url="",
+                                             mailbox=""))
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "Validation failed at “Sign in”:" in report
+    assert "Exchange refused the app&#39;s token: it carries no permission, so nobody has granted admin consent yet" \
+           in report
+    assert "grants admin consent to the app&#39;s full_access_as_app permission" in report
+
+
+def test_an_account_without_access_to_the_mailbox_is_told_what_to_ask_for(app, admin, ews_peer):
+    peer = ews_peer(mailboxes={SENDER: {"name": "Sender"}}, users={USERNAME: PASSWORD})  # nobody has Full Access
+    server = save(app, admin, ews_form(peer, save_copy="y"))
+    result = send_sample(app, server.id)
+    assert result.error is not None and result.error.credentials is True
+    assert f"the account {USERNAME} may not use the mailbox {SENDER} (ErrorAccessDenied)" in str(result.error)
+    assert f"give {USERNAME} Full Access on {SENDER} (Add-MailboxPermission)" in result.error.hint
+    assert peer.sent == []

@@ -87,7 +87,8 @@ def test_a_mailbox_the_service_account_may_not_act_for_is_explained(app, admin, 
     server = save(app, admin, gmail_form(gmail, key, username="someone@elsewhere.test", from_address=MAILBOX))
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "Validation failed at “Token”:" in report
-    assert "the app may not use this kind of authorization" in report and "Domain-wide delegation" in report
+    assert "the service account may not act for the mailbox with this scope" in report
+    assert "Domain-wide delegation" in report
 
 
 def test_a_mailbox_without_gmail_is_explained(app, admin, gmail, key):
@@ -130,3 +131,125 @@ def test_a_scope_that_cannot_send_fails_validate_at_the_token(app, admin, oauth_
     assert f"the token may not send mail: it was granted only {readonly}" in report
     assert "allow it for its client ID under Domain-wide delegation" in report
     assert not gmail.requests  # Google gave the token, but it was never used for a call that cannot succeed
+
+
+# --- the From Gmail uses, its size limits and its rate limits ---------------------------------------------------
+
+SETTINGS = "https://www.googleapis.com/auth/gmail.settings.basic"
+METADATA = "https://www.googleapis.com/auth/gmail.metadata"
+
+
+def transport_send(app, server_id: int, envelope):
+    """The transport itself, with the saved settings, as the delivery queue calls it."""
+    from webapp import checks, db
+    from webapp.mail.transport import transport_for
+    from webapp.models import MailServer, Portal
+
+    with app.app_context():
+        server = db.session().get(MailServer, server_id)
+        config = checks.config_for(db.session().get(Portal, server.portal_id), server)
+        return transport_for("gmail").send(config, envelope)
+
+
+def envelope_of(size: int = 0, sender: str = MAILBOX):
+    from email.message import EmailMessage
+
+    from webapp.mail.envelope import Envelope
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = sender, "jane@example.org", "Report"
+    message.set_content("See the attachment.")
+    message.add_attachment(b"x" * size, maintype="application", subtype="octet-stream", filename="data.bin")
+    return Envelope.of(message)
+
+
+def scoped_key(oauth_server, service_account_key, *scopes):
+    return service_account_key(oauth_server, subjects={MAILBOX}, scopes={GMAIL_SEND, *scopes})
+
+
+def test_validate_checks_a_from_against_the_alias_list_when_the_scope_allows(app, admin, oauth_server, gmail,
+                                                                              service_account_key):
+    gmail.add_alias(MAILBOX, "desk@example.test")
+    key = scoped_key(oauth_server, service_account_key, SETTINGS)
+    alias = save(app, admin, gmail_form(gmail, key, scope=f"{GMAIL_SEND} {SETTINGS}", from_address="desk@example.test"))
+    report = admin.post(f"/p/help/servers/{alias.id}/check", htmx=True).text
+    assert "All checks passed." in report
+    assert f"desk@example.test is a “Send mail as” address of {MAILBOX}: Gmail keeps it as the From" in report
+    other = {**gmail_form(gmail, key, scope=f"{GMAIL_SEND} {SETTINGS}", from_address="noreply@example.org")}
+    report = admin.post("/p/help/servers/new/validate", other, htmx=True).text
+    assert f"noreply@example.org is not a “Send mail as” address of {MAILBOX}: Gmail will send mail From {MAILBOX} " \
+           "instead (and report success)" in report
+
+
+def test_validate_says_when_the_alias_list_cannot_be_read(app, admin, gmail, key):
+    report = admin.post("/p/help/servers/new/validate", gmail_form(gmail, key, from_address="noreply@example.org"),
+                        htmx=True).text
+    assert "All checks passed." in report
+    assert "Whether it is could not be checked: reading the alias list needs the scope gmail.settings.basic" in report
+    assert [r.path for r in gmail.requests if "sendAs" in r.path] == []
+
+
+def test_the_receipt_says_which_from_google_used(app, admin, oauth_server, gmail, service_account_key):
+    key = scoped_key(oauth_server, service_account_key, METADATA)
+    server = save(app, admin, gmail_form(gmail, key, scope=f"{GMAIL_SEND} {METADATA}",
+                                         from_address="noreply@example.org"))
+    sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Email server accepted mail for delivery." in sent
+    assert f"Google replaced the From noreply@example.org with {MAILBOX}: noreply@example.org is not a verified " \
+           f"“Send mail as” address of {MAILBOX}." in sent
+    gmail.add_alias(MAILBOX, "noreply@example.org")
+    receipt = transport_send(app, server.id, envelope_of(sender="noreply@example.org"))
+    assert receipt.report.notes == ["Google sent it From noreply@example.org."]
+
+
+def test_the_receipt_says_when_the_from_could_not_be_checked(app, admin, gmail, key):
+    server = save(app, admin, gmail_form(gmail, key, from_address="noreply@example.org"))
+    sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Email server accepted mail for delivery." in sent
+    assert "Which From Google used could not be checked (reading the sent message needs the scope gmail.metadata" \
+           in sent
+    same = transport_send(app, server.id, envelope_of())
+    assert same.report.notes == [] and same.report.step("From") is None  # the mailbox's own From: nothing to check
+
+
+def test_a_large_message_goes_through_the_upload_endpoint(app, admin, gmail, key):
+    server = save(app, admin, gmail_form(gmail, key))
+    small, large = envelope_of(1000), envelope_of(4_500_000)
+    transport_send(app, server.id, small)
+    receipt = transport_send(app, server.id, large)
+    assert [mail.upload for mail in gmail.sent] == ["", "media"]
+    assert [mail.raw for mail in gmail.sent] == [small.raw, large.raw]
+    assert "through the upload endpoint" in receipt.report.step("Message").summary
+
+
+def test_a_message_over_35_mb_is_refused_before_sending(app, admin, gmail, key):
+    from webapp.mail.report import DeliveryError
+
+    server = save(app, admin, gmail_form(gmail, key))
+    with pytest.raises(DeliveryError) as refused:
+        transport_send(app, server.id, envelope_of(36 * 1024 * 1024))
+    assert refused.value.step == "Message" and refused.value.temporary is False
+    assert "Gmail takes at most 35 MB" in str(refused.value) and gmail.requests == []
+
+
+@pytest.mark.parametrize("reason, words, timed", [
+    ("userRateLimitExceeded", f"Google is limiting how fast {MAILBOX} may send (403 userRateLimitExceeded)", True),
+    ("429", f"Google is limiting how fast {MAILBOX} may send (429 rateLimitExceeded)", True),
+    ("rateLimitExceeded", f"Google is limiting how fast {MAILBOX} may send (403 rateLimitExceeded)", False),
+    ("dailyLimitExceeded", f"the mailbox {MAILBOX} reached Google&#39;s daily sending limit", False),
+])
+def test_rate_limits_are_temporary_with_googles_retry_time(app, admin, gmail, key, reason, words, timed):
+    from webapp.mail.report import DeliveryError
+
+    server = save(app, admin, gmail_form(gmail, key))
+    gmail.throttle(1, retry_after=120, reason=reason)
+    sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
+    assert words in sent and "scope" not in sent.split("The mail was not sent:")[1].split("</header>")[0]
+    gmail.throttle(1, retry_after=120, reason=reason)
+    with pytest.raises(DeliveryError) as limited:
+        transport_send(app, server.id, envelope_of())
+    assert limited.value.temporary and not limited.value.credentials
+    if timed:  # the time Google wrote in its message, not a header
+        assert 100 < limited.value.retry_after <= 120
+    else:
+        assert limited.value.retry_after is None

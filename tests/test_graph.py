@@ -1,13 +1,24 @@
 """Microsoft Graph as a protocol, against a Graph endpoint on loopback (tests/peers/graph.py) that
-checks each bearer token with the real authorization server (tests/peers/oauth.py)."""
+checks each bearer token with the real authorization server (tests/peers/oauth.py) and holds
+Exchange's permission model; mail goes in Graph's MIME form, the stored bytes as they are."""
 import re
+from email.message import EmailMessage
 
 import pytest
 
-from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
-                         authorize, back_at_mailroom, credential, payload, save)
+from webapp import checks, db
+from webapp.mail.envelope import Envelope
+from webapp.mail.graph import GraphSettings, with_server_headers
+from webapp.mail.report import DeliveryError
+from webapp.mail.transport import transport_for
+from webapp.models import MailServer, Portal
 
-GRAPH_SCOPE = "Mail.Send offline_access"
+from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
+                         authorize, back_at_mailroom, credential, payload, save, to_the_provider)
+
+GRAPH_SCOPE = "Mail.Send offline_access"  # the default
+GRAPH_READ_SCOPE = "Mail.Send User.Read offline_access"
+SERVER_HEADERS = b"Importance: High\r\nX-Portal: help-desk\r\nX-Mailer-Check: yes\r\n"
 
 
 @pytest.fixture
@@ -19,22 +30,45 @@ def authority(oauth_server):
 
 @pytest.fixture
 def graph(authority, graph_peer):
-    return graph_peer(authority, users={MAILBOX: {"id": "5f0c8a2e-7b1d-4c3e-9a6f-2d8e1b4c7a90", "displayName": "Sender"},
-                                        "shared@example.test": {"id": "0aa1", "displayName": "Shared"}})
+    return graph_peer(authority, users={
+        MAILBOX: {"id": "5f0c8a2e-7b1d-4c3e-9a6f-2d8e1b4c7a90", "displayName": "Sender"},
+        "shared@example.test": {"id": "0aa1", "displayName": "Shared"},
+        "desk@example.test": {"displayName": "Desk", "send_as": [MAILBOX]}})
 
 
 def graph_form(authority, graph, **overrides) -> dict:
     form = {
         "description": "Graph mailer", "protocol": "graph", "graph_endpoint": graph.url, "importance": "high",
-        "save_to_sent": "y", "headers": "X-Portal: help-desk\nX-Mailer-Check: yes", "timeout": "10",
+        "headers": "X-Portal: help-desk\nX-Mailer-Check: yes", "timeout": "10",
         "auth_type": "oauth", "provider": "microsoft", "cloud": "global", "tenant": TENANT, "flow": "delegated",
         "username": MAILBOX, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
         "authorize_url": f"{authority.issuer}/{TENANT}/oauth2/v2.0/authorize",
-        "token_url": f"{authority.issuer}/{TENANT}/oauth2/v2.0/token", "scope": GRAPH_SCOPE,
+        "token_url": f"{authority.issuer}/{TENANT}/oauth2/v2.0/token", "scope": GRAPH_READ_SCOPE,
         "from_address": MAILBOX, "sender_name": "Help Desk", "reply_to": "support@example.test",
         "max_connections": "5", "enabled": "y", "_shown": ["graph", "oauth", "microsoft"],
     }
     return {**form, **overrides}
+
+
+def send(app, server_id: int, envelope: Envelope):
+    """The transport itself, with the saved settings, as the delivery queue calls it."""
+    with app.app_context():
+        server = db.session().get(MailServer, server_id)
+        config = checks.config_for(db.session().get(Portal, server.portal_id), server)
+        return transport_for("graph").send(config, envelope)
+
+
+def rich_envelope(sender=f"Help Desk <{MAILBOX}>", size: int = 0) -> Envelope:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "jane@example.org"
+    message["Bcc"] = "hidden@example.org"
+    message["Subject"] = "Invoice ✓"
+    message["X-Portal"] = "the message's own"
+    message.set_content("Plain text")
+    message.add_alternative("<p>An <b>HTML</b> part</p>", subtype="html")
+    message.add_attachment(b"%PDF-1.4 " + b"x" * size, maintype="application", subtype="pdf", filename="invoice.pdf")
+    return Envelope.of(message)
 
 
 def test_graph_offers_oauth_only_and_fills_in_its_defaults(admin):
@@ -42,7 +76,7 @@ def test_graph_offers_oauth_only_and_fills_in_its_defaults(admin):
                       htmx=True).text
     assert '<select id="auth_type" name="auth_type"' in form
     assert re.search(r'<select id="auth_type"[^>]*><option value="oauth" selected>OAuth 2.0</option></select>', form)
-    assert 'name="password"' not in form and 'name="host"' not in form
+    assert 'name="password"' not in form and 'name="host"' not in form and 'name="save_to_sent"' not in form
     assert 'value="https://graph.microsoft.com"' in form and f'value="{GRAPH_SCOPE}"' in form
     china = admin.post("/p/help/servers/new/section/endpoints",
                        {"protocol": "graph", "auth_type": "oauth", "provider": "microsoft", "cloud": "china",
@@ -51,40 +85,99 @@ def test_graph_offers_oauth_only_and_fills_in_its_defaults(admin):
     assert 'value="https://microsoftgraph.chinacloudapi.cn/.default"' in china.text
     assert '<fieldset id="section-graph" hx-swap-oob="true">' in china.text
     assert 'value="https://microsoftgraph.chinacloudapi.cn"' in china.text
+    us = admin.post("/p/help/servers/new/section/endpoints",
+                    {"protocol": "graph", "auth_type": "oauth", "provider": "microsoft", "cloud": "gcc_high",
+                     "flow": "delegated", "graph_endpoint": "https://graph.microsoft.com", "scope": GRAPH_SCOPE,
+                     "_shown": ["graph", "oauth", "microsoft"]}, htmx=True, headers={"HX-Trigger-Name": "cloud"})
+    assert 'value="https://graph.microsoft.us/Mail.Send offline_access"' in us.text
 
 
-def test_delegated_consent_validate_and_a_sample_mail(app, admin, staff, authority, graph, test_ca_file):
+def test_delegated_consent_validate_and_a_sample_mail_in_mime(app, admin, staff, authority, graph, test_ca_file):
     server = save(app, admin, graph_form(authority, graph))
     assert authorize(admin, server, test_ca_file).status_code == 200
     report = staff.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "All checks passed." in report and "Microsoft Graph accepts the token and knows the mailbox." in report
-    assert f"the mailbox {MAILBOX} exists" in report
+    assert f"the mailbox {MAILBOX} exists" in report and "“From”" not in report
     assert f"C: GET {graph.url}/v1.0/users/{MAILBOX} (read the mailbox)" in report
     sent = staff.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
     assert "Email server accepted mail for delivery." in sent and "202 Accepted" in sent
     [mail] = graph.sent
-    assert mail.mailbox == MAILBOX and mail.save_to_sent_items is True and mail.app_only is False
-    message = mail.json["message"]
-    assert message["toRecipients"] == [{"emailAddress": {"address": "jane@example.org"}}]
-    assert message["replyTo"] == [{"emailAddress": {"address": "support@example.test"}}]
-    assert message["importance"] == "high" and "Graph mailer" in message["subject"]
-    assert message["internetMessageHeaders"] == [{"name": "X-Portal", "value": "help-desk"},
-                                                 {"name": "X-Mailer-Check", "value": "yes"}]
-    assert message["from"] == {"emailAddress": {"address": MAILBOX, "name": "Help Desk"}}
-    assert mail.mime["Subject"] == message["subject"]
+    assert mail.json is None and mail.mailbox == MAILBOX and mail.app_only is False
+    assert mail.save_to_sent_items is True  # Graph saves every MIME message
+    assert mail.raw.startswith(SERVER_HEADERS)  # the server's Importance and headers, in front of the stored bytes
+    assert (mail.mime["From"], mail.mime["Reply-To"]) == (f"Help Desk <{MAILBOX}>", "support@example.test")
+    assert mail.mime["To"] == "jane@example.org" and "Graph mailer" in mail.mime["Subject"]
+    assert mail.recipients == ["jane@example.org"]
     token = payload(app, server.id)["access_token"]
     assert token not in report and token not in sent
 
 
-def test_app_only_with_admin_consent_sends_and_a_profile_it_may_not_read_is_a_warning(app, admin, authority, graph,
-                                                                                     test_ca_file):
-    form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="")
-    server = save(app, admin, form)
-    start = admin.post(f"/p/help/servers/{server.id}/oauth/admin-consent")
-    back_at_mailroom(admin, at_the_provider(start.headers["Location"], test_ca_file, action="accept"))
+def test_the_stored_bytes_go_out_html_attachments_bcc_and_all(app, admin, authority, graph, test_ca_file):
+    server = save(app, admin, graph_form(authority, graph))
+    authorize(admin, server, test_ca_file)
+    envelope = rich_envelope()
+    first, second = send(app, server.id, envelope), send(app, server.id, envelope)
+    assert first.reply == second.reply == "202 Accepted"
+    expected = with_server_headers(envelope.raw, GraphSettings(importance="high", headers="X-Portal: help-desk\n"
+                                                                                            "X-Mailer-Check: yes"))
+    assert graph.sent[0].raw == graph.sent[1].raw == expected  # the same bytes on every attempt
+    assert expected.endswith(envelope.raw) and expected.startswith(b"Importance: High\r\nX-Mailer-Check: yes\r\n")
+    mail = graph.sent[0].mime
+    assert mail.get_all("X-Portal") == ["the message's own"]  # the message's header wins over the server's
+    assert mail.get_body(("html",)).get_content().strip() == "<p>An <b>HTML</b> part</p>"
+    assert [part.get_filename() for part in mail.iter_attachments()] == ["invoice.pdf"]
+    assert graph.sent[0].recipients == ["jane@example.org", "hidden@example.org"]
+    assert [r.address for r in first.recipients] == ["jane@example.org", "hidden@example.org"]
+
+
+def test_a_message_graph_cannot_carry_is_refused_before_sending(app, admin, authority, graph, test_ca_file):
+    server = save(app, admin, graph_form(authority, graph))
+    authorize(admin, server, test_ca_file)
+    with pytest.raises(DeliveryError) as refused:
+        send(app, server.id, rich_envelope(size=3_200_000))
+    assert refused.value.step == "Message" and refused.value.temporary is False
+    assert "Microsoft Graph takes at most 4 MB in one request" in str(refused.value)
+    assert [r.path for r in graph.requests if r.path.endswith("sendMail")] == []
+
+
+def test_a_from_the_mailbox_may_not_send_as(app, admin, authority, graph, test_ca_file):
+    server = save(app, admin, graph_form(authority, graph, from_address="noreply@example.org"))
+    authorize(admin, server, test_ca_file)
     report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
     assert "All checks passed." in report
-    assert "the token may not read the mailbox&#39;s profile: that needs User.Read.All" in report
+    assert (f"mail goes out From noreply@example.org: Graph sends it only if {MAILBOX} has “Send As” or “Send on "
+            "Behalf” permission on noreply@example.org") in report
+    sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
+    assert f"{MAILBOX} may not send as noreply@example.org (403 ErrorSendAsDenied)" in sent
+    assert f"gives {MAILBOX} “Send As” (or “Send on Behalf”) permission on noreply@example.org" in sent
+    with pytest.raises(DeliveryError) as held:
+        send(app, server.id, rich_envelope(sender="noreply@example.org"))
+    assert held.value.credentials is True and held.value.code == 403
+
+
+def test_the_configured_from_goes_out_when_the_mailbox_may_send_as_it(app, admin, authority, graph, test_ca_file):
+    server = save(app, admin, graph_form(authority, graph, from_address="desk@example.test", sender_name=""))
+    authorize(admin, server, test_ca_file)
+    sent = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
+    assert "Email server accepted mail for delivery." in sent
+    assert graph.sent[0].mime["From"] == "desk@example.test" and graph.sent[0].mailbox == MAILBOX
+
+
+def test_app_only_before_and_after_admin_consent(app, admin, authority, graph, test_ca_file):
+    form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="")
+    server = save(app, admin, form)
+    before = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "Validation failed at “Mailbox”:" in before
+    assert "Microsoft Graph refused the app&#39;s token: it carries no permission, so nobody has granted admin " \
+           "consent yet (401 AccessDenied)" in before
+    assert "a tenant administrator grants admin consent" in before
+
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "All checks passed." in report
+    assert "the token may not read the mailbox&#39;s profile: that needs the application permission User.Read.All" \
+           in report
     assert admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"},
                       htmx=True).status_code == 200
     [mail] = graph.sent
@@ -103,7 +196,8 @@ def test_graph_errors_are_said_in_words(app, admin, authority, graph, test_ca_fi
     assert admin.post(f"/p/help/servers/{server.id}/edit", shared).status_code == 303
     denied = admin.post(f"/p/help/servers/{server.id}/sample", {"recipient": "a@example.org"}, htmx=True).text
     assert "The mail was not sent:" in denied
-    assert "the app may not send as shared@example.test (403 ErrorAccessDenied)" in denied
+    assert f"the token may not send mail from shared@example.test (403 ErrorAccessDenied)" not in denied
+    assert f"{MAILBOX} may not send from shared@example.test (403 ErrorAccessDenied)" in denied
     assert "Mail.Send.Shared" in denied
 
     mine = graph_form(authority, graph, client_secret="", version="2")
@@ -114,14 +208,42 @@ def test_graph_errors_are_said_in_words(app, admin, authority, graph, test_ca_fi
     assert "try again after 7 s" in throttled
 
 
+def test_the_default_scope_cannot_read_the_mailbox_and_says_which_permission_would(app, admin, authority, graph,
+                                                                                   test_ca_file):
+    server = save(app, admin, graph_form(authority, graph, scope=GRAPH_SCOPE))
+    authorize(admin, server, test_ca_file)
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "All checks passed." in report
+    assert "that needs the delegated permission User.Read in the scope" in report
+
+
+def test_a_token_for_another_cloud_is_said_as_such(app, admin, oauth_server, graph_peer, test_ca_file):
+    oauth_server.add_user(MAILBOX, OWNER_PASSWORD)
+    oauth_server.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI], app_roles={"Mail.Send"})
+    oauth_server.grant_admin_consent(CLIENT_ID)
+    us_graph = graph_peer(oauth_server, users={MAILBOX: {}}, cloud="gcc_high")
+    form = graph_form(oauth_server, us_graph, flow="app", scope="https://graph.microsoft.com/.default",
+                      authorize_url="")
+    report = admin.post("/p/help/servers/new/validate", form, htmx=True).text
+    assert "Microsoft Graph refused the token: it is for another service or cloud (401 " \
+           "InvalidAuthenticationToken)" in report
+    assert "the Graph endpoint must be the Graph of the chosen Cloud" in report
+
+
 @pytest.mark.parametrize("headers, error", [
     ("Portal: help", "its name starts with X-"),
-    ("\n".join(f"X-H{n}: v" for n in range(6)), "at most 5 custom headers; there are 6"),
+    ("X-Long: " + "v" * 950, "a header line is at most 900 characters"),
 ])
-def test_custom_headers_graph_would_refuse_are_refused_beside_the_field(admin, authority, graph, headers, error):
+def test_custom_headers_mailroom_would_not_add_are_refused_beside_the_field(admin, authority, graph, headers, error):
     response = admin.post("/p/help/servers/new", graph_form(authority, graph, headers=headers))
     assert response.status_code == 422
     assert error in re.search(r'<small id="headers-help" class="error">([^<]*)</small>', response.text).group(1)
+
+
+def test_non_ascii_header_values_are_encoded_words():
+    added = with_server_headers(b"Subject: x\r\n\r\nbody", GraphSettings(headers="X-Team: Bücher-Ü"))
+    head = added.split(b"\r\n\r\n")[0].decode("ascii")
+    assert head.startswith("X-Team: =?utf-8?") and added.endswith(b"Subject: x\r\n\r\nbody")
 
 
 def test_a_delegated_token_without_mail_send_fails_validate_at_the_token(app, admin, authority, graph, test_ca_file):

@@ -167,7 +167,8 @@ def test_send_with_save_copy_and_upn_login(ews_peer, trusted):
 
 
 def test_xml_fields_are_recorded_and_built_into_mime(ews_peer, trusted):
-    peer = ews_peer(mailboxes={SENDER: {"name": "Sender", "send_as": ["helpdesk@example.test"]}})
+    peer = ews_peer(mailboxes={SENDER: {"name": "Sender", "send_as": ["helpdesk@example.test"],
+                                        "access": ["EXAMPLE\\mailer"]}})
     account = basic_account(peer)
 
     class TicketHeader(ExtendedProperty):
@@ -350,7 +351,7 @@ def test_oauth_delegated(ews_peer, trusted):
         "bare": claims(sub="user-2", scope="EWS.AccessAsUser.All"),
         "smtp-only": claims(scope="https://outlook.office.com/SMTP.Send"),
     })
-    peer = ews_peer(verifier=verifier)
+    peer = ews_peer(mailboxes={SENDER: {"name": "Sender", "access": ["user-1", "user-2"]}}, verifier=verifier)
 
     account = delegated_account(peer, "good")
     assert account.protocol.resolve_names([SENDER])[0].email_address == SENDER

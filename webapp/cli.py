@@ -21,7 +21,7 @@ def init_app(app) -> None:
 
 
 db_group = AppGroup("db", help="Database migrations.")
-mail_group = AppGroup("mail", help="Check servers and send sample mails, as the web pages do.")
+mail_group = AppGroup("mail", help="Check servers, send sample mails, hand mail in.")
 egress_group = AppGroup("egress", help="Where portals' connections may go (the egress policy).")
 
 
@@ -133,6 +133,64 @@ def mail_send_sample(slug, server_id, recipient):
         return
     click.echo(f"The mail was not sent: {result.error}\nWhat to try: {result.error.hint}")
     raise SystemExit(1)
+
+
+@mail_group.command("enqueue")
+@click.argument("slug")
+@click.option("--to", "to", multiple=True, help="A recipient (“Name <address>” or an address); repeat for more.")
+@click.option("--cc", multiple=True)
+@click.option("--bcc", multiple=True)
+@click.option("--from", "from_", help="One of the portal's From addresses (default: its first enabled server's).")
+@click.option("--reply-to")
+@click.option("--subject", default="")
+@click.option("--text", help="The plain-text body.")
+@click.option("--text-file", type=click.File(encoding="utf-8"), help="The plain-text body from a file (- for stdin).")
+@click.option("--html-file", type=click.File(encoding="utf-8"), help="The HTML body from a file.")
+@click.option("--attach", "attachments", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A file to attach; repeat for more.")
+@click.option("--header", "headers", multiple=True, help="A further header, “Name: value”; repeat for more.")
+@click.option("--idempotency-key", help="The same key with the same message stores it only once.")
+def mail_enqueue(slug, to, cc, bcc, from_, reply_to, subject, text, text_file, html_file, attachments, headers,
+                 idempotency_key):
+    """Hand a message to the portal SLUG: it is stored and queued for delivery; prints its id."""
+    from pydantic import ValidationError
+
+    from . import outbox
+
+    portal = _portal(slug)
+    try:
+        submission = outbox.Submission.model_validate({
+            "from": from_, "to": list(to), "cc": list(cc), "bcc": list(bcc), "reply_to": reply_to,
+            "subject": subject, "text": text_file.read() if text_file else text,
+            "html": html_file.read() if html_file else None, "headers": dict(_header(h) for h in headers),
+            "attachments": [{"filename": Path(path).name, "content": Path(path).read_bytes()} for path in attachments]})
+        mail = outbox.submit(portal, submission, outbox.Submitter(outbox.Source.COMMAND_LINE, COMMAND_LINE.label),
+                             idempotency_key)
+    except ValidationError as error:
+        problems = [f"{_option(outbox.error_field(e))}: {e['ctx']['error'] if e['type'] == 'value_error' else e['msg']}"
+                    for e in error.errors(include_url=False)]
+        raise click.ClickException("the message was not queued:\n  " + "\n  ".join(problems)) from None
+    except outbox.Refused as refused:
+        raise click.ClickException(f"the message was not queued: {_option(refused.field)}: {refused.message}") from None
+    click.echo(mail.id)
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, colon, value = text.partition(":")
+    if not colon:
+        raise click.BadParameter(f"{text!r} is not “Name: value”", param_hint="--header")
+    return name.strip(), value.strip()
+
+
+def _option(field: str) -> str:
+    """The option a submission's field came from: "to[1]" -> "--to (2nd)"."""
+    name, _, rest = field.partition("[")
+    option = {"from": "--from", "reply_to": "--reply-to", "text": "--text", "html": "--html-file",
+              "attachments": "--attach", "headers": "--header", "Idempotency-Key": "--idempotency-key"}.get(
+        name.split(".")[0], f"--{name}" if name in ("to", "cc", "bcc", "subject") else name)
+    if rest[:1].isdigit():
+        option += f" #{int(rest.split(']')[0]) + 1}"
+    return option
 
 
 @egress_group.command("show")

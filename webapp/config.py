@@ -27,6 +27,11 @@ class Defaults:
     SIGN_IN_LIMIT_PER_ADDRESS = "30 per 15 minutes"
     SAMPLE_LIMIT_PER_USER = "10 per minute"
     DELIVERY_LIFETIME_HOURS = 120  # a message handed in is tried this long (5 days), then it fails
+    MESSAGE_MAX_BYTES = 15 * 1024 * 1024  # a message as built (MIME, attachments base64-encoded)
+    ATTACHMENTS_MAX_BYTES = 10 * 1024 * 1024  # a message's attachments together, as files
+    MESSAGE_MAX_RECIPIENTS = 500  # To, Cc and Bcc together (Exchange Online's limit per message)
+    API_REQUEST_MAX_BYTES = 20 * 1024 * 1024  # an API request's body (attachments come base64-encoded)
+    API_LIMIT_PER_KEY = "600 per minute"  # API requests per key (Flask-Limiter's notation)
 
     # SMTP submission: `flask mail relay` (webapp/submission)
     SUBMISSION_HOST = "127.0.0.1"  # where the listener binds; "0.0.0.0" or "::" for every interface

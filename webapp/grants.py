@@ -1,21 +1,31 @@
 """Token sources for OAuth credentials (mail/auth.py TokenSource), kept alive in the database.
 
 - A delegated grant gives its stored access token while it is fresh, and otherwise refreshes
-  it first. The newest refresh token (providers rotate them) is written with the new access
-  token, in one write, as a compare-and-set on the credential's revision; the server's
-  version is untouched, so no open edit form becomes stale. Two refreshes at once do not
-  race: one at a time per credential in a process, and across processes the one that loses
-  the compare-and-set (or gets invalid_grant for a refresh token the other one just used)
-  reads the winner's token instead.
+  it first, asking for what was granted (Microsoft: the configured scope, which it requires;
+  others: no scope, which RFC 6749 6 reads as the scope originally granted, so a provider
+  that granted less than asked is not asked again for what it withheld). The newest refresh
+  token (providers rotate them) is written with the new access token, in one write, as a
+  compare-and-set on the credential's revision; the server's version is untouched, so no
+  open edit form becomes stale. Two refreshes at once do not race: one at a time per
+  credential in a process, and across processes the one that loses the compare-and-set (or
+  gets invalid_grant for a refresh token the other one just used) reads the winner's token
+  instead.
 - An app-only credential (Microsoft client credentials) fetches a token when its stored one
   is not fresh, and stores it the same way.
-- When a refresh fails for good (invalid_grant, a revoked consent, an expired secret) the
-  credential is marked "re-authorization needed" with the reason in words.
+- When a refresh shows that the grant has ended (invalid_grant: revoked, expired; or the
+  person must sign in again) the credential is marked "re-authorization needed" with the
+  reason in words; a refused scope or client secret is reported, not marked, since a new
+  consent would not cure it. An app-only or service-account credential is marked on any
+  failure only a person can fix.
+- The stored access token does not vouch for what it cannot prove: while the credential is
+  marked "re-authorization needed", and when a client secret (or key) is typed for a check,
+  a new token is obtained instead (with the typed secret, which is never stored).
 
 No database connection is held while a token endpoint is awaited.
 """
 import threading
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from sqlalchemy import update
@@ -31,6 +41,9 @@ from .models import Credential, CredentialKind, MailServer, Portal, utcnow
 
 _locks: dict[int, threading.Lock] = defaultdict(threading.Lock)
 REFRESHER = audit.Actor("token refresh")
+# Errors of a delegated refresh that say the grant itself has ended (RFC 6749 5.2 invalid_grant;
+# OpenID Connect Core 3.1.2.6 for the person having to act again).
+GRANT_ENDED = frozenset({"invalid_grant", "interaction_required", "consent_required", "login_required"})
 
 
 def client_for(provider: dict, secret: dict, redirect_uri: str = "") -> oauth.Client:
@@ -51,9 +64,10 @@ def grant_for(credential: Credential | None, values: CredentialValues, secret: d
             return DraftServiceAccountGrant(secret["key"], values.username, values.provider.get("scope", ""), net)
         return NotAuthorized("the server is not saved with these OAuth settings yet: save, then click "
                              "Authorize")
+    typed = values.secret or {}  # what was typed for this check, beside the stored secret
     if credential.kind == CredentialKind.SERVICE_ACCOUNT:
-        return StoredGrant(credential.id, net, key=secret.get("key"))
-    return StoredGrant(credential.id, net, secret.get("client_secret") or None)
+        return StoredGrant(credential.id, net, key=typed.get("key") or None)
+    return StoredGrant(credential.id, net, typed.get("client_secret") or None)
 
 
 class NotAuthorized:
@@ -98,15 +112,26 @@ class StoredGrant:
         self.client_secret = client_secret  # a secret typed into the form for this check, not stored
         self.key = key  # a service-account key uploaded for this check, not stored
 
+    @property
+    def typed(self) -> bool:
+        """A secret (or key) typed for this check: it is tried itself, and nothing it got is kept
+        beyond what the grant needs."""
+        return bool(self.client_secret or self.key)
+
     def token(self, deadline: Deadline) -> AccessToken:
         credential, payload = self._load()
-        if oauth.Tokens(payload.get("access_token", ""), _aware(credential.expires_at)).fresh():
+        if self._stored_serves(credential, payload):
             return _access(payload["access_token"], credential, refreshed=False)
         with _locks[self.credential_id]:  # one refresh at a time in this process
             credential, payload = self._load()  # another thread may have refreshed meanwhile
-            if oauth.Tokens(payload.get("access_token", ""), _aware(credential.expires_at)).fresh():
+            if self._stored_serves(credential, payload):
                 return _access(payload["access_token"], credential, refreshed=False)
             return self._renew(credential, payload, deadline)
+
+    def _stored_serves(self, credential: Credential, payload: dict) -> bool:
+        if self.typed or credential.needs_reauthorization:
+            return False
+        return oauth.Tokens(payload.get("access_token", ""), _aware(credential.expires_at)).fresh()
 
     def _load(self) -> tuple[Credential, dict]:
         credential = db.session().get(Credential, self.credential_id, populate_existing=True)
@@ -135,14 +160,20 @@ class StoredGrant:
             elif app_only:
                 tokens = oauth.client_credentials(client, self.net, deadline)
             else:
-                tokens = oauth.refresh(client, payload["refresh_token"], self.net, deadline)
+                tokens = oauth.refresh(_for_refresh(client), payload["refresh_token"], self.net, deadline)
         except oauth.OAuthFailure as failure:
             current, fresh_payload = self._load()
-            if current.revision != revision and fresh_payload.get("access_token"):
+            if current.revision != revision and fresh_payload.get("access_token") and not self.typed:
                 return _access(fresh_payload["access_token"], current, refreshed=True)  # another one won
-            if failure.permanent:
+            # Delegated: only an answer that says the grant ended (not a refused scope or secret);
+            # app-only and service accounts: what only a new consent fixes (never a service account's key)
+            ended = failure.reauthorize if app_only else failure.error in GRANT_ENDED
+            if ended and not self.typed:
                 mark_needs_reauthorization(current, failure)
-            raise _words(failure) from None
+            raise _words(failure, needs_reauthorization=ended or current.needs_reauthorization) from None
+        scopes = tuple((tokens.scope or credential.granted_scopes).split())
+        if self.typed and app_only:  # a token for this check only: the stored one stays
+            return AccessToken(tokens.access_token, tokens.expires_at, scopes, refreshed=True)
         own = unseal(credential.secret) if credential.secret else {}  # without a secret typed for this check
         stored = {**own, "access_token": tokens.access_token}
         if tokens.refresh_token:
@@ -155,7 +186,13 @@ class StoredGrant:
                 granted_scopes=tokens.scope or credential.granted_scopes, last_error="",
                 needs_reauthorization=False, updated_at=utcnow()).execution_options(synchronize_session=False))
         db.session().commit()
-        return AccessToken(tokens.access_token, tokens.expires_at, tuple(tokens.scope.split()), refreshed=True)
+        return AccessToken(tokens.access_token, tokens.expires_at, scopes, refreshed=True)
+
+
+def _for_refresh(client: oauth.Client) -> oauth.Client:
+    """Microsoft wants the scope on a refresh (one resource per token); Google documents none;
+    any other server gets none, which RFC 6749 6 reads as "what was granted"."""
+    return client if client.provider == oauth.Provider.MICROSOFT else replace(client, scope="")
 
 
 def _access(value: str, credential: Credential, refreshed: bool) -> AccessToken:
@@ -166,8 +203,10 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
-def _words(failure: oauth.OAuthFailure) -> StepFailed:
-    return StepFailed(f"the token endpoint refused: {failure.summary}", failure.hint, temporary=not failure.permanent,
+def _words(failure: oauth.OAuthFailure, needs_reauthorization: bool = False) -> StepFailed:
+    """`credentials`: only a person can fix it (the delivery queue holds the mail meanwhile)."""
+    state = "re-authorization needed: " if needs_reauthorization else ""
+    return StepFailed(f"{state}{failure.headline}", failure.hint, temporary=not failure.permanent,
                       credentials=failure.permanent)
 
 

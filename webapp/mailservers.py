@@ -9,8 +9,8 @@ from .credentials import CredentialValues
 from .mail.transport import TRANSPORTS
 from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcnow
 
-SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "from_address",
-                  "sender_name", "reply_to")
+SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
+                  "rate_per_day", "from_address", "sender_name", "reply_to")
 SECRET_FIELDS = frozenset({"password", "client_secret"})
 
 

@@ -137,7 +137,13 @@ class MailServer(SQLModel, table=True):
 
     @property
     def label(self) -> str:
-        return self.description or self.settings.get("host") or f"server {self.id}"
+        return server_label(self.id, self.description, self.settings.get("host"))
+
+
+def server_label(server_id: int | None, description: str, host: str | None) -> str:
+    """What a server is called in pages: its description, else its host (lists that load only
+    these columns call this too)."""
+    return description or host or f"server {server_id}"
 
 
 class Credential(SQLModel, table=True):
@@ -179,6 +185,8 @@ class OAuthState(SQLModel, table=True):
     verifier: str = Field(sa_type=Text)  # the PKCE code verifier, sealed
     redirect_uri: str = Field(max_length=2000)
     issuer: str = Field(default="", max_length=2000)  # the expected `iss` of the answer, when known
+    iss_required: bool = False  # the provider's metadata says it sends `iss` (RFC 9207): an answer without is refused
+    destination: str = Field(default="", max_length=64)  # sha256 of the OAuth settings it was started for
     started_by: str = Field(default="", max_length=320)  # a user's email, or "the mailbox owner (consent link)"
     link_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = _timestamp(default_factory=utcnow)
@@ -239,6 +247,8 @@ class OutboundMail(SQLModel, table=True):
         Index("ix_outbound_mail_due", "state", "next_attempt_at"),
         Index("ix_outbound_mail_portal_list", "portal_id", "id"),
         Index("ix_outbound_mail_portal_state", "portal_id", "state", "id"),
+        Index("ix_outbound_mail_portal_server", "portal_id", "server_id", "id"),  # the queue's server filter
+        Index("ix_outbound_mail_portal_created", "portal_id", "created_at", "id"),  # ... and its time range
     )
     id: int | None = Field(default=None, primary_key=True)
     portal_id: int = Field(foreign_key="portal.id", ondelete="CASCADE")

@@ -177,11 +177,19 @@ def create_portal(actor: Actor, slug: str, name: str, base_url: str = "") -> Por
     return portal
 
 
-def update_portal(actor: Actor, portal: Portal, name: str, base_url: str) -> None:
-    changes = audit.diff({"name": portal.name, "base_url": portal.base_url}, {"name": name, "base_url": base_url})
+def update_portal(actor: Actor, portal: Portal, name: str, base_url: str, delivery_policy: str | None = None,
+                  admin_address: str | None = None) -> None:
+    """The portal's settings; the delivery ones stay as they are when not given (None)."""
+    before = {"name": portal.name, "base_url": portal.base_url, "delivery_policy": portal.delivery_policy,
+              "admin_address": portal.admin_address}
+    after = {"name": name, "base_url": base_url,
+             "delivery_policy": portal.delivery_policy if delivery_policy is None else delivery_policy,
+             "admin_address": portal.admin_address if admin_address is None else admin_address}
+    changes = audit.diff(before, after)
     if not changes:
         return
     portal.name, portal.base_url = name, base_url
+    portal.delivery_policy, portal.admin_address = after["delivery_policy"], after["admin_address"]
     db.session().add(portal)
     audit.record(actor, "portal.updated", f"“{name}”", changes, portal.id)
     db.session().commit()

@@ -1,6 +1,5 @@
 """Who may do what: sign-in, portal access by role, cookies and response headers."""
 import re
-from urllib.parse import urlsplit
 
 from flask import abort, g, redirect, request, session, url_for
 from flask_login import LoginManager, current_user
@@ -17,9 +16,11 @@ login_manager = LoginManager()
 login_manager.login_view = "auth.login"
 login_manager.login_message = "Please sign in to continue."
 
+# Every form posts to Mailroom itself: leaving for an OAuth provider is a plain navigation
+# (views/oauth.py), never a form's redirect, so form-action needs no other origin.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "object-src 'none'; base-uri 'self'; form-action 'self'{targets}; frame-ancestors 'none'"
+    "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
 )
 SLUG = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 # Pages a user who must choose a new password may still reach.
@@ -66,31 +67,24 @@ def _load_user(user_id: str) -> User | None:
 def _same_origin_posts():
     """Beside the CSRF token: a POST that says it comes from another site is refused."""
     origin = request.headers.get("Origin")
-    if request.method == "POST" and origin and origin != request.host_url.rstrip("/"):
+    if request.method == "POST" and origin and not sessions.sessionless(request) and origin != request.host_url.rstrip("/"):
         abort(400)
 
 
 def _new_password_first():
     """A user whose password someone else chose (a new user, a reset) chooses their own first."""
+    if sessions.sessionless(request):  # no user is signed in there (an API key authorizes each request)
+        return None
     if (current_user.is_authenticated and current_user.must_change_password
             and request.endpoint not in OPEN_TO_NEW_PASSWORDS):
         return redirect(url_for("auth.password"), 303)
     return None
 
 
-def allow_form_target(url: str) -> None:
-    """A form on this page leads (through a redirect) to `url`'s origin, e.g. an Authorize button
-    to the provider's consent page: browsers check form-action on that redirect too."""
-    parts = urlsplit(url or "")
-    if parts.scheme == "https" and parts.netloc:
-        g.setdefault("form_targets", set()).add(f"https://{parts.netloc}")
-
-
 def _security_headers(response):
     headers = response.headers
     if not _fragment_for_htmx():  # a fragment goes into a page that has these already
-        targets = "".join(f" {origin}" for origin in sorted(g.get("form_targets", ())))
-        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY.format(targets=targets))
+        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         headers.setdefault("X-Frame-Options", "DENY")
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "same-origin")

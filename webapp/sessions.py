@@ -28,6 +28,7 @@ from . import db
 from .models import User, UserSession, utcnow
 
 PREFIX = "s1:"
+SESSIONLESS_PATH = "/api/"  # requests here carry their own credentials (an API key): no session, no cookie
 TOUCH_EVERY = timedelta(seconds=60)  # last_seen is written at most this often
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ class Session(SecureCookieSession):
     sid: str | None = None  # sha256 of the token; None: an anonymous, cookie-only session
     token: str | None = None  # set when a new record was made in this request: the cookie to send
     last_seen: datetime | None = None
+
+
+def sessionless(request) -> bool:
+    """Decided by the path alone: the session is opened before the request is routed."""
+    return request.path.startswith(SESSIONLESS_PATH)
 
 
 def _hash(token: str) -> str:
@@ -67,6 +73,8 @@ class SessionInterface(SecureCookieSessionInterface):
         return bool(app.config["SESSION_COOKIE_SECURE"] or request.is_secure)
 
     def open_session(self, app, request):
+        if sessionless(request):  # no cookie is read, and none is set (Flask saves no null session)
+            return self.make_null_session(app)
         value = request.cookies.get(self.get_cookie_name(app)) or ""
         if not value.startswith(PREFIX):
             return super().open_session(app, request)

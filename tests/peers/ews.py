@@ -12,7 +12,9 @@
              users={"EXAMPLE\\mailer": "password", "mailer@example.test": "password"},
              verifier=None, version="Exchange2016")
 
-mailboxes   address -> {"name": display name, "send_as": [other From addresses it may use]}
+mailboxes   address -> {"name": display name, "send_as": [other From addresses it may use],
+                        "access": [accounts that may act on it: its own account (Basic/NTLM username) and
+                                   those given Full Access]}
 users       HTTP Basic (and NTLM) username -> password; the username is compared case-insensitively
 verifier    an object with introspect(token) -> dict | None (sub, client_id, scope, roles, aud, exp);
             without one, Bearer tokens are refused
@@ -37,13 +39,24 @@ Authorization (checked before anything else, like IIS does):
   peer.online_blocked    every authenticated request gets 403 with a plain body, as Exchange Online answers
                          once EWS is blocked for the tenant (Microsoft documents only the 403)
   peer.audiences         a set: when given, the token's aud must be in it
+  peer.app_mailboxes     {client_id: {mailboxes}}: an application access policy for that app
   peer.require_anchor    True by default; False accepts app-only requests without X-AnchorMailbox
 
 Operations: ResolveNames, GetFolder (root, msgfolderroot, inbox, sentitems, drafts, outbox, deleteditems,
 junkemail), CreateItem (SendOnly, SendAndSaveCopy, SaveOnly; XML fields or MimeContent), ConvertId (the
 version probe). Anything else is the ErrorInvalidOperation fault. The acting mailbox is the impersonated
 address, else the mailbox named by the folder id, else X-AnchorMailbox, else a Basic username that is an
-address. Every authenticated user may act on every known mailbox (no delegate permissions are modelled).
+address.
+
+The mailbox permission model of Exchange (who may act on a mailbox: its own account, an account given Full Access
+with Add-MailboxPermission, an app with full_access_as_app unless an application access policy limits it;
+https://learn.microsoft.com/exchange/client-developer/exchange-web-services/impersonation-and-ews-in-exchange and
+https://learn.microsoft.com/graph/auth-limit-mailbox-access): a delegated token or a Basic/NTLM account acts on a
+mailbox when the mailbox is its own (the token's user, a username that is the address) or lists it under
+"access"; otherwise GetFolder and CreateItem answer ErrorAccessDenied. `peer.app_mailboxes = {client_id: {...}}`
+limits an app as an application access policy does (ErrorAccessDenied for any other mailbox). An app-only token
+without any role (what Entra issues before admin consent) is refused with 401 and x-ms-diagnostics
+'2000008;reason="The token contains no permissions, or permissions can not be understood."'.
 
 Knobs for errors:
   peer.fail_next("CreateItem", "ErrorQuotaExceeded", "text")   next CreateItem: an Error response message
@@ -136,6 +149,9 @@ TEXTS = {
     "NotEnoughScope": '2000008;reason="The token contains not enough scope to make this call.";'
                       'error_category="invalid_grant"',
     "InvalidToken": '2000001;reason="The token is invalid or has expired.";error_category="invalid_token"',
+    "NoPermissions": '2000008;reason="The token contains no permissions, or permissions can not be understood.";'
+                     'error_category="invalid_grant"',
+    "ErrorAccessDenied": "Access is denied. Check credentials and try again.",
 }
 
 # --- XML templates ------------------------------------------------------------------------------------------
@@ -287,6 +303,7 @@ class EwsPeer:
         self.online_blocked = False
         self.require_anchor = True
         self.audiences: set[str] | None = None
+        self.app_mailboxes: dict[str, set[str]] = {}
         self.sent: list[SentMessage] = []
         self.requests: list[EwsRequest] = []
         self.saved: dict[tuple[str, str], int] = {}
@@ -440,6 +457,8 @@ class EwsPeer:
                 self.audiences is not None and claims.get("aud") not in self.audiences):
             raise self._unauthorized(invalid_token=True)
         roles = claims.get("roles") or []
+        if not roles and (claims.get("grant_type") == "client_credentials" or not _scopes(claims)):
+            raise self._unauthorized(invalid_token=True, diagnostics=TEXTS["NoPermissions"])
         if roles:
             if APP_ROLE not in roles:
                 raise self._forbidden_scope()
@@ -448,7 +467,7 @@ class EwsPeer:
             raise self._forbidden_scope()
         return _Caller("bearer", claims.get("sub") or "")
 
-    def _unauthorized(self, invalid_token: bool = False) -> _Fail:
+    def _unauthorized(self, invalid_token: bool = False, diagnostics: str | None = None) -> _Fail:
         response = Response("401 - Unauthorized: Access is denied due to invalid credentials.", 401,
                             content_type="text/html")
         if self.require_ntlm:
@@ -462,7 +481,7 @@ class EwsPeer:
                 f'Bearer client_id="{EXCHANGE_APP_ID}", trusted_issuers="00000001-0000-0000-c000-000000000000@*", '
                 f'token_types="app_asserted_user_v1 service_asserted_app_v1"{error}'))
             if invalid_token:
-                response.headers["x-ms-diagnostics"] = TEXTS["InvalidToken"]
+                response.headers["x-ms-diagnostics"] = diagnostics or TEXTS["InvalidToken"]
         return _Fail(response, "HTTP 401")
 
     def _forbidden_scope(self) -> _Fail:
@@ -520,6 +539,14 @@ class EwsPeer:
         return self._error(operation, "ErrorNonExistentMailbox",
                            message_xml=MESSAGE_XML.format(name="SmtpAddress", value=escape(address)))
 
+    def may_act(self, caller: _Caller, mailbox: str) -> bool:
+        """Exchange's mailbox permissions: its own account or Full Access; an app unless a policy limits it."""
+        if caller.app_only:
+            allowed = self.app_mailboxes.get(caller.user)
+            return allowed is None or mailbox.lower() in {m.lower() for m in allowed}
+        access = {a.lower() for a in self.mailboxes[mailbox.lower()].get("access", [])}
+        return caller.user.lower() in {mailbox.lower(), *access}
+
     def _acting_mailbox(self, caller: _Caller, record: EwsRequest, named: str | None = None) -> str | None:
         if record.impersonated:
             return record.impersonated.lower()
@@ -561,6 +588,8 @@ class EwsPeer:
                 messages.append(self._error("GetFolder", "ErrorMissingEmailAddress"))
             elif mailbox not in self.mailboxes:
                 messages.append(self._no_mailbox("GetFolder", mailbox))
+            elif not self.may_act(caller, mailbox):
+                messages.append(self._error("GetFolder", "ErrorAccessDenied"))
             elif name not in FOLDERS:
                 messages.append(self._error("GetFolder", "ErrorFolderNotFound"))
             else:
@@ -603,6 +632,8 @@ class EwsPeer:
                 messages.append(self._error("CreateItem", "ErrorMissingEmailAddress"))
             elif mailbox not in self.mailboxes:
                 messages.append(self._no_mailbox("CreateItem", mailbox))
+            elif not self.may_act(caller, mailbox):
+                messages.append(self._error("CreateItem", "ErrorAccessDenied"))
             elif item.tag != _t("Message"):
                 messages.append(self._error("CreateItem", "ErrorInvalidOperation",
                                             "The EWS test peer only creates messages."))
@@ -807,7 +838,7 @@ class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
 
 # --- fixture ---------------------------------------------------------------------------------------------------
 
-DEFAULT_MAILBOXES = {"sender@example.test": {"name": "Sender"}}
+DEFAULT_MAILBOXES = {"sender@example.test": {"name": "Sender", "access": ["EXAMPLE\\mailer", "mailer@example.test"]}}
 DEFAULT_USERS = {"EXAMPLE\\mailer": "password", "mailer@example.test": "password"}
 
 

@@ -1,4 +1,5 @@
-"""A Gmail API look-alike (users.getProfile, users.messages.send) over HTTPS on 127.0.0.1.
+"""A Gmail API look-alike (users.getProfile, users.messages.send and .get, users.settings.sendAs.list) over
+HTTPS on 127.0.0.1.
 
 Import the fixture into the test module (it needs `test_ca` from tests/peers/tls.py):
 
@@ -7,9 +8,10 @@ Import the fixture into the test module (it needs `test_ca` from tests/peers/tls
     def test_x(gmail_peer):
         peer = gmail_peer(verifier, users={"sender@example.test"})
         peer.url                 # "https://127.0.0.1:<port>", in place of https://gmail.googleapis.com
-        peer.sent                # [GmailSentMail(mailbox, mime, raw, sub, id, thread_id)]
+        peer.sent                # [GmailSentMail(mailbox, mime, raw, sub, id, thread_id, sent_from, upload)]
         peer.requests            # [PeerRequest(method, path, status, auth_scheme)]; never the token
-        peer.throttle(2, retry_after=3)   # the next 2 requests get 429 RESOURCE_EXHAUSTED, Retry-After: 3
+        peer.add_alias("sender@example.test", "desk@example.test", verified=True)   # a send-as alias
+        peer.throttle(2, retry_after=3, reason="userRateLimitExceeded")   # the next 2 requests are refused
         peer.stop()              # also done at teardown
 
 `verifier` is any object with `introspect(token) -> dict | None` (keys active, sub, scope, exp, ...);
@@ -17,11 +19,33 @@ Import the fixture into the test module (it needs `test_ca` from tests/peers/tls
 
 Answered like Google ({"error": {"code", "message", "errors": [...], "status"}}):
     GET  /gmail/v1/users/{userId}/profile
-    POST /gmail/v1/users/{userId}/messages/send                        JSON {"raw": base64url(message)}
-    POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=media  body message/rfc822
-Checks, in order: throttle, token (401), scope (403 insufficient scopes), userId (403 delegation denied,
-400 failedPrecondition for an address without Gmail), body (400 INVALID_ARGUMENT).
-Scopes are the ones Google's discovery document lists per method: getProfile does NOT accept gmail.send.
+    GET  /gmail/v1/users/{userId}/settings/sendAs
+    GET  /gmail/v1/users/{userId}/messages/{id}?format=metadata&metadataHeaders=From
+    POST /gmail/v1/users/{userId}/messages/send                            JSON {"raw": base64url(message)}
+    POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=media      body message/rfc822
+    POST /upload/gmail/v1/users/{userId}/messages/send?uploadType=multipart  multipart/related: JSON, message
+Checks, in order: throttle, request size, token (401), scope (403 insufficient scopes), userId (403
+delegation denied, 400 failedPrecondition for an address without Gmail), body (400 INVALID_ARGUMENT).
+Scopes are the ones Google's discovery document lists per method: getProfile does NOT accept gmail.send;
+sendAs.list takes gmail.settings.basic, gmail.readonly, gmail.modify or mail.google.com; messages.get
+with format=metadata also gmail.metadata.
+
+What it holds as Gmail does (and where that is documented):
+  - A From that is neither the mailbox nor one of its send-as aliases (verified, or a Workspace
+    alias without a verification status) is replaced with the mailbox's address, and the send
+    succeeds all the same (googleapis/google-api-php-client#2393; users.settings.sendAs,
+    https://developers.google.com/workspace/gmail/api/reference/rest/v1/users.settings.sendAs:
+    "Send-as aliases correspond to the 'Send Mail As' feature"). `sent_from` is the From Gmail
+    used, and messages.get answers with it.
+  - The JSON endpoint takes at most JSON_LIMIT (5 MB) of request body and answers a larger one
+    with Google's front end's HTML 413; the upload endpoint takes messages up to 35 MB
+    (messages.send: "Maximum file size: 35MB, Accepted Media MIME types: message/*",
+    https://developers.google.com/workspace/gmail/api/reference/rest/v1/users.messages/send).
+  - Rate limits as Google sends them, with no Retry-After header: 403 userRateLimitExceeded,
+    rateLimitExceeded or dailyLimitExceeded (domain usageLimits), or 429 RESOURCE_EXHAUSTED
+    rateLimitExceeded, the time to retry written in the message ("User-rate limit exceeded.  Retry
+    after 2026-12-06T10:00:00.000Z"):
+    https://developers.google.com/workspace/gmail/api/guides/handle-errors.
 """
 import base64
 import binascii
@@ -35,6 +59,7 @@ from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from email.utils import formataddr, getaddresses
 
 import pytest
 from flask import Flask, Response, request
@@ -51,8 +76,26 @@ SEND_SCOPES = {MAIL, AUTH + "gmail.send", AUTH + "gmail.compose", AUTH + "gmail.
                AUTH + "gmail.addons.current.action.compose"}
 PROFILE_SCOPES = {MAIL, AUTH + "gmail.compose", AUTH + "gmail.metadata", AUTH + "gmail.modify",
                   AUTH + "gmail.readonly"}
+SEND_AS_SCOPES = {MAIL, AUTH + "gmail.modify", AUTH + "gmail.readonly", AUTH + "gmail.settings.basic"}
+GET_SCOPES = {MAIL, AUTH + "gmail.modify", AUTH + "gmail.readonly", AUTH + "gmail.addons.current.message.action",
+              AUTH + "gmail.addons.current.message.readonly", AUTH + "gmail.addons.current.message.metadata"}
+METADATA_SCOPES = GET_SCOPES | {AUTH + "gmail.metadata"}
 METHODS = {"profile": "caribou.api.proto.MailboxService.GetProfile",
-           "send": "caribou.api.proto.MessageService.SendMessage"}
+           "send": "caribou.api.proto.MessageService.SendMessage",
+           "sendAs": "caribou.api.proto.SettingsService.ListSendAs",
+           "get": "caribou.api.proto.MessageService.GetMessage"}
+JSON_LIMIT = 5 * 1024 * 1024  # bytes of a JSON request to messages.send
+UPLOAD_LIMIT = 35 * 1024 * 1024  # bytes of a message through /upload
+TOO_LARGE = ("<!DOCTYPE html>\n<html lang=en>\n<meta charset=utf-8>\n<title>Error 413 (Request Entity Too Large)!!1"
+             "</title>\n<p><b>413.</b> <ins>That’s an error.</ins>\n<p>Your client issued a request that was too "
+             "large.  <ins>That’s all we know.</ins>\n")
+RATE_LIMITS = {  # reason -> (status code, status, message before the retry time or None)
+    "userRateLimitExceeded": (403, "PERMISSION_DENIED", "User-rate limit exceeded.  Retry after "),
+    "rateLimitExceeded": (403, "PERMISSION_DENIED", None),
+    "dailyLimitExceeded": (403, "PERMISSION_DENIED", None),
+    "429": (429, "RESOURCE_EXHAUSTED", "User-rate limit exceeded.  Retry after "),
+}
+RATE_TEXTS = {"rateLimitExceeded": "Rate Limit Exceeded", "dailyLimitExceeded": "Daily Limit Exceeded"}
 MESSAGE_FIELDS = {"id", "threadId", "labelIds", "snippet", "historyId", "internalDate", "payload", "sizeEstimate",
                   "raw", "classificationLabelValues"}
 
@@ -75,6 +118,8 @@ class GmailSentMail:
     sub: str               # the token's sub
     id: str
     thread_id: str
+    sent_from: str = ""    # the From Gmail sent it with (the mailbox's address when the From was not its alias)
+    upload: str = ""       # "", "media" or "multipart": how it came
 
 
 class GoogleError(Exception):
@@ -129,11 +174,13 @@ class GmailPeer:
     def __init__(self, verifier, users=None, context=None):
         self.verifier = verifier
         self.users = {address.lower(): address for address in (DEFAULT_USERS if users is None else users)}
+        self.aliases: dict[str, list[dict]] = {}  # mailbox -> its custom send-as entries
         self.requests: list[PeerRequest] = []
         self.sent: list[GmailSentMail] = []
         self._lock = threading.Lock()
         self._throttled = 0
         self._retry_after = 2
+        self._rate_reason = "429"
         self._history_id = 1000
         self.app = self._make_app()
         self._server = HttpsPeer(self.app, context)
@@ -141,10 +188,18 @@ class GmailPeer:
 
     # --- controls ---------------------------------------------------------------
 
-    def throttle(self, n: int, retry_after: int = 2) -> None:
-        """The next `n` requests are answered 429 rateLimitExceeded with `Retry-After: retry_after`."""
+    def throttle(self, n: int, retry_after: int = 2, reason: str = "429") -> None:
+        """The next `n` requests are refused as Google limits rates (a key of RATE_LIMITS), the time to retry
+        (`retry_after` seconds from now) in the message where Google writes it; never a Retry-After header."""
         with self._lock:
-            self._throttled, self._retry_after = n, retry_after
+            self._throttled, self._retry_after, self._rate_reason = n, retry_after, reason
+
+    def add_alias(self, mailbox: str, alias: str, verified: bool = True, display_name: str = "") -> None:
+        """A custom "Send mail as" address of the mailbox; an unverified one is "pending"."""
+        self.aliases.setdefault(mailbox.lower(), []).append(
+            {"sendAsEmail": alias, "displayName": display_name, "replyToAddress": "", "signature": "",
+             "isPrimary": False, "isDefault": False, "treatAsAlias": True,
+             "verificationStatus": "accepted" if verified else "pending"})
 
     def stop(self) -> None:
         stop_quickly(self._server)
@@ -154,6 +209,9 @@ class GmailPeer:
     def _make_app(self) -> Flask:
         app = Flask(f"gmail-peer-{id(self)}")
         app.add_url_rule("/gmail/v1/users/<user_id>/profile", "profile", self.get_profile, methods=["GET"])
+        app.add_url_rule("/gmail/v1/users/<user_id>/settings/sendAs", "sendAs", self.list_send_as, methods=["GET"])
+        app.add_url_rule("/gmail/v1/users/<user_id>/messages/<message_id>", "get", self.get_message,
+                         methods=["GET"])
         app.add_url_rule("/gmail/v1/users/<user_id>/messages/send", "send", self.send, methods=["POST"])
         app.add_url_rule("/upload/gmail/v1/users/<user_id>/messages/send", "upload", self.upload, methods=["POST"])
         app.before_request(self._before)
@@ -167,10 +225,16 @@ class GmailPeer:
             if throttled:
                 self._throttled -= 1
         if throttled:
+            code, status, prefix = RATE_LIMITS[self._rate_reason]
             retry = _rfc3339(datetime.now(timezone.utc) + timedelta(seconds=self._retry_after))
-            raise GoogleError(429, "RESOURCE_EXHAUSTED", f"User-rate limit exceeded.  Retry after {retry}",
-                              "rateLimitExceeded", domain="usageLimits",
-                              headers={"Retry-After": str(self._retry_after)})
+            message = f"{prefix}{retry}" if prefix else RATE_TEXTS[self._rate_reason]
+            reason = "rateLimitExceeded" if self._rate_reason == "429" else self._rate_reason
+            raise GoogleError(code, status, message, reason, domain="usageLimits")
+        size = request.content_length or 0
+        limit = UPLOAD_LIMIT if request.path.startswith("/upload/") else JSON_LIMIT
+        if request.method == "POST" and size > limit:
+            request.get_data()  # read it all, so the connection stays usable
+            return Response(TOO_LARGE, status=413, content_type="text/html; charset=UTF-8")
 
     def _after(self, response: Response) -> Response:
         self.requests.append(PeerRequest(request.method, request.path, response.status_code,
@@ -247,15 +311,65 @@ class GmailPeer:
 
     def upload(self, user_id: str) -> Response:
         claims, address = self._authorize(user_id, SEND_SCOPES, "send")
-        if request.args.get("uploadType") != "media":
-            raise _invalid_argument("This peer only supports uploadType=media", reason="badContent")
-        if request.mimetype != "message/rfc822":
+        kind = request.args.get("uploadType")
+        if kind == "multipart":
+            return self._accept(claims, address, self._multipart(), "multipart")
+        if kind != "media":
+            raise _invalid_argument("This peer supports uploadType=media and uploadType=multipart", reason="badContent")
+        if not request.mimetype.startswith("message/"):
             raise _invalid_argument(f"Media type '{request.mimetype}' is not supported. Valid media types: "
                                     "[message/*]", reason="badContent")
         data = request.get_data()
         if not data:
             raise _invalid_argument(RAW_REQUIRED)
-        return self._accept(claims, address, data)
+        return self._accept(claims, address, data, "media")
+
+    @staticmethod
+    def _multipart() -> bytes:
+        """multipart/related: the metadata (JSON) first, then the message (message/*)."""
+        if request.mimetype != "multipart/related":
+            raise _invalid_argument("uploadType=multipart needs Content-Type multipart/related", reason="badContent")
+        head = f"Content-Type: {request.headers.get('Content-Type')}\r\n\r\n".encode()
+        parts = BytesParser(policy=policy.default).parsebytes(head + request.get_data())
+        pieces = list(parts.iter_parts()) if parts.is_multipart() else []
+        if len(pieces) != 2 or pieces[0].get_content_type() != "application/json" \
+                or pieces[1].get_content_maintype() != "message":
+            raise _invalid_argument("A multipart upload has a JSON part and a message/* part", reason="badContent")
+        payload = pieces[1].get_payload()
+        data = payload[0].as_bytes() if isinstance(payload, list) else pieces[1].get_payload(decode=True)
+        if not data:
+            raise _invalid_argument(RAW_REQUIRED)
+        return data
+
+    # --- users.settings.sendAs.list and users.messages.get ------------------------------------------
+
+    def list_send_as(self, user_id: str) -> Response:
+        _, address = self._authorize(user_id, SEND_AS_SCOPES, "sendAs")
+        primary = {"sendAsEmail": address, "displayName": "", "replyToAddress": "", "signature": "",
+                   "isPrimary": True, "isDefault": True}
+        return self._json({"sendAs": [primary, *self.aliases.get(address.lower(), [])]})
+
+    def get_message(self, user_id: str, message_id: str) -> Response:
+        metadata = request.args.get("format") == "metadata"
+        _, address = self._authorize(user_id, METADATA_SCOPES if metadata else GET_SCOPES, "get")
+        mail = next((m for m in self.sent if m.id == message_id and m.mailbox == address), None)
+        if mail is None:
+            raise GoogleError(404, "NOT_FOUND", "Requested entity was not found.", "notFound")
+        wanted = {name.lower() for name in request.args.getlist("metadataHeaders")}
+        headers = [{"name": name, "value": mail.sent_from if name.lower() == "from" else str(value)}
+                   for name, value in mail.mime.items() if name.lower() != "bcc"
+                   and (not wanted or name.lower() in wanted)]
+        return self._json({"id": mail.id, "threadId": mail.thread_id, "labelIds": ["SENT"],
+                           "sizeEstimate": len(mail.raw), "payload": {"mimeType": mail.mime.get_content_type(),
+                                                                      "headers": headers}})
+
+    def may_send_as(self, address: str, author: str) -> bool:
+        """The mailbox itself, or one of its aliases Gmail will use (accepted, or a Workspace alias without a
+        verification status)."""
+        if author.lower() == address.lower():
+            return True
+        return any(entry["sendAsEmail"].lower() == author.lower() and entry.get("verificationStatus") != "pending"
+                   for entry in self.aliases.get(address.lower(), []))
 
     @staticmethod
     def _raw_from_json() -> bytes:
@@ -278,14 +392,17 @@ class GmailPeer:
             raise _invalid_argument(f"Invalid value at 'message.raw' (TYPE_BYTES), Base64 decoding failed for "
                                     f'"{raw}"', reason="invalid") from None
 
-    def _accept(self, claims: dict, address: str, data: bytes) -> Response:
+    def _accept(self, claims: dict, address: str, data: bytes, upload: str = "") -> Response:
         mime = BytesParser(policy=policy.default).parsebytes(data)
         _check_recipients(mime)
+        found = getaddresses([str(value) for value in mime.get_all("From", [])])
+        name, author = found[0] if found else ("", "")
+        sent_from = str(mime["From"]) if author and self.may_send_as(address, author) else formataddr((name, address))
         message_id, thread_id = secrets.token_hex(8), secrets.token_hex(8)
         with self._lock:
             self._history_id += 1
             self.sent.append(GmailSentMail(mailbox=address, mime=mime, raw=data, sub=claims.get("sub"),
-                                           id=message_id, thread_id=thread_id))
+                                           id=message_id, thread_id=thread_id, sent_from=sent_from, upload=upload))
         return self._json({"id": message_id, "threadId": thread_id, "labelIds": ["SENT"]})
 
 

@@ -5,15 +5,47 @@ Import the fixture into the test module (it needs `test_ca` from tests/peers/tls
     from tests.peers.graph import graph_peer  # noqa: F401
 
     def test_x(graph_peer):
-        peer = graph_peer(verifier, users={"sender@example.test": {"id": "<guid>", "displayName": "Sender"}})
+        peer = graph_peer(verifier, users={"sender@example.test": {"id": "<guid>", "displayName": "Sender"},
+                                           "shared@example.test": {"send_as": ["sender@example.test"]}},
+                          cloud="global")
         peer.url                 # "https://127.0.0.1:<port>", the Graph root (the API is under /v1.0)
-        peer.sent                # [GraphSentMail(mailbox, json, mime, save_to_sent_items, sub, client_id, app_only)]
+        peer.sent                # [GraphSentMail(mailbox, json, mime, save_to_sent_items, sub, client_id, app_only,
+                                 #                recipients, sender)]
         peer.requests            # [PeerRequest(method, path, status, auth_scheme)]; never the token
         peer.throttle(2, retry_after=3)   # the next 2 requests get 429 ApplicationThrottled, Retry-After: 3
         peer.stop()              # also done at teardown
 
 `verifier` is any object with `introspect(token) -> dict | None` (keys active, sub, client_id, scope,
-roles, aud, exp). A token is app-only when it has roles, else delegated for the user named by `sub`.
+roles, aud, exp, grant_type). A token is app-only when it has roles or comes from client credentials,
+else delegated for the user named by `sub`.
+
+What it holds as strictly as Graph does (each with its documentation):
+  - The token's `aud` must be this cloud's Graph (`cloud`: global, gcc_high, dod, china; its root URL,
+    with or without the slash, or Graph's application ID 00000003-0000-0000-c000-000000000000; the
+    peer's own URL counts as the root): a token for another cloud, for Exchange or without any
+    audience is "401 InvalidAuthenticationToken: Invalid audience."
+    (https://learn.microsoft.com/graph/deployments: each cloud's Graph takes only its own tokens).
+  - A token with neither scopes nor roles (what Entra issues to an app before admin consent) is
+    "401 AccessDenied: Either scp or roles claim need to be present in the token."
+  - Reading a user (GET /me, /users/{id}) needs User.Read for one's own profile and
+    User.ReadBasic.All or more for another's (delegated); User.Read.All or similar roles
+    (app-only): https://learn.microsoft.com/graph/api/user-get (Permissions).
+  - The mailbox permission model of Exchange Online
+    (https://learn.microsoft.com/graph/outlook-send-mail-from-other-user): each user may carry
+    "send_as", "send_on_behalf" and "full_access" lists of principals (user principal names).
+    sendMail from another user's mailbox needs Mail.Send.Shared and one of those rights on it
+    (else 403 ErrorAccessDenied); app-only needs the Mail.Send role (else 403 ErrorAccessDenied)
+    and acts as the mailbox in the URL. A From (JSON `from`, or the MIME From header) other than
+    that mailbox needs Send As, or Send on Behalf (then Exchange sets Sender to the one acting),
+    of the one acting (the signed-in user; for app-only the URL's mailbox) on the From address,
+    else "403 ErrorSendAsDenied: The user account which was used to submit this request does not
+    have the right to send mail on behalf of the specified sending account., Cannot submit
+    message." (the wording of the user: sendMail reference's example and of Graph's answers).
+  - The MIME form (https://learn.microsoft.com/graph/outlook-send-mime-message): base64 of the
+    whole message with Content-Type text/plain; the recipients are its To, Cc and Bcc (the Bcc
+    header is not delivered: `recipients` lists them, `mime` keeps the request's message); no
+    saveToSentItems parameter exists for it, so a copy is always saved
+    (microsoftgraph/microsoft-graph-docs#18698); the request is limited to 4 MB like any other.
 
 Answered like Graph v1.0 (JSON errors {"error": {"code", "message", "innerError"}}, `request-id` and
 `client-request-id` headers on every response):
@@ -45,6 +77,11 @@ from tests.peers.tls import server_context
 
 GRAPH_RESOURCE = "https://graph.microsoft.com"
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+GRAPH_ROOTS = {"global": GRAPH_RESOURCE, "gcc_high": "https://graph.microsoft.us",
+               "dod": "https://dod-graph.microsoft.us", "china": "https://microsoftgraph.chinacloudapi.cn"}
+NO_PERMISSIONS = "Either scp or roles claim need to be present in the token."
+SEND_AS_DENIED = ("The user account which was used to submit this request does not have the right to send mail on "
+                  "behalf of the specified sending account., Cannot submit message.")
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
 MAX_INTERNET_HEADERS = 5
 DEFAULT_USERS = {"sender@example.test": {"id": "5f0c8a2e-7b1d-4c3e-9a6f-2d8e1b4c7a90", "displayName": "Sender"}}
@@ -60,6 +97,7 @@ HEADER_COUNT_MESSAGE = "Maximum number of headers in one message should be less 
 
 USER_READ_OTHERS = {"user.readbasic.all", "user.read.all", "user.readwrite.all", "directory.read.all",
                     "directory.readwrite.all"}
+USER_READ_OWN = {"user.read", "user.readwrite", *USER_READ_OTHERS}
 MESSAGE_PROPERTIES = {
     "attachments", "bccRecipients", "body", "bodyPreview", "categories", "ccRecipients", "changeKey",
     "conversationId", "conversationIndex", "createdDateTime", "extensions", "flag", "from",
@@ -91,7 +129,9 @@ class GraphSentMail:
     sub: str                     # the token's sub (user name, or client id for app-only)
     client_id: str | None
     app_only: bool
-
+    recipients: list[str] = None  # every recipient (To, Cc, Bcc), as Exchange delivers to them
+    sender: str | None = None    # the Sender Exchange sets when someone sends on behalf of the From
+    raw: bytes | None = None     # the MIME request's message bytes, as decoded
 
 class GraphError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
@@ -257,8 +297,9 @@ def _unknown_segment(rest: list[str]) -> str:
 class GraphPeer:
     """The Graph service; see the module docstring. `users` maps userPrincipalName -> {"id", "displayName", ...}."""
 
-    def __init__(self, verifier, users: dict | None = None, context=None):
+    def __init__(self, verifier, users: dict | None = None, context=None, cloud: str = "global"):
         self.verifier = verifier
+        self.cloud = cloud
         self.users = [self._user_record(upn, info) for upn, info in (DEFAULT_USERS if users is None else users).items()]
         self.requests: list[PeerRequest] = []
         self.sent: list[GraphSentMail] = []
@@ -284,7 +325,12 @@ class GraphPeer:
     @staticmethod
     def _user_record(upn: str, info: dict) -> dict:
         return {"id": str(uuid.uuid5(uuid.NAMESPACE_DNS, upn.lower())), "displayName": upn.partition("@")[0],
-                "mail": upn, "userPrincipalName": upn, **info}
+                "mail": upn, "userPrincipalName": upn, "send_as": [], "send_on_behalf": [], "full_access": [], **info}
+
+    def grant(self, mailbox: str, right: str, principal: str) -> None:
+        """Exchange's Add-RecipientPermission (send_as), Set-Mailbox -GrantSendOnBehalfTo (send_on_behalf) or
+        Add-MailboxPermission (full_access): `principal` gets `right` on `mailbox`."""
+        self.find_user(mailbox)[right].append(principal)
 
     def find_user(self, key: str | None) -> dict | None:
         """A user by id or userPrincipalName (case-insensitive), like /users/{id | userPrincipalName}."""
@@ -364,6 +410,8 @@ class GraphPeer:
             raise self._unauthenticated("Access token has expired or is not yet valid.")
         if not self._audience_ok(claims.get("aud")):
             raise self._unauthenticated("Invalid audience.")
+        if not self.roles(claims) and not self.scopes(claims):
+            raise GraphError(401, "AccessDenied", NO_PERMISSIONS, {"WWW-Authenticate": WWW_AUTHENTICATE})
         return claims
 
     @staticmethod
@@ -371,29 +419,34 @@ class GraphPeer:
         return GraphError(401, "InvalidAuthenticationToken", message, {"WWW-Authenticate": WWW_AUTHENTICATE})
 
     def _audience_ok(self, aud) -> bool:
-        if not aud:
-            return True
-        accepted = {GRAPH_RESOURCE, GRAPH_RESOURCE + "/", GRAPH_APP_ID, self.url, self.url + "/"}
-        return any(a in accepted for a in ([aud] if isinstance(aud, str) else aud))
+        root = GRAPH_ROOTS[self.cloud]
+        accepted = {root, root + "/", GRAPH_APP_ID, self.url, self.url + "/"}
+        return any(a in accepted for a in ([aud] if isinstance(aud, str) else aud or []))
 
     def scopes(self, claims: dict) -> set[str]:
-        """Delegated scopes, lower-cased, without a resource prefix (https://graph.microsoft.com/Mail.Send)."""
-        prefixes = (GRAPH_RESOURCE + "/", self.url + "/", GRAPH_APP_ID + "/")
+        """Delegated scopes, lower-cased, without a resource prefix (https://graph.microsoft.com/Mail.Send);
+        an app-only token's scope (the /.default it asked for) is none."""
+        if self.app_only(claims):
+            return set()
+        prefixes = (GRAPH_ROOTS[self.cloud] + "/", self.url + "/", GRAPH_APP_ID + "/")
         names = set()
         for scope in (claims.get("scope") or "").split():
             for prefix in prefixes:
                 scope = scope[len(prefix):] if scope.lower().startswith(prefix.lower()) else scope
             names.add(scope.lower())
-        return names
+        return names - {"openid", "profile", "email", "offline_access"}
 
     @staticmethod
     def roles(claims: dict) -> set[str]:
         return {role.lower() for role in claims.get("roles") or []}
 
+    def app_only(self, claims: dict) -> bool:
+        return bool(self.roles(claims)) or claims.get("grant_type") == "client_credentials"
+
     def _target(self, claims: dict, key: str | None, missing) -> dict:
         """The user named in the path, or the token's own user for /me."""
         if key is None:
-            if self.roles(claims):
+            if self.app_only(claims):
                 raise GraphError(400, "BadRequest", "/me request is only valid with delegated authentication flow.")
             key = claims.get("sub")
         user = self.find_user(key)
@@ -419,11 +472,9 @@ class GraphPeer:
         return Response(json.dumps(body), status=200, content_type=ODATA_JSON)
 
     def _may_read(self, claims: dict, user: dict) -> bool:
-        roles = self.roles(claims)
-        if roles:
-            return bool(roles & {"user.read.all", "user.readbasic.all", "directory.read.all", "user.readwrite.all",
-                                 "directory.readwrite.all"})
-        return self._is_own(claims, user) or bool(self.scopes(claims) & USER_READ_OTHERS)
+        if self.app_only(claims):
+            return bool(self.roles(claims) & USER_READ_OTHERS)
+        return bool(self.scopes(claims) & (USER_READ_OWN if self._is_own(claims, user) else USER_READ_OTHERS))
 
     # --- POST /users/{id}/sendMail and /me/sendMail ----------------------------------------------------------------
 
@@ -433,29 +484,60 @@ class GraphPeer:
             404, "ErrorInvalidUser", f"The requested user '{k}' is invalid."))
         if not self._may_send(claims, user):
             raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        raw = None
         if request.mimetype == "text/plain":
-            body, mime, save = None, self._mime_body(), True
+            (mime, raw), body, save = self._mime_body(), None, True  # MIME has no saveToSentItems: always saved
         elif request.mimetype == "application/json":
             body, mime, save = self._json_body(user)
         else:
             raise GraphError(415, "UnsupportedMediaType", "Content-Type must be 'application/json' for JSON or "
                              "'text/plain' for base64-encoded MIME content.")
+        sender = self._check_from(claims, user, mime)
+        recipients = [address for field in ("To", "Cc", "Bcc")
+                      for _, address in getaddresses([str(v) for v in mime.get_all(field, [])]) if address]
         self.sent.append(GraphSentMail(mailbox=user["userPrincipalName"], json=body, mime=mime,
                                        save_to_sent_items=save, sub=claims.get("sub"),
-                                       client_id=claims.get("client_id"), app_only=bool(self.roles(claims))))
+                                       client_id=claims.get("client_id"), app_only=self.app_only(claims),
+                                       recipients=recipients, sender=sender, raw=raw))
         return Response(status=202)
 
+    def acting(self, claims: dict, user: dict) -> str:
+        """Who Exchange checks the From against: the signed-in user, or for app-only the URL's mailbox."""
+        if self.app_only(claims):
+            return user["userPrincipalName"]
+        own = self.find_user(claims.get("sub"))
+        return own["userPrincipalName"] if own else str(claims.get("sub") or "")
+
+    @staticmethod
+    def _has(user: dict, right: str, principal: str) -> bool:
+        return principal.lower() in {p.lower() for p in user.get(right, [])}
+
     def _may_send(self, claims: dict, user: dict) -> bool:
-        roles = self.roles(claims)
-        if roles:
-            return "mail.send" in roles
+        if self.app_only(claims):
+            return "mail.send" in self.roles(claims)
         scopes = self.scopes(claims)
         if self._is_own(claims, user):
             return bool(scopes & {"mail.send", "mail.send.shared"})
-        return "mail.send.shared" in scopes
+        principal = self.acting(claims, user)
+        return "mail.send.shared" in scopes and any(self._has(user, right, principal)
+                                                     for right in ("send_as", "send_on_behalf", "full_access"))
+
+    def _check_from(self, claims: dict, user: dict, mime: EmailMessage) -> str | None:
+        """ErrorSendAsDenied unless the one acting may send as the From; the Sender when on behalf."""
+        found = getaddresses([str(v) for v in mime.get_all("From", [])])
+        author = (found[0][1] if found else "") or user["mail"]
+        principal = self.acting(claims, user)
+        if author.lower() == principal.lower():
+            return None
+        target = self.find_user(author)
+        if target is not None and self._has(target, "send_as", principal):
+            return None
+        if target is not None and self._has(target, "send_on_behalf", principal):
+            return principal
+        raise GraphError(403, "ErrorSendAsDenied", SEND_AS_DENIED)
 
     @staticmethod
-    def _mime_body() -> EmailMessage:
+    def _mime_body() -> tuple[EmailMessage, bytes]:
         compact = re.sub(rb"\s+", b"", request.get_data())
         try:
             data = base64.b64decode(compact, validate=True)
@@ -466,7 +548,7 @@ class GraphPeer:
         mime = BytesParser(policy=policy.default).parsebytes(data)
         fields = [str(value) for field in ("To", "Cc", "Bcc") for value in mime.get_all(field, [])]
         _check_resolvable([address for _, address in getaddresses(fields)])
-        return mime
+        return mime, data
 
     def _json_body(self, user: dict) -> tuple[dict, EmailMessage, bool]:
         try:
@@ -499,16 +581,18 @@ class GraphPeer:
         headers = _internet_headers(message)
         _check_resolvable([address for field in ("toRecipients", "ccRecipients", "bccRecipients")
                            for _, address in recipients[field]])
-        return build_mime(message, sender, recipients, headers, importance, html, str(content_body.get("content") or ""))
+        content = str(content_body.get("content") or "")
+        return build_mime(message, sender, recipients, headers, importance, html, content)
 
 
 @pytest.fixture
 def graph_peer(test_ca):
-    """Factory: graph_peer(verifier, users={upn: {"id", "displayName"}}) -> GraphPeer, stopped at teardown."""
+    """Factory: graph_peer(verifier, users={upn: {"id", "displayName", "send_as", ...}}, cloud="global") -> GraphPeer,
+    stopped at teardown."""
     started: list[GraphPeer] = []
 
-    def start(verifier, users: dict | None = None) -> GraphPeer:
-        peer = GraphPeer(verifier, users, server_context(test_ca))
+    def start(verifier, users: dict | None = None, cloud: str = "global") -> GraphPeer:
+        peer = GraphPeer(verifier, users, server_context(test_ca), cloud)
         started.append(peer)
         return peer
 

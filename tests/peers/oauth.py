@@ -1,4 +1,6 @@
-"""Pytest plugin: a real OAuth 2.0 authorization server (authlib) over HTTPS on 127.0.0.1.
+"""Pytest plugin: a real OAuth 2.0 authorization server (authlib) over HTTPS on 127.0.0.1
+(or over plain HTTP: the `http_oauth_server` fixture, a local authorization server such as
+a developer's Keycloak on http://localhost, which Mailroom accepts on this machine).
 
 It plays Microsoft's identity platform and Google's token endpoint for the tests:
 authorization code with PKCE (S256 required), refresh tokens that rotate,
@@ -19,10 +21,11 @@ Until the plugin is registered, import the fixtures into the test module:
         oauth_server.requests   # every token-endpoint request: {grant_type, client_id, tenant, scope,
                                 #   outcome ("ok" or the error code), status, error_description}
         oauth_server.consents   # approvals: {username, client_id, scope, tenant} (admin consent too)
-        oauth_server.revoke_grant(username, client_id=None), .expire_access_tokens(),
+        oauth_server.revoke_grant(username, client_id=None, keep_access_tokens=False), .expire_access_tokens(),
         oauth_server.grant_admin_consent(client_id), .revoke_admin_consent(client_id)
         oauth_server.access_token_lifetime = 3600, .issue_iss = True, .rotate_refresh_tokens = True,
-        oauth_server.known_tenants = set(), .code_lifetime = 60
+        oauth_server.known_tenants = set(), .code_lifetime = 60, .withheld_scopes = set(), .cloud = "global",
+        .clock_offset = 0
 
     service_account_key(oauth_server, client_email=..., subjects=..., scopes=...)
         -> the dict of a Google service-account key file whose token_uri is this server
@@ -65,6 +68,42 @@ is refused with AADSTS28000 (bare scopes other than openid/profile/email/
 offline_access count as Microsoft Graph there). A refresh request may narrow the
 scope to any part of what the user consented to. Refresh tokens do not expire;
 authorization codes live `code_lifetime` (60) seconds.
+
+Granting less than asked (`withheld_scopes`): RFC 6749 3.3 lets a server "fully or
+partially ignore the scope requested" and then name the issued scope in the token
+response, as Keycloak does with a scope not assigned to the client, or Okta and Auth0
+with `offline_access` while still issuing a refresh token under their own policy. The
+scopes in `withheld_scopes` are left out of what a consent grants (the code, the token
+response's `scope`, introspection); a refresh token is still issued when offline access
+was asked for. A refresh that asks for a withheld scope is refused with invalid_scope,
+as RFC 6749 6 requires ("MUST NOT include any scope not originally granted"); a refresh
+without `scope` gets what was granted.
+
+`authorization_response_iss_parameter_supported` in the metadata follows `issue_iss`
+(RFC 9207 2.3: a server that says so sends `iss` in every authorization response).
+
+Faithful to Entra ID and Google where they differ from a textbook server:
+  - `cloud` ("global", "gcc_high", "dod", "china"): the Microsoft cloud whose login authority
+    this server plays. A scope naming a Microsoft resource of another cloud (Exchange or Graph
+    of GCC High, DoD or China at the global authority, and so on) is refused on the tenant
+    paths with invalid_resource AADSTS500011, at the authorization and the token endpoint,
+    as Entra does (https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+    GCC High and DoD share one authority (login.microsoftonline.us) and so each other's
+    resources. On the tenant paths a token for bare (Graph) scopes has aud
+    00000003-0000-0000-c000-000000000000, Graph's application ID, as Entra's v2 tokens do.
+  - Client credentials before admin consent: Entra issues a token all the same, without a
+    `roles` claim (the app has no application permission yet); the resource then refuses it
+    ("Either scp or roles claim need to be present in the token." at Graph). So does this
+    server: `roles` are the client's app_roles only after grant_admin_consent().
+  - The token answers of client credentials (Entra: token_type, expires_in, access_token;
+    https://learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow) and
+    of Google's JWT bearer grant (access_token, expires_in, token_type;
+    https://developers.google.com/identity/protocols/oauth2/service-account) carry no `scope`.
+  - A declined admin consent redirects with error=permission_denied and "The admin canceled
+    the request" (the client credentials flow's documented error response).
+  - register_client(..., auth_methods=("client_secret_basic",)): a client that may authenticate
+    only with HTTP Basic (RFC 6749 2.3.1), as some servers configure it; a client_secret_post
+    request is then invalid_client.
 """
 import hmac
 import html
@@ -109,6 +148,16 @@ from tests.peers.https import HttpsPeer
 from tests.peers.tls import server_context
 
 JWT_BEARER = JWTBearerGrant.GRANT_TYPE
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+# The Microsoft resources each login authority knows (Graph and Exchange Online of its clouds):
+# https://learn.microsoft.com/graph/deployments and Microsoft's CSS-Exchange Get-CloudServiceEndpoint.ps1
+AUTHORITY_OF_CLOUD = {"global": "global", "gcc_high": "us_government", "dod": "us_government", "china": "china"}
+MICROSOFT_RESOURCES = {
+    "global": {"https://graph.microsoft.com", "https://outlook.office365.com", "https://outlook.office.com"},
+    "us_government": {"https://graph.microsoft.us", "https://dod-graph.microsoft.us", "https://outlook.office365.us",
+                      "https://outlook-dod.office365.us"},
+    "china": {"https://microsoftgraph.chinacloudapi.cn", "https://partner.outlook.cn"},
+}
 DEFAULT_GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 GENERIC_TENANTS = {"common", "organizations", "consumers"}
 NON_RESOURCE_SCOPES = {"openid", "profile", "email", "offline_access"}
@@ -149,12 +198,17 @@ NOT_DEFAULT_SCOPE = ("AADSTS1002012: The provided value for scope {scope} is not
                      "credential flows must have a scope value with /.default suffixed to the "
                      "resource identifier (application ID URI).")
 SCOPE_NOT_GRANTED = "AADSTS65001: The user or administrator has not consented to use the scope {scope}."
-NO_ADMIN_CONSENT = ("AADSTS65001: The user or administrator has not consented to use the application "
-                    "with ID '{client_id}'.")
+# RFC 6749 5.2's own words for invalid_scope (what Keycloak-like servers answer)
+SCOPE_EXCEEDS_GRANT = ("The requested scope is invalid, unknown, malformed, or exceeds the scope granted "
+                       "by the resource owner: {scope}.")
 NO_TENANT = ("AADSTS50059: No tenant-identifying information found in either the request or implied "
              "by any provided credentials.")
 USER_DENIED = "The user denied the request."
-ADMIN_DECLINED = "AADSTS65004: User declined to consent to access the app."
+ADMIN_CANCELED = "The admin canceled the request"
+OTHER_CLOUD = ("AADSTS500011: The resource principal named {resource} was not found in the tenant named {tenant}. "
+               "This can happen if the application has not been installed by the administrator of the tenant or "
+               "consented to by any user in the tenant. You might have sent your authentication request to the "
+               "wrong tenant.")
 SILENT_SIGN_IN = "AADSTS50058: A silent sign-in request was sent but no user is signed in."
 WRONG_LOGIN = "Wrong username or password."
 # Google (oauth2.googleapis.com) for the JWT bearer grant
@@ -187,8 +241,11 @@ def scope_resource(scope: str) -> str | None:
     return None
 
 
-def delegated_audience(scope: str) -> str | None:
+def delegated_audience(scope: str, microsoft: bool = False) -> str | None:
+    """The resource of the URL-shaped scopes; on Microsoft's paths bare scopes are Graph's (its app ID)."""
     resources = {scope_resource(s) for s in scope_list(scope)} - {None}
+    if microsoft and not resources and set(scope_list(scope)) - NON_RESOURCE_SCOPES:
+        return GRAPH_APP_ID
     return resources.pop() if len(resources) == 1 else None
 
 
@@ -238,6 +295,7 @@ class Client(ClientMixin):
     app_roles: frozenset[str] = frozenset()
     grant_types: tuple[str, ...] = DEFAULT_GRANT_TYPES
     admin_consented: bool = False
+    auth_methods: tuple[str, ...] = tuple(CLIENT_AUTH_METHODS)
 
     def get_client_id(self):
         return self.client_id
@@ -260,7 +318,7 @@ class Client(ClientMixin):
         return hmac.compare_digest(self.client_secret.encode(), client_secret.encode())
 
     def check_endpoint_auth_method(self, method, endpoint):
-        return method in CLIENT_AUTH_METHODS
+        return method in self.auth_methods
 
     def check_response_type(self, response_type):
         return response_type == "code" and "authorization_code" in self.grant_types
@@ -413,7 +471,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
         super().validate_token_request()
         granted = self.request.authorization_code.scope
         requested = self.request.payload.scope or granted
-        check_within(requested, granted)
+        check_within(requested, granted, self.server.peer.withheld_scopes)
         check_one_resource(self.request, requested)
         self.request.token_scope = requested
 
@@ -433,10 +491,10 @@ class RefreshTokenGrant(grants.RefreshTokenGrant):
         return self.server.peer._user(refresh_token.username)
 
     def _validate_token_scope(self, token):
-        check_within(self.request.payload.scope, token.get_scope())
+        check_within(self.request.payload.scope, token.get_scope(), self.server.peer.withheld_scopes)
 
     def issue_token(self, user, refresh_token):
-        scope = self.request.payload.scope or refresh_token.scope
+        scope = self.request.payload.scope or refresh_token.grant_scope  # RFC 6749 6: omitted, as granted
         check_one_resource(self.request, scope)
         return self.generate_token(user=user, scope=scope,
                                    include_refresh_token=self.server.peer.rotate_refresh_tokens)
@@ -453,11 +511,6 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         if (getattr(self.request, "tenant", None) or "").lower() in GENERIC_TENANTS:
             raise InvalidRequestError(NO_TENANT)
         check_app_only_scope(self.request.payload.scope)
-
-    def validate_token_request(self):
-        super().validate_token_request()
-        if not self.request.client.admin_consented:
-            raise InvalidGrantError(NO_ADMIN_CONSENT.format(client_id=self.request.client.client_id))
 
 
 class ServiceAccountGrant(JWTBearerGrant):
@@ -493,7 +546,7 @@ class ServiceAccountGrant(JWTBearerGrant):
     def verify_claims(self, claims):
         if claims.get("aud") not in self.get_audiences():
             raise InvalidGrantError(JWT_AUDIENCE.format(aud=self.get_audiences()[0]))
-        iat, exp, now = claims.get("iat"), claims.get("exp"), time.time()
+        iat, exp, now = claims.get("iat"), claims.get("exp"), time.time() + self.server.peer.clock_offset
         if not all(isinstance(v, (int, float)) for v in (iat, exp)):
             raise InvalidGrantError(JWT_LIFETIME)
         if exp - iat > self.MAX_LIFETIME or exp <= iat or exp < now - self.LEEWAY or iat > now + self.LEEWAY:
@@ -605,9 +658,12 @@ def check_app_only_scope(scope: str | None) -> None:
         raise InvalidScopeError(SEVERAL_RESOURCES.format(scope=safe(scope)))
 
 
-def check_within(requested: str | None, granted: str) -> None:
-    """A token request may ask for part of what was consented to (OpenID scopes always, as Microsoft)."""
-    extra = set(scope_list(requested)) - set(scope_list(granted)) - NON_RESOURCE_SCOPES
+def check_within(requested: str | None, granted: str, withheld: set[str] = frozenset()) -> None:
+    """A token request may ask for part of what was consented to (OpenID scopes always, as Microsoft,
+    unless the server withheld them)."""
+    extra = set(scope_list(requested)) - set(scope_list(granted)) - (NON_RESOURCE_SCOPES - set(withheld))
+    if extra & set(withheld):
+        raise InvalidScopeError(SCOPE_EXCEEDS_GRANT.format(scope=safe(" ".join(sorted(extra)))))
     if extra:
         raise InvalidScopeError(SCOPE_NOT_GRANTED.format(scope=safe(" ".join(sorted(extra)))))
 
@@ -686,7 +742,7 @@ def admin_consent_page(client_id: str, error: str | None = None) -> Response:
 class OAuthServer:
     """An authorization server on 127.0.0.1 over HTTPS (certificate from `ca`)."""
 
-    def __init__(self, ca: trustme.CA):
+    def __init__(self, ca: trustme.CA, tls: bool = True):
         self._lock = threading.RLock()
         self._users: dict[str, User] = {}
         self._clients: dict[str, Client] = {}
@@ -699,11 +755,14 @@ class OAuthServer:
         self.code_lifetime = 60
         self.issue_iss = True
         self.rotate_refresh_tokens = True
+        self.withheld_scopes: set[str] = set()
+        self.cloud = "global"
+        self.clock_offset = 0.0  # seconds this server's clock is ahead: a client whose clock is off, seen from here
         self.requests: list[dict] = []
         self.consents: list[dict] = []
         self.ca_pem = ca.cert_pem.bytes().decode()
         self._authlib = AuthlibServer(self)
-        self._http = HttpsPeer(self._build_app(), server_context(ca))
+        self._http = HttpsPeer(self._build_app(), server_context(ca) if tls else None)
         self.issuer = self._http.url
         self.port = self._http.port
         self.authorize_url = f"{self.issuer}/authorize"
@@ -726,9 +785,10 @@ class OAuthServer:
 
     def register_client(self, client_id: str, client_secret: str, redirect_uris: list[str],
                         scopes: set[str] | None = None, app_roles: set[str] = frozenset(),
-                        grant_types=DEFAULT_GRANT_TYPES) -> Client:
+                        grant_types=DEFAULT_GRANT_TYPES, auth_methods=tuple(CLIENT_AUTH_METHODS)) -> Client:
         client = Client(client_id, client_secret, list(redirect_uris),
-                        None if scopes is None else set(scopes), frozenset(app_roles), tuple(grant_types))
+                        None if scopes is None else set(scopes), frozenset(app_roles), tuple(grant_types),
+                        auth_methods=tuple(auth_methods))
         with self._lock:
             self._clients[client_id] = client
         return client
@@ -763,8 +823,12 @@ class OAuthServer:
                 return None
             return record.describe(self.issuer)
 
-    def revoke_grant(self, username: str, client_id: str | None = None) -> int:
-        """Revoke every token (and pending code) the user granted, to one client or all; returns a count."""
+    def revoke_grant(self, username: str, client_id: str | None = None, keep_access_tokens: bool = False) -> int:
+        """Revoke every token (and pending code) the user granted, to one client or all; returns a count.
+        keep_access_tokens: only the refresh tokens end, issued access tokens live until they expire
+        (Microsoft: a password change or a revoked session ends refresh tokens, while access tokens
+        "can't be revoked" and stay valid until expiry; Microsoft identity platform, "Refresh tokens"
+        and "Access tokens: token lifetime")."""
         def matches(item) -> bool:
             return ((item.username or "").lower() == username.lower()
                     and client_id in (None, item.client_id))
@@ -774,7 +838,7 @@ class OAuthServer:
                 code.revoked = True
             tokens = [t for t in self._access.values() if matches(t)]
             for token in tokens:
-                token.access_revoked = True
+                token.access_revoked = token.access_revoked or not keep_access_tokens
                 if token.refresh_status == "active":
                     token.refresh_status = "revoked"
             return len(tokens)
@@ -806,7 +870,7 @@ class OAuthServer:
             "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
             "revocation_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
-            "authorization_response_iss_parameter_supported": True,
+            "authorization_response_iss_parameter_supported": self.issue_iss,
         }
 
     # --- state used by the authlib grants ---
@@ -823,9 +887,10 @@ class OAuthServer:
     def _save_code(self, code: str, oauth_request) -> None:
         data = oauth_request.payload.data
         scope = oauth_request.scope
+        granted = " ".join(s for s in scope_list(scope) if s not in self.withheld_scopes)
         self._codes[code] = AuthorizationCode(
             code=code, client_id=oauth_request.client.client_id,
-            redirect_uri=oauth_request.payload.redirect_uri, scope=scope,
+            redirect_uri=oauth_request.payload.redirect_uri, scope=granted,
             username=oauth_request.user.username, code_challenge=data["code_challenge"],
             code_challenge_method=data["code_challenge_method"],
             offline="offline_access" in scope_list(scope) or data.get("access_type") == "offline",
@@ -878,10 +943,11 @@ class OAuthServer:
         grant_type = oauth_request.payload.grant_type
         client = oauth_request.client
         scope = token["scope"]
-        values = dict(sub=None, username=None, roles=[], aud=delegated_audience(scope),
+        tenant = getattr(oauth_request, "tenant", None)
+        values = dict(sub=None, username=None, roles=[], aud=delegated_audience(scope, microsoft=bool(tenant)),
                       grant_scope=scope, grant_id=None)
-        if grant_type == "client_credentials":
-            values.update(sub=client.client_id, roles=sorted(client.app_roles),
+        if grant_type == "client_credentials":  # no roles before admin consent, as Entra issues them
+            values.update(sub=client.client_id, roles=sorted(client.app_roles) if client.admin_consented else [],
                           aud=app_only_audience(scope))
         elif grant_type == JWT_BEARER:
             subject = oauth_request.assertion_claims.get("sub")
@@ -996,6 +1062,11 @@ class OAuthServer:
             if not error.redirect_uri:
                 return error_page(f"{error.error}: {error.get_error_description()}")
             return self._with_iss(self._authlib.handle_error_response(None, error))
+        other_cloud = self._other_cloud(request.values.get("scope"))
+        if other_cloud:
+            error = OAuth2Error(safe(other_cloud), error="invalid_resource", redirect_uri=grant.redirect_uri,
+                                state=request.values.get("state"))
+            return self._with_iss(self._authlib.handle_error_response(None, error))
         if request.values.get("prompt") == "none":
             error = OAuth2Error(SILENT_SIGN_IN, error="login_required", redirect_uri=grant.redirect_uri,
                                 state=request.values.get("state"))
@@ -1017,14 +1088,38 @@ class OAuthServer:
 
     def _token(self):
         problem = self._tenant_problem()
-        if problem:
-            response = jsonify(error="invalid_request", error_description=safe(problem))
+        other_cloud = self._other_cloud(request.form.get("scope"))
+        if problem or other_cloud:
+            error = "invalid_request" if problem else "invalid_resource"
+            response = jsonify(error=error, error_description=safe(problem or other_cloud))
             response.status_code = 400
             response.headers.update(JSON_HEADERS)
         else:
             response = self._authlib.create_token_response()
+        self._without_scope(response)
         self._log_token_request(response)
         return response
+
+    def _other_cloud(self, scope: str | None) -> str | None:
+        """AADSTS500011 when, on the tenant paths, a scope names a Microsoft resource of another cloud."""
+        if g.tenant is None:
+            return None
+        known = MICROSOFT_RESOURCES[AUTHORITY_OF_CLOUD[self.cloud]]
+        every = set().union(*MICROSOFT_RESOURCES.values())
+        for item in scope_list(scope):
+            resource = (scope_resource(item) or "").lower()
+            if resource in every and resource not in known:
+                return OTHER_CLOUD.format(resource=resource, tenant=g.tenant)
+        return None
+
+    @staticmethod
+    def _without_scope(response: Response) -> None:
+        """Entra's client credentials answer and Google's JWT bearer answer name no scope."""
+        if response.status_code != 200 or request.form.get("grant_type") not in ("client_credentials", JWT_BEARER):
+            return
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and body.pop("scope", None) is not None:
+            response.set_data(json.dumps(body))
 
     def _log_token_request(self, response: Response) -> None:
         form = request.form
@@ -1056,7 +1151,7 @@ class OAuthServer:
         action = request.form.get("action")
         state = request.values.get("state")
         if action == "cancel":
-            return redirect_to(redirect_uri, error="access_denied", error_description=ADMIN_DECLINED,
+            return redirect_to(redirect_uri, error="permission_denied", error_description=ADMIN_CANCELED,
                                state=state)
         if action != "accept":
             return error_page("The form was sent without choosing 'Accept' or 'Cancel'.")
@@ -1122,6 +1217,14 @@ def make_service_account_key(oauth_server: OAuthServer,
 def oauth_server(test_ca):
     """A fresh authorization server for this test, stopped at teardown."""
     server = OAuthServer(test_ca)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def http_oauth_server(test_ca):
+    """The same over plain HTTP on 127.0.0.1 (a local authorization server without TLS)."""
+    server = OAuthServer(test_ca, tls=False)
     yield server
     server.stop()
 

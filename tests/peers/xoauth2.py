@@ -7,6 +7,7 @@ checking every bearer token with the test authorization server (tests.peers.oaut
         peer.host, peer.port, peer.ca_pem, peer.kind == "xoauth2", peer.flavour, peer.required_scope
         peer.messages        # [OAuthMail(mail_from, rcpt_tos, message, data, user, token)]
         peer.auth_attempts   # [{"user", "accepted", "reason"}] for every AUTH XOAUTH2
+        peer.grant_full_access("app-client-id", "shared@example.test")  # Add-MailboxPermission -AccessRights FullAccess
 
 STARTTLS is required (certificate from the test CA for localhost/127.0.0.1),
 then AUTH (only XOAUTH2 is offered: PLAIN and LOGIN are switched off). The
@@ -15,10 +16,18 @@ initial response, or after an empty "334 " challenge.
 
 A token is accepted when oauth_server.introspect(token) says it is active and
   - delegated tokens (code/refresh/JWT bearer): `required_scope` is among its
-    scopes and its user (`username`, else `sub`) is the mailbox, case-insensitively;
+    scopes and its user (`username`, else `sub`) is the mailbox, case-insensitively,
+    or has FullAccess to it (flavour "microsoft");
   - app-only tokens (client credentials): its `aud` is the resource of
-    `required_scope` (outlook.office.com and outlook.office365.com count as one)
-    and its roles contain "SMTP.SendAsApp"; any mailbox is accepted.
+    `required_scope` (outlook.office.com and outlook.office365.com count as one),
+    its roles contain "SMTP.SendAsApp", and the app's service principal has
+    FullAccess to the mailbox.
+FullAccess is what Exchange Online wants, as Microsoft documents for SMTP AUTH with OAuth
+(https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth:
+"Register service principals in Exchange", then Add-MailboxPermission -User <service principal>
+-AccessRights FullAccess); without it Exchange answers 535 5.7.3 like any other refusal.
+For another cloud, pass its SMTP.Send scope as required_scope (GCC High:
+https://outlook.office365.us/SMTP.Send): a token for another cloud's Exchange is then refused.
 Refusals: flavour "microsoft" answers "535 5.7.3 Authentication unsuccessful";
 flavour "google" first sends Gmail's error challenge, 334 base64 of
 {"status":"401","schemes":"bearer","scope":"https://mail.google.com/"},
@@ -65,6 +74,14 @@ class XOAuth2Peer(Peer):
     flavour: str = "microsoft"
     required_scope: str = FLAVOURS["microsoft"]
     auth_attempts: list[dict] = field(default_factory=list)
+    full_access: dict[str, set[str]] = field(default_factory=dict)  # principal (user or client id) -> mailboxes
+
+    def grant_full_access(self, principal: str, mailbox: str) -> None:
+        """Exchange's Add-MailboxPermission -Identity <mailbox> -User <principal> -AccessRights FullAccess."""
+        self.full_access.setdefault(principal.lower(), set()).add(mailbox.lower())
+
+    def may_use(self, principal: str, mailbox: str) -> bool:
+        return mailbox.lower() in self.full_access.get(principal.lower(), set())
 
 
 @dataclass
@@ -127,11 +144,13 @@ class XOAuth2Handler(Recorder):
                 return f"app token for {info.get('aud')}, not {scope_resource(required)}"
             if APP_ROLE not in info.get("roles", []):
                 return f"app token without the {APP_ROLE} role"
+            if not self.peer.may_use(info.get("client_id") or "", user):
+                return f"the app {info.get('client_id')} has no FullAccess to {user}"
             return None
         if required not in info["scope"].split():
             return f"scope {required} not granted"
         owner = info.get("username") or info.get("sub") or ""
-        if owner.lower() != user.lower():
+        if owner.lower() != user.lower() and not (self.peer.flavour == "microsoft" and self.peer.may_use(owner, user)):
             return f"token belongs to {owner}, not {user}"
         return None
 

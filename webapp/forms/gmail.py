@@ -55,7 +55,9 @@ class ServiceAccountSection(Section):
                     description="The key file from Google Cloud (IAM → Service accounts → Keys → Add key → JSON).")
     scope = StringField("Scope", default=GMAIL_SEND, validators=[InputRequired(), Length(max=1000)],
                         description="Allow this scope for the service account's client ID in the Workspace admin "
-                                    "console (Security → API controls → Domain-wide delegation).")
+                                    "console (Security → API controls → Domain-wide delegation). With "
+                                    "gmail.settings.basic and gmail.metadata besides (space-separated, allowed there "
+                                    "too), Mailroom can check which From Gmail uses.")
 
 
 register_section(GmailSection, "connection")

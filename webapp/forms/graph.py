@@ -1,5 +1,5 @@
 """The Microsoft Graph section of the server form (registered into the connection part)."""
-from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField, TextAreaField
+from wtforms import EmailField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
 from ..mail.graph import GLOBAL_ENDPOINT, IMPORTANCES, parse_headers
@@ -23,14 +23,16 @@ class GraphSection(Section):
                                        "Authentication; with another provider, the Graph address its tokens "
                                        "are for.")
     shared_mailbox = EmailField("Send as (shared mailbox)", validators=[Optional(), email_address, Length(max=320)],
-                                description="Empty: mail goes out as the OAuth mailbox. A shared mailbox needs "
-                                            "the scope Mail.Send.Shared (delegated) or app-only access.")
+                                description="Empty: mail goes out from the OAuth mailbox. A shared mailbox needs "
+                                            "the scope Mail.Send.Shared and “Send As” on it (delegated), or "
+                                            "app-only access. Graph keeps a copy of every mail in its Sent Items.")
     importance = SelectField("Importance", default="normal",
-                             choices=[SelectChoice(value, value.capitalize()) for value in IMPORTANCES])
-    save_to_sent = BooleanField("Save a copy to Sent Items", default=True)
+                             choices=[SelectChoice(value, value.capitalize()) for value in IMPORTANCES],
+                             description="Written into every mail as its Importance header, unless the mail "
+                                         "has its own.")
     headers = TextAreaField("Custom headers", validators=[Length(max=2000), graph_headers],
-                            description="One per line, Name: value. Graph sends only headers whose names start "
-                                        "with X-, at most five.")
+                            description="One per line, Name: value, names starting with X-. Added to every mail "
+                                        "that has no header of that name.")
 
 
 register_section(GraphSection, "connection", "endpoints")  # "endpoints": its endpoint follows the cloud

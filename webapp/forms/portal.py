@@ -1,7 +1,7 @@
 from wtforms import BooleanField, EmailField, PasswordField, SelectChoice, SelectField, StringField
-from wtforms.validators import InputRequired, Length
+from wtforms.validators import InputRequired, Length, Optional
 
-from ..models import Role
+from ..models import DeliveryPolicy, Role
 from .base import BaseForm
 from .validators import base_url, email_address, slug
 
@@ -20,6 +20,18 @@ class PortalForm(BaseForm):
 
 class PortalSettingsForm(PortalForm):
     slug = None
+    delivery_policy = SelectField(
+        "Delivery policy", default=DeliveryPolicy.FAILOVER.value, choices=[
+            SelectChoice(DeliveryPolicy.FAILOVER.value, "Failover: the first enabled server; the next when it fails"),
+            SelectChoice(DeliveryPolicy.SPREAD.value, "Spread: messages shared across all enabled servers")],
+        description="Failover keeps to the order of the mail servers: the alternates take over while the primary "
+                    "server is unavailable, and the primary takes back as soon as it works. Spread shares the "
+                    "messages among every enabled server, each within its own limits.")
+    admin_address = EmailField(
+        "Admin mail address", validators=[Optional(), email_address, Length(max=320)],
+        description="Receives Mailroom's notices about this portal's mail: when mail goes via an alternate server "
+                    "and back, when mail is held, when a server needs re-authorization, and a daily summary of "
+                    "failures. Empty: no notices.")
 
 
 class MemberForm(BaseForm):

@@ -181,12 +181,14 @@ class OAuthSection(Section):
                                        "the app acts for).")
     client_id = StringField("Client ID", validators=[InputRequired(), Length(max=200)])
     client_secret = PasswordField("Client secret", validators=[Length(max=2000)],
-                                  description="The secret's Value (not its ID).")
+                                  description="The secret the authorization server issued for this client.")
     flow = SelectField("Flow", default=Flow.DELEGATED.value)
     authorize_url = StringField("Authorization URL", validators=[Length(max=2000), https_url])
     token_url = StringField("Token URL", validators=[InputRequired(), Length(max=2000), https_url])
     scope = StringField("Scope", validators=[InputRequired(), Length(max=1000)],
-                        description="Filled in for the provider, protocol and flow; “Default” puts it back.")
+                        description="Filled in for the provider, protocol and flow (for Other: sign-in and a "
+                                    "refresh token; add what your mail server wants in its tokens); “Default” "
+                                    "puts it back.")
 
     def __init__(self, *args, protocol: str = "smtp", **kwargs):
         super().__init__(*args, **kwargs)
@@ -198,6 +200,8 @@ class OAuthSection(Section):
         if self.provider.data != Provider.MICROSOFT:
             flows = tuple(f for f in flows if f == Flow.DELEGATED)
         self.flow.choices = [SelectChoice(f.value, FLOW_LABELS[f]) for f in flows]
+        if self.provider.data == Provider.MICROSOFT:  # Entra shows a secret's Value and its Secret ID
+            self.client_secret.description = "The secret's Value (not its Secret ID)."
 
     def validate_authorize_url(self, field) -> None:
         if self.flow.data == Flow.DELEGATED and not field.data:
@@ -245,6 +249,18 @@ class LimitsSection(Section):
                                    description="How many Validate runs and sample mails may talk to this "
                                                "server at once (per app process); beyond that Mailroom "
                                                "answers “busy, try again”.")
+    rate_per_minute = IntegerField(
+        "Send rate: messages per minute", validators=[Optional(), NumberRange(1, 100_000, "Enter 1 to 100,000, or "
+                                                                                        "leave it empty.")],
+        description="Empty: no limit. Mail beyond it waits for a later minute. Exchange Online takes 30 messages a "
+                    "minute per mailbox; the Gmail API 60 sends a minute per user (6,000 quota units, 100 per "
+                    "send). Microsoft Graph limits requests at once instead (4 per mailbox): set that as Max. "
+                    "concurrent connections.")
+    rate_per_day = IntegerField(
+        "Send rate: messages per day", validators=[Optional(), NumberRange(1, 10_000_000, "Enter 1 to 10,000,000, or "
+                                                                                         "leave it empty.")],
+        description="Empty: no limit. Google Workspace sends 2,000 messages a day per user (500 on a trial); "
+                    "Exchange Online 10,000 recipients a day per mailbox.")
 
 
 SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
@@ -496,7 +512,7 @@ KNOWN_PROVIDERS = frozenset(p.value for p in Provider)
 def providers_for(protocol: str) -> tuple[Provider, ...]:
     """The OAuth providers whose tokens the protocol's service accepts."""
     return getattr(TRANSPORTS.get(protocol), "oauth_providers", tuple(Provider))
-KNOWN_SCOPES = frozenset({*oauth.DEFAULT_SCOPES.values(),
+KNOWN_SCOPES = frozenset({*oauth.DEFAULT_SCOPES.values(), oauth.OTHER_SCOPE,
                           *(f"{graph}/.default" for _, graph in oauth.CLOUDS.values())})
 
 

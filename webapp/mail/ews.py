@@ -76,8 +76,11 @@ BUILDS = {"Exchange2019": Build(15, 2), "Exchange2016": Build(15, 1), "Exchange2
           "Exchange2013": Build(15, 0), "Exchange2010_SP2": Build(14, 2), "Exchange2010_SP1": Build(14, 1),
           "Exchange2010": Build(14, 0)}
 MECHANISMS = {"auto": "Automatic (Basic, or NTLM when the server asks)", "basic": "Basic", "ntlm": "NTLM"}
-# Exchange Online's EWS hosts (global, GCC High/DoD, China): EWS is being switched off there
-ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us", "partner.outlook.cn")
+# Exchange Online's EWS hosts (global, GCC High, DoD, China): EWS is being switched off there. The government
+# hosts: https://learn.microsoft.com/microsoft-365/enterprise/microsoft-365-u-s-government-gcc-high-endpoints and
+# .../microsoft-365-u-s-government-dod-endpoints (DoD: outlook-dod.office365.us, webmail.apps.mil)
+ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us", "outlook-dod.office365.us",
+                "webmail.apps.mil", "partner.outlook.cn")
 ONLINE_SUFFIXES = (".outlook.com",)
 ONLINE_WARNING = ("this is Exchange Online: Microsoft has been blocking EWS there since October 2026 (it is "
                   "switched off by April 2027), so mail through this URL will stop")
@@ -264,8 +267,7 @@ class EwsCall(ApiCall):
             except TimeoutError:
                 raise DeadlineExceeded("no TLS handshake in time") from None
             except (ssl.SSLError, OSError) as error:
-                raise StepFailed(f"no TLS connection with {self.host} port {port}: {http.reason(error)}",
-                                 "EWS needs HTTPS: check the address and the port") from None
+                raise _no_tls(self.host, port, error) from None
             finally:
                 sock.close()
             step.summary = f"connected to {self.host} port {port}, {step.summary}"
@@ -379,7 +381,7 @@ class EwsCall(ApiCall):
         offered = _schemes(response.headers.get("WWW-Authenticate", ""))
         diagnostics = response.headers.get("x-ms-diagnostics", "")
         self.last = {"status": status, "reason": reason, "offered": offered, "diagnostics": diagnostics,
-                     "codes": codes}
+                     "codes": codes, "content_type": (response.headers.get("Content-Type") or "").split(";")[0]}
 
     def record_request(self, request) -> None:
         parts = urlsplit(request.url)
@@ -430,6 +432,12 @@ class EwsCall(ApiCall):
             return StepFailed(f"there is no EWS at {self.url} (404 Not Found)",
                               "the address of EWS usually ends in /EWS/Exchange.asmx", details, code=status,
                               temporary=False)
+        if status == 200 and not self.last.get("content_type", "").endswith("xml"):
+            kind = self.last.get("content_type") or "no content type"
+            return StepFailed(f"{self.host} answered, but not as Exchange Web Services does (200 OK with {kind}, "
+                              "not a SOAP answer)",
+                              "check the Connect URL: it is the EWS address itself, usually "
+                              "https://<server>/EWS/Exchange.asmx", details, code=status, temporary=False)
         if isinstance(error, ews.TransportError) and "version" in str(error).lower():
             return StepFailed("the server did not answer like Exchange (no version information in its answer)",
                               "check that the address is the server's EWS address (…/EWS/Exchange.asmx)",
@@ -453,12 +461,29 @@ class EwsCall(ApiCall):
             details = [*details, ("The server offers", ", ".join(s.capitalize() if s != "ntlm" else "NTLM"
                                                                 for s in offered))]
         auth = self.config.auth
+        diagnostics = self.last.get("diagnostics", "")
+        if isinstance(auth, BearerAuth) and "no permissions" in diagnostics:
+            details = [*details, ("Exchange says", "the token contains no permissions")]
+            if self.app_only:
+                return StepFailed("Exchange refused the app's token: it carries no permission, so nobody has granted "
+                                  "admin consent yet (401 Unauthorized)",
+                                  "a tenant administrator grants admin consent to the app's full_access_as_app "
+                                  "permission (save the server, then Grant admin consent on its page), then try again",
+                                  details, code=401, credentials=True)
+            return StepFailed("Exchange refused the token: it carries no permission (401 Unauthorized)",
+                              "ask for EWS.AccessAsUser.All in the scope and authorize again", details, code=401,
+                              credentials=True)
         if isinstance(auth, BearerAuth):
-            return StepFailed("Exchange refused the access token (401 Unauthorized)",
-                              "re-authorize. The token must be for Exchange: the scope "
-                              "https://outlook.office365.com/EWS.AccessAsUser.All (delegated) or "
-                              "https://outlook.office365.com/.default (app-only); an on-premises Exchange accepts "
-                              "OAuth only when it is set up for it (hybrid modern authentication)", details, code=401)
+            if is_exchange_online(self.url):
+                hint = ("re-authorize. The token must be for Exchange Online of this cloud: the default scope "
+                        "(EWS.AccessAsUser.All delegated, /.default app-only, of outlook.office365.com or your "
+                        "cloud's Exchange)")
+            else:
+                hint = ("re-authorize. An Exchange on premises takes OAuth tokens only when it is set up for them "
+                        "(hybrid modern authentication), for its own address as the resource; otherwise use Basic "
+                        "or NTLM")
+            return StepFailed("Exchange refused the access token (401 Unauthorized)", hint, details, code=401,
+                              credentials=True)
         used = NTLM if self.auth_used == NTLM or auth.mechanism == "ntlm" else BASIC
         if used == BASIC and offered and "basic" not in offered and {"ntlm", "negotiate"} & set(offered):
             hint = "the server does not take Basic: choose the mechanism “NTLM” (or Automatic)"
@@ -466,7 +491,7 @@ class EwsCall(ApiCall):
             hint = ("check the username and the password; Exchange on premises usually wants DOMAIN\\user or "
                     "user@domain, and the account may be locked or its password expired")
         return StepFailed(f"Exchange refused the sign-in of {auth.username} with {_auth_label(used)} "
-                          "(401 Unauthorized)", hint, details, code=401)
+                          "(401 Unauthorized)", hint, details, code=401, credentials=True)
 
     def _forbidden(self, details) -> StepFailed:
         diagnostics = self.last.get("diagnostics", "")
@@ -478,7 +503,8 @@ class EwsCall(ApiCall):
                     "with admin consent" if self.app_only else
                     "delegated: ask for the scope https://outlook.office365.com/EWS.AccessAsUser.All and "
                     "authorize again")
-            return StepFailed("the token may not use EWS (403 Forbidden: not enough scope)", hint, details, code=403)
+            return StepFailed("the token may not use EWS (403 Forbidden: not enough scope)", hint, details, code=403,
+                              credentials=True)
         if is_exchange_online(self.url):
             return StepFailed("Exchange Online refuses EWS for this organization (403 Forbidden): Microsoft has been "
                               "blocking EWS in Exchange Online since October 2026", GRAPH_HINT, details, code=403)
@@ -517,8 +543,11 @@ class EwsCall(ApiCall):
                 "app-only tokens must impersonate the mailbox and delegated tokens must not: check that the flow "
                 "under Authentication matches the app's permissions (delegated EWS.AccessAsUser.All or app-only "
                 "full_access_as_app)", True),
-            "ErrorAccessDenied": (f"Exchange denied access ({code})",
-                                  "check the account's rights on the mailbox", True),
+            "ErrorAccessDenied": (f"{_who(self.config)} may not use the mailbox {mailbox} ({code})",
+                                  "an application access policy (or RBAC for Applications) in Exchange keeps the app "
+                                  "from this mailbox: the Exchange admin adds the mailbox to it" if self.app_only else
+                                  f"use the mailbox's own account, or have the Exchange admin give "
+                                  f"{_account(self.config)} Full Access on {mailbox} (Add-MailboxPermission)", True),
             "ErrorAccountDisabled": (f"the account is disabled ({code})", "enable the account, or use another one",
                                      True),
             "ErrorQuotaExceeded": (f"the mailbox {mailbox} is full ({code})",
@@ -534,7 +563,10 @@ class EwsCall(ApiCall):
         }
         if code in known:
             summary, hint, temporary = known[code]
-            return StepFailed(summary, hint, details, code=http_code, temporary=temporary)
+            # A right only an admin can grant, or a mailbox the settings name wrongly: every message would fail the
+            # same way until someone fixes the server's side, so the delivery queue holds the mail.
+            return StepFailed(summary, hint, details, code=http_code, temporary=temporary,
+                              credentials=code in ADMIN_FIXES)
         if status and status >= 500:
             return StepFailed(f"Exchange answered with a SOAP fault: {code}{': ' + text if text else ''}",
                               "try again later; if it persists, the Exchange admin can look it up in the server's "
@@ -561,6 +593,9 @@ class EwsCall(ApiCall):
         return details
 
 
+ADMIN_FIXES = frozenset({"ErrorNonExistentMailbox", "ErrorNameResolutionNoResults", "ErrorNameResolutionNoMailbox",
+                         "ErrorSendAsDenied", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied",
+                         "ErrorAccessDenied", "ErrorAccountDisabled", "ErrorInvalidExchangeImpersonationHeaderData"})
 MAILBOX_ERRORS = (ews.ErrorNonExistentMailbox, ews.ErrorNameResolutionNoResults, ews.ErrorNameResolutionNoMailbox,
                   ews.ErrorImpersonateUserDenied, ews.ErrorImpersonationDenied, ews.ErrorImpersonationFailed)
 
@@ -689,8 +724,32 @@ def _who(config) -> str:
     return "the app" if getattr(auth, "app_only", False) else f"the account {auth.username}"
 
 
+def _account(config) -> str:
+    return getattr(config.auth, "username", "") or "the account"
+
+
 def _auth_label(auth_type: str) -> str:
     return {BASIC: "Basic", NTLM: "NTLM", OAUTH2: "an OAuth 2.0 access token"}.get(auth_type, auth_type or "—")
+
+
+# OpenSSL's reasons when the other side does not speak TLS at all (plain HTTP, SMTP, ...)
+NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE",
+                     "PACKET_LENGTH_TOO_LONG", "UNEXPECTED_RECORD", "WRONG_SSL_VERSION"})
+
+
+def _no_tls(host: str, port: int, error: Exception) -> StepFailed:
+    """A failed TLS handshake in one sentence (never OpenSSL's text with its _ssl.c line)."""
+    reason = getattr(error, "reason", None) or ""
+    if reason in NOT_TLS:
+        return StepFailed(f"{host} port {port} does not speak TLS: it is not an HTTPS server (perhaps plain HTTP, "
+                          "or another service such as SMTP)",
+                          "EWS is HTTPS, usually on port 443: check the Connect URL's host and port", temporary=False)
+    if isinstance(error, ssl.SSLError):
+        words = reason.replace("_", " ").lower() if reason else "the server closed the connection"
+        return StepFailed(f"the TLS handshake with {host} port {port} failed ({words})",
+                          "EWS needs HTTPS with a current TLS version: check the address and the port")
+    return StepFailed(f"the TLS handshake with {host} port {port} failed ({http.reason(error)})",
+                      "EWS needs HTTPS: check the address and the port")
 
 
 def _throttled(back_off, details, status) -> StepFailed:

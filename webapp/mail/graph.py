@@ -3,38 +3,60 @@
 check(): the token (delegated Mail.Send / Mail.Send.Shared, or app-only /.default with the
 Mail.Send application permission), then the mailbox read with GET /users/{mailbox}. Graph
 lets nothing prove Mail.Send short of sending, so a token that may not read the mailbox's
-profile is a warning, not a failure; a missing mailbox or a refused token fail.
+profile is a warning, not a failure; a missing mailbox or a refused token fail. A From address
+other than the one who sends is a warning: Graph takes it only with Send As or Send on Behalf.
 
-send(): the message as Graph's JSON (subject, text body, recipients, reply-to,
-importance, the X- headers of the settings as internetMessageHeaders, the Message-ID);
-202 Accepted is success.
+send(): the stored message itself, in Graph's MIME form
+(https://learn.microsoft.com/graph/outlook-send-mime-message, and user: sendMail's "send a new
+message using MIME format"): the body of the POST is the base64 of the message's bytes with
+Content-Type text/plain; 202 Accepted is success. So HTML, attachments, the From, Reply-To and
+every header go as they do over SMTP, EWS and the Gmail API. What the MIME form implies:
+
+- Recipients are the message's To, Cc and Bcc; Exchange delivers the Bcc recipients without
+  the Bcc header, as it does for a message sent from Outlook.
+- Graph's JSON parameter saveToSentItems does not exist for MIME: a copy is always saved to
+  the mailbox's Sent Items (microsoftgraph/microsoft-graph-docs#18698), hence no setting for it.
+- A request is at most 4 MB (https://learn.microsoft.com/graph/outlook-large-attachments:
+  "Microsoft Graph has a 4-MB request size limit"); base64 makes 3 bytes 4, so the message may
+  have about 3 MB. A larger one is refused here, before anything is sent, for good.
+- The From is the message's own; Exchange checks that the one sending (the signed-in user, or
+  for app-only the mailbox in the URL) may send as it: else 403 ErrorSendAsDenied
+  (https://learn.microsoft.com/graph/outlook-send-mail-from-other-user).
+- The server's Importance and custom X- headers are written into the head of the message in
+  front of the stored bytes, only where the message has no header of that name: a function of
+  the stored message and this server's settings alone, so every attempt through this server
+  sends the same bytes. (JSON's internetMessageHeaders rules, X- names and at most five, are
+  the JSON form's; Mailroom keeps X- names so a server's settings never change the message's
+  own From, To or Subject.)
 """
+import base64
 import re
 from dataclasses import asdict, dataclass, fields
-from email.message import EmailMessage
+from email.header import Header
 from email.utils import getaddresses
 from urllib.parse import quote
 
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
-from .auth import AuthType
+from .auth import AuthType, BearerAuth
 from .envelope import Envelope
 from .oauth import CLOUDS, Cloud, Flow, Provider
-from .report import DeliveryError, Outcome, Receipt, Report, StepFailed, step_result
+from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
 from .transport import register
 
 GLOBAL_ENDPOINT = CLOUDS[Cloud.GLOBAL][1]
 IMPORTANCES = ("low", "normal", "high")
-MAX_HEADERS = 5
+IMPORTANCE_HEADER = {"low": "Low", "high": "High"}  # Exchange reads the Importance header (RFC 2156): Low, High
+MAX_REQUEST = 4 * 1024 * 1024  # bytes of one Graph request
+MAX_HEADER_LINE = 900  # RFC 5322 allows 998 characters a line; a value Mailroom cannot fold must fit
 HEADER_LINE = re.compile(r"^(X-[A-Za-z0-9-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)$", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
 class GraphSettings:
     graph_endpoint: str = GLOBAL_ENDPOINT  # the Graph root of the Microsoft cloud
-    shared_mailbox: str = ""  # send as this mailbox instead of the OAuth mailbox (Mail.Send.Shared / app-only)
-    save_to_sent: bool = True
+    shared_mailbox: str = ""  # send from this mailbox instead of the OAuth mailbox (Mail.Send.Shared / app-only)
     importance: str = "normal"
-    headers: str = ""  # "X-Name: value", one per line, at most five
+    headers: str = ""  # "X-Name: value", one per line
 
     @classmethod
     def from_dict(cls, values: dict) -> "GraphSettings":
@@ -55,6 +77,11 @@ class GraphSettings:
         return [{"name": m.group(1), "value": m.group(2).strip()}
                 for m in (HEADER_LINE.match(line.strip()) for line in self.headers.splitlines() if line.strip()) if m]
 
+    def added_headers(self) -> list[tuple[str, str]]:
+        """What this server writes into every message: its Importance (unless normal), then its headers."""
+        added = [("Importance", IMPORTANCE_HEADER[self.importance])] if self.importance in IMPORTANCE_HEADER else []
+        return added + [(header["name"], header["value"]) for header in self.header_list()]
+
 
 def _shown(line: str) -> str:
     return "".join(ch if ch.isprintable() else "�" for ch in line)
@@ -63,11 +90,29 @@ def _shown(line: str) -> str:
 def parse_headers(text: str) -> list[str]:
     """Errors of a custom-header list, in words (empty: fine)."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    errors = [f"“{_shown(line)}”: a header is written Name: value, its name starts with X- (Graph allows only "
-              "those) and its value holds no control characters" for line in lines if not HEADER_LINE.match(line)]
-    if len(lines) > MAX_HEADERS:
-        errors.append(f"Graph takes at most {MAX_HEADERS} custom headers; there are {len(lines)}")
+    errors = [f"“{_shown(line)}”: a header is written Name: value, its name starts with X- (Mailroom adds only "
+              "those, so no setting changes the message's own From, To or Subject) and its value holds no control "
+              "characters" for line in lines if not HEADER_LINE.match(line)]
+    errors += [f"“{_shown(line[:40])}…”: a header line is at most {MAX_HEADER_LINE} characters" for line in lines
+               if HEADER_LINE.match(line) and len(line) > MAX_HEADER_LINE]
     return errors
+
+
+def with_server_headers(raw: bytes, settings: GraphSettings) -> bytes:
+    """The stored message with the server's headers in front, where the message has none of that name."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    present = {line.split(b":", 1)[0].strip().lower() for line in head.split(b"\r\n")
+               if line[:1] not in (b" ", b"\t") and b":" in line}
+    added = b"".join(_header_line(name, value) for name, value in settings.added_headers()
+                     if name.lower().encode() not in present)
+    return added + raw
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """One header as RFC 5322 wants it: ASCII as it is, anything else as encoded words (folded)."""
+    if not value.isascii():
+        value = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {value}\r\n".encode("ascii")
 
 
 @register
@@ -85,31 +130,40 @@ class GraphTransport:
         with call:
             call.run("Token", lambda: call.bearer(may_send, GRANT_SEND))
             call.run("Mailbox", lambda: _read_mailbox(call))
+            if not _same(config.sender.address, sender_of(config)):
+                call.run("From", lambda: _from_warning(config))
         call.report.passed_summary = "Microsoft Graph accepts the token and knows the mailbox."
         return call.report
 
     def send(self, config, envelope: Envelope) -> Receipt:
         call = ApiCall(config)
-        message, message_id = envelope.message(), envelope.message_id
-        payload: dict = {}
+        body = bytearray()
 
-        def build():
-            payload.update(_payload(config, message, message_id))
-            count = sum(len(payload["message"][k]) for k in ("toRecipients", "ccRecipients", "bccRecipients"))
-            return step_result(f"{count} recipient(s); saved to Sent Items: "
-                               f"{'yes' if payload['saveToSentItems'] else 'no'}", [("Message-ID", str(message_id))])
+        def prepare() -> Step:
+            if not envelope.recipients:
+                raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address",
+                                 temporary=False)
+            mime = with_server_headers(envelope.raw, config.settings)
+            body.extend(base64.b64encode(mime))
+            if len(body) > MAX_REQUEST:
+                raise StepFailed(f"the message is {_megabytes(len(mime))}: Microsoft Graph takes at most 4 MB in one "
+                                 "request, which leaves about 3 MB for a message", "send it through a server of "
+                                 "another protocol (SMTP or EWS take more), or make it smaller", temporary=False)
+            return step_result(f"{len(envelope.recipients)} recipient(s), {_megabytes(len(mime))}, sent as MIME",
+                               [("Message-ID", envelope.message_id), ("From", _from_of(envelope)),
+                                ("Sent Items", "Graph keeps a copy of every message sent as MIME")])
 
         with call:
-            call.run("Message", build)
+            call.run("Message", prepare)
             call.run("Token", call.bearer)
-            call.run("sendMail", lambda: _send(call, payload))
+            call.run("sendMail", lambda: _send(call, bytes(body), _from_of(envelope)))
         if not call.report.ok:
             raise DeliveryError(call.report)
-        return Receipt(reply="202 Accepted", message_id=str(message_id), report=call.report,
+        return Receipt(reply="202 Accepted", message_id=envelope.message_id, report=call.report,
                        recipients=accepted_all(envelope, "202 Accepted"))
 
 
-GRANT_SEND = ("add the delegated permission Mail.Send (Mail.Send.Shared to send as a shared mailbox) to the app in "
+GRANT_SEND = ("add the delegated permission Mail.Send (Mail.Send.Shared to send from a shared mailbox) to the app in "
               "Microsoft Entra ID, put it in the scope, then authorize again")
 
 
@@ -126,64 +180,69 @@ def mailbox_of(config) -> str:
     return config.settings.shared_mailbox.strip() or config.auth.username
 
 
+def app_only(config) -> bool:
+    return isinstance(config.auth, BearerAuth) and config.auth.app_only
+
+
+def sender_of(config) -> str:
+    """Whom Exchange checks a From against: the signed-in user, or for app-only the mailbox in the URL."""
+    return mailbox_of(config) if app_only(config) else config.auth.username
+
+
+def _same(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
 def _users_url(config, suffix: str = "") -> str:
     return f"{config.settings.graph_endpoint.rstrip('/')}/v1.0/users/{quote(mailbox_of(config), safe='@')}{suffix}"
 
 
 def _read_mailbox(call: ApiCall):
-    response = call.request("GET", _users_url(call.config), "read the mailbox",
+    config = call.config
+    response = call.request("GET", _users_url(config), "read the mailbox",
                             params={"$select": "id,displayName,mail,userPrincipalName"})
     body = json_of(response)
     if response.status_code == 200:
         return step_result(f"the mailbox {body.get('mail') or body.get('userPrincipalName')} exists",
                            [("Display name", str(body.get("displayName") or "")), ("Id", str(body.get("id") or ""))])
     if response.status_code == 403 and _code(body) == "Authorization_RequestDenied":
-        return step_result("the token may not read the mailbox's profile: that needs User.Read.All, which sending "
-                           "does not; whether Mail.Send is granted shows only when a mail is sent",
-                           outcome=Outcome.WARNING,
-                           hint="send a sample mail to be sure; or grant User.Read.All to see the mailbox here")
-    raise explain(response, body, mailbox_of(call.config))
+        if app_only(config):
+            needs = "the application permission User.Read.All (or User.ReadBasic.All)"
+        elif _same(mailbox_of(config), config.auth.username):
+            needs = "the delegated permission User.Read in the scope"
+        else:
+            needs = "the delegated permission User.ReadBasic.All in the scope"
+        return step_result(f"the token may not read the mailbox's profile: that needs {needs}, which sending does "
+                           "not; whether the mail may go shows only when a mail is sent", outcome=Outcome.WARNING,
+                           hint=f"send a sample mail to be sure; or grant {needs} to see the mailbox here")
+    raise explain(response, body, config)
 
 
-def _payload(config, message: EmailMessage, message_id: str) -> dict:
-    body = {"message": {
-        "subject": str(message["Subject"] or ""),
-        "body": {"contentType": "Text", "content": _text(message)},
-        "toRecipients": _recipients(message, "To"), "ccRecipients": _recipients(message, "Cc"),
-        "bccRecipients": _recipients(message, "Bcc"), "replyTo": _recipients(message, "Reply-To"),
-        "importance": config.settings.importance if config.settings.importance in IMPORTANCES else "normal",
-        "internetMessageId": str(message_id),
-    }, "saveToSentItems": bool(config.settings.save_to_sent)}
-    headers = config.settings.header_list()
-    if headers:  # never an empty list: Graph refuses it
-        body["message"]["internetMessageHeaders"] = headers[:MAX_HEADERS]
-    if config.sender.name or config.settings.shared_mailbox:
-        body["message"]["from"] = {"emailAddress": {"address": config.sender.address, "name": config.sender.name}}
-    if not any(body["message"][k] for k in ("toRecipients", "ccRecipients", "bccRecipients")):
-        raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address", temporary=False)
-    return body
+def _from_warning(config) -> Step:
+    who, address = sender_of(config), config.sender.address
+    actor = f"the mailbox {who}" if app_only(config) else who
+    return step_result(f"mail goes out From {address}: Graph sends it only if {actor} has “Send As” or “Send on "
+                       f"Behalf” permission on {address} (else it refuses with ErrorSendAsDenied)",
+                       outcome=Outcome.WARNING, hint="send a sample mail to be sure; an Exchange admin grants the "
+                                                     "permission under the mailbox's delegation")
 
 
-def _send(call: ApiCall, body: dict):
-    response = call.request("POST", _users_url(call.config, "/sendMail"), "sendMail", json=body)
+def _send(call: ApiCall, body: bytes, author: str):
+    response = call.request("POST", _users_url(call.config, "/sendMail"), "sendMail", data=body,
+                            headers={"Content-Type": "text/plain"})
     if response.status_code == 202:
         return step_result("Microsoft Graph accepted the message for delivery (202 Accepted)")
-    raise explain(response, json_of(response), mailbox_of(call.config))
+    raise explain(response, json_of(response), call.config, author)
 
 
-def _recipients(message: EmailMessage, header: str) -> list[dict]:
-    values = [str(v) for v in message.get_all(header, [])]
-    return [{"emailAddress": {"address": address, **({"name": name} if name else {})}}
-            for name, address in getaddresses(values) if address]
+def _from_of(envelope: Envelope) -> str:
+    message = envelope.message()
+    found = getaddresses([str(v) for v in message.get_all("From", [])])
+    return found[0][1] if found and found[0][1] else envelope.mail_from
 
 
-def _text(message: EmailMessage) -> str:
-    part = message.get_body(("plain",)) if message.is_multipart() else message
-    return part.get_content() if part is not None else ""
-
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2] or "mailroom.invalid"
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB" if size >= 100 * 1024 else f"{max(1, round(size / 1024))} KB"
 
 
 def _code(body: dict) -> str:
@@ -191,37 +250,69 @@ def _code(body: dict) -> str:
     return str(error.get("code", "")) if isinstance(error, dict) else ""
 
 
-def explain(response, body: dict, mailbox: str) -> StepFailed:
-    """A Graph error in words, with what to do (Graph's own code and message kept in the details)."""
+def explain(response, body: dict, config, author: str = "") -> StepFailed:
+    """A Graph error in words, with what to do (Graph's own code and message kept in the details).
+    `credentials=True` where only an admin can fix the server's side (a token, a permission, a
+    consent, a mailbox): the delivery queue holds the mail instead of retrying it."""
     status, code = response.status_code, _code(body)
     message = str((body.get("error") or {}).get("message", "")) if isinstance(body.get("error"), dict) else ""
     details = [("Graph error", f"{status} {code}: {message}".strip())]
+    mailbox, author = mailbox_of(config), author or config.sender.address
+    if status == 401 and "scp or roles" in message:
+        if app_only(config):
+            return StepFailed("Microsoft Graph refused the app's token: it carries no permission, so nobody has "
+                              f"granted admin consent yet (401 {code})",
+                              "a tenant administrator grants admin consent (save the server, then Grant admin consent "
+                              "on its page; or Entra ID → the app → API permissions), then try again", details,
+                              code=status, credentials=True)
+        return StepFailed(f"Microsoft Graph refused the token: it carries no permission (401 {code})", GRANT_SEND,
+                          details, code=status, credentials=True)
+    if status == 401 and "audience" in message.lower():
+        return StepFailed(f"Microsoft Graph refused the token: it is for another service or cloud (401 {code})",
+                          "the Graph endpoint must be the Graph of the chosen Cloud, and the scope Graph's of that "
+                          "cloud (“Default” puts it back); then authorize again", details, code=status,
+                          credentials=True)
     if status == 401:
         return StepFailed(f"Microsoft Graph refused the token (401 {code})",
                           "re-authorize; check that the token is for Microsoft Graph (the scope Mail.Send or "
                           "https://graph.microsoft.com/.default) and that the Graph endpoint matches the cloud",
                           details, code=status, credentials=True)
+    if status == 403 and code == "ErrorSendAsDenied":
+        # Every message with this From fails through this server until an admin grants the right: hold it.
+        who = f"the mailbox {sender_of(config)}" if app_only(config) else sender_of(config)
+        return StepFailed(f"{who} may not send as {author} (403 ErrorSendAsDenied)",
+                          f"an Exchange admin gives {sender_of(config)} “Send As” (or “Send on Behalf”) permission on "
+                          f"{author} (Exchange admin center → Recipients → Mailboxes → {author} → Delegation); or "
+                          f"make the From address {sender_of(config)}", details, code=status, credentials=True)
     if status == 403:
-        return StepFailed(f"the app may not send as {mailbox} (403 {code})",
-                          "app-only: grant the Mail.Send application permission with admin consent (an "
-                          "application access policy may also restrict the mailboxes). Delegated: the consenting "
-                          "user can send only as themselves, unless the mailbox is shared with them and the scope "
-                          "is Mail.Send.Shared", details, code=status)
+        # A missing permission or consent: only an admin can fix it, for every message: hold the mail.
+        if app_only(config):
+            return StepFailed(f"the app may not send from {mailbox} (403 {code})",
+                              "grant the app the application permission Mail.Send with admin consent; an Exchange "
+                              "application access policy (or RBAC for Applications) may also keep it from this "
+                              "mailbox", details, code=status, credentials=True)
+        if _same(mailbox, config.auth.username):
+            return StepFailed(f"the token may not send mail from {mailbox} (403 {code})", GRANT_SEND, details,
+                              code=status, credentials=True)
+        return StepFailed(f"{config.auth.username} may not send from {mailbox} (403 {code})",
+                          f"the scope needs Mail.Send.Shared, and {config.auth.username} needs “Send As”, “Send on "
+                          f"Behalf” or Full Access on {mailbox}", details, code=status, credentials=True)
     if status == 404:
+        # The server's mailbox is wrong: every message would fail the same way until an admin fixes it: hold.
         return StepFailed(f"Microsoft Graph knows no mailbox {mailbox} (404 {code})",
                           "check the mailbox's address (its user principal name or object id)", details,
-                          code=status, temporary=False)
+                          code=status, temporary=False, credentials=True)
     if status == 429:
         wait = retry_after(response)
         return StepFailed(f"Microsoft Graph is throttling this app (429){' for ' + wait if wait else ''}",
                           f"try again {'after ' + wait if wait else 'in a minute'}: Graph limits how fast one app "
                           "may send from one mailbox", details, code=status, retry_after=retry_seconds(response))
     if status == 413:
-        return StepFailed("the message is larger than Graph accepts (about 4 MB)", "send a smaller message",
+        return StepFailed("the message is larger than Graph accepts (4 MB a request)", "send a smaller message",
                           details, code=status, temporary=False)
     if status == 400:
         return StepFailed(f"Microsoft Graph refused the message (400 {code}): {message}",
-                          "check the recipients and the custom headers (names must start with X-, at most five)",
-                          details, code=status, temporary=False)
+                          "check the recipients and the message", details, code=status, temporary=False)
     return StepFailed(f"Microsoft Graph answered {status} {code}".strip(), "try again later; if it persists, see "
-                      "the details", details, code=status, temporary=status >= 500)
+                      "the details", details, code=status, temporary=status >= 500 or status == 408,
+                      retry_after=retry_seconds(response))

@@ -11,7 +11,10 @@ the blind recipients. smtp.send() reads To/Cc/Bcc for RCPT TO and removes Bcc
 from the copy it transmits (see smtp_steps.prepare); the caller's message is never
 changed.
 """
-from collections.abc import Iterable
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy as email_policy
 from email.header import Header
@@ -135,3 +138,143 @@ def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+# -- messages handed in (the outbox): html, attachments, reply-to, the submitter's own headers ----------
+
+@dataclass(frozen=True)
+class Mailbox:
+    """An address as given (display name apart) for compose()."""
+    address: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str  # "application/pdf"
+    content: bytes
+
+
+# Headers Mailroom writes itself (or that describe the MIME structure it builds): a submitter's
+# headers may not set them. Resent-* and trace headers are a relay's to write, not a submitter's.
+RESERVED_HEADERS = frozenset({
+    "from", "sender", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version",
+    "return-path", "received", "content-type", "content-transfer-encoding", "content-disposition",
+    "content-id", "content-description", "content-length", "content-location", "content-base",
+})
+HEADER_NAME = re.compile(r"[!-9;-~]{1,76}")  # RFC 5322 field-name: printable ASCII but ":", within a line
+CONTENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+
+
+def header_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a header a submitter sets, in words; None when it can."""
+    if not HEADER_NAME.fullmatch(name):
+        return "a header name is printable ASCII without spaces or “:” (e.g. X-Ticket-Id)"
+    lowered = name.lower()
+    if lowered in RESERVED_HEADERS or lowered.startswith(("content-", "resent-")):
+        return f"{name} is a header Mailroom sets itself"
+    return None
+
+
+def content_type_problem(content_type: str) -> str | None:
+    """Why an attachment cannot have this content type; None when it can."""
+    if not CONTENT_TYPE.fullmatch(content_type):
+        return "a content type looks like type/subtype (e.g. application/pdf)"
+    if content_type.lower().startswith(("multipart/", "message/")):
+        return (f"{content_type} parts cannot be attached as sent bytes; attach the file as "
+                "application/octet-stream")
+    return None
+
+
+def compose(
+    sender: Mailbox,
+    to: Sequence[Mailbox],
+    subject: str,
+    *,
+    text: str | None = None,
+    html: str | None = None,
+    cc: Sequence[Mailbox] = (),
+    bcc: Sequence[Mailbox] = (),
+    reply_to: Mailbox | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    attachments: Sequence[Attachment] = (),
+    now: datetime | None = None,
+) -> EmailMessage:
+    """A message as submitted: text/plain, text/html, or both as multipart/alternative; with
+    attachments, multipart/mixed. ValueError for a line break in a header, a header Mailroom sets
+    itself, something that is not an address, or neither text nor html."""
+    if text is None and html is None:
+        raise ValueError("a message needs a text or an html body")
+    people = {"To": list(to), "Cc": list(cc), "Bcc": list(bcc)}
+    _reject_line_breaks(subject, sender.address, sender.name, *(
+        value for mailbox in (*sum(people.values(), []), *([reply_to] if reply_to else []))
+        for value in (mailbox.address, mailbox.name)), *(value for pair in headers for value in pair))
+    _reject_controls(subject, sender.name, *(value for _, value in headers),
+                     *(mailbox.name for mailbox in (*sum(people.values(), []), *([reply_to] if reply_to else []))))
+    for name, _ in headers:
+        problem = header_name_problem(name)
+        if problem:
+            raise ValueError(problem)
+    from_ = parse_address(sender.address, sender.name)
+    reply = parse_address(reply_to.address, reply_to.name) if reply_to else None
+    addresses = {field: [parse_address(m.address, m.name) for m in mailboxes] for field, mailboxes in people.items()}
+
+    message = EmailMessage(policy=_policy_for([from_, *([reply] if reply else []), *sum(addresses.values(), [])]))
+    _set_address(message, "From", from_)
+    if reply:
+        _set_address(message, "Reply-To", reply)
+    for field, values in addresses.items():
+        if values:
+            message[field] = values
+    _set_unstructured(message, "Subject", subject)
+    message["Date"] = format_datetime(_utc(now or datetime.now(timezone.utc)))
+    message["Message-ID"] = make_msgid(domain=ascii_domain(from_.domain))
+    for name, value in headers:
+        _set_unstructured(message, name, value)
+    _set_body(message, text, html)
+    for attachment in attachments:
+        problem = content_type_problem(attachment.content_type)
+        if problem or "\r" in attachment.filename or "\n" in attachment.filename:
+            raise ValueError(problem or "a file name may not contain line breaks")
+        maintype, _, subtype = attachment.content_type.partition("/")
+        message.add_attachment(attachment.content, maintype=maintype.lower(), subtype=subtype.lower(),
+                               filename=attachment.filename)
+    return message
+
+
+def control_character_problem(value: str) -> str | None:
+    """Header text may not hold control characters or what some software takes for a line end
+    (VT, FF, NEL, U+2028, U+2029), tab excepted."""
+    if any(ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+        return "line breaks and control characters are not allowed in a header"
+    return None
+
+
+def _reject_controls(*values: str) -> None:
+    for value in values:
+        problem = control_character_problem(value)
+        if problem:
+            raise ValueError(f"{problem}: {value!r}")
+
+
+def _set_unstructured(message: EmailMessage, name: str, value: str) -> None:
+    """Text reaches mail clients as typed: text that looks like an RFC 2047 encoded word is itself encoded."""
+    if LOOKS_ENCODED in value:
+        message.set_raw(name, Header(value, "utf-8", header_name=name).encode())
+    else:
+        message[name] = value
+
+
+def _set_body(message: EmailMessage, text: str | None, html: str | None) -> None:
+    if text is not None:
+        message.set_content(text, cte=_text_cte(text))
+        if html is not None:
+            message.add_alternative(html, subtype="html", cte=_text_cte(html))
+    else:
+        message.set_content(html, subtype="html", cte=_text_cte(html))
+
+
+def _text_cte(text: str) -> str | None:
+    """ASCII as it is (the email package folds long lines into quoted-printable itself), else quoted-printable."""
+    return None if text.isascii() else "quoted-printable"

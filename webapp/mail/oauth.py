@@ -21,6 +21,7 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from . import http
 from .deadline import Deadline, DeadlineExceeded
 from .egress import EgressRefused, Network
+from .oauth_errors import SERVICE_ACCOUNT, explain
 
 
 class Provider(StrEnum):
@@ -46,34 +47,64 @@ FLOW_LABELS = {Flow.DELEGATED: "Delegated: the mailbox owner consents",
                Flow.APP: "App-only: client credentials, admin consent"}
 CLOUD_LABELS = {Cloud.GLOBAL: "Global", Cloud.GCC_HIGH: "US Government GCC High", Cloud.DOD: "US Government DoD",
                 Cloud.CHINA: "China (21Vianet)"}
-# cloud -> (login authority, Graph root)
+# cloud -> (login authority, Graph root): https://learn.microsoft.com/graph/deployments
 CLOUDS = {
     Cloud.GLOBAL: ("https://login.microsoftonline.com", "https://graph.microsoft.com"),
     Cloud.GCC_HIGH: ("https://login.microsoftonline.us", "https://graph.microsoft.us"),
     Cloud.DOD: ("https://login.microsoftonline.us", "https://dod-graph.microsoft.us"),
     Cloud.CHINA: ("https://login.chinacloudapi.cn", "https://microsoftgraph.chinacloudapi.cn"),
 }
+# cloud -> the Exchange Online resource that SMTP AUTH and EWS tokens are for (its scopes are
+# "<resource>/SMTP.Send", "<resource>/EWS.AccessAsUser.All", "<resource>/.default"). Microsoft's own
+# list: CSS-Exchange, Shared/AzureFunctions/Get-CloudServiceEndpoint.ps1
+# (https://github.com/microsoft/CSS-Exchange), and the Exchange Online hosts of
+# https://learn.microsoft.com/microsoft-365/enterprise/microsoft-365-u-s-government-gcc-high-endpoints and
+# https://learn.microsoft.com/microsoft-365/enterprise/microsoft-365-u-s-government-dod-endpoints.
+EXCHANGE = {
+    Cloud.GLOBAL: "https://outlook.office365.com",
+    Cloud.GCC_HIGH: "https://outlook.office365.us",
+    Cloud.DOD: "https://outlook-dod.office365.us",
+    Cloud.CHINA: "https://partner.outlook.cn",
+}
 GOOGLE_AUTHORIZE = "https://accounts.google.com/o/oauth2/v2/auth"
 GOOGLE_TOKEN = "https://oauth2.googleapis.com/token"
 
-# (provider, protocol, flow) -> the scope to ask for (REFERENCE.md's table)
+
+def _microsoft_scopes(cloud: Cloud) -> dict[tuple, str]:
+    exchange, graph = EXCHANGE[cloud], CLOUDS[cloud][1]
+    # Microsoft documents SMTP.Send of the global cloud under outlook.office.com (the same service principal)
+    smtp = "https://outlook.office.com" if cloud == Cloud.GLOBAL else exchange
+    # A bare scope means the global Graph; a national cloud's Graph is named in full
+    mail_send = "Mail.Send" if cloud == Cloud.GLOBAL else f"{graph}/Mail.Send"
+    return {
+        (Provider.MICROSOFT, "smtp", Flow.DELEGATED, cloud): f"{smtp}/SMTP.Send offline_access",
+        (Provider.MICROSOFT, "smtp", Flow.APP, cloud): f"{exchange}/.default",
+        (Provider.MICROSOFT, "ews", Flow.DELEGATED, cloud): f"{exchange}/EWS.AccessAsUser.All offline_access",
+        (Provider.MICROSOFT, "ews", Flow.APP, cloud): f"{exchange}/.default",
+        (Provider.MICROSOFT, "graph", Flow.DELEGATED, cloud): f"{mail_send} offline_access",
+        (Provider.MICROSOFT, "graph", Flow.APP, cloud): f"{graph}/.default",
+    }
+
+
+# (provider, protocol, flow, cloud) -> the scope to ask for; Google's have the cloud GLOBAL
 DEFAULT_SCOPES = {
-    (Provider.MICROSOFT, "smtp", Flow.DELEGATED): "https://outlook.office.com/SMTP.Send offline_access",
-    (Provider.MICROSOFT, "smtp", Flow.APP): "https://outlook.office365.com/.default",
-    (Provider.MICROSOFT, "ews", Flow.DELEGATED): "https://outlook.office365.com/EWS.AccessAsUser.All offline_access",
-    (Provider.MICROSOFT, "ews", Flow.APP): "https://outlook.office365.com/.default",
-    (Provider.MICROSOFT, "graph", Flow.DELEGATED): "Mail.Send offline_access",
-    (Provider.GOOGLE, "smtp", Flow.DELEGATED): "https://mail.google.com/",
-    (Provider.GOOGLE, "gmail", Flow.DELEGATED): "https://www.googleapis.com/auth/gmail.send",
+    **{key: scope for cloud in Cloud for key, scope in _microsoft_scopes(cloud).items()},
+    (Provider.GOOGLE, "smtp", Flow.DELEGATED, Cloud.GLOBAL): "https://mail.google.com/",
+    (Provider.GOOGLE, "gmail", Flow.DELEGATED, Cloud.GLOBAL): "https://www.googleapis.com/auth/gmail.send",
 }
 SIGN_IN_SCOPES = "openid email"  # asked for besides, so the token response says who consented
+# Provider Other: an OpenID provider's sign-in and a refresh token (OpenID Connect Core 11:
+# offline_access; Okta, Auth0 and Ory Hydra issue refresh tokens only for it). The admin adds
+# what the mail server wants in its tokens.
+OTHER_SCOPE = "openid offline_access"
 EARLY = timedelta(minutes=5)  # an access token this close to its expiry is refreshed first
 
 
 def default_scope(provider: str, protocol: str, flow: str, cloud: str = Cloud.GLOBAL) -> str:
-    if provider == Provider.MICROSOFT and protocol == "graph" and flow == Flow.APP:
-        return f"{CLOUDS.get(cloud, CLOUDS[Cloud.GLOBAL])[1]}/.default"
-    return DEFAULT_SCOPES.get((provider, protocol, flow), "")  # StrEnum keys match plain strings
+    if provider == Provider.OTHER:
+        return OTHER_SCOPE
+    cloud = cloud if provider == Provider.MICROSOFT and cloud in CLOUDS else Cloud.GLOBAL
+    return DEFAULT_SCOPES.get((provider, protocol, flow, cloud), "")  # StrEnum keys match plain strings
 
 
 def endpoints(provider: str, cloud: str | None = Cloud.GLOBAL, tenant: str | None = "") -> tuple[str, str]:
@@ -120,12 +151,20 @@ class Tokens:
 
 class OAuthFailure(Exception):
     """The provider (or the way to it) said no. `error`/`description` as the provider wrote
-    them; str() and `hint` in words; `permanent` when only a person can fix it (a new
-    consent, a new secret), not a retry."""
+    them; str() and `hint` in words (mail/oauth_errors.py); `permanent` when only a person can
+    fix it (a new consent, a new secret or key), not a retry; `reauthorize` when only a new
+    consent can (the grant is dead: never for a service account, which has no consent);
+    `headline` is the sentence a failed Token step shows. `grant` is "service_account" for
+    Google's JWT bearer grant."""
 
-    def __init__(self, error: str, description: str = "", status: int | None = None, provider: str = ""):
-        self.error, self.description, self.status, self.provider = error, description, status, provider
-        self.summary, self.hint, self.permanent = explain(error, description, provider)
+    def __init__(self, error: str, description: str = "", status: int | None = None, provider: str = "",
+                 grant: str = ""):
+        self.error, self.description, self.status, self.provider, self.grant = error, description, status, provider, \
+            grant
+        words = explain(error, description, provider, grant)
+        self.summary, self.hint, self.permanent, self.reauthorize = words.summary, words.hint, words.permanent, \
+            words.reauthorize
+        self.headline = words.sentence(error)
         super().__init__(self.summary)
 
 
@@ -158,8 +197,10 @@ def exchange_code(client: Client, code: str, verifier: str, network: Network, de
 
 def refresh(client: Client, refresh_token: str, network: Network, deadline: Deadline,
             transcript: list[str] | None = None) -> Tokens:
-    tokens = _token_request(client, {"grant_type": "refresh_token", "refresh_token": refresh_token,
-                                     "scope": client.scope}, network, deadline, transcript, "refresh")
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if client.scope:  # else, RFC 6749 6: the scope originally granted
+        form["scope"] = client.scope
+    tokens = _token_request(client, form, network, deadline, transcript, "refresh")
     tokens.refresh_token = tokens.refresh_token or refresh_token  # a provider that does not rotate
     return tokens
 
@@ -232,7 +273,8 @@ def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
         if not metadata.get("token_endpoint"):
             raise OAuthFailure("no_token_endpoint", "the metadata has no token_endpoint", 200, Provider.OTHER)
         return metadata
-    raise OAuthFailure("discovery_failed", f"no metadata found under {issuer}" + (f" ({last})" if last else ""),
+    raise OAuthFailure("discovery_failed", f"no metadata found under {issuer}" + (
+        f" ({http.reason(last)})" if last else ""),
                        None, Provider.OTHER)
 
 
@@ -244,39 +286,36 @@ def as_failure(error: Exception, provider: str) -> "OAuthFailure":
     if isinstance(error, EgressRefused):
         return OAuthFailure("egress_refused", f"{error.host} port {error.port}, {error.reason}", None, provider)
     if isinstance(error, DeadlineExceeded):
-        return OAuthFailure("unreachable", "no answer in time", None, provider)
+        return OAuthFailure("timeout", "", None, provider)
     raise error
 
 
 def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str,
-          headers: dict | None = None):
+          headers: dict | None = None, grant: str = ""):
+    host = http.host_of(url)
     try:
         response = http.session(network, deadline).post(url, data=form,
                                                         headers={"Accept": "application/json", **(headers or {})})
     except requests.exceptions.SSLError as error:
-        raise OAuthFailure("tls", f"TLS with the token endpoint failed: {_reason(error)}", None, provider) from None
-    except (requests.ConnectionError, requests.Timeout) as error:
-        raise OAuthFailure("unreachable", f"the token endpoint did not answer: {_reason(error)}", None,
-                           provider) from None
+        raise OAuthFailure("tls", f"{host} ({http.reason(error)})", None, provider, grant) from None
+    except requests.Timeout:
+        raise OAuthFailure("timeout", host, None, provider, grant) from None
+    except requests.ConnectionError as error:
+        raise OAuthFailure("unreachable", f"{host} ({http.reason(error)})", None, provider, grant) from None
     except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
-        raise OAuthFailure("unreachable", "the token URL cannot be used", None, provider) from None
+        raise OAuthFailure("unreachable", "the token URL cannot be used", None, provider, grant) from None
     if transcript is not None:
         http.record(transcript, response, what)
     return response
 
 
-def _json(response, provider: str) -> dict:
+def _json(response, provider: str, grant: str = "") -> dict:
     try:
         body = response.json()
     except ValueError:
-        raise OAuthFailure(f"http_{response.status_code}", "the answer is not JSON", response.status_code,
-                           provider) from None
+        raise OAuthFailure("not_json", f"HTTP {response.status_code}", response.status_code, provider,
+                           grant) from None
     return body if isinstance(body, dict) else {}
-
-
-def _reason(error: Exception) -> str:
-    text = str(error)
-    return text.rsplit(": ", 1)[-1].rstrip(")'\"") if ": " in text else text
 
 
 def _account(id_token: str | None) -> str:
@@ -289,87 +328,6 @@ def _account(id_token: str | None) -> str:
     except (ValueError, UnicodeDecodeError):
         return ""
     return str(claims.get("email") or claims.get("preferred_username") or claims.get("upn") or "")
-
-
-# -- errors in words ---------------------------------------------------------------------------
-
-_KNOWN = [
-    # (match in error or description, summary, hint, permanent)
-    ("AADSTS7000215", "the client secret is wrong",
-     "enter the secret's Value, not its Secret ID (Entra ID → App registrations → Certificates & secrets); "
-     "a secret shows its value only right after it is made", True),
-    ("AADSTS7000222", "the client secret has expired",
-     "make a new client secret in Entra ID and enter its Value", True),
-    ("AADSTS700016", "the app registration was not found in this tenant",
-     "check the Client ID and the Tenant ID: the app must be registered in that tenant (or be multi-tenant)",
-     True),
-    ("AADSTS90002", "the tenant does not exist", "check the Tenant ID (a GUID, or a domain such as example.com)",
-     True),
-    ("AADSTS65001", "nobody has consented to this app yet",
-     "save the server, then click Authorize (delegated) or Grant admin consent (app-only) under OAuth "
-     "authorization on its page", True),
-    ("AADSTS65004", "the consent was declined", "ask the person who declined to try again and accept", True),
-    ("AADSTS50011", "the redirect URI is not registered for this app",
-     "add Mailroom's redirect URI (shown on the server page) to the app registration, exactly", True),
-    ("AADSTS50059", "app-only tokens need a real tenant",
-     "enter the Tenant ID (not common or organizations)", True),
-    ("AADSTS28000", "the scope names more than one resource", "use the default scope", True),
-    ("AADSTS70000", "the refresh token is no longer valid",
-     "re-authorize. Microsoft refresh tokens end after 90 days unused, when the user's password changes, or "
-     "when consent is revoked", True),
-    ("AADSTS70008", "the authorization has expired", "re-authorize", True),
-    ("AADSTS50173", "the grant was revoked",
-     "re-authorize: the user's password changed, or the consent was revoked", True),
-    ("AADSTS50076", "multi-factor sign-in is required", "re-authorize and complete the sign-in", True),
-]
-_BY_ERROR = {
-    "invalid_grant": ("the provider no longer accepts the authorization (revoked or expired)",
-                      "re-authorize. Microsoft refresh tokens end after 90 days unused or when the user's password "
-                      "changes; Google refresh tokens of an app left in “Testing” end after 7 days "
-                      "(publish the app, or re-authorize weekly)", True),
-    "invalid_client": ("the provider does not accept the client ID or secret",
-                       "check the Client ID and the client secret (its value, not its ID)", True),
-    "unauthorized_client": ("the app may not use this kind of authorization",
-                            "check the app registration: its permissions, its allowed grant types (and for a "
-                            "Google service account, domain-wide delegation: the Workspace admin console → Security "
-                            "→ API controls → Domain-wide delegation, the service account's client ID with this "
-                            "scope)", True),
-    "invalid_scope": ("the provider does not accept the scope", "use the default scope for this provider", True),
-    "access_denied": ("the person who signed in declined, or may not consent to this app",
-                      "sign in as the mailbox owner and accept; if an administrator must approve the app first, "
-                      "ask them to grant consent", True),
-    "consent_required": ("consent is needed first", "click Authorize, or ask an administrator to grant consent",
-                         True),
-    "interaction_required": ("the provider wants the person to sign in again", "re-authorize", True),
-    "invalid_request": ("the provider refused the request", "check the endpoints and the scope", True),
-    "temporarily_unavailable": ("the provider is busy", "try again in a few minutes", False),
-    "server_error": ("the provider had an error", "try again in a few minutes", False),
-    "unreachable": ("the token endpoint did not answer", "check the token URL, and this machine's network", False),
-    "egress_refused": ("Mailroom's egress policy refuses the token endpoint",
-                       "once a super-admin allows it (“Egress policy” in the top bar, or the portal's “Settings”), "
-                       "try again", False),
-    "tls": ("the token endpoint's TLS certificate could not be verified",
-            "check the token URL; an on-premises server may need its CA in EXTRA_CA_CERTS", False),
-    "issuer_mismatch": ("the answer came from another issuer than the one configured",
-                        "check the issuer URL", True),
-    "discovery_failed": ("the issuer's metadata could not be found",
-                         "check the issuer URL, or enter the authorization and token URLs by hand", True),
-    "no_token_endpoint": ("the issuer's metadata has no token endpoint",
-                          "enter the authorization and token URLs by hand", True),
-}
-
-
-def explain(error: str, description: str, provider: str = "") -> tuple[str, str, bool]:
-    """(summary, hint, permanent) for a provider's error and its description."""
-    text = f"{error} {description}"
-    for code, summary, hint, permanent in _KNOWN:
-        if code in text:
-            return f"{summary} ({code})", hint, permanent
-    summary, hint, permanent = _BY_ERROR.get(error, (f"the provider answered “{error}”",
-                                                     "see the provider's description", error.startswith("invalid")))
-    first = description.split("\r\n")[0].split(" Trace ID:")[0].strip()
-    return (f"{summary}: {first}" if first else summary), hint, permanent
-
 
 
 # -- Google service accounts (RFC 7523 JWT bearer, domain-wide delegation) ---------------------
@@ -416,11 +374,13 @@ def service_account_token(key: dict, subject: str, scope: str, network: Network,
     header = {"alg": "RS256", "typ": "JWT", **({"kid": key["private_key_id"]} if key.get("private_key_id") else {})}
     assertion = jwt.encode(header, claims, RSAKey.import_key(key["private_key"]))
     response = _post(key["token_uri"], {"grant_type": JWT_BEARER, "assertion": assertion}, network, deadline,
-                     transcript, "service account", Provider.GOOGLE)
-    body = _json(response, Provider.GOOGLE)
+                     transcript, "service account", Provider.GOOGLE, grant=SERVICE_ACCOUNT)
+    body = _json(response, Provider.GOOGLE, SERVICE_ACCOUNT)
     if response.status_code != 200 or "error" in body or not body.get("access_token"):
         raise OAuthFailure(str(body.get("error") or f"http_{response.status_code}"),
-                           str(body.get("error_description") or ""), response.status_code, Provider.GOOGLE)
+                           str(body.get("error_description") or ""), response.status_code, Provider.GOOGLE,
+                           SERVICE_ACCOUNT)
     expires_in = body.get("expires_in")
     expires_at = datetime.now(UTC) + timedelta(seconds=int(expires_in)) if str(expires_in or "").isdigit() else None
+    # Google's answer names no scope (a service account gets exactly what the signed request asked, or an error)
     return Tokens(access_token=body["access_token"], expires_at=expires_at, scope=str(body.get("scope") or scope))

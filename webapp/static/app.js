@@ -32,13 +32,25 @@ document.addEventListener("htmx:responseError", (event) => {
 });
 document.addEventListener("htmx:sendError", () => showProblem("Mailroom did not answer. Check your connection and try again."));
 
+// A refusal the server rendered for a place it names (HX-Retarget, e.g. why a consent cannot
+// start) is shown there whatever its status, instead of the generic words above.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const xhr = event.detail.xhr;
+  if (xhr.status >= 400 && xhr.getResponseHeader("HX-Retarget")) {
+    event.detail.shouldSwap = true;
+    event.detail.isError = false;
+  }
+});
+
 // Typed passwords survive the parts of a form that htmx replaces (a section swap, a form
 // re-rendered with errors): the server never writes a password back into the page, so
 // they are kept here, in memory only, and put back into the new fields of the same name.
 const typedSecrets = new Map();
 
 document.addEventListener("htmx:beforeSwap", (event) => {
-  const form = event.detail.target.closest("form") || event.detail.target.querySelector("form");
+  const target = event.detail.target;
+  if (!target) return;  // a history restore swaps the whole page
+  const form = target.closest("form") || target.querySelector("form");
   if (!form) return;
   for (const input of form.querySelectorAll('input[type="password"]')) {
     if (input.value) typedSecrets.set(input.name, input.value);
@@ -47,7 +59,8 @@ document.addEventListener("htmx:beforeSwap", (event) => {
 });
 
 document.addEventListener("htmx:afterSettle", (event) => {
-  const scope = event.detail.target.isConnected ? event.detail.target : document;
+  const target = event.detail.target;  // none after a history restore (back to an htmx-pushed address)
+  const scope = target && target.isConnected ? target : document;
   for (const input of scope.querySelectorAll('input[type="password"]')) {
     if (!input.value && typedSecrets.has(input.name)) {
       input.value = typedSecrets.get(input.name);

@@ -44,7 +44,6 @@ from .throttle import FailedSignIns
 
 log = logging.getLogger(__name__)
 
-SOURCE = "smtp"
 # Test-only: "before-commit=SECONDS" or "after-commit=SECONDS" pauses handle_DATA there (after a log
 # line saying so), so that a test can kill the listener at that point.
 TEST_PAUSE = "MAILROOM_SUBMISSION_TEST_PAUSE"
@@ -243,8 +242,7 @@ class SubmissionHandler:
                 return f"450 4.7.1 This SMTP credential may send {over}: try again later"
             return REVOKED_AT_DATA
         _test_pause("before-commit")
-        mail = outbox.store(portal, envelope, source=SOURCE, submitted_by=account.name,
-                            client_address=submission.client)
+        mail = outbox.store(portal, envelope, outbox.Submitter(outbox.Source.SMTP, account.name, submission.client))
         log.info("SMTP DATA from %s (%s): queued as %s for %d recipient(s)", submission.client, account.username,
                  mail.id, len(envelope.recipients))
         _test_pause("after-commit")

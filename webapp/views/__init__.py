@@ -4,20 +4,24 @@ import logging
 from flask import render_template, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
 from sqlalchemy.exc import InternalError, OperationalError
 
-from .. import db
+from .. import db, sessions
 
 from ..credentials import KIND_LABELS
 from ..mail.transport import TRANSPORTS
 from ..forms.render import init_app as init_field_rendering
 from .. import consent
-from . import auth, oauth, portals, servers, settings, smtp_credentials, users
+from . import api, auth, keys, oauth, portals, queue, servers, settings, smtp_credentials, users
 
 
 def init_app(app) -> None:
-    for blueprint in (auth.bp, oauth.bp, portals.bp, servers.bp, settings.bp, smtp_credentials.bp, users.bp):
+    for blueprint in (api.bp, auth.bp, keys.bp, oauth.bp, portals.bp, queue.bp, servers.bp, settings.bp,
+                      smtp_credentials.bp, users.bp):
         app.register_blueprint(blueprint)
+    app.extensions["csrf"].exempt(api.bp)  # authorized by its key on each request, never by a session
+    app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(400, _error(400, "Bad request", "The request could not be understood. Reload the page and try again."))
     app.register_error_handler(403, _error(403, "You may not do this", "Your role in this portal does not allow it."))
     app.register_error_handler(404, _error(404, "Not found", "There is nothing here, or you may not see it."))
@@ -41,14 +45,22 @@ def init_app(app) -> None:
 
 ASSETS = ("vendor/pico.min.css", "app.css", "vendor/htmx.min.js", "app.js")
 NAV = ("portals.index", "users.index", "settings.egress", "auth.password", "auth.logout")
-PORTAL_NAV = ("servers.index", "portals.members", "portals.settings", "portals.history", "smtp_credentials.index")
+PORTAL_NAV = ("servers.index", "queue.index", "portals.members", "keys.index", "smtp_credentials.index",
+              "portals.settings", "portals.history")
 SLUG_MARK = "slug-mark"  # a slug (security.SLUG: lower-case letters, digits, "-") needs no quoting
 
 
 def _error(status: int, title: str, text: str):
-    def handler(_error):
+    def handler(error):
+        if sessions.sessionless(request):
+            return api.http_error(error)
         return render_template("error.html", title=title, text=text), status
     return handler
+
+
+def _http_error(error: HTTPException):
+    """Errors without a page of their own: JSON on the API's paths, else werkzeug's answer."""
+    return api.http_error(error) if sessions.sessionless(request) else error
 
 
 def _csrf_error(error):

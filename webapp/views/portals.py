@@ -44,7 +44,8 @@ def settings(slug):
     portal = load_portal(slug, Role.ADMIN)
     form = PortalSettingsForm(obj=portal)
     if form.validate_on_submit():
-        people.update_portal(current_actor(), portal, form.name.data, form.base_url.data)
+        people.update_portal(current_actor(), portal, form.name.data, form.base_url.data, form.delivery_policy.data,
+                             form.admin_address.data)
         flash("Saved the portal settings.")
         return redirect(url_for("portals.settings", slug=slug), 303)
     egress = EgressForm(formdata=None, data={"allow": portal.egress_allow, "deny": portal.egress_deny})

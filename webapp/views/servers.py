@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from flask import current_app
 from werkzeug.datastructures import CombinedMultiDict
 
-from .. import checks, mailservers
+from .. import checks, consent, mailservers
 from ..credentials import SecretNeeded
 from ..limits import Busy, current_user_key, limiter
 from ..forms.sample import SampleForm
@@ -16,11 +16,15 @@ from ..mail.auth import AUTH_LABELS
 from ..mail.smtp import SECURITY_LABELS
 from ..mail.transport import TRANSPORTS
 from ..models import Role
-from ..security import allow_form_target, current_actor, load_portal
+from ..security import current_actor, load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
 
+NEXT_STEPS = {"authorize": "authorize Mailroom at the provider (Authorize), or send the mailbox owner a consent "
+                            "link.",
+              "reauthorize": "re-authorize Mailroom at the provider (Re-authorize).",
+              "admin_consent": "a tenant administrator grants admin consent (Grant admin consent)."}
 STALE = ("This server was changed since you opened it. Your changes were not saved: "
          "open it again to see the current settings, then make your changes there.")
 
@@ -35,9 +39,7 @@ def _labels():
 @login_required
 def index(slug):
     portal = load_portal(slug)
-    servers = mailservers.servers_of(portal)
-    _allow_consent_targets(servers)
-    return render_template("servers/index.html", servers=servers)
+    return render_template("servers/index.html", servers=mailservers.servers_of(portal))
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -66,10 +68,13 @@ def edit(slug, server_id=None):
         except SecretNeeded as needed:
             form.refuse_secret(str(needed))
         else:
-            flash(f"Saved “{server.label}”.")
-            if request.htmx:  # the form was posted by htmx: the browser goes to the list itself
-                return make_response("", 204, redirect=url_for("servers.index", slug=slug))
-            return redirect(url_for("servers.index", slug=slug), 303)
+            step = consent.next_step(server)  # an OAuth server that waits for a consent: that comes next
+            flash(f"Saved “{server.label}”." + (f" Next: {NEXT_STEPS[step]}" if step else ""))
+            target = (url_for("servers.edit", slug=slug, server_id=server.id, _anchor="oauth-status") if step
+                      else url_for("servers.index", slug=slug))
+            if request.htmx:  # the form was posted by htmx: the browser goes there itself
+                return make_response("", 204, redirect=target)
+            return redirect(target, 303)
     return _edit_page(form, server, 422)
 
 
@@ -212,23 +217,16 @@ def _form(server, only: str | None = None) -> ServerForm:
 
 
 def _edit_page(form, server, status=200, **context):
-    """The whole page; to htmx (a save with errors), the form alone, which takes the form's place."""
-    _allow_consent_targets([server] if server else [])
+    """The whole page; to htmx (a save with errors), the form alone, which takes the form's place.
+    Coming back from a consent, the page shows how it ended (once)."""
+    if server is not None and request.method == "GET":
+        context.setdefault("oauth_outcome", consent.take_outcome(server.id))
     return page_or_fragment("servers/edit.html", "servers/_form.html", status, form=form, server=server, **context)
 
 
 def _list(portal, status=200, **context):
-    servers = mailservers.servers_of(portal)
-    _allow_consent_targets(servers)
-    return page_or_fragment("servers/index.html", "servers/_list.html", status, servers=servers, **context)
-
-
-def _allow_consent_targets(servers) -> None:
-    """Authorize and admin-consent buttons post here and are redirected to the provider."""
-    for server in servers:
-        if server.credential is not None and server.credential.provider:
-            allow_form_target(server.credential.provider.get("authorize_url", ""))
-            allow_form_target(server.credential.provider.get("token_url", ""))
+    return page_or_fragment("servers/index.html", "servers/_list.html", status,
+                            servers=mailservers.servers_of(portal), **context)
 
 
 def _busy(busy: Busy, page: str, **context):

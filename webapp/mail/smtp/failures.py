@@ -28,7 +28,7 @@ def explain(name: str, exc: Exception, s: Session) -> StepFailed:
 
 
 def explain_reply(name: str, exc: Rejected, s: Session | None = None) -> StepFailed:
-    meaning, hint = _reply_meaning(name, exc.code, exc.text, exc.subject)
+    meaning, hint = _reply_meaning(name, exc.code, exc.text, exc.subject, s)
     nature = {4: "a temporary error: trying again later may work",
               5: "a permanent error"}.get(exc.code // 100, "an unexpected reply")
     fill = {"subject": exc.subject or "it", "code": exc.code}
@@ -69,13 +69,10 @@ def certificate_failure(exc: ssl.SSLCertVerificationError, host: str,
                       "ask the mail administrator to check the certificate", details)
 
 
-def _reply_meaning(name: str, code: int, text: str, subject: str = "") -> tuple[str, str]:
+def _reply_meaning(name: str, code: int, text: str, subject: str = "",
+                   s: Session | None = None) -> tuple[str, str]:
     if name == "Authenticate" and subject == "XOAUTH2" and code // 100 == 5:
-        return ("the server refused the OAuth token for this mailbox",
-                "the consent must be for the mailbox configured here (or the app must be allowed to send as it); "
-                "Microsoft 365 also needs SMTP AUTH enabled for the mailbox (Exchange admin center → the mailbox "
-                "→ Email apps → Authenticated SMTP), and app-only access needs the app's service principal "
-                "registered in Exchange with access to the mailbox")
+        return _token_refused(s)
     for pattern, meaning, hint in _SPECIAL_REPLIES:
         if pattern.search(text):
             return meaning, hint
@@ -83,6 +80,34 @@ def _reply_meaning(name: str, code: int, text: str, subject: str = "") -> tuple[
     return (_REPLY_MEANINGS.get((name, code)) or _REPLY_MEANINGS.get((name, family))
             or _REPLY_MEANINGS.get(("*", code)) or _REPLY_MEANINGS.get(("*", family))
             or ("the server gave an unexpected answer", "see the transcript for the conversation"))
+
+
+# Exchange Online's SMTP submission hosts (global, US Government, China): Microsoft's "How to set
+# up a multifunction device or application to send email using Microsoft 365" and the national
+# cloud endpoint lists.
+EXCHANGE_ONLINE_SMTP = ("smtp.office365.com", "outlook.office365.com", "smtp.office365.us", "outlook.office365.us",
+                        "smtp.partner.outlook.cn", "partner.outlook.cn")
+
+
+def _token_refused(s: Session | None) -> tuple[str, str]:
+    """XOAUTH2 refused: what failed is the token, i.e. the consent behind it, so the first thing to
+    try is a new consent. A mailbox setting of Exchange Online is named only for Exchange Online."""
+    auth = s.auth if s is not None else None
+    mailbox = (getattr(auth, "username", "") or "the mailbox").replace("{", "{{").replace("}", "}}")
+    if getattr(auth, "app_only", False):
+        meaning = f"the server refused the app's OAuth token for {mailbox}"
+        hint = ("the app may not send as this mailbox: grant admin consent for its permission (SMTP.SendAsApp), "
+                "and give the app's service principal access to the mailbox in Exchange")
+    else:
+        meaning = f"the server refused the OAuth token for {mailbox}"
+        hint = (f"re-authorize (Authorize on the server's page), signing in as {mailbox} or as someone allowed "
+                "to send as it: the consent may have been withdrawn, or given for another account or without "
+                "the scope this server wants")
+    host = (s.settings.host.strip().lower().rstrip(".") if s is not None else "")
+    if host in EXCHANGE_ONLINE_SMTP or host.endswith(tuple(f".{h}" for h in EXCHANGE_ONLINE_SMTP)):
+        hint += ("; if it is refused again, SMTP AUTH must be enabled for the mailbox (Exchange admin center → "
+                 "the mailbox → Email apps → Authenticated SMTP)")
+    return meaning, hint
 
 
 def _explain_timeout(name: str, exc: Exception, s: Session) -> StepFailed:
