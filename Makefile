@@ -15,7 +15,9 @@ VENDOR := webapp/static/vendor
 # land on the worker that wakes first and stay there while other cores idle (bench/README.md).
 # Beware: a second server started on the same port then does not fail with "address in use", it
 # silently takes a share of the connections.
-GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --timeout 120
+# --forwarded-allow-ips '': gunicorn itself trusts no X-Forwarded-* header (its default trusts them from
+# 127.0.0.1); the app alone does, and only as MAILROOM_TRUSTED_PROXIES says.
+GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --timeout 120 --forwarded-allow-ips ''
 
 .PHONY: run test test-postgres serve assets venv test-deps bench lock clean
 
@@ -23,10 +25,13 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 # consent link's its token (/oauth/consent?link=...).
 ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
-# The SMTP submission listener (flask mail relay) runs beside gunicorn and stops with it.
+# The delivery worker and the SMTP submission listener run beside gunicorn; Ctrl-C stops all three
+# (the worker finishes the messages under way, the listener the one it is storing).
 run: venv assets
 	$(BIN)/flask --app webapp init --url http://$(HOST):$(PORT)
-	$(BIN)/flask --app webapp mail relay & relay=$$!; trap 'kill $$relay 2>/dev/null' EXIT INT TERM; \
+	@$(BIN)/flask --app webapp mail worker & worker=$$!; \
+	$(BIN)/flask --app webapp mail relay & relay=$$!; \
+	trap 'kill -TERM $$worker $$relay 2>/dev/null; wait $$worker $$relay' EXIT INT TERM; \
 	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 
 serve: venv assets

@@ -103,7 +103,7 @@ def test_a_refused_connection_is_temporary_and_not_the_credentials(smtp_peer):
     assert raised.value.temporary and not raised.value.credentials and raised.value.retry_after is None
 
 
-def test_a_connection_without_reuse_sends_each_message_as_its_own_conversation(smtp_peer):
+def test_a_connection_sends_each_message_with_its_own_message_id(smtp_peer):
     peer = smtp_peer("plain")
     connection = open_connection(config_for(peer))
     try:

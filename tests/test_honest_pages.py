@@ -16,10 +16,10 @@ from .test_server_form import VALID, field_error, servers
 NEW = "/p/help/servers/new"
 
 
-def test_the_list_promises_no_failover_and_the_form_no_admin_notices(admin):
+def test_the_list_says_how_mail_fails_over_and_the_form_promises_no_admin_notices(admin):
     listing = admin.get("/p/help/servers/").text
     assert "take over" not in listing
-    assert "nothing fails over today" in listing
+    assert "through the next server while the primary does not work" in listing
     form = admin.get(NEW).text
     assert "Admin mail address" not in form and 'name="admin_address"' not in form
 

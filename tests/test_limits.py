@@ -1,9 +1,19 @@
 """Slow servers cannot starve the app: checks and sample mails are bounded per portal, per
 server and per process, answered "busy" at once beyond that, and hold no database connection
-while they wait; sample mails are limited per user; a database that refuses writes is a 503."""
+while they wait; sample mails are limited per user; a database that refuses writes is a 503.
+Rate limits hold across worker processes: two app processes sharing the database (or Redis)
+count failed sign-ins together."""
+import os
+import re
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import uuid
+
+import requests
 
 import pytest
 from sqlmodel import select
@@ -73,6 +83,14 @@ def test_a_server_gets_no_more_connections_than_its_limit(app, staff, silent_ser
         thread.join(15)
 
 
+def test_the_form_says_what_max_concurrent_connections_limits(admin):
+    form = admin.get("/p/help/servers/new").text
+    help_text = re.search(r'<small id="max_connections-help"[^>]*>([^<]*)</small>', form).group(1)
+    assert "Validate and sample mails" in help_text  # what it limits
+    assert "Each app process (gunicorn worker) counts its own" in help_text  # where it is counted
+    assert "busy, try" in help_text  # what happens beyond it
+
+
 def test_the_process_limit_holds_across_portals(app, make, portal, smtp_peer):
     app.extensions["mailroom.slots"].per_process = 2
     peer = smtp_peer("silent")
@@ -134,3 +152,72 @@ def test_a_sample_that_went_out_says_so_even_when_history_cannot_be_written(app,
     with app.app_context():
         assert db.session().exec(select(AuditEvent).where(AuditEvent.action == "server.sample_sent")).first() is None
         assert db.session().get(MailServer, server.id).description == "Office relay"
+
+
+# -- rate limits hold across processes ---------------------------------------------------------------
+
+SERVE = "from webapp import create_app; from werkzeug.serving import run_simple; " \
+        "run_simple('127.0.0.1', {port}, create_app(), threaded=True)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def two_processes(tmp_path, request):
+    """Start two app processes on one SQLite file (and, for "redis", one Redis); yields their URLs."""
+    from tests.conftest import SECRET_KEYS, Factory
+
+    store = request.param
+    if store == "redis":
+        from tests.test_sessions import REDIS, redis_answers
+        if not redis_answers():
+            pytest.fail("no Redis on 127.0.0.1:6379: the suite needs one (make test and CI run with it)")
+    path = tmp_path / "shared.sqlite3"
+    env = {**os.environ, "MAILROOM_DATABASE_URL": f"sqlite:///{path}", "MAILROOM_SECRET_KEY": "two-processes",
+           "MAILROOM_SECRET_KEYS": SECRET_KEYS, "MAILROOM_INSTANCE_PATH": str(tmp_path / "instance"),
+           "MAILROOM_LOG_LEVEL": "WARNING", "MAILROOM_RATELIMIT_KEY_PREFIX": f"mailroom-test-{uuid.uuid4().hex}"}
+    if store == "redis":
+        env["MAILROOM_REDIS_URL"] = f"redis://{REDIS[0]}:{REDIS[1]}/15"
+    first = create_app({"DATABASE_URL": env["MAILROOM_DATABASE_URL"], "SECRET_KEY": "two-processes",
+                        "SECRET_KEYS": SECRET_KEYS}, instance_path=env["MAILROOM_INSTANCE_PATH"])  # migrates
+    Factory(first).user("someone@example.com")
+    first.extensions["mailroom.engine"].dispose()
+    ports = [free_port(), free_port()]
+    processes = [subprocess.Popen([sys.executable, "-c", SERVE.format(port=port)], env=env, cwd=os.getcwd(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for port in ports]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        for url, process in zip(urls, processes):
+            end = time.monotonic() + 30
+            while True:
+                assert process.poll() is None, process.stderr.read().decode()[-2000:]
+                try:
+                    if requests.get(url + "/login", timeout=2).status_code == 200:
+                        break
+                except requests.ConnectionError:
+                    pass
+                assert time.monotonic() < end, "an app process did not start"
+                time.sleep(0.1)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def failed_sign_in(browser: requests.Session, url: str) -> int:
+    page = browser.get(url + "/login").text
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page).group(1)
+    return browser.post(url + "/login", data={"email": "someone@example.com", "password": "wrong",
+                                              "csrf_token": token}, allow_redirects=False).status_code
+
+
+@pytest.mark.parametrize("two_processes", ["database", "redis"], indirect=True)
+def test_failed_sign_ins_are_counted_by_every_process_together(two_processes):
+    browser = requests.Session()  # the same attacker, alternating between the two processes
+    answers = [failed_sign_in(browser, two_processes[n % 2]) for n in range(12)]
+    assert answers[:10] == [422] * 10 and answers[10:] == [429, 429]

@@ -1,5 +1,7 @@
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
+from email.utils import getaddresses
 
 import pytest
 
@@ -73,7 +75,7 @@ def test_non_ascii_local_part_needs_smtputf8_policy():
 
 
 @pytest.mark.parametrize("field", ["subject", "name", "address", "reply_to", "to", "cc", "bcc"])
-@pytest.mark.parametrize("evil", ["\r\n", "\n", "\r"])
+@pytest.mark.parametrize("evil", ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\u2028", "\u2029", "\x00"])
 def test_line_breaks_in_header_values_are_rejected(field, evil):
     injected = f"x{evil}Bcc: victim@example.org"
     sender = Sender(
@@ -109,3 +111,71 @@ def test_sample_message():
 def test_sample_message_rejects_line_breaks_in_names():
     with pytest.raises(ValueError):
         sample_message(Sender("a@example.test"), "b@example.org", "Portal\nBcc: x@y.z", "S", NOW)
+
+
+# Text that looks like an RFC 2047 encoded word, typed as a name or a subject, reaches mail clients as
+# typed: the produced bytes are parsed with the email package, each header decoded as RFC 2047 says
+# (addresses first, then each display name: what mail clients do), and no header appears that was not set.
+EVIL = "=?utf-8?q?Evil=0D=0ABcc:_victim@example.org?="
+LOOK_ALIKES = {
+    "encoded-word": EVIL,
+    "base64-encoded-word": "=?utf-8?b?RXZpbA0KQmNjOiB2aWN0aW1AZXhhbXBsZS5vcmc=?=",
+    "upper-case": EVIL.upper(),
+    "after-a-long-name": "A" * 60 + " " + EVIL,  # long enough to be folded
+    "after-many-words": "x " * 40 + EVIL,
+    "at-a-fold": "Evil " + "y" * 66 + "=?utf-8?q?Z?=",  # "=?" lands where a line would be folded
+    "with-non-ascii": "Jörg " + EVIL,
+    "non-ascii-long": " ".join(["Bücher Café"] * 8),
+    "spaces-kept": "Jörg  Müller   und " * 5 + "x",
+    "ascii-200": "s" * 200,
+}
+
+
+def as_sent(message, linesep: str) -> bytes:
+    return message.as_bytes(policy=message.policy.clone(linesep=linesep))
+
+
+def names_in(raw: bytes, field: str) -> list[tuple[str, str]]:
+    value = message_from_bytes(raw, policy=policy.compat32)[field]
+    return [(str(make_header(decode_header(name))), address) for name, address in getaddresses([value])]
+
+
+def assert_no_header_added(message, raw: bytes) -> None:
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert sorted(k.lower() for k in parsed.keys()) == sorted(k.lower() for k in message.keys())
+    for field in ("From", "Reply-To", "To", "Cc"):
+        if parsed[field] is not None:  # the modern parser reads it, and no name holds a line break
+            assert not any("\r" in a.display_name or "\n" in a.display_name for a in parsed[field].addresses)
+
+
+@pytest.mark.parametrize("linesep", ["\r\n", "\n"])
+@pytest.mark.parametrize("typed", list(LOOK_ALIKES.values()), ids=list(LOOK_ALIKES))
+def test_a_sender_name_that_looks_encoded_is_decoded_as_typed(typed, linesep):
+    message = build_message(Sender("mailer@example.test", typed), ["b@example.org"], "s", "t\n")
+    raw = as_sent(message, linesep)
+    assert names_in(raw, "From") == [(typed, "mailer@example.test")]
+    assert_no_header_added(message, raw)
+
+
+@pytest.mark.parametrize("field", ["reply_to", "to", "cc"])
+@pytest.mark.parametrize("typed", list(LOOK_ALIKES.values()), ids=list(LOOK_ALIKES))
+def test_display_names_of_reply_to_and_recipients_are_decoded_as_typed(typed, field):
+    named = f'"{typed}" <{field}@example.org>'
+    sender = Sender("mailer@example.test", "Help", reply_to=named if field == "reply_to" else "")
+    to = [named, '"Plain, Name" <p@example.org>'] if field == "to" else ["b@example.org"]
+    cc = [named, '"Plain, Name" <p@example.org>'] if field == "cc" else []
+    message = build_message(sender, to, "s", "t\n", cc=cc)
+    raw = as_sent(message, "\r\n")
+    header = {"reply_to": "Reply-To", "to": "To", "cc": "Cc"}[field]
+    expected = [(typed, f"{field}@example.org")] + ([("Plain, Name", "p@example.org")] if field != "reply_to" else [])
+    assert names_in(raw, header) == expected
+    assert_no_header_added(message, raw)
+
+
+@pytest.mark.parametrize("typed", list(LOOK_ALIKES.values()), ids=list(LOOK_ALIKES))
+def test_a_subject_that_looks_encoded_is_decoded_as_typed(typed):
+    message = build_message(Sender("mailer@example.test"), ["b@example.org"], typed, "t\n")
+    raw = as_sent(message, "\r\n")
+    subject = message_from_bytes(raw, policy=policy.compat32)["Subject"]
+    assert str(make_header(decode_header(subject))) == typed
+    assert_no_header_added(message, raw)

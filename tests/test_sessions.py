@@ -6,6 +6,7 @@ import socket
 import uuid
 from datetime import timedelta
 
+import limits
 import pytest
 import werkzeug.security
 from sqlmodel import select
@@ -126,7 +127,7 @@ def test_a_signed_cookie_alone_signs_nobody_in(app, someone):
     assert not signed_in(forged)
 
 
-def test_sign_in_is_throttled_per_account(app, someone):
+def test_sign_in_is_throttled_per_account_from_one_address(app, someone):
     attacker = Client(app)
     answers = [attacker.post("/login", {"email": "someone@example.com", "password": f"guess {n}"}).status_code
                for n in range(12)]
@@ -135,6 +136,33 @@ def test_sign_in_is_throttled_per_account(app, someone):
     assert blocked.status_code == 429 and "Too many sign-in attempts" in blocked.text
     other_account = attacker.post("/login", {"email": "nobody@example.com", "password": "x"})
     assert other_account.status_code == 422  # the limit is per account (the address has room left)
+
+
+def from_address(app, address: str, email: str, password: str):
+    client = Client(app)
+    return client.http.post("/login", environ_base={"REMOTE_ADDR": address},
+                            data={"email": email, "password": password, "csrf_token": client.csrf_token()})
+
+
+def test_a_wrong_password_flood_from_one_address_does_not_lock_the_owner_out_elsewhere(app, someone):
+    attacker = Client(app)
+    answers = [attacker.post("/login", {"email": "someone@example.com", "password": f"guess {n}"}).status_code
+               for n in range(15)]
+    assert answers[:10] == [422] * 10 and set(answers[10:]) == {429}
+    owner = from_address(app, "192.0.2.10", "someone@example.com", PASSWORD)
+    assert owner.status_code == 303  # the owner, at home, signs in
+
+
+def test_an_account_is_locked_everywhere_only_at_a_much_higher_count(app, someone):
+    pair = limits.parse(app.config["SIGN_IN_LIMIT_PER_ACCOUNT_AND_ADDRESS"])
+    account = limits.parse(app.config["SIGN_IN_LIMIT_PER_ACCOUNT"])
+    assert account.amount >= 5 * pair.amount  # the defaults: a flood must be large to lock the owner out
+    app.config["SIGN_IN_LIMIT_PER_ACCOUNT"] = "12 per 15 minutes"  # the same rule, quicker to reach
+    answers = [from_address(app, f"198.51.100.{n // 4}", "someone@example.com", "wrong").status_code
+               for n in range(12)]  # from three addresses, none reaching its own limit
+    assert answers == [422] * 12
+    owner = from_address(app, "192.0.2.10", "someone@example.com", PASSWORD)
+    assert owner.status_code == 429 and "Too many sign-in attempts" in owner.text
 
 
 def test_sign_in_is_throttled_per_client_address(app, someone):

@@ -1,8 +1,7 @@
 """A message submitted over SMTP, as the outbox stores it, sent by the HTTP API transports: through
 Microsoft Graph with an app-only token and through the Gmail API with a service-account key. The
 blind recipients reach them (they read the Bcc field of the stored message) and the device's
-header fields arrive as it wrote them. (The worker's part, taking the row from the outbox, is
-tested where the worker is.)"""
+header fields arrive as it wrote them; and the whole way, the worker included."""
 from email import message_from_bytes
 from email import policy as email_policy
 from email.utils import getaddresses
@@ -12,8 +11,9 @@ from sqlmodel import select
 from webapp import checks, db
 from webapp.mail.envelope import Envelope
 from webapp.mail.transport import transport_for
-from webapp.models import MailServer, OutboundMail, Portal
+from webapp.models import MailServer, MailState, OutboundMail, Portal
 
+from .delivery_fixtures import outbox  # noqa: F401  (fixture)
 from .test_gmail import gmail, gmail_form, key  # noqa: F401  (fixtures)
 from .test_graph import authority, graph, graph_form  # noqa: F401  (fixtures)
 from .test_oauth import MAILBOX, at_the_provider, back_at_mailroom, save, to_the_provider
@@ -95,3 +95,25 @@ def _device_fields_arrive_as_written(received, mail: OutboundMail) -> None:
     text, scan = [part for part in received.walk() if not part.is_multipart()]
     assert text.get_content() == "Ihr Scan liegt bei. Grüße"
     assert scan.get_filename() == "scan.pdf" and scan.get_content() == b"%PDF-1.4\n% scan\n"
+
+
+def test_submitted_then_delivered_by_the_worker_through_graph(app, admin, authority, graph, relay, login,  # noqa: F811
+                                                              outbox, test_ca_file):  # noqa: F811
+    """What a new user tries: a device sends with its SMTP credential, the worker delivers the queued
+    message through Graph with an app-only token, and the queue page says who submitted it."""
+    form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="",
+                      headers="", importance="normal")
+    server = save(app, admin, form)
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
+    mail = submitted(app, relay(), login(name="Scanner, 2nd floor", from_addresses=MAILBOX))
+
+    outbox.run(mail.id)
+
+    delivered = outbox.mail(mail.id)
+    assert delivered.state == MailState.SENT, delivered.last_error
+    assert {r["address"]: r["state"] for r in delivered.recipients} == dict.fromkeys(RECIPIENTS, "sent")
+    [sent] = graph.sent
+    assert sent.app_only and sorted(sent.recipients) == sorted(RECIPIENTS) and sent.raw == mail.raw
+    page = admin.get(f"/p/help/queue/{mail.id}").text
+    assert "Scanner, 2nd floor" in page and "127.0.0.1" in page

@@ -8,7 +8,7 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, db, instance, limits, network, security, views
+from . import cli, config, db, delivery, instance, limits, network, security, views
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ htmx = Htmx()
 def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("MAILROOM_INSTANCE_PATH"))
-    Path(app.instance_path).mkdir(mode=0o700, parents=True, exist_ok=True)  # keys and, by default, the database
+    instance.private_folder(Path(app.instance_path))  # keys and, by default, the database
     config.load(app, test_config)
     instance.load_secrets(app)
     _configure_logging(app.config["LOG_LEVEL"])
@@ -31,6 +31,7 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     security.init_app(app)
     limits.init_app(app)
     db.init_app(app)
+    delivery.init_app(app)
     network.init_app(app)
     views.init_app(app)
     cli.init_app(app)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import InternalError, OperationalError
 
-from . import audit, db, network
+from . import audit, db, delivery, network
 from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
 from .credentials import CredentialValues, SecretUnreadable, auth_for, destination_for
@@ -151,6 +151,8 @@ def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | N
     server.last_check_kind, server.last_check_summary = kind, summary[:500]
     db.session().add(server)
     db.session().commit()
+    if report.ok:
+        delivery.release_held(server, f"a {kind} of its settings passed")
 
 
 def _note_disabled(report: Report, enabled: bool) -> None:

@@ -21,7 +21,7 @@ def init_app(app) -> None:
 
 
 db_group = AppGroup("db", help="Database migrations.")
-mail_group = AppGroup("mail", help="Check servers, send sample mails, hand mail in.")
+mail_group = AppGroup("mail", help="Check servers and send sample mails, as the web pages do; hand mail in; deliver the queue.")
 egress_group = AppGroup("egress", help="Where portals' connections may go (the egress policy).")
 
 
@@ -293,6 +293,45 @@ def mail_relay(host, starttls_port, tls_port):
                f"{settings.tls_port} (SSL/TLS). Certificate {certificate.subject}"
                f"{' (self-signed)' if certificate.self_signed else ''}, SHA-256 {certificate.fingerprint}", err=True)
     relay.wait_then_stop()
+
+
+@mail_group.command("worker")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Messages sent at once by this process (threads); default DELIVERY_WORKERS (4).")
+def mail_worker(workers):
+    """Deliver the queued mail until Ctrl-C (then the messages under way are finished first).
+    Also runs the periodic jobs: the sweep, probes of failing servers, the daily summary of
+    failures, purging old messages and refreshing OAuth grants. Run one or more per host."""
+    from .delivery import run_worker
+
+    _log_to_stderr()
+    run_worker(workers)
+
+
+@mail_group.command("purge")
+def mail_purge():
+    """Delete the bodies of messages sent or failed DELIVERY_PURGE_BODY_DAYS ago, and the messages
+    with their attempts DELIVERY_KEEP_DAYS ago (the worker does this daily too)."""
+    from .delivery import queue
+    from .delivery.retention import purge
+
+    purged = purge(queue().settings)
+    click.echo(f"Deleted {purged.bodies} message bod{'y' if purged.bodies == 1 else 'ies'} and "
+               f"{purged.messages} old message{'' if purged.messages == 1 else 's'}.")
+
+
+def _log_to_stderr() -> None:
+    """The worker's lines (and Huey's about starting and stopping) on stderr, as gunicorn's are."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"))
+    for name, level in (("huey", logging.WARNING), ("huey.consumer", logging.INFO),
+                        ("huey.consumer.Scheduler", logging.WARNING)):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 @click.command("rotate-secrets")

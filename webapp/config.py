@@ -18,15 +18,34 @@ class Defaults:
     LOG_LEVEL = "INFO"
     AUTO_MIGRATE = None  # None: upgrade automatically only on the embedded SQLite default
     EXTRA_CA_CERTS = None  # a PEM file of CA certificates trusted for every outgoing TLS connection
-    REDIS_URL = None  # sessions and rate limits in Redis (shared by several hosts); None: database / memory
+    REDIS_URL = None  # sessions and rate limits in Redis (shared by several hosts); None: in the database
     SESSION_IDLE_MINUTES = 120  # a session ends after this long without a request
     SESSION_MAX_HOURS = 12  # and this long after sign-in in any case
     CHECKS_PER_PROCESS = 4  # Validate runs and sample mails at once in one app process (each holds a thread)
     CHECKS_PER_PORTAL = 2  # ... of which one portal may use this many
-    SIGN_IN_LIMIT_PER_ACCOUNT = "10 per 15 minutes"  # failed sign-ins (Flask-Limiter's notation)
+    # failed sign-ins (Flask-Limiter's notation), counted by every process together: an account from one
+    # client address first; an address whatever the account; an account from everywhere only at a much
+    # higher count (so a flood from elsewhere does not lock the owner out at once)
+    SIGN_IN_LIMIT_PER_ACCOUNT_AND_ADDRESS = "10 per 15 minutes"
     SIGN_IN_LIMIT_PER_ADDRESS = "30 per 15 minutes"
+    SIGN_IN_LIMIT_PER_ACCOUNT = "100 per 15 minutes"
     SAMPLE_LIMIT_PER_USER = "10 per minute"
-    DELIVERY_LIFETIME_HOURS = 120  # a message handed in is tried this long (5 days), then it fails
+    # Delivery (webapp/delivery), with Postfix's defaults as the model
+    DELIVERY_WORKERS = 4  # threads of one `flask mail worker` (each sends one message at a time)
+    DELIVERY_QUEUE_NAME = "mailroom"  # Huey's queue: SQLite in instance/huey.sqlite3, or Redis with REDIS_URL
+    DELIVERY_RETRY_FIRST_SECONDS = 300  # wait after the first temporary failure (minimal_backoff_time)
+    DELIVERY_RETRY_MAX_SECONDS = 4000  # ... doubling up to this (maximal_backoff_time)
+    DELIVERY_RETRY_JITTER = 0.2  # each wait drawn up to this fraction shorter or longer
+    DELIVERY_LIFETIME_HOURS = 120  # then queued or held mail fails (maximal_queue_lifetime: 5 days)
+    DELIVERY_LEASE_SECONDS = 120  # a claimed message or connection is its worker's this long (renewed while used)
+    DELIVERY_SWEEP_SECONDS = 30  # how often leases of dead workers and mail without a job are looked for
+    DELIVERY_PROBE_SECONDS = 60  # how often a failing server is checked, to take it back when it works
+    DELIVERY_BUSY_RETRY_SECONDS = 5  # a message whose server has no free connection waits about this long
+    DELIVERY_BATCH = 100  # messages one worker sends over its connections before letting them go
+    DELIVERY_NOTICE_MINUTES = 60  # at most one admin notice of each kind per portal this often
+    DELIVERY_SUMMARY_HOUR = 6  # the hour (UTC) of the daily summary of failed mail
+    DELIVERY_PURGE_BODY_DAYS = 7  # message bodies are deleted this long after delivery or failure
+    DELIVERY_KEEP_DAYS = 90  # ... and the messages with their attempts this long after
     MESSAGE_MAX_BYTES = 15 * 1024 * 1024  # a message as built (MIME, attachments base64-encoded)
     ATTACHMENTS_MAX_BYTES = 10 * 1024 * 1024  # a message's attachments together, as files
     MESSAGE_MAX_RECIPIENTS = 500  # To, Cc and Bcc together (Exchange Online's limit per message)

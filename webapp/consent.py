@@ -25,7 +25,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import delete, update
 from sqlmodel import select
 
-from . import audit, db, network
+from . import audit, db, delivery, network
 from .audit import Actor
 from .credentials import OAUTH_DESTINATION, OAUTH_KINDS, seal, unseal
 from .grants import client_for
@@ -375,6 +375,7 @@ def _exchange_code(server: MailServer, portal: Portal, record: OAuthState, code:
     audit.record(_actor(record, account), "server.authorized", f"“{server.label}”",
                  {"consented_by": [None, account], "scope": [None, tokens.scope]}, portal.id)
     db.session().commit()
+    delivery.release_held(server, "its OAuth authorization was renewed")
     text = f"Mailroom can now send mail as {credential.username} through “{server.label}” ({portal.name})."
     if tokens.account and tokens.account.lower() != credential.username.lower():
         text += (f" Note: the consent was given by {tokens.account}, not by {credential.username}; mail goes out "

@@ -6,6 +6,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from flask import current_app, g
 from sqlalchemy import event, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, create_engine
 
 from .instance import locked
@@ -25,9 +26,12 @@ def init_app(app) -> None:
 def make_engine(url: str, busy_timeout: float = 30):
     """`busy_timeout`: how long SQLite waits for another writer before giving up (then a 503)."""
     if url.startswith("sqlite"):
-        _private_file(make_url(url).database)
+        path = make_url(url).database
+        _private_file(path)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if path and path != ":memory:":
+            ReadOnlyConnections(path).watch(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -35,7 +39,7 @@ def make_engine(url: str, busy_timeout: float = 30):
 def _private_file(path: str | None) -> None:
     """The database file readable by its owner only (SQLite gives its -wal and -shm files the same mode)."""
     if path and path != ":memory:" and not os.path.exists(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
@@ -45,6 +49,44 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: safe from corruption; a crash may lose the last commits
     cursor.close()
+
+
+SQLITE_READONLY = 8  # the primary result code; the extended ones (READONLY_DIRECTORY, ...) carry it in the low byte
+
+
+class ReadOnlyConnections:
+    """SQLite opens a file it may not write (read-only for a moment: its mode, its folder, a
+    remount) read-only, and that connection stays read-only when the file is writable again: kept
+    in the pool, it answered 503 until the process restarted. Such a connection is marked when it
+    is opened (the file cannot be opened for writing, the test SQLite itself makes) and replaced at
+    checkout once the file can be written; a write it refuses meanwhile discards the pool's
+    connections, as a lost connection does."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def watch(self, engine) -> None:
+        event.listen(engine, "connect", self.mark)
+        event.listen(engine, "checkout", self.replace_when_writable)
+        event.listen(engine, "handle_error", self.refused_write)
+
+    def writable(self) -> bool:
+        # access(), not open() and close(): closing any descriptor of the file drops every POSIX
+        # lock this process holds on it, SQLite's included (https://www.sqlite.org/howtocorrupt.html 2.2)
+        return os.access(self.path, os.W_OK)
+
+    def mark(self, _dbapi_connection, record) -> None:
+        record.info["read_only"] = not self.writable()
+
+    def replace_when_writable(self, _dbapi_connection, record, _proxy) -> None:
+        if record.info.get("read_only") and self.writable():
+            raise DisconnectionError("opened read-only; the database can be written again")
+
+    @staticmethod
+    def refused_write(context) -> None:
+        code = getattr(context.original_exception, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF == SQLITE_READONLY:
+            context.is_disconnect = True
 
 
 def engine():

@@ -32,6 +32,7 @@ from sqlalchemy import update
 
 from . import audit, db, network
 from .credentials import CredentialValues, seal, unseal
+from .delivery import notices
 from .mail import oauth
 from .mail.auth import AccessToken
 from .mail.deadline import Deadline, DeadlineExceeded
@@ -222,6 +223,8 @@ def mark_needs_reauthorization(credential: Credential, failure: oauth.OAuthFailu
         audit.record(REFRESHER, "server.reauthorization_needed", f"“{server.label}”", {"reason": [None, words]},
                      server.portal_id)
     db.session().commit()
+    if first:
+        notices.reauthorization_needed(credential.server_id, words)
 
 
 def refresh_quiet_grants(older_than_hours: float = 24) -> list[tuple[str, str]]:

@@ -1,5 +1,8 @@
-"""Keys kept in the instance folder when the environment does not provide them."""
+"""The instance folder (keys, by default the database) and the keys kept there when the
+environment does not provide them."""
 import fcntl
+import logging
+import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
@@ -7,6 +10,21 @@ from pathlib import Path
 from .crypto import KEY_FILE, SecretBox, configured_keys, ensure_key_file
 
 FLASK_KEY_FILE = "flask-secret-key"
+log = logging.getLogger(__name__)
+
+
+def private_folder(path: Path) -> None:
+    """Create the folder readable by its owner only; an existing one that others may read (such as
+    the instance/ of a git checkout) is made so, as it holds the keys."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            os.chmod(path, mode & 0o700)
+        except OSError as error:  # not ours to change: say so, the keys in it are at stake
+            log.warning("the folder %s is readable by others and cannot be made private: %s", path, error)
+            return
+        log.info("the folder %s was readable by others: it is now readable by its owner only", path)
 
 
 def load_secrets(app) -> None:
@@ -29,7 +47,7 @@ def _read_or_create(path: Path) -> str:
 @contextmanager
 def locked(path: Path):
     """Several gunicorn workers start at once: one at a time past this point."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield

@@ -3,9 +3,11 @@
 - Checks and sample mails running at once, per app process: in all, per portal, and per
   server (its "Max. concurrent connections"). Beyond that the answer is an immediate
   "busy, try again" (Busy), never a wait.
-- Rate limits (Flask-Limiter, in memory, or in Redis when REDIS_URL is configured so that
-  every host counts together): failed sign-ins per account and per client address, and
-  sample mails per user.
+- Rate limits (Flask-Limiter), counted in Redis when REDIS_URL is configured, else in the
+  database (limit_storage.py): either way every process of every host counts together.
+  Failed sign-ins per account and client address together first (a flood of wrong passwords
+  from one address does not lock the owner out elsewhere), per client address, and per
+  account only at a much higher count; sample mails per user.
 """
 import threading
 from collections import Counter
@@ -15,6 +17,8 @@ from flask import request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import current_user
+
+from . import limit_storage  # noqa: F401  (registers the mailroom+database:// storage with `limits`)
 
 limiter = Limiter(key_func=get_remote_address)
 
@@ -62,8 +66,16 @@ def slots() -> Slots:
     return current_app.extensions["mailroom.slots"]
 
 
+def _sign_in_email() -> str:
+    return (request.form.get("email") or "").strip().lower()
+
+
+def sign_in_pair() -> str:
+    return f"sign-in:{_sign_in_email()}|from:{get_remote_address() or ''}"
+
+
 def sign_in_account() -> str:
-    return "sign-in:" + (request.form.get("email") or "").strip().lower()
+    return "sign-in:" + _sign_in_email()
 
 
 def sign_in_address() -> str:
@@ -81,7 +93,7 @@ def failed_sign_in(response) -> bool:
 def init_app(app) -> None:
     config = app.config
     app.extensions["mailroom.slots"] = Slots(config["CHECKS_PER_PROCESS"], config["CHECKS_PER_PORTAL"])
-    app.config.setdefault("RATELIMIT_STORAGE_URI", config.get("REDIS_URL") or "memory://")
+    app.config.setdefault("RATELIMIT_STORAGE_URI", config.get("REDIS_URL") or "mailroom+database://")
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "mailroom")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     limiter.init_app(app)

@@ -3,7 +3,7 @@ worker call these; each change is committed with its AuditEvent."""
 from sqlalchemy import bindparam
 from sqlmodel import func, select, update
 
-from . import audit, credentials, db
+from . import audit, credentials, db, delivery
 from .audit import Actor
 from .credentials import CredentialValues
 from .mail.transport import TRANSPORTS
@@ -11,7 +11,10 @@ from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcn
 
 SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
                   "rate_per_day", "from_address", "sender_name", "reply_to")
-SECRET_FIELDS = frozenset({"password", "client_secret"})
+# Each kind's secret as its form field calls it: History says "(changed)" when a different one is typed.
+SECRET_FIELD = {CredentialKind.PASSWORD: "password", CredentialKind.OAUTH_DELEGATED: "client_secret",
+                CredentialKind.OAUTH_APP: "client_secret", CredentialKind.SERVICE_ACCOUNT: "key"}
+KEY_FACTS = ("client_email", "key_id", "token_uri", "project_id")  # what the page shows of a stored key
 
 
 class StaleEdit(Exception):
@@ -61,13 +64,28 @@ def saved_values(server: MailServer) -> dict:
 
 
 def snapshot(server: MailServer) -> dict:
-    """What History compares: the saved values, the secret only as its sealed token."""
+    """What History compares: the values of the form's fields as saved (not the facts read from a
+    stored key, nor the secret: `secret_typed` says whether that changed)."""
     values = saved_values(server)
     values.setdefault("auth_type", "none")
-    credential = server.credential
-    secret_field = "client_secret" if values["auth_type"] == "oauth" else "password"
-    values[secret_field] = credential.secret if credential is not None else None
+    for fact in KEY_FACTS:
+        values.pop(fact, None)
     return values
+
+
+def secret_typed(credential: Credential | None, values: CredentialValues) -> str | None:
+    """The field of a secret that was typed (or a key file chosen) and differs from the stored one;
+    None when no secret changed (left blank, typed the same, or the kind has none)."""
+    field = SECRET_FIELD.get(values.kind)
+    if field is None or not values.secret:
+        return None
+    if credential is None or not credential.secret or credential.kind != values.kind:
+        return field
+    try:
+        stored = credentials.unseal(credential.secret)
+    except credentials.SecretUnreadable:
+        return field
+    return field if any(stored.get(name) != typed for name, typed in values.secret.items()) else None
 
 
 def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version: str | None,
@@ -80,6 +98,7 @@ def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version
     destination = credentials.destination_for(typed, credential_values)
     credentials.check_secret(None if creating else server.credential, credential_values, destination)
     before = {} if creating else snapshot(server)
+    secret_changed = secret_typed(None if creating else server.credential, credential_values)
     if creating:
         server = MailServer(portal_id=portal.id)
         server.credential = Credential()
@@ -96,11 +115,14 @@ def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version
     credentials.apply(server.credential, credential_values, destination)
     session.add(server)
     session.flush()
-    changes = audit.diff(before, snapshot(server), secret_fields=SECRET_FIELDS)
+    changes = audit.diff(before, snapshot(server))
+    if secret_changed:
+        changes[secret_changed] = audit.SECRET
     if changes or creating:
         audit.record(actor, "server.created" if creating else "server.updated", f"“{server.label}”", changes,
                      portal.id)
     session.commit()
+    delivery.release_held(server, "its settings were saved")
     return server
 
 
@@ -153,6 +175,8 @@ def set_enabled(actor: Actor, portal: Portal, server: MailServer, enabled: bool)
         return
     audit.record(actor, "server.updated", f"“{server.label}”", {"enabled": [not enabled, enabled]}, portal.id)
     session.commit()
+    if enabled:
+        delivery.release_held(server, "it was enabled")
 
 
 def move(actor: Actor, portal: Portal, server: MailServer, step: int) -> None:

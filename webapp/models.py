@@ -215,6 +215,16 @@ class UserSession(SQLModel, table=True):
     last_seen_at: datetime = _timestamp(default_factory=utcnow)
 
 
+class RateCount(SQLModel, table=True):
+    """One rate limit's count in its current window (failed sign-ins, sample mails) when there is no
+    Redis: every process of every host counts here together (limits.DatabaseStorage)."""
+
+    __tablename__ = "rate_count"
+    key: str = Field(primary_key=True, max_length=64)  # sha256 of the limit's key (it may name an account)
+    count: int = 0
+    expires_at: float = Field(index=True)  # seconds since the epoch: the window's end
+
+
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
     id: int | None = Field(default=None, primary_key=True)
@@ -249,6 +259,7 @@ class OutboundMail(SQLModel, table=True):
         Index("ix_outbound_mail_portal_state", "portal_id", "state", "id"),
         Index("ix_outbound_mail_portal_server", "portal_id", "server_id", "id"),  # the queue's server filter
         Index("ix_outbound_mail_portal_created", "portal_id", "created_at", "id"),  # ... and its time range
+        Index("ix_outbound_mail_fresh", "state", "attempts", "next_attempt_at"),  # new mail before retries
     )
     id: int | None = Field(default=None, primary_key=True)
     portal_id: int = Field(foreign_key="portal.id", ondelete="CASCADE")
@@ -325,6 +336,28 @@ class ConnectionLease(SQLModel, table=True):
     server_id: int = Field(foreign_key="mail_server.id", index=True, ondelete="CASCADE")
     owner: str = Field(max_length=100)
     expires_at: datetime = _timestamp()
+
+
+class NoticeKind(StrEnum):
+    FAILOVER_STARTED = "failover_started"  # mail goes via an alternate server
+    FAILOVER_ENDED = "failover_ended"  # the primary server works again
+    HELD = "held"  # a server refuses its credentials: its mail is held (or goes via an alternate)
+    REAUTHORIZATION = "reauthorization"  # an OAuth grant needs the mailbox owner's consent again
+    HELD_EXPIRED = "held_expired"  # held mail reached the end of its lifetime and failed
+    SUMMARY = "summary"  # the daily summary of failed mail
+
+
+class DeliveryNotice(SQLModel, table=True):
+    """A notice sent to a portal's admin address: at most one of each kind per portal per period."""
+
+    __tablename__ = "delivery_notice"
+    __table_args__ = (Index("ix_delivery_notice_portal_kind_at", "portal_id", "kind", "at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    portal_id: int = Field(foreign_key="portal.id", ondelete="CASCADE")
+    kind: str = Field(max_length=30)  # NoticeKind
+    at: datetime = _timestamp(default_factory=utcnow)
+    mail_id: int | None = Field(default=None, foreign_key="outbound_mail.id", ondelete="SET NULL")
+    subject: str = Field(default="", max_length=300)
 
 
 class FromPolicy(StrEnum):

@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from . import db
+from . import db, delivery
 from .forms.validators import normalize_address
 from .mail.envelope import Envelope
 from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
@@ -246,6 +246,7 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
         if earlier is None:
             raise
         return earlier
+    delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
     return mail
 
 
@@ -293,6 +294,7 @@ def store(portal: Portal, envelope: Envelope, submitter: Submitter) -> OutboundM
     mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
     db.session().add(mail)
     db.session().commit()
+    delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
     return mail
 
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 from sqlalchemy import delete, func, update
 from sqlmodel import select
 
-from . import audit, db, mailqueue
+from . import audit, db, delivery, mailqueue
 from .audit import Actor
 from .mailqueue import QueueFilter
 from .models import MailState, OutboundMail, Portal
@@ -55,6 +55,8 @@ def apply(actor: Actor, portal: Portal, mail: OutboundMail, action: Action, now:
     if done:
         audit.record(actor, KINDS[action].event, f"message #{mail.id} “{mail.subject[:100]}”", {}, portal.id)
     session.commit()
+    if done and action != Action.DELETE:
+        delivery.wake([mail.id])  # due now: a worker sends it (after the commit, so it finds the row)
     return bool(done)
 
 
@@ -81,6 +83,8 @@ def apply_to_filter(actor: Actor, portal: Portal, action: Action, chosen: QueueF
             break
         done += _change(portal, action, ids, now)
         session.commit()
+        if action != Action.DELETE:
+            delivery.wake(ids)  # those not changed are claimed by nobody: harmless
         if len(ids) < BATCH:
             break
         below = ids[-1]

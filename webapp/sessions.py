@@ -39,6 +39,7 @@ class Session(SecureCookieSession):
     sid: str | None = None  # sha256 of the token; None: an anonymous, cookie-only session
     token: str | None = None  # set when a new record was made in this request: the cookie to send
     last_seen: datetime | None = None
+    unread: bool = False  # the record could not be read (no database): the cookie is left as it is
 
 
 def sessionless(request) -> bool:
@@ -79,7 +80,13 @@ class SessionInterface(SecureCookieSessionInterface):
         if not value.startswith(PREFIX):
             return super().open_session(app, request)
         sid = _hash(value[len(PREFIX):])
-        found = _store().load(sid)
+        try:
+            found = _store().load(sid)
+        except OperationalError as error:  # no database at all right now (e.g. its folder is read-only):
+            g.session_unreadable = error  # said by the 503 handler once the request runs
+            session = Session()
+            session.unread = True
+            return session
         if found is None:
             session = Session()
             session.modified = True  # the cookie goes: it names no live session
@@ -97,6 +104,8 @@ class SessionInterface(SecureCookieSessionInterface):
         return session
 
     def save_session(self, app, session: Session, response) -> None:
+        if session.unread:  # the browser keeps its sign-in for when the database is back
+            return
         if session.sid is None:
             return super().save_session(app, session, response)
         response.vary.add("Cookie")
@@ -251,3 +260,11 @@ def init_app(app) -> None:
     url = app.config.get("REDIS_URL")
     app.extensions["mailroom.session_store"] = RedisStore(url) if url else DatabaseStore()
     app.session_interface = SessionInterface()
+    app.before_request_funcs.setdefault(None, []).insert(0, _session_unreadable)  # before the CSRF check
+
+
+def _session_unreadable() -> None:
+    """An error while the session was opened (before any handler could answer it) is raised here."""
+    error = g.pop("session_unreadable", None)
+    if error is not None:
+        raise error

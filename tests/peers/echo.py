@@ -2,7 +2,9 @@
 
     echo_peer()       plain SMTP (no TLS) offering AUTH PLAIN LOGIN CRAM-MD5 XOAUTH2 that echoes every
                       client line back inside its replies, as a careless or hostile server does; each
-                      authentication ends in a 535 that quotes everything the client sent.
+                      authentication ends in a 535 that quotes everything the client sent, and the
+                      password it decoded (PLAIN, LOGIN) in hex, URL-encoded, upper-cased and split over
+                      two reply lines.
                       peer.port, peer.lines (what clients sent), peer.connections
     banner_peer(text) a TCP listener that greets with `text` (e.g. an SSH banner) and closes.
     listener()        accepts connections, counts them, says nothing (to prove none was made).
@@ -11,6 +13,7 @@ import base64
 import socket
 import threading
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import pytest
 
@@ -91,7 +94,8 @@ def _echo_conversation(peer: EchoPeer):
                     ask(base64.b64encode(b"<1.2@echo.test>"))
                 elif len(words) == 2:  # PLAIN or XOAUTH2 without an initial response
                     ask(b"")
-                conn.sendall(f"535-5.7.8 Authentication failed for: {' | '.join(said)}\r\n"
+                decoded = "".join(f"535-5.7.8 {line}\r\n" for line in _decoded_forms(mechanism, said))
+                conn.sendall(f"535-5.7.8 Authentication failed for: {' | '.join(said)}\r\n{decoded}"
                              f"535 5.7.8 you sent {said[-1]}\r\n".encode())
             elif verb == "QUIT":
                 conn.sendall(b"221 bye\r\n")
@@ -99,6 +103,23 @@ def _echo_conversation(peer: EchoPeer):
             else:
                 conn.sendall(f"502 5.5.2 not understood: {line}\r\n".encode())
     return handle
+
+
+def _decoded_forms(mechanism: str, said: list[str]) -> list[str]:
+    """The password the client sent, as a server that decodes and quotes it might show it."""
+    try:
+        if mechanism == "PLAIN":
+            blob = said[0].split()[2] if len(said[0].split()) > 2 else said[-1]
+            password = base64.b64decode(blob).split(b"\0")[2].decode()
+        elif mechanism == "LOGIN":
+            password = base64.b64decode(said[-1]).decode()
+        else:
+            return []
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return []
+    half = len(password) // 2
+    return [f"hex {password.encode().hex()}", f"url {quote(password, safe='')}", f"upper {password.upper()}",
+            f"split {password[:half]}", f"{password[half:]} (end)"]
 
 
 @pytest.fixture

@@ -17,9 +17,29 @@ Kinds (see KINDS):
   refuse_recipients  plain; RCPT TO nobody@… answered "550 5.1.1 User unknown" and later@… "450 4.2.1
                  Mailbox busy" (RFC 5321 4.2: 5yz refuses that recipient for good, 4yz for now),
                  every other recipient accepted
+  refuse_message plain; the message is refused after DATA with "554 5.7.1 Message rejected as spam"
+                 (a content filter's permanent refusal, RFC 5321 4.2.5)
+  greylist       plain; the first RCPT TO of each sender/recipient pair is answered "451 4.7.1 Greylisted,
+                 please try again later", later ones are accepted (greylisting, RFC 6647 2.1: a
+                 temporary refusal that a real MTA's retry gets past)
+  slow           plain; the answer to the end of DATA comes after `peer.delay` seconds (a server that
+                 scans the message before taking responsibility: Postfix's before-queue content filter)
+  message_limit  plain; after MESSAGES_PER_SESSION messages in one session the next MAIL FROM is answered
+                 "421 4.7.0 Too many messages in this session, closing connection" and the connection closed
+                 (RFC 5321 3.8: a server may end a session with 421; many cap the messages per connection,
+                 e.g. Exchange's MaxMessagesPerConnection on a receive connector)
+  idle_close     plain; the server closes a connection that stays idle for `IDLE_TIMEOUT` seconds,
+                 saying "421 4.4.2 Timeout" first (RFC 5321 4.5.3.2.7: servers time idle clients out;
+                 aiosmtpd's own `timeout`, set short)
   silent         a TCP listener that accepts and never greets
   closed         nothing listens on the port (connection refused)
+
+Every aiosmtpd kind counts its SMTP sessions (those that sent EHLO or HELO): `peer.sessions` in all,
+`peer.active` now and `peer.max_active`, the most at once (what a server's connection limit counts,
+like Postfix's smtpd_client_connection_count_limit). `peer.stop()` takes the server down (connections
+are refused) and `peer.restart()` brings it back on the same port, with the same mailbox.
 """
+import asyncio
 import email
 import hmac
 import secrets
@@ -35,11 +55,13 @@ from email.message import EmailMessage
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
 USERNAME = "mailer@example.test"
 PASSWORD = "s3cret-Pass!"
 SERVER_NAME = "mx.peer.test"
+IDLE_TIMEOUT = 0.5  # seconds an idle_close peer waits for the client's next command
+MESSAGES_PER_SESSION = 2  # what a message_limit peer takes over one connection
 
 
 @dataclass
@@ -60,12 +82,36 @@ class Peer:
     password: str = PASSWORD
     messages: list[ReceivedMail] = field(default_factory=list)
     connections: list = field(default_factory=list)  # the silent kind: the connections it holds
+    delay: float = 0.3  # the slow kind: seconds before answering the end of DATA
+    sessions: int = 0  # SMTP sessions so far (connections that sent EHLO or HELO)
+    active: int = 0  # ... open right now
+    max_active: int = 0  # ... the most open at once
     _stop: object = field(default=None, repr=False)
+    _restart: object = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stop(self) -> None:
         if self._stop:
             self._stop()
             self._stop = None
+
+    def restart(self) -> None:
+        """Serve again on the same port after stop() (an outage that ends)."""
+        if self._stop is None and self._restart is not None:
+            self._stop = self._restart()
+
+    def opened(self) -> None:
+        with self._lock:
+            self.sessions += 1
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+
+    def closed(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def message_ids(self) -> list[str]:
+        return [str(m.message["Message-ID"]) for m in self.messages]
 
 
 def free_port() -> int:
@@ -118,6 +164,35 @@ class CramMd5Recorder(Recorder):
         return AuthResult(success=ok, handled=False, auth_data=LoginPassword(login, b""))
 
 
+class MessageRefuser(Recorder):
+    async def handle_DATA(self, server, session, envelope):
+        return "554 5.7.1 Message rejected as spam"
+
+
+class Greylister(Recorder):
+    def __init__(self, messages: list[ReceivedMail]):
+        super().__init__(messages)
+        self.seen: set[tuple[str, str]] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        pair = (envelope.mail_from, address)
+        if pair not in self.seen:
+            self.seen.add(pair)
+            return "451 4.7.1 Greylisted, please try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+
+class SlowRecorder(Recorder):
+    def __init__(self, messages: list[ReceivedMail], peer: "Peer"):
+        super().__init__(messages)
+        self.peer = peer
+
+    async def handle_DATA(self, server, session, envelope):
+        await asyncio.sleep(self.peer.delay)
+        return await super().handle_DATA(server, session, envelope)
+
+
 class SenderRefuser(Recorder):
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         return "550 5.7.1 Sender not allowed"
@@ -165,7 +240,62 @@ def _certificate(kind: str, ca: trustme.CA) -> trustme.LeafCert:
 
 # --- peers ------------------------------------------------------------------------
 
-class _QuietController(Controller):
+class _CountingSMTP(SMTP):
+    """Tells the peer when an SMTP session starts (EHLO or HELO) and ends."""
+
+    def __init__(self, handler, peer: "Peer", **kwargs):
+        super().__init__(handler, **kwargs)
+        self._peer, self._counted = peer, False
+
+    def _count(self) -> None:
+        if not self._counted:
+            self._counted = True
+            self._peer.opened()
+
+    async def smtp_EHLO(self, hostname):
+        self._count()
+        return await super().smtp_EHLO(hostname)
+
+    async def smtp_HELO(self, hostname):
+        self._count()
+        return await super().smtp_HELO(hostname)
+
+    def connection_lost(self, error):
+        if self._counted:
+            self._counted = False
+            self._peer.closed()
+        super().connection_lost(error)
+
+
+class _MessageLimitSMTP(_CountingSMTP):
+    """Takes MESSAGES_PER_SESSION messages per connection, then says 421 and closes."""
+
+    def __init__(self, handler, peer: "Peer", **kwargs):
+        super().__init__(handler, peer, **kwargs)
+        self._messages = 0
+
+    async def smtp_MAIL(self, arg):
+        if self._messages >= MESSAGES_PER_SESSION:
+            await self.push("421 4.7.0 Too many messages in this session, closing connection")
+            self.transport.close()
+            return
+        return await super().smtp_MAIL(arg)
+
+    async def smtp_DATA(self, arg):
+        await super().smtp_DATA(arg)
+        self._messages += 1
+
+
+class _CountingController(Controller):
+    def __init__(self, handler, peer: "Peer", smtp_class=_CountingSMTP, **kwargs):
+        super().__init__(handler, **kwargs)
+        self.peer, self.smtp_class = peer, smtp_class
+
+    def factory(self):
+        return self.smtp_class(self.handler, self.peer, **self.SMTP_kwargs)
+
+
+class _QuietController(_CountingController):
     """aiosmtpd warns when AUTH is required without STARTTLS; with implicit TLS that is fine."""
 
     def factory(self):
@@ -174,25 +304,34 @@ class _QuietController(Controller):
             return super().factory()
 
 
-def _start_aiosmtpd(kind: str, ca: trustme.CA, messages: list) -> tuple[int, object]:
-    port = free_port()
+PLAIN_HANDLERS = {"plain": Recorder, "refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser,
+                  "refuse_message": MessageRefuser, "greylist": Greylister, "idle_close": Recorder,
+                  "message_limit": Recorder}
+PLAIN_KINDS = (*PLAIN_HANDLERS, "slow")  # no TLS, no AUTH
+
+
+def _start_aiosmtpd(kind: str, ca: trustme.CA, peer: "Peer", port: int) -> object:
+    messages = peer.messages
     common = dict(hostname="127.0.0.1", port=port, server_hostname=SERVER_NAME, ready_timeout=5.0)
-    if kind in ("plain", "refuse_sender", "refuse_recipients"):
-        handler = {"refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser}.get(kind, Recorder)(messages)
-        controller = Controller(handler, **common)
+    if kind == "idle_close":
+        common["timeout"] = IDLE_TIMEOUT
+    if kind in PLAIN_KINDS:
+        handler = SlowRecorder(messages, peer) if kind == "slow" else PLAIN_HANDLERS[kind](messages)
+        smtp_class = _MessageLimitSMTP if kind == "message_limit" else _CountingSMTP
+        controller = _CountingController(handler, peer, smtp_class=smtp_class, **common)
     elif kind == "tls":
         handler = Recorder(messages)
         controller = _QuietController(
-            handler, ssl_context=_server_context(_certificate(kind, ca)),
+            handler, peer, ssl_context=_server_context(_certificate(kind, ca)),
             authenticator=handler.authenticator, auth_required=True, auth_require_tls=False,
             **common)
     else:  # starttls, reject, untrusted, wrong_name, expired
         handler = CramMd5Recorder(messages, accept_credentials=(kind != "reject"))
-        controller = Controller(
-            handler, tls_context=_server_context(_certificate(kind, ca)), require_starttls=True,
+        controller = _CountingController(
+            handler, peer, tls_context=_server_context(_certificate(kind, ca)), require_starttls=True,
             authenticator=handler.authenticator, auth_required=True, **common)
     controller.start()
-    return port, controller.stop
+    return controller.stop
 
 
 class _SilentListener:
@@ -221,8 +360,7 @@ class _SilentListener:
             conn.close()
 
 
-KINDS = ("starttls", "tls", "plain", "reject", "untrusted", "wrong_name", "expired",
-         "refuse_sender", "refuse_recipients", "silent", "closed")
+KINDS = ("starttls", "tls", "reject", "untrusted", "wrong_name", "expired", *PLAIN_KINDS, "silent", "closed")
 
 
 def start_peer(kind: str, ca: trustme.CA, ca_pem: str) -> Peer:
@@ -235,7 +373,9 @@ def start_peer(kind: str, ca: trustme.CA, ca_pem: str) -> Peer:
     elif kind == "closed":
         peer.port = free_port()
     else:
-        peer.port, peer._stop = _start_aiosmtpd(kind, ca, peer.messages)
+        peer.port = free_port()
+        peer._restart = lambda: _start_aiosmtpd(kind, ca, peer, peer.port)
+        peer._stop = peer._restart()
     return peer
 
 

@@ -246,9 +246,12 @@ class LimitsSection(Section):
                            description="The longest a whole Validate or sample mail may take.")
     max_connections = IntegerField("Max. concurrent connections", default=5,
                                    validators=[InputRequired(), NumberRange(1, 100, "Enter 1 to 100.")],
-                                   description="How many Validate runs and sample mails may talk to this "
-                                               "server at once (per app process); beyond that Mailroom "
-                                               "answers “busy, try again”.")
+                                   description="How many connections Mailroom may have open to this server at "
+                                               "once. Delivery counts them across every worker on every host; "
+                                               "Validate and sample mails count theirs in each app process "
+                                               "(gunicorn worker), so the server may see that many more per "
+                                               "process. Beyond it a check answers “busy, try again” at once and "
+                                               "queued mail waits for a free connection.")
     rate_per_minute = IntegerField(
         "Send rate: messages per minute", validators=[Optional(), NumberRange(1, 100_000, "Enter 1 to 100,000, or "
                                                                                         "leave it empty.")],
@@ -274,6 +277,9 @@ PARTIALS: dict[str, list[str]] = {
     "credentials": ["basic", "oauth", "microsoft", "issuer"],  # when the authentication or provider changes
     "endpoints": ["oauth", "microsoft", "issuer"],  # when the tenant, cloud or flow changes (endpoints and scope)
 }
+# Parts that gather whichever of their sections show; every other part is its first section's own
+# markup, and can be rendered only when the posted choices show that section.
+GATHERING = frozenset({"connection", "credentials"})
 FOLLOWS_THE_CLOUD = "graph_endpoint"  # a protocol's service root that is filled in from the Microsoft cloud
 
 
@@ -369,6 +375,10 @@ class ServerForm:
 
     def shows(self, section: str) -> bool:
         return section in self.sections
+
+    def can_render(self, partial: str) -> bool:
+        """The posted choices show what this part is made of (e.g. "endpoints" needs the OAuth section)."""
+        return partial in GATHERING or PARTIALS[partial][0] in self.sections
 
     def in_partial(self, partial: str) -> list[tuple[str, Section | None]]:
         """The partial's own sections in order: (name, the section if shown, else None for a carry)."""

@@ -22,8 +22,8 @@ from .config import ServerConfig
 from .deadline import Deadline, DeadlineExceeded
 from .envelope import Envelope
 from .egress import REFUSED_HINT, EgressRefused, egress_details
-from .redact import Redactor
-from .report import RecipientOutcome, Report, Step, StepFailed
+from .redact import NOT_SHOWN, Redactor
+from .report import Outcome, RecipientOutcome, Report, Step, StepFailed
 
 
 class ApiCall(Attempt):
@@ -71,6 +71,8 @@ class ApiCall(Attempt):
             return StepFailed(f"the TLS certificate of {host or 'the service'} could not be verified",
                               "check the address; a server with a certificate from your own authority needs "
                               "its CA in EXTRA_CA_CERTS (or the server's CA certificate)", temporary=False)
+        if isinstance(error, http.AnswerRefused):
+            return StepFailed(str(error), error.hint)
         if isinstance(error, requests.ConnectionError):
             return StepFailed(f"could not connect to {host or 'the service'}: {http.reason(error)}",
                               "check the address and this machine's network")
@@ -79,12 +81,28 @@ class ApiCall(Attempt):
             return StepFailed("the address cannot be used", "check the address in the settings", temporary=False)
         return None
 
+    def scrub(self) -> None:
+        """As every attempt; besides, with a secret too short to look for, what the service said
+        about a failure is not shown (only its HTTP status)."""
+        report = self.report
+        if self.redactor.blind and any(line.startswith("S: ") for line in report.transcript):
+            for step in report.steps:
+                if step.outcome == Outcome.FAILED:
+                    step.summary = NOT_SHOWN
+                    step.details = [(k, v) for k, v in step.details if k == "HTTP status"]
+        super().scrub()
+
 
 def json_of(response: requests.Response) -> dict:
+    """The answer's JSON object; {} for anything else (an error page, not an object). JSON nested
+    deeper than the interpreter can parse fails the step in words (called inside a step)."""
     try:
         body = response.json()
     except ValueError:
         return {}
+    except RecursionError:
+        raise StepFailed(f"the answer from {http.host_of(response.url)} is JSON nested too deeply to read",
+                         "check the address: it should lead to the service itself") from None
     return body if isinstance(body, dict) else {}
 
 

@@ -27,11 +27,32 @@ from .deadline import Deadline, call_within
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-METADATA_NAMES = ("metadata.google.internal", "metadata.goog", "metadata", "instance-data",
-                  "instance-data.ec2.internal", "metadata.azure.internal", "metadata.oraclecloud.com")
+# Cloud platforms' instance metadata, credential and host-agent endpoints, by name and by address. The list
+# follows PayloadsAllTheThings, "Server Side Request Forgery/SSRF-Cloud-Instances.md"
+# (github.com/swisskyrepo/PayloadsAllTheThings), completed from the providers' own documentation where
+# it names an address that is not link-local (those are refused as link-local anyway):
+METADATA_NAMES = (
+    "metadata.google.internal", "metadata.goog", "metadata",  # Google Cloud (compute metadata server)
+    "instance-data", "instance-data.ec2.internal",  # AWS EC2 (IMDS)
+    "metadata.azure.internal",  # Azure
+    "metadata.oraclecloud.com",  # Oracle Cloud
+    "metadata.tencentyun.com",  # Tencent Cloud (169.254.0.23)
+    "metadata.packet.net", "metadata.platformequinix.com",  # Equinix Metal (formerly Packet)
+    "rancher-metadata",  # Rancher's metadata service
+)
 METADATA_ADDRESSES = tuple(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "169.254.169.123", "100.100.100.200", "fd00:ec2::254",
-    "fd00:ec2::23", "fd20:ce::254"))
+    "169.254.169.254",  # AWS, Google Cloud, Azure, Oracle, DigitalOcean, OpenStack, Hetzner, ... (IMDS)
+    "fd00:ec2::254",  # AWS IMDS over IPv6 (Nitro instances)
+    "169.254.170.2",  # AWS ECS task metadata and credentials
+    "169.254.170.23", "fd00:ec2::23",  # AWS EKS Pod Identity agent (credentials)
+    "169.254.169.123",  # AWS Time Sync
+    "fd20:ce::254",  # Google Cloud metadata server over IPv6
+    "168.63.129.16",  # Azure WireServer / host agent (a public address: "What is IP address 168.63.129.16?")
+    "192.0.0.192",  # Oracle Cloud's metadata service (legacy address)
+    "fd00:c1::a9fe:a9fe",  # Oracle Cloud IMDS over IPv6
+    "100.100.100.200",  # Alibaba Cloud ECS metadata
+    "169.254.0.23",  # Tencent Cloud metadata
+))
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
@@ -148,7 +169,7 @@ class Policy:
             if not allowed:
                 raise EgressRefused(host, port, "", reason)
             return
-        if name in METADATA_NAMES or any(name.endswith("." + m) for m in METADATA_NAMES[:2]):
+        if name in METADATA_NAMES or any(name.endswith("." + m) for m in ("metadata.google.internal", "metadata.goog")):
             raise EgressRefused(host, port, "", f"{name} is a cloud metadata service (built-in rule); "
                                                 f"{self.hint}")
 

@@ -10,7 +10,12 @@ same adapter) whose connections:
 - verify TLS with the system's authorities plus the app's EXTRA_CA_CERTS, whatever the
   environment says (REQUESTS_CA_BUNDLE, proxies: trust_env is off);
 - give up when the deadline runs out: each request's timeout is the time left, and a
-  watchdog closes a connection that is still talking when it is over.
+  watchdog closes a connection that is still talking when it is over;
+- read every answer up to `limit` bytes (decoded) and no further, whoever reads it (requests,
+  authlib, exchangelib): a larger one (announced or sent), one cut off before its end, or one
+  that cannot be decoded raises AnswerRefused (a requests.ConnectionError, in words);
+- never follow a redirect (AnswerRefused too): a token or secret goes only to the URL it was
+  saved for, and requests would re-send a 307's form, client secret included, wherever it points.
 
 `record(report, response)` puts a request and its status into a report's transcript,
 without bodies, query strings or headers (they may carry tokens).
@@ -18,24 +23,39 @@ without bodies, query strings or headers (they may carry tokens).
 import ipaddress
 import socket
 import threading
-from urllib.parse import urlsplit
+from contextlib import contextmanager
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3 import HTTPResponse
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from .deadline import Deadline, DeadlineExceeded, connect_within
 from .egress import EgressRefused, Network
 from .tls import tls_context
 
 USER_AGENT = "Mailroom/1 (+mail server settings check)"
+# The most Mailroom reads of one answer. What it asks for (tokens, metadata documents, a mailbox's
+# profile, the answer to a sent mail, EWS's SOAP answers) is a few KB; an error page a few more.
+ANSWER_LIMIT = 1024 * 1024
+CHUNK = 64 * 1024
+
+
+class AnswerRefused(requests.ConnectionError):
+    """An answer not read to its end: larger than the limit, cut off, or undecodable. str() in
+    words, without a colon (callers show what follows the last one); `hint` says what to try."""
+
+    def __init__(self, text: str, hint: str, request=None):
+        super().__init__(text, request=request)
+        self.hint = hint
 
 
 class EgressAdapter(HTTPAdapter):
-    def __init__(self, network: Network, deadline: Deadline):
-        self.network, self.deadline = network, deadline
+    def __init__(self, network: Network, deadline: Deadline, limit: int = ANSWER_LIMIT):
+        self.network, self.deadline, self.limit = network, deadline, limit
         self.context = tls_context(True, "", network.extra_ca_pem)
         super().__init__(max_retries=0)
 
@@ -67,7 +87,90 @@ class EgressAdapter(HTTPAdapter):
     def send(self, request, **kwargs):
         kwargs["timeout"] = self.deadline.left()
         kwargs["proxies"] = {}
-        return super().send(request, **kwargs)
+        kwargs["stream"] = True  # requests reads the body afterwards, through the bounded response
+        response = super().send(request, **kwargs)
+        BoundedResponse.bind(response.raw, urlsplit(request.url).netloc, self.limit, self.deadline)
+        if response.is_redirect:
+            response.close()
+            raise _redirect_refused(response)
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > self.limit:
+            response.close()
+            raise response.raw.too_large()
+        return response
+
+
+def _redirect_refused(response: requests.Response) -> AnswerRefused:
+    """A redirect is not followed: requests would re-send a 307's form (a client secret) to wherever
+    it points, and a session-wide Authorization header to another path of the host."""
+    where = urlsplit(urljoin(response.request.url, response.headers["Location"]))
+    target = f"{where.scheme}://{where.netloc}{where.path}" if where.netloc else "another address"
+    return AnswerRefused(f"{urlsplit(response.request.url).netloc} redirects to {target} ({response.status_code} "
+                         f"{response.reason or ''}".rstrip() + "), and Mailroom does not follow redirects",
+                         "enter the address it redirects to, if that is the service's own: a token or secret goes "
+                         "only to the address it was saved for", response.request)
+
+
+class BoundedResponse(HTTPResponse):
+    """urllib3's response to one request, read no further than `limit` bytes (decoded: a compressed
+    bomb counts as what it inflates to) and never past the deadline (the watchdog's close is no
+    end of an answer). It stays an HTTPResponse with its socket, which requests-ntlm reads for
+    channel binding before the body; requests reads the body through it (.content, iter_content).
+    """
+    host: str
+    limit: int
+    deadline: Deadline
+    received: int
+
+    @classmethod
+    def bind(cls, response: HTTPResponse, host: str, limit: int, deadline: Deadline) -> None:
+        response.__class__ = cls  # urllib3 builds its own class in HTTPConnection.getresponse
+        response.host, response.limit, response.deadline, response.received = host, limit, deadline, 0
+
+    def too_large(self) -> AnswerRefused:
+        return AnswerRefused(f"the answer from {self.host} is larger than {self.limit // 1024} KB, more than "
+                             "Mailroom reads", "check the address: it should lead to the service itself, whose "
+                             "answers are small")
+
+    def read(self, amt=None, decode_content=None, cache_content=False):
+        if amt is None or amt < 0:  # all of it, in pieces: the limit holds on the way
+            data = b"".join(iter(lambda: self.read(CHUNK, decode_content), b""))
+            if cache_content:
+                self._body = data
+            return data
+        with self._refusals():
+            return self._counted(super().read(amt, decode_content, cache_content))
+
+    def read1(self, amt=None, decode_content=None):
+        with self._refusals():
+            return self._counted(super().read1(amt or CHUNK, decode_content))
+
+    def read_chunked(self, amt=None, decode_content=None):
+        with self._refusals():
+            for chunk in super().read_chunked(amt or CHUNK, decode_content):  # never a whole 10 GB chunk at once
+                yield self._counted(chunk)
+
+    def _counted(self, data: bytes) -> bytes:
+        self.received += len(data or b"")
+        if self.received > self.limit:
+            self.close()
+            raise self.too_large()
+        self.deadline.left()  # DeadlineExceeded once it is over, even if the watchdog's close looked like an end
+        return data
+
+    @contextmanager
+    def _refusals(self):
+        try:
+            yield
+        except ProtocolError:
+            raise AnswerRefused(f"the answer from {self.host} was cut off before its end",
+                                "try again; if it persists, check the address and what lies between (a proxy, a "
+                                "firewall)") from None
+        except DecodeError:
+            raise AnswerRefused(f"the answer from {self.host} cannot be decoded (its Content-Encoding)",
+                                "check the address: it should lead to the service itself") from None
+        except ReadTimeoutError:
+            raise DeadlineExceeded("no answer in time") from None
 
 
 def _checked_connection(conn, network: Network, deadline: Deadline, loopback_only: bool = False) -> socket.socket:
@@ -105,8 +208,9 @@ def _watch(sock: socket.socket, deadline: Deadline) -> None:
     timer.start()
 
 
-def mount(session: requests.Session, network: Network, deadline: Deadline) -> requests.Session:
-    adapter = EgressAdapter(network, deadline)
+def mount(session: requests.Session, network: Network, deadline: Deadline,
+          limit: int = ANSWER_LIMIT) -> requests.Session:
+    adapter = EgressAdapter(network, deadline, limit)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.trust_env = False  # no REQUESTS_CA_BUNDLE, no proxies from the environment
@@ -114,8 +218,8 @@ def mount(session: requests.Session, network: Network, deadline: Deadline) -> re
     return session
 
 
-def session(network: Network, deadline: Deadline) -> requests.Session:
-    return mount(requests.Session(), network, deadline)
+def session(network: Network, deadline: Deadline, limit: int = ANSWER_LIMIT) -> requests.Session:
+    return mount(requests.Session(), network, deadline, limit)
 
 
 def record(transcript: list[str], response: requests.Response, what: str = "") -> None:

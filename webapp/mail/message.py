@@ -20,7 +20,7 @@ from email import policy as email_policy
 from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid, parseaddr
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
 from .config import Sender
 
@@ -49,12 +49,12 @@ def build_message(
 
     everyone = [from_, *([reply_to] if reply_to else []), *sum(headers.values(), [])]
     message = EmailMessage(policy=_policy_for(everyone))
-    _set_address(message, "From", from_)
+    _set_addresses(message, "From", [from_])
     if reply_to:
-        _set_address(message, "Reply-To", reply_to)
+        _set_addresses(message, "Reply-To", [reply_to])
     for field, addresses in headers.items():
         if addresses:
-            message[field] = addresses
+            _set_addresses(message, field, addresses)
     if LOOKS_ENCODED in subject:
         message.set_raw("Subject", Header(subject, "utf-8", header_name="Subject").encode())
     else:
@@ -68,14 +68,28 @@ def build_message(
 LOOKS_ENCODED = "=?"  # text that mail clients would read as an RFC 2047 encoded word
 
 
-def _set_address(message: EmailMessage, field: str, address: Address) -> None:
-    """Text typed as a display name reaches mail clients as typed, even one that looks like an
-    encoded word ("=?utf-8?q?Evil?="): then it is written as an encoded word of itself."""
-    if LOOKS_ENCODED not in address.display_name:
-        message[field] = address
+def _set_addresses(message: EmailMessage, field: str, addresses: list[Address]) -> None:
+    """Text typed as a display name reaches mail clients as typed. The email package writes an
+    ASCII name as it is, so one that looks like an encoded word ("=?utf-8?q?Evil=0D=0ABcc:...?=")
+    would be decoded by the client into something else, a line break and another header included;
+    and it folds a long non-ASCII name into encoded words with the space between two of them
+    outside both, where RFC 2047 decoders drop it. Such names are written here as encoded words
+    of themselves (RFC 2047, spaces inside them), and the header is kept as written."""
+    if all(_plain(address.display_name) for address in addresses):
+        message[field] = addresses
         return
-    name = Header(address.display_name, "utf-8", header_name=field).encode()  # short enough not to be refolded
-    message.set_raw(field, f"{name} <{address.addr_spec}>")
+    message.set_raw(field, ",\n ".join(_written(field, address) for address in addresses))
+
+
+def _plain(name: str) -> bool:
+    return name.isascii() and LOOKS_ENCODED not in name
+
+
+def _written(field: str, address: Address) -> str:
+    if _plain(address.display_name):
+        return formataddr((address.display_name, address.addr_spec))  # quoted where it needs to be
+    name = Header(address.display_name, "utf-8", header_name=field).encode()  # folded with "\n "
+    return f"{name} <{address.addr_spec}>"
 
 
 def sample_message(
@@ -120,14 +134,21 @@ def ascii_domain(domain: str) -> str:
 
 
 def _policy_for(addresses: list[Address]):
+    """SMTPUTF8 only when a local part needs it. A header set as written (encoded words) is never
+    refolded: refolding parses it, decoding its encoded words, and writes the result as text."""
     needs_utf8 = any(not address.username.isascii() for address in addresses)
-    return email_policy.SMTPUTF8 if needs_utf8 else email_policy.default
+    return (email_policy.SMTPUTF8 if needs_utf8 else email_policy.default).clone(refold_source="none")
+
+
+# CR and LF, and what str.splitlines() and some mail software also take for a line end or refuse in
+# a header: the other C0 controls but tab, DEL, NEL and the Unicode line and paragraph separators.
+FORBIDDEN_IN_HEADERS = frozenset([chr(c) for c in range(0x20) if c != 0x09] + ["\x7f", "\x85", "\u2028", "\u2029"])
 
 
 def _reject_line_breaks(*values: str) -> None:
     for value in values:
-        if "\r" in value or "\n" in value:
-            raise ValueError(f"header values may not contain line breaks: {value!r}")
+        if FORBIDDEN_IN_HEADERS & set(value):
+            raise ValueError(f"header values may not contain line breaks or control characters: {value!r}")
 
 
 def _as_list(addresses: Iterable[str] | str) -> list[str]:
@@ -221,12 +242,12 @@ def compose(
     addresses = {field: [parse_address(m.address, m.name) for m in mailboxes] for field, mailboxes in people.items()}
 
     message = EmailMessage(policy=_policy_for([from_, *([reply] if reply else []), *sum(addresses.values(), [])]))
-    _set_address(message, "From", from_)
+    _set_addresses(message, "From", [from_])
     if reply:
-        _set_address(message, "Reply-To", reply)
+        _set_addresses(message, "Reply-To", [reply])
     for field, values in addresses.items():
         if values:
-            message[field] = values
+            _set_addresses(message, field, values)
     _set_unstructured(message, "Subject", subject)
     message["Date"] = format_datetime(_utc(now or datetime.now(timezone.utc)))
     message["Message-ID"] = make_msgid(domain=ascii_domain(from_.domain))

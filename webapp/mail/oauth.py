@@ -298,6 +298,8 @@ def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript
                                                         headers={"Accept": "application/json", **(headers or {})})
     except requests.exceptions.SSLError as error:
         raise OAuthFailure("tls", f"{host} ({http.reason(error)})", None, provider, grant) from None
+    except http.AnswerRefused as error:  # too large, cut off, or a redirect: never read past the limit
+        raise OAuthFailure("unreadable_answer", str(error), None, provider, grant) from None
     except requests.Timeout:
         raise OAuthFailure("timeout", host, None, provider, grant) from None
     except requests.ConnectionError as error:
@@ -312,7 +314,7 @@ def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript
 def _json(response, provider: str, grant: str = "") -> dict:
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested without bound
         raise OAuthFailure("not_json", f"HTTP {response.status_code}", response.status_code, provider,
                            grant) from None
     return body if isinstance(body, dict) else {}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 MICROSOFT, GOOGLE = "microsoft", "google"  # mail/oauth.py's Provider values (imported from there would be a cycle)
 SERVICE_ACCOUNT = "service_account"
-TRANSPORT_ERRORS = frozenset({"unreachable", "timeout", "tls", "egress_refused", "not_json"})
+TRANSPORT_ERRORS = frozenset({"unreachable", "timeout", "tls", "egress_refused", "not_json", "unreadable_answer"})
 # Mailroom's own codes (the way to the server, or an answer that is not OAuth): never a dead grant
 MAILROOM_ERRORS = TRANSPORT_ERRORS | {"no_access_token", "issuer_mismatch", "discovery_failed", "no_token_endpoint",
                                       "no_refresh_token"}
@@ -166,6 +166,8 @@ ERRORS: dict[str, tuple[str, dict[str, str], bool]] = {
             False),
     "not_json": ("the token endpoint did not answer with OAuth JSON", {
         OTHER: "check the token URL: it must be the server's token endpoint"}, False),
+    "unreadable_answer": ("the token endpoint's answer cannot be used", {
+        OTHER: "check the token URL: it should lead to the provider's token endpoint itself"}, False),
     "no_access_token": ("the token endpoint answered without an access token", {
         OTHER: "check the token URL: it must be the server's token endpoint"}, True),
     "issuer_mismatch": ("the answer came from another issuer than the one configured", {

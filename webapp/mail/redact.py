@@ -1,48 +1,135 @@
-"""Keeping secrets out of reports: what a server sends back is checked for them.
+"""Keeping secrets out of reports and logs: what a server sends back is checked for them.
 
 The client's own credential lines are never recorded (the transports replace them
 wholesale). This is for what comes back: a server that echoes an AUTH line, an error
-page quoting a token. A secret is looked for as itself and in base64 at every offset
-(so it is found inside a SASL PLAIN blob or an XOAUTH2 string whatever precedes it),
-in the standard and the URL-safe alphabet. A base64 word that contains it is hidden
-whole, so no partial bits of it remain either.
+page quoting a token. A secret is looked for in every form a server may plausibly send
+it back in:
+
+- itself, hex, URL-encoded (%XX, + for a space), HTML- and JSON-escaped;
+- base64 at every offset (so it is found inside a SASL PLAIN blob or an XOAUTH2 string
+  whatever precedes it), in the standard and the URL-safe alphabet; a base64 word that
+  contains it is hidden whole, so no partial bits of it remain either;
+
+each in any case (a server that upper-cases what it quotes) and with white space, line
+breaks included, between any two characters (a reply folded over several lines).
+
+A secret shorter than MIN_SECRET cannot be found safely: its forms occur in ordinary text,
+and hiding them there would show where it is, while the forms too short to look for would
+go through. With such a secret the redactor is `blind`: the server's own text is not shown
+at all (`echo` gives NOT_SHOWN in its place) and `clean` hides every copy of what the
+server said that a summary or detail quotes.
 """
 import base64
+import html
+import json
 import re
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 REDACTED = "********"
 MIN_NEEDLE = 4  # shorter forms would match ordinary text
-_WORD = re.compile(r"[A-Za-z0-9+/_=-]{4,}")
+MIN_SECRET = 8  # shorter secrets are not looked for: the server's text is not shown instead
+NOT_SHOWN = (f"(the server's text is not shown: a secret shorter than {MIN_SECRET} characters cannot be told "
+             "apart from ordinary text)")
+HIDDEN = "(not shown)"
+_ENHANCED_CODE = re.compile(r"^\s*[245]\.\d{1,3}\.\d{1,3}\s+")  # RFC 3463, repeated on each line of a reply
+_BASE64 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_=-")
 
 
 class Redactor:
     def __init__(self, secrets: Iterable[str] = ()):
-        self._plain: list[str] = []
-        self._encoded: set[str] = set()
+        self._needles: dict[str, bool] = {}  # folded form -> hide the whole base64 word around it
+        self._quoted: list[tuple[re.Pattern, str]] = []  # server lines a summary may quote, and their stand-in
+        self.blind = False
         for secret in secrets:
             self.add(secret)
 
     def add(self, secret: str) -> None:
-        if not secret or len(secret) < MIN_NEEDLE:
+        if not secret:
             return
-        self._plain.append(secret)
-        self._plain.sort(key=len, reverse=True)
-        self._encoded |= {needle for needle in base64_forms(secret.encode("utf-8")) if len(needle) >= MIN_NEEDLE}
+        if len(secret) < MIN_SECRET:
+            self.blind = True
+            return
+        for form in text_forms(secret):
+            self._needles.setdefault(_fold(form), False)
+        for form in base64_forms(secret.encode("utf-8")):
+            self._needles[_fold(form)] = True
+        self._needles = {n: w for n, w in self._needles.items() if len(n) >= MIN_NEEDLE}
 
     def __bool__(self) -> bool:
-        return bool(self._plain)
+        return bool(self._needles) or self.blind
 
     def leaks(self, text: str) -> bool:
-        return bool(self._plain) and (any(s in text for s in self._plain)
-                                      or any(n in word for word in _WORD.findall(text) for n in self._encoded))
+        return bool(self._spans(text))
+
+    def echo(self, text: str) -> str:
+        """A line the server sent, as a report may show it."""
+        return self.echo_lines([text])[0]
+
+    def echo_lines(self, lines: list[str]) -> list[str]:
+        """The lines of one reply as a report may show them: none in blind mode; all when a secret
+        runs from one into the next (past the enhanced status code each line repeats); else each
+        line that carries a secret. What is hidden here is hidden by `clean` where it is quoted."""
+        if self.blind:
+            hidden = [True] * len(lines)
+        elif len(lines) > 1 and self.leaks("\n".join(_ENHANCED_CODE.sub("", line) for line in lines)):
+            hidden = [True] * len(lines)
+        else:
+            hidden = [self.leaks(line) for line in lines]
+        stand_in = NOT_SHOWN if self.blind else REDACTED
+        for line, hide in zip(lines, hidden):
+            words = line.split()
+            if hide and words:
+                self._quoted.append((re.compile(r"\s+".join(map(re.escape, words))),
+                                     HIDDEN if self.blind else REDACTED))
+        return [stand_in if hide else line for line, hide in zip(lines, hidden)]
 
     def clean(self, text: str) -> str:
-        if not self._plain:
-            return text
-        for secret in self._plain:
-            text = text.replace(secret, REDACTED)
-        return _WORD.sub(lambda m: REDACTED if any(n in m.group(0) for n in self._encoded) else m.group(0), text)
+        for quoted, stand_in in self._quoted:
+            text = quoted.sub(stand_in, text)
+        spans = self._spans(text)
+        for start, end in reversed(spans):
+            text = text[:start] + REDACTED + text[end:]
+        return text
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
+        """Where a form of a secret is, white space between its characters allowed; merged."""
+        if not self._needles or not text:
+            return []
+        kept = [i for i, ch in enumerate(text) if not ch.isspace()]
+        squeezed = "".join(_fold(text[i]) for i in kept)
+        spans = []
+        for needle, whole_word in self._needles.items():
+            found = squeezed.find(needle)
+            while found != -1:
+                start, end = kept[found], kept[found + len(needle) - 1] + 1
+                if whole_word:
+                    while start > 0 and text[start - 1] in _BASE64:
+                        start -= 1
+                    while end < len(text) and text[end] in _BASE64:
+                        end += 1
+                spans.append((start, end))
+                found = squeezed.find(needle, found + 1)
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        return merged
+
+
+def _fold(text: str) -> str:
+    """Lower case, one character for one (so positions in the folded text are the original's)."""
+    return "".join(low if len(low := ch.lower()) == 1 else ch for ch in text)
+
+
+def text_forms(secret: str) -> set[str]:
+    """The secret as a server may quote it: itself, hex, URL-encoded, HTML- and JSON-escaped."""
+    raw = secret.encode("utf-8")
+    return {secret, raw.hex(), quote(secret, safe=""), quote(secret), quote_plus(secret, safe=""),
+            html.escape(secret), html.escape(secret, quote=False), json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1]}
 
 
 def base64_forms(secret: bytes) -> set[str]:

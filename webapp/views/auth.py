@@ -5,7 +5,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
 from .. import people, sessions
-from ..limits import failed_sign_in, limiter, sign_in_account, sign_in_address
+from ..limits import failed_sign_in, limiter, sign_in_account, sign_in_address, sign_in_pair
 from ..forms.auth import LoginForm, PasswordForm
 from ..forms.base import breaks_a_line
 from ..security import current_actor
@@ -14,9 +14,11 @@ bp = Blueprint("auth", __name__)
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["SIGN_IN_LIMIT_PER_ACCOUNT"], key_func=sign_in_account,
+@limiter.limit(lambda: current_app.config["SIGN_IN_LIMIT_PER_ACCOUNT_AND_ADDRESS"], key_func=sign_in_pair,
                methods=["POST"], deduct_when=failed_sign_in)
 @limiter.limit(lambda: current_app.config["SIGN_IN_LIMIT_PER_ADDRESS"], key_func=sign_in_address,
+               methods=["POST"], deduct_when=failed_sign_in)
+@limiter.limit(lambda: current_app.config["SIGN_IN_LIMIT_PER_ACCOUNT"], key_func=sign_in_account,
                methods=["POST"], deduct_when=failed_sign_in)
 def login():
     form = LoginForm()

@@ -93,8 +93,8 @@ def section(slug, name, server_id=None):
     else:
         server = _server_or_404(portal, server_id)
     form = _form(server, only=name)
-    if not form.choices.known_protocol:
-        abort(400)
+    if not form.choices.known_protocol or not form.can_render(name):
+        abort(400)  # e.g. the endpoints of an OAuth part that the posted authentication does not show
     trigger = request.htmx.trigger_name
     if request.form.get("_action") == "default_port":
         form.reset_port()

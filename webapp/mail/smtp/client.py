@@ -4,7 +4,8 @@ transcript with authentication redacted by protocol:
 - the client's AUTH command keeps only the mechanism name, and every line answering a
   334 challenge is replaced whole, whatever the mechanism and the lengths;
 - a server line that carries a secret in any encoding (an echoed AUTH line, say) is
-  replaced whole too (see redact.py);
+  replaced whole too, and so is every line of a reply a secret runs across; with a secret
+  too short to look for, no server line is shown at all (see redact.py);
 - a greeting that is not SMTP is described, never echoed.
 """
 import base64
@@ -39,9 +40,8 @@ class Client(SMTP):
             self._transcript.append(f"S: <{len(text)} bytes that are not an SMTP reply>")
             return code, text
         lines = text.decode("utf-8", "replace").split("\n")
-        for number, line in enumerate(lines, 1):
+        for number, shown in enumerate(self._redactor.echo_lines(lines), 1):
             separator = " " if number == len(lines) else "-"
-            shown = REDACTED if self._redactor.leaks(line) else line
             self._transcript.append(f"S: {code}{separator}{shown}")
         return code, text
 
@@ -74,6 +74,13 @@ class Client(SMTP):
             self._auth_challenge_count += 1
             code, text = self.docmd(b64(authobject(base64.decodebytes(text))))
         return code, text
+
+    def rebind(self, deadline: Deadline, transcript: list[str], redactor: Redactor) -> None:
+        """Go on with another message: its deadline, its transcript, its secrets."""
+        self._deadline, self._transcript, self._redactor = deadline, transcript, redactor
+        if self.file is not None:
+            self.file.close()  # bound to the old deadline; nothing is left unread between messages
+            self.file = None
 
     def start_over(self) -> None:
         """After STARTTLS: RFC 3207 says forget what the server offered before."""

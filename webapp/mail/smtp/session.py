@@ -53,6 +53,15 @@ class Session:
                                   else None)
         return session
 
+    def resume(self, previous: "Session") -> None:
+        """Take over the connection of a session that sent the previous message: the
+        client now keeps to this session's deadline and writes into this report."""
+        self.addresses, self.peer, self.client = previous.addresses, previous.peer, previous.client
+        self.encrypted, self.token = previous.encrypted, previous.token
+        if self.token:
+            self.redactor.add(self.token)
+        self.client.rebind(self.deadline, self.report.transcript, self.redactor)
+
     @property
     def auth(self) -> Auth:
         return self.config.auth

@@ -9,6 +9,10 @@ Both walk the same conversation and record one Step per stage in a Report:
 The first failed step ends the conversation; later steps are not added. A failed
 step says in plain words what happened (summary) and what to try (hint).
 
+open() gives an SmtpConnection for several messages in one session: the first message
+establishes it, later ones start with RSET (and establish it again when the server
+closed it meanwhile); each message has its own deadline and report.
+
 Time: config.timeout bounds the WHOLE conversation, the token included (deadline.py).
 Network: every address comes from config.network, which applies the egress policy.
 
@@ -18,16 +22,18 @@ defence every text of the report is cleaned of the secrets in any encoding (reda
 """
 from contextlib import contextmanager
 
-from ..attempt import Attempt
 from ..auth import AuthType, BearerAuth, token_step
+from ..deadline import Deadline
 from ..envelope import Envelope
 from ..oauth import Flow
 from ..report import DeliveryError, Receipt, Report, Step
 from ..transport import register
 from . import steps
-from .failures import EXPECTED, explain
+from .failures import EXPECTED, MESSAGE_STEPS
 from .session import Session
 from .settings import MECHANISM_LABELS, Security, SmtpSettings
+
+QUIT_SECONDS = 5.0  # the most a connection's closing QUIT may take
 
 
 @register
@@ -63,10 +69,101 @@ class SmtpTransport:
             _step(session, "RCPT TO", steps.rcpt_to)
             _step(session, "DATA", steps.data)
             _goodbye(session)
-        if not session.report.ok:
-            raise DeliveryError(session.report, session.outgoing.outcomes if session.outgoing else None)
-        return Receipt(reply=session.outgoing.reply, message_id=session.outgoing.message_id,
-                       report=session.report, recipients=session.outgoing.outcomes)
+        return _receipt(session)
+
+    def open(self, config) -> "SmtpConnection":
+        """Several messages, one after the other, over one SMTP session."""
+        return SmtpConnection(config)
+
+
+class SmtpConnection:
+    """One SMTP session for consecutive messages (mail.transport.Connection).
+
+    The first message walks the whole conversation up to DATA and leaves the session open;
+    each later one starts with RSET and sends MAIL FROM, RCPT TO and DATA again, under a
+    deadline of its own. A session the server closed meanwhile (an idle timeout, a 421) is
+    established again before anything of the message is sent. After a failure the session
+    is kept only where the server refused that one message (a reply to MAIL FROM, RCPT TO or
+    DATA other than 421): anything else may have left it in an unknown state.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self._session: Session | None = None  # established, between two messages
+        self.messages = 0  # sent over the current session
+
+    def send(self, envelope: Envelope) -> Receipt:
+        resumed = self._session is not None
+        session = self._send(envelope)
+        if resumed and _worth_a_new_session(session):
+            session = self._send(envelope)  # once more over a new session: the old one was at its end
+        return _receipt(session)
+
+    def _send(self, envelope: Envelope) -> Session:
+        session = Session.start(self.config)
+        with _conversation(session, keep=True):
+            _step(session, "Message", lambda s: steps.prepare(s, envelope))
+            if not self._resume(session):
+                _establish(session)
+                self.messages = 0
+            _step(session, "MAIL FROM", steps.mail_from)
+            _step(session, "RCPT TO", steps.rcpt_to)
+            _step(session, "DATA", steps.data)
+        self._keep_or_drop(session)
+        if session.report.ok:
+            self.messages += 1
+        return session
+
+    def close(self) -> None:
+        """QUIT (under a short deadline of its own: the session may have been idle) and close."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.client.rebind(Deadline(min(QUIT_SECONDS, self.config.timeout)), [], session.redactor)
+            _goodbye(session)
+            session.client.close()
+
+    def _resume(self, session: Session) -> bool:
+        """Carry on the open session with this message's deadline and report, after RSET."""
+        previous, self._session = self._session, None
+        if previous is None:
+            return False
+        session.resume(previous)
+        try:
+            code, _ = session.client.rset()
+        except EXPECTED:
+            code = None
+        if code == 250:
+            return True
+        session.client.close()  # the server closed it, or answers nonsense: start over
+        session.client = None
+        return False
+
+    def _keep_or_drop(self, session: Session) -> None:
+        failure = session.report.failure
+        reusable = session.client is not None and session.client.sock is not None and (
+            failure is None or (failure.name in MESSAGE_STEPS and failure.code is not None
+                                and failure.code != 421))
+        if reusable:
+            self._session = session
+        elif session.client is not None:
+            session.client.close()
+
+
+def _worth_a_new_session(session: Session) -> bool:
+    """A resumed session that the server ended before taking the message: a 421 (closing, RFC
+    5321 3.8: "too many messages", a shutdown) or the connection gone before DATA was sent. The
+    message was not taken, so sending it over a new session cannot make it arrive twice."""
+    failure = session.report.failure
+    if failure is None or failure.name not in MESSAGE_STEPS:
+        return False
+    return failure.code == 421 or (failure.code is None and failure.name in ("MAIL FROM", "RCPT TO"))
+
+
+def _receipt(session: Session) -> Receipt:
+    if not session.report.ok:
+        raise DeliveryError(session.report, session.outgoing.outcomes if session.outgoing else None)
+    return Receipt(reply=session.redactor.clean(session.outgoing.reply), message_id=session.outgoing.message_id,
+                   report=session.report, recipients=session.outgoing.outcomes)
 
 
 def _step(session: Session, name: str, action) -> None:
@@ -75,13 +172,18 @@ def _step(session: Session, name: str, action) -> None:
 
 
 @contextmanager
-def _conversation(session: Session):
+def _conversation(session: Session, keep: bool = False):
+    """The steps of one message; the connection is closed after them unless `keep` (a
+    connection deals with it), and always when something unexpected propagates."""
     try:
         with session.attempt:
             yield
-    finally:
+    except BaseException:
         if session.client is not None:
             session.client.close()
+        raise
+    if not keep and session.client is not None:
+        session.client.close()
 
 
 def _establish(s: Session) -> None:

@@ -1,7 +1,7 @@
 """SMTP submission: per-portal SMTP credentials
 
 Revision ID: submission_1
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
@@ -11,7 +11,7 @@ from alembic import op
 AutoString = sqlmodel.sql.sqltypes.AutoString
 
 revision = "submission_1"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,126 @@
+"""SMTP connection reuse (SmtpTransport.open): consecutive messages share one session, RSET
+between them, a session the server closed is established again, each message has its own
+deadline and report. Against real aiosmtpd peers that count their sessions."""
+import time
+
+import pytest
+
+from webapp.mail.auth import NoAuth, PasswordAuth
+from webapp.mail.config import Sender, ServerConfig
+from webapp.mail.envelope import Envelope
+from webapp.mail.message import build_message
+from webapp.mail.report import DeliveryError
+from webapp.mail.smtp import Security, SmtpSettings
+from webapp.mail.transport import open_connection
+
+from .peers.smtp import IDLE_TIMEOUT, MESSAGES_PER_SESSION, PLAIN_KINDS
+from .test_mail_smtp import LOOPBACK
+
+SENDER = Sender("mailer@example.test", "Portal Mailer")
+
+
+def config_for(peer, timeout=5.0) -> ServerConfig:
+    plain = peer.kind in PLAIN_KINDS
+    settings = SmtpSettings(host="localhost", port=peer.port, security=Security.NONE if plain else Security.STARTTLS,
+                            ca_cert=peer.ca_pem)
+    auth = NoAuth() if plain else PasswordAuth(peer.username, peer.password)
+    return ServerConfig("smtp", SENDER, settings, network=LOOPBACK, auth=auth, timeout=timeout, label="Test peer")
+
+
+def envelope(to="to@example.org", subject="Hello") -> Envelope:
+    return Envelope.of(build_message(SENDER, [to], subject, "Body\n"))
+
+
+def wait_until(condition, seconds=10.0):
+    """A hang guard, not a timing: wait for `condition` for at most `seconds`."""
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "the condition did not come true in time"
+        time.sleep(0.02)
+
+
+def test_consecutive_messages_share_one_session_with_rset_between(smtp_peer):
+    peer = smtp_peer("plain")
+    connection = open_connection(config_for(peer))
+    try:
+        receipts = [connection.send(envelope(subject=f"Message {n}")) for n in range(3)]
+    finally:
+        connection.close()
+    assert peer.message_ids() == [r.message_id for r in receipts]
+    assert peer.sessions == 1
+    first, second = receipts[0].report, receipts[1].report
+    assert [s.name for s in first.steps][:3] == ["Message", "Resolve host", "Connect"]
+    assert [s.name for s in second.steps] == ["Message", "MAIL FROM", "RCPT TO", "DATA"]
+    assert second.transcript[:2] == ["C: rset", "S: 250 OK"]
+    assert not any("quit" in line.lower() for line in first.transcript + second.transcript)
+    wait_until(lambda: peer.active == 0)  # close() said QUIT and the server let go
+
+
+def test_a_signed_in_session_signs_in_once(smtp_peer):
+    peer = smtp_peer("starttls")
+    connection = open_connection(config_for(peer))
+    try:
+        receipts = [connection.send(envelope(subject=f"Message {n}")) for n in range(2)]
+    finally:
+        connection.close()
+    assert len(peer.messages) == 2 and peer.sessions == 1
+    assert any(line.startswith("C: AUTH") for line in receipts[0].report.transcript)
+    assert not any(line.startswith("C: AUTH") for line in receipts[1].report.transcript)
+    assert peer.password not in "\n".join(receipts[0].report.transcript)
+
+
+def test_a_session_the_server_closed_while_idle_is_established_again(smtp_peer):
+    peer = smtp_peer("idle_close")
+    connection = open_connection(config_for(peer))
+    try:
+        connection.send(envelope(subject="Before the pause"))
+        wait_until(lambda: peer.active == 0, seconds=IDLE_TIMEOUT + 10)  # the server timed the session out
+        later = connection.send(envelope(subject="After the pause"))
+    finally:
+        connection.close()
+    assert [m.message["Subject"] for m in peer.messages] == ["Before the pause", "After the pause"]
+    assert peer.sessions == 2
+    assert "C: rset" in later.report.transcript and "Connect" in [s.name for s in later.report.steps]
+
+
+def test_a_session_the_server_ends_with_421_before_the_message_goes_on_over_a_new_one(smtp_peer):
+    peer = smtp_peer("message_limit")
+    connection = open_connection(config_for(peer))
+    try:
+        receipts = [connection.send(envelope(subject=f"Message {n}")) for n in range(MESSAGES_PER_SESSION + 1)]
+    finally:
+        connection.close()
+    assert peer.message_ids() == [r.message_id for r in receipts]
+    assert peer.sessions == 2
+    assert "Connect" in [s.name for s in receipts[-1].report.steps]  # its report is the new session's
+
+
+def test_a_message_the_server_refuses_keeps_the_session_for_the_next(smtp_peer):
+    peer = smtp_peer("refuse_recipients")
+    connection = open_connection(config_for(peer))
+    try:
+        with pytest.raises(DeliveryError) as refused:
+            connection.send(envelope(to="nobody@example.org"))
+        accepted = connection.send(envelope(to="someone@example.org"))
+    finally:
+        connection.close()
+    assert refused.value.code == 550 and not refused.value.temporary
+    assert accepted.recipients[0].accepted and peer.sessions == 1
+    assert [m.rcpt_tos for m in peer.messages] == [["someone@example.org"]]
+
+
+def test_a_session_that_failed_midway_is_not_reused(smtp_peer):
+    peer = smtp_peer("slow")
+    peer.delay = 2.0
+    connection = open_connection(config_for(peer, timeout=0.5))
+    try:
+        with pytest.raises(DeliveryError) as timed_out:
+            connection.send(envelope(subject="Too slow"))
+        peer.delay = 0
+        again = connection.send(envelope(subject="In time"))
+    finally:
+        connection.close()
+    assert timed_out.value.step == "DATA" and timed_out.value.temporary
+    assert "Connect" in [s.name for s in again.report.steps]  # a new session, not the one in doubt
+    assert [m.message["Subject"] for m in peer.messages] == ["In time"]  # the first went with its session
+    assert peer.sessions == 2

@@ -1,0 +1,132 @@
+"""Claiming outbox rows. The row is the record; Huey only wakes workers up.
+
+A worker claims a due message in one short transaction: the row goes from queued to sending,
+with the worker's name and a lease (PostgreSQL: the candidate row locked FOR UPDATE SKIP LOCKED,
+so two workers never wait for or take the same row; SQLite: one UPDATE ... WHERE id = (SELECT
+...), which runs under the database's write lock). Nothing is sent inside a transaction. Of two
+jobs for the same message only one gets it: duplicate wake-ups are harmless.
+
+Order: new mail (no attempt yet) before retries, except every RETRY_TURN-th claim, which looks
+at retries first, so that a stream of new mail cannot starve them.
+
+A worker that dies leaves its messages in sending; when their lease runs out, the sweep gives
+them back (counting the attempt): they are sent again, at least once in all.
+"""
+import itertools
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import set_committed_value
+
+from .. import db
+from ..models import DeliveryAttempt, MailState, OutboundMail, utcnow
+
+RETRY_TURN = 4
+_turns = itertools.count(1)
+_candidate = OutboundMail.__table__.alias("candidate")
+
+INTERRUPTED = ("the worker {owner} stopped during the attempt (its lease ran out): the message is sent again, "
+               "so the recipients may get it twice if the server had taken it")
+
+
+def claim(owner: str, lease_seconds: float, mail_id: int | None = None,
+          portal_id: int | None = None) -> OutboundMail | None:
+    """Claim `mail_id` if it is due, else the next due message (of `portal_id`, if given)."""
+    now = utcnow()
+    if mail_id is not None:
+        claimed = _take(owner, now, lease_seconds, OutboundMail.id == mail_id)
+        if claimed is not None:
+            return claimed
+    lanes = (True, False) if next(_turns) % RETRY_TURN else (False, True)
+    for fresh in lanes:
+        conditions = [_candidate.c.state == MailState.QUEUED, _candidate.c.next_attempt_at <= now]
+        if fresh:
+            conditions.append(_candidate.c.attempts == 0)
+        else:
+            conditions.append(_candidate.c.attempts > 0)
+        if portal_id is not None:
+            conditions.append(_candidate.c.portal_id == portal_id)
+        candidate = (select(_candidate.c.id).where(*conditions).order_by(_candidate.c.next_attempt_at).limit(1)
+                     .with_for_update(skip_locked=True).scalar_subquery())
+        claimed = _take(owner, now, lease_seconds, OutboundMail.id == candidate)
+        if claimed is not None:
+            return claimed
+    return None
+
+
+def _take(owner: str, now: datetime, lease_seconds: float, which) -> OutboundMail | None:
+    session = db.session()
+    taken = session.execute(
+        update(OutboundMail).where(which, OutboundMail.state == MailState.QUEUED, OutboundMail.next_attempt_at <= now)
+        .values(state=MailState.SENDING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
+                updated_at=now)
+        .returning(OutboundMail.id).execution_options(synchronize_session=False)).scalar()
+    session.commit()
+    if taken is None:
+        return None
+    mail = session.get(OutboundMail, taken, populate_existing=True)
+    session.commit()
+    return mail
+
+
+def extend(mail: OutboundMail, owner: str, until: datetime) -> bool:
+    """Keep the claim until `until` (before a send that might outlast it); False when it is lost."""
+    session = db.session()
+    kept = session.execute(
+        update(OutboundMail).where(OutboundMail.id == mail.id, OutboundMail.state == MailState.SENDING,
+                                   OutboundMail.lease_owner == owner)
+        .values(lease_until=until).execution_options(synchronize_session=False)).rowcount == 1
+    session.commit()
+    if kept:
+        set_committed_value(mail, "lease_until", until)  # known, not a change to write again
+    return kept
+
+
+def put_back(mail: OutboundMail, owner: str, at: datetime, **values) -> bool:
+    """Give the message back untried (no attempt counted): due again at `at`."""
+    session = db.session()
+    done = session.execute(
+        update(OutboundMail).where(OutboundMail.id == mail.id, OutboundMail.state == MailState.SENDING,
+                                   OutboundMail.lease_owner == owner)
+        .values(state=MailState.QUEUED, lease_owner="", lease_until=None, next_attempt_at=at, updated_at=utcnow(),
+                **values).execution_options(synchronize_session=False)).rowcount == 1
+    session.commit()
+    return done
+
+
+def rescue_expired(now: datetime | None = None) -> list[int]:
+    """Messages whose worker died (their lease ran out) are queued again, the attempt counted."""
+    session = db.session()
+    now = now or utcnow()
+    stale = session.execute(select(OutboundMail.id, OutboundMail.lease_owner, OutboundMail.server_id).where(
+        OutboundMail.state == MailState.SENDING, OutboundMail.lease_until < now)).all()
+    rescued = []
+    for mail_id, owner, server_id in stale:
+        words = INTERRUPTED.format(owner=owner or "(unknown)")
+        done = session.execute(
+            update(OutboundMail).where(OutboundMail.id == mail_id, OutboundMail.state == MailState.SENDING,
+                                       OutboundMail.lease_owner == owner, OutboundMail.lease_until < now)
+            .values(state=MailState.QUEUED, attempts=OutboundMail.attempts + 1, lease_owner="", lease_until=None,
+                    next_attempt_at=now, last_attempt_at=now, last_error=words, last_code=None, updated_at=now)
+            .execution_options(synchronize_session=False)).rowcount == 1
+        if not done:
+            continue
+        rescued.append(mail_id)
+        reserved = session.execute(
+            update(DeliveryAttempt).where(DeliveryAttempt.mail_id == mail_id, DeliveryAttempt.outcome == "sending")
+            .values(outcome="deferred", reply=words).execution_options(synchronize_session=False)).rowcount
+        if not reserved:
+            session.add(DeliveryAttempt(mail_id=mail_id, at=now, server_id=server_id, outcome="deferred", reply=words,
+                                        worker=owner))
+    session.commit()
+    return rescued
+
+
+def due_count(now: datetime | None = None) -> int:
+    from sqlalchemy import func
+
+    session = db.session()
+    count = session.execute(select(func.count()).select_from(OutboundMail).where(
+        OutboundMail.state == MailState.QUEUED, OutboundMail.next_attempt_at <= (now or utcnow()))).scalar_one()
+    session.commit()
+    return count

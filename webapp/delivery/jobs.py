@@ -1,0 +1,44 @@
+"""The jobs registered on the app's Huey (queue.py), each run inside an app context."""
+from .queue import DAY, Every
+
+
+def register(queue, app):
+    """Register the jobs on `queue.huey`; (deliver, probe) to enqueue with."""
+    from ..grants import refresh_quiet_grants
+    from . import health, notices, retention, sweep, worker
+
+    huey, settings = queue.huey, queue.settings
+
+    @huey.task(name="deliver")
+    def deliver(mail_id: int | None = None) -> None:
+        with app.app_context():
+            more = worker.Run(settings, stopping=queue.stopping).run(mail_id)
+        if more:
+            deliver(None)  # the batch was full: carry on in a new job, after the others waiting
+
+    @huey.task(name="probe")
+    def probe(server_id: int) -> None:
+        with app.app_context():
+            health.probe(server_id, worker.worker_name(), settings)
+
+    @huey.periodic_task(Every(settings.sweep), name="sweep")
+    def sweep_job() -> None:
+        with app.app_context():
+            sweep.sweep(queue)
+
+    @huey.periodic_task(Every(DAY, offset=settings.summary_hour * 3600), name="summary")
+    def summary_job() -> None:
+        with app.app_context():
+            notices.daily_summary(settings)
+
+    @huey.periodic_task(Every(DAY, offset=3 * 3600), name="purge")
+    def purge_job() -> None:
+        with app.app_context():
+            retention.purge(settings)
+
+    @huey.periodic_task(Every(DAY, offset=2 * 3600), name="refresh_tokens")
+    def refresh_tokens_job() -> None:
+        with app.app_context():
+            refresh_quiet_grants(24)
+
+    return deliver, probe
