@@ -233,8 +233,11 @@ def test_failed_sign_ins_are_counted_per_client_address_then_421(app, relay, log
         assert client.docmd("AUTH", f"PLAIN {plain(account)}")[0] == 421
 
 
-def test_failed_sign_ins_count_across_listener_hosts_in_redis(app, relay, login):
-    app.config.update(REDIS_URL="redis://127.0.0.1:6379/0", RATELIMIT_KEY_PREFIX=f"test-{secrets.token_hex(8)}")
+@pytest.mark.parametrize("storage", ["database", "redis"])
+def test_failed_sign_ins_count_across_listener_hosts(app, relay, login, storage):
+    if storage == "redis":
+        app.config.update(RATELIMIT_STORAGE_URI="redis://127.0.0.1:6379/0",
+                          RATELIMIT_KEY_PREFIX=f"test-{secrets.token_hex(8)}")
     first, second = relay(auth_failures=parse("2 per 15 minutes")), relay(auth_failures=parse("2 per 15 minutes"))
     account = login()
     wrong = Login(account.username, "wrong", account.id)

@@ -130,7 +130,7 @@ class SubmissionHandler:
         client = self.client(server)
         if not _encrypted(server) and not await self._plain_allowed(server):
             return "538 5.7.11 Encryption required: use STARTTLS (or the SSL/TLS port) before AUTH"
-        if await asyncio.to_thread(self.failed_sign_ins.exhausted, client):
+        if await self._run(self.failed_sign_ins.exhausted, client):
             log.warning("SMTP AUTH from %s: too many failed sign-ins, hanging up", client)
             await asyncio.sleep(self.settings.auth_failure_delay)
             return _hang_up(server, f"421 4.7.0 Too many failed sign-ins from {client}: try again later")
@@ -170,7 +170,7 @@ class SubmissionHandler:
                                   message="454 4.7.0 Temporary authentication failure: try again later")
         if account is None:
             log.info("SMTP AUTH from %s refused: %s", client, why)
-            await asyncio.to_thread(self.failed_sign_ins.count, client)
+            await self._run(self.failed_sign_ins.count, client)
             await asyncio.sleep(self.settings.auth_failure_delay)
             return AuthResult(success=False, handled=False)  # 535 5.7.8 Authentication credentials invalid
         self._limit_size(server, account)

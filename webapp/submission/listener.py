@@ -2,7 +2,7 @@
 each an aiosmtpd Controller (its own thread and event loop) around one SubmissionHandler.
 
 Several processes or hosts may run it behind a TCP load balancer: what they share is the database
-(the credentials, their counters, the outbox) and, with REDIS_URL, the count of failed sign-ins.
+(the credentials, their counters, the outbox) and the count of failed sign-ins (Redis or database).
 """
 import logging
 import signal
@@ -40,7 +40,7 @@ class Relay:
     def __init__(self, app, settings: RelaySettings | None = None):
         self.settings = settings or RelaySettings.from_config(app.config)
         self.certificate: Certificate = load_or_create(self.settings, app.instance_path)
-        failed = FailedSignIns(self.settings.auth_failures, app.config.get("REDIS_URL"),
+        failed = FailedSignIns(self.settings.auth_failures, app.config["RATELIMIT_STORAGE_URI"],
                                app.config.get("RATELIMIT_KEY_PREFIX") or "mailroom")
         context = self.certificate.server_context()
         # Implicit TLS: the event loop's TLS, or, behind the PROXY protocol (whose header comes first,

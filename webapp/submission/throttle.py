@@ -1,16 +1,17 @@
-"""Failed sign-ins per client address, counted like the web sign-in's (the `limits` library that
-Flask-Limiter uses, in Redis when REDIS_URL is set so that every listener host counts together,
-else in the process). Past the limit the listener answers 421 and hangs up."""
+"""Failed sign-ins per client address, counted where the web sign-in's are (the `limits` library
+that Flask-Limiter uses, on the app's RATELIMIT_STORAGE_URI: Redis when REDIS_URL is set, else the
+database), so that every listener process and host counts together. Past the limit the listener
+answers 421 and hangs up. Call it with an app context (the database storage needs one)."""
 from limits import RateLimitItem
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 
 class FailedSignIns:
-    def __init__(self, limit: RateLimitItem, storage_uri: str | None, prefix: str):
+    def __init__(self, limit: RateLimitItem, storage_uri: str, prefix: str):
         self.limit = limit
         self.prefix = prefix
-        self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri or "memory://"))
+        self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
 
     def exhausted(self, client: str) -> bool:
         """True when this address may not try again yet."""
