@@ -207,7 +207,7 @@ def test_graph_says_what_is_wrong_with_an_answer(hostile, mode, says, timeout):
     assert says in mailbox.summary and mailbox.hint
 
 
-@pytest.mark.parametrize("mode,says", [*UNREADABLE, ("nested", "the answer is not JSON")])
+@pytest.mark.parametrize("mode,says", [*UNREADABLE, ("nested", "did not answer with OAuth JSON")])
 def test_a_token_endpoint_s_unreadable_answer_is_an_oauth_failure_in_words(hostile, mode, says):
     peer = hostile(mode)
     with pytest.raises(oauth.OAuthFailure) as failure:

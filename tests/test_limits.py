@@ -87,7 +87,8 @@ def test_the_form_says_what_max_concurrent_connections_limits(admin):
     form = admin.get("/p/help/servers/new").text
     help_text = re.search(r'<small id="max_connections-help"[^>]*>([^<]*)</small>', form).group(1)
     assert "Validate and sample mails" in help_text  # what it limits
-    assert "Each app process (gunicorn worker) counts its own" in help_text  # where it is counted
+    assert "in each app process (gunicorn worker)" in help_text  # where checks count them
+    assert "Delivery counts them across every worker on every host" in help_text
     assert "busy, try" in help_text  # what happens beyond it
 
 

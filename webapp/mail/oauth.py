@@ -266,15 +266,20 @@ def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
             continue
         if response.status_code != 200:
             continue
-        metadata = _json(response, Provider.OTHER)
+        try:
+            metadata = response.json()
+        except (ValueError, RecursionError):  # RecursionError: JSON nested without bound
+            raise OAuthFailure("discovery_failed", f"{url}: the answer is not JSON", 200, Provider.OTHER) from None
+        if not isinstance(metadata, dict):
+            raise OAuthFailure("discovery_failed", f"{url}: the answer is not a JSON object", 200, Provider.OTHER)
         if str(metadata.get("issuer", "")).rstrip("/") != issuer:
             raise OAuthFailure("issuer_mismatch", f"the metadata names the issuer {metadata.get('issuer')!r}, "
                                                   f"not {issuer!r}", 200, Provider.OTHER)
         if not metadata.get("token_endpoint"):
             raise OAuthFailure("no_token_endpoint", "the metadata has no token_endpoint", 200, Provider.OTHER)
         return metadata
-    raise OAuthFailure("discovery_failed", f"no metadata found under {issuer}" + (
-        f" ({http.reason(last)})" if last else ""),
+    why = (str(last) if isinstance(last, http.AnswerRefused) else http.reason(last)) if last else ""
+    raise OAuthFailure("discovery_failed", f"no metadata found under {issuer}" + (f" ({why})" if why else ""),
                        None, Provider.OTHER)
 
 
