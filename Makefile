@@ -25,11 +25,13 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 # consent link's its token (/oauth/consent?link=...).
 ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
-# The delivery worker runs beside gunicorn; Ctrl-C stops both (the worker finishes the messages under way).
+# The delivery worker and the SMTP submission listener run beside gunicorn; Ctrl-C stops all three
+# (the worker finishes the messages under way, the listener the one it is storing).
 run: venv assets
 	$(BIN)/flask --app webapp init --url http://$(HOST):$(PORT)
 	@$(BIN)/flask --app webapp mail worker & worker=$$!; \
-	trap 'kill -TERM $$worker 2>/dev/null; wait $$worker' EXIT INT TERM; \
+	$(BIN)/flask --app webapp mail relay & relay=$$!; \
+	trap 'kill -TERM $$worker $$relay 2>/dev/null; wait $$worker $$relay' EXIT INT TERM; \
 	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 
 serve: venv assets
@@ -62,10 +64,11 @@ $(VENDOR)/.installed: package.json
 	cp node_modules/@picocss/pico/css/pico.min.css $(VENDOR)/pico.min.css
 	touch $@
 
-# The tests' peers from Debian: chromium (browser tests), the proxies (microsocks, Dante, tinyproxy) and
-# Dovecot (POP3 and IMAP). The tests start their own instances on free ports of 127.0.0.1.
-PEER_PROGRAMS := chromium microsocks danted tinyproxy dovecot
-PEER_PACKAGES := chromium microsocks dante-server tinyproxy dovecot-core dovecot-pop3d dovecot-imapd
+# The tests' peers from Debian: chromium (browser tests), the proxies (microsocks, Dante, tinyproxy),
+# Dovecot (POP3 and IMAP) and swaks (an SMTP client for the submission listener). The tests start their
+# own instances on free ports of 127.0.0.1.
+PEER_PROGRAMS := chromium microsocks danted tinyproxy dovecot swaks
+PEER_PACKAGES := chromium microsocks dante-server tinyproxy dovecot-core dovecot-pop3d dovecot-imapd swaks
 
 test-deps: venv assets
 	@missing=; for program in $(PEER_PROGRAMS); do PATH="$$PATH:/usr/sbin:/sbin" command -v $$program >/dev/null || missing=yes; done; \

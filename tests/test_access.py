@@ -11,6 +11,7 @@ from webapp import apikeys, db
 from webapp.audit import Actor
 from webapp.models import Membership, OutboundMail, Role
 from webapp.sessions import SESSIONLESS_PATH
+from webapp.submission import credentials as smtp_credentials
 
 # Endpoints a staff member may use; every other portal route is for admins only.
 STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history", "queue.index", "queue.message"}
@@ -26,11 +27,13 @@ def world(app, make, portal):
     with app.app_context():
         membership = db.session().exec(select(Membership).where(Membership.user_id == member.id)).one()
         key, _ = apikeys.create(Actor("tests"), portal, "Sample")
+        credential, _ = smtp_credentials.create(Actor("tests"), portal, smtp_credentials.CredentialValues(
+            "Scanner", from_addresses="scanner@example.com"))
         db.session().add(mail)
         db.session().commit()
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
               "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1,
-              "mail_id": mail.id, "action": "requeue"}
+              "mail_id": mail.id, "action": "requeue", "credential_id": credential.id}
     return values
 
 
@@ -59,7 +62,7 @@ def portal_routes(app):
 
 def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
     public = {rule.endpoint for rule in app.url_map.iter_rules() if not by_key(rule) and not rule.endpoint.startswith(
-        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.")) and rule.endpoint not in (
+        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.", "smtp_credentials.")) and rule.endpoint not in (
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS

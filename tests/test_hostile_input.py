@@ -41,6 +41,7 @@ from markupsafe import escape
 from sqlmodel import SQLModel, select
 
 from webapp import create_app, db
+from webapp.audit import COMMAND_LINE
 from webapp.credentials import auth_type_of
 from webapp.forms.base import ONE_LINE_ERROR, PASSWORD_ERROR
 from webapp.forms.gmail import MAX_KEY_BYTES
@@ -49,6 +50,7 @@ from webapp.mail.graph import GraphSettings
 from webapp.mail.transport import TRANSPORTS
 from webapp.models import AppSetting, MailServer, Membership, OutboundMail, Role
 from webapp.sessions import SESSIONLESS_PATH
+from webapp.submission import credentials as smtp_credentials
 
 from .conftest import LOOPBACK, PASSWORD, SECRET_KEYS, Client, Factory
 from .test_oauth import credential, payload
@@ -131,13 +133,16 @@ def world(migrated, database_url, tmp_path_factory):
         memberships = {m.portal_id: m.id for m in db.session().exec(select(Membership).order_by(Membership.id))}
         db.session().add_all(mails)
         db.session().commit()
+        other_credential, _ = smtp_credentials.create(COMMAND_LINE, other, smtp_credentials.CredentialValues(
+            "Elsewhere", from_addresses="scanner@example.com"))
     clients = {}
     for who in ("admin", "root", "pw"):
         clients[who] = Client(app).login(f"{who}@example.com")
         clients[who].csrf_token()  # the session keeps its CSRF token from here on
     world = World(app, clients, {"server": server.id, "other_server": elsewhere.id,
                                  "membership": memberships[portal.id], "other_membership": memberships[other.id],
-                                 "user": someone.id, "mail": mails[0].id, "other_mail": mails[1].id})
+                                 "user": someone.id, "mail": mails[0].id, "other_mail": mails[1].id,
+                                 "other_credential": other_credential.id})
     world.baseline = dump(world.engine)
     yield world
     world.engine.dispose()
@@ -1298,10 +1303,14 @@ ID_ROUTES = {
     "/p/<slug>/queue/<id:mail_id>": ("admin", "GET", "mail"),
     "/p/<slug>/queue/<id:mail_id>/<any(retry, release, requeue):action>": ("admin", "POST", "mail"),
     "/p/<slug>/queue/<id:mail_id>/delete": ("admin", "GET POST", "mail"),
+    "/p/<slug>/smtp-credentials/<id:credential_id>/edit": ("admin", "GET POST", "smtp_credential"),
+    "/p/<slug>/smtp-credentials/<id:credential_id>/password": ("admin", "POST", "smtp_credential"),
+    "/p/<slug>/smtp-credentials/<id:credential_id>/revoke": ("admin", "GET POST", "smtp_credential"),
 }
 IDS = [("0", "0"), ("-1", "-1"), ("leading-zero", "01"), ("2**63-1", str(2**63 - 1)), ("2**63", str(2**63)),
        ("10**30", str(10**30)), ("non-numeric", "abc"), ("no-such-row", "999999")]
-OTHER_PORTALS = {"server": "{other_server}", "membership": "{other_membership}", "mail": "{other_mail}"}  # a row of the portal "other"
+OTHER_PORTALS = {"server": "{other_server}", "membership": "{other_membership}", "mail": "{other_mail}",
+                 "smtp_credential": "{other_credential}"}  # a row of the portal "other"
 
 
 def route(who, method, url, label, status=404, data=None):

@@ -50,7 +50,7 @@ def test_failover_shows_on_every_portal_page_and_goes_away_after(app, admin, por
     primary, _backup = two_servers
     mail = outbox.mail()
     world = {"slug": "help", "server_id": primary.id, "mail_id": mail.id, "membership_id": 1, "name": "tls",
-             "direction": "up", "action": "retry", "key_id": 1}
+             "direction": "up", "action": "retry", "key_id": 1, "credential_id": 1}
     set_portal(app, portal, failover_since=SINCE, failover_reason="Office relay refused the connection")
     set_server(app, primary, failing_since=SINCE, failing_reason="refused")
     pages = [p for p in portal_pages(app, world) if admin.get(p).status_code == 200]

@@ -42,6 +42,10 @@ ACTIONS = {
     "mail.released": "Released",
     "mail.requeued": "Requeued",
     "mail.deleted": "Deleted",
+    "smtp_credential.created": "Created the SMTP credential",
+    "smtp_credential.updated": "Changed the SMTP credential",
+    "smtp_credential.password_replaced": "Gave a new password to the SMTP credential",
+    "smtp_credential.revoked": "Revoked the SMTP credential",
 }
 
 

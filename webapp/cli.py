@@ -265,6 +265,36 @@ def mail_refresh_tokens(older_than_hours):
     raise SystemExit(1 if any(outcome.startswith("failed") for _, outcome in outcomes) else 0)
 
 
+@mail_group.command("relay")
+@click.option("--host", help="Bind address (default: SUBMISSION_HOST, 127.0.0.1).")
+@click.option("--starttls-port", type=int, help="Port with STARTTLS (default: SUBMISSION_STARTTLS_PORT, 2587).")
+@click.option("--tls-port", type=int, help="Port with implicit TLS (default: SUBMISSION_TLS_PORT, 2465).")
+def mail_relay(host, starttls_port, tls_port):
+    """Run the SMTP submission listener until Ctrl-C or SIGTERM: devices sign in with a portal's SMTP
+    credential and their mail is stored in that portal's outbox."""
+    from dataclasses import replace
+
+    from .submission.listener import Relay
+    from .submission.settings import RelaySettings
+
+    try:
+        settings = RelaySettings.from_config(current_app.config)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    overrides = {"host": host, "starttls_port": starttls_port, "tls_port": tls_port}
+    settings = replace(settings, **{name: value for name, value in overrides.items() if value is not None})
+    relay = Relay(current_app._get_current_object(), settings)
+    try:
+        relay.start()
+    except OSError as error:
+        raise click.ClickException(f"The SMTP submission listener cannot listen: {error}") from None
+    certificate = relay.certificate
+    click.echo(f"SMTP submission on {settings.host}: port {settings.starttls_port} (STARTTLS), port "
+               f"{settings.tls_port} (SSL/TLS). Certificate {certificate.subject}"
+               f"{' (self-signed)' if certificate.self_signed else ''}, SHA-256 {certificate.fingerprint}", err=True)
+    relay.wait_then_stop()
+
+
 @mail_group.command("worker")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Messages sent at once by this process (threads); default DELIVERY_WORKERS (4).")

@@ -52,6 +52,20 @@ class Defaults:
     API_REQUEST_MAX_BYTES = 20 * 1024 * 1024  # an API request's body (attachments come base64-encoded)
     API_LIMIT_PER_KEY = "600 per minute"  # API requests per key (Flask-Limiter's notation)
 
+    # SMTP submission: `flask mail relay` (webapp/submission)
+    SUBMISSION_HOST = "127.0.0.1"  # where the listener binds; "0.0.0.0" or "::" for every interface
+    SUBMISSION_STARTTLS_PORT = 2587  # plain connection, STARTTLS before AUTH
+    SUBMISSION_TLS_PORT = 2465  # implicit TLS ("SSL/TLS")
+    SUBMISSION_TLS_CERT = None  # a PEM certificate (with its chain); None: a self-signed one in instance/
+    SUBMISSION_TLS_KEY = None  # its private key in PEM
+    SUBMISSION_HOSTNAME = None  # the name in the greeting and the self-signed certificate; None: this host's name
+    SUBMISSION_MAX_MESSAGE_BYTES = 25 * 1024 * 1024  # advertised with SIZE before sign-in; no credential allows more
+    SUBMISSION_MAX_RECIPIENTS = 500  # RCPT TO per message (Exchange Online's limit)
+    SUBMISSION_AUTH_FAILURES_PER_ADDRESS = "10 per 15 minutes"  # failed AUTH per client address, then 421
+    SUBMISSION_AUTH_FAILURE_DELAY = 1.0  # seconds before a refused AUTH is answered
+    SUBMISSION_PROXY_PROTOCOL = False  # behind a TCP load balancer that sends the PROXY protocol header (v1/v2)
+    SUBMISSION_IDLE_TIMEOUT = 300  # seconds a client may stay silent before the listener hangs up
+
 
 def load(app, overrides: dict | None = None) -> None:
     app.config.from_object(Defaults)

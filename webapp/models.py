@@ -386,3 +386,39 @@ class DeliveryNotice(SQLModel, table=True):
     at: datetime = _timestamp(default_factory=utcnow)
     mail_id: int | None = Field(default=None, foreign_key="outbound_mail.id", ondelete="SET NULL")
     subject: str = Field(default="", max_length=300)
+
+
+class FromPolicy(StrEnum):
+    LISTED = "listed"  # the message's From (and MAIL FROM) must be one of from_addresses
+    REWRITE = "rewrite"  # whatever the device writes, From becomes the portal's From
+
+
+class SmtpCredential(SQLModel, table=True):
+    """A device's or an application's sign-in to the SMTP submission listener, for one portal.
+    Only the password's hash is stored. The counters are fixed windows (epoch minute, epoch day)
+    shared by every listener process and host: a message is counted when it is accepted."""
+
+    __tablename__ = "smtp_credential"
+    id: int | None = Field(default=None, primary_key=True)
+    portal_id: int = Field(foreign_key="portal.id", index=True, ondelete="CASCADE")
+    name: str = Field(max_length=100)  # what admins call it: "Scanner, 2nd floor"
+    username: str = Field(max_length=100, unique=True)  # unique across portals, kept after revocation
+    password_hash: str = Field(max_length=255)
+    from_policy: str = Field(default=FromPolicy.LISTED, max_length=20)
+    from_addresses: str = Field(default="", sa_type=Text)  # one per line: an address, or @domain for all of it
+    client_networks: str = Field(default="", sa_type=Text)  # CIDR, one per line; empty: any client
+    plain_networks: str = Field(default="", sa_type=Text)  # may sign in without TLS from these; empty: nowhere
+    max_message_bytes: int = 10 * 1024 * 1024
+    per_minute: int | None = None  # messages accepted per minute (None: no limit)
+    per_day: int | None = None  # ... per calendar day (UTC)
+
+    minute_window: int = 0  # epoch minute of minute_count
+    minute_count: int = 0
+    day_window: int = 0  # epoch day of day_count
+    day_count: int = 0
+
+    created_by: str = Field(default="", max_length=254)
+    created_at: datetime = _timestamp(default_factory=utcnow)
+    last_used_at: datetime | None = _timestamp(default=None)  # the last message accepted
+    last_client: str = Field(default="", max_length=64)  # ... and from where
+    revoked_at: datetime | None = _timestamp(default=None)

@@ -1,6 +1,7 @@
 """Handing mail in: the one function that accepts a message for a portal.
 
-The HTTP API, the command line, Python code and Mailroom's own notices call `submit()`. It checks
+The HTTP API, the command line, Python code and Mailroom's own notices call `submit()`; the SMTP
+submission listener, which receives complete messages, calls `store()`. It checks
 the submission against the portal (the From it allows, sizes, an Idempotency-Key used before),
 builds the MIME message once, stores it as a queued OutboundMail and commits: a caller answers
 "queued" only after that. Nothing is sent here; the delivery worker takes the row from there.
@@ -40,6 +41,7 @@ class Source(StrEnum):
     PYTHON = "python"  # code calling submit()
     COMMAND_LINE = "cli"
     NOTICE = "notice"  # Mailroom's own mail to the portal's admins
+    SMTP = "smtp"  # the SMTP submission listener (webapp/submission)
 
 
 @dataclass(frozen=True)
@@ -281,18 +283,34 @@ def _build(portal: Portal, submission: Submission, submitter: Submitter, idempot
     if len(envelope.raw) > config["MESSAGE_MAX_BYTES"]:
         raise TooLarge("message", f"the message has {_size(len(envelope.raw))} as sent; at most "
                                   f"{_size(config['MESSAGE_MAX_BYTES'])} are accepted")
+    return _row(portal, envelope, submitter, submission.subject, idempotency_key,
+                submission.fingerprint() if idempotency_key else "")
+
+
+def store(portal: Portal, envelope: Envelope, submitter: Submitter) -> OutboundMail:
+    """Store a message that is complete already (raw MIME with its Bcc field, and its envelope: what
+    the SMTP submission listener received) as queued and commit; the caller answers "accepted" only
+    after this returns. Nothing is sent here."""
+    mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
+    db.session().add(mail)
+    db.session().commit()
+    delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
+    return mail
+
+
+def _row(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str, idempotency_key: str | None = None,
+         request_hash: str = "") -> OutboundMail:
     now = utcnow()
     return OutboundMail(
         portal_id=portal.id, state=MailState.QUEUED, source=submitter.source.value,
         submitted_by=submitter.name[:320], client_address=submitter.client_address[:64],
-        api_key_id=submitter.api_key_id, idempotency_key=idempotency_key,
-        request_hash=submission.fingerprint() if idempotency_key else "",
+        api_key_id=submitter.api_key_id, idempotency_key=idempotency_key, request_hash=request_hash,
         message_id=envelope.message_id[:500], mail_from=envelope.mail_from,
         recipients=[{"address": address, "state": "pending", "code": None, "reply": ""}
                     for address in envelope.recipients],
-        subject=_shortened(submission.subject, 300), to_summary=_summary(envelope.recipients),
+        subject=_shortened(subject, 300), to_summary=_summary(envelope.recipients),
         size=len(envelope.raw), raw=envelope.raw, created_at=now, updated_at=now, next_attempt_at=now,
-        expires_at=now + timedelta(hours=config["DELIVERY_LIFETIME_HOURS"]))
+        expires_at=now + timedelta(hours=current_app.config["DELIVERY_LIFETIME_HOURS"]))
 
 
 def _sender(portal: Portal, submission: Submission) -> tuple[Mailbox, Mailbox | None]:

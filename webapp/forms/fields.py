@@ -11,6 +11,7 @@ from ..mail.auth import AUTH_LABELS
 from ..mail.oauth import FLOW_LABELS
 from ..mail.transport import TRANSPORTS
 from .portal import MemberForm, PortalForm, PortalSettingsForm, UserEditForm
+from .smtp_credential import NewSmtpCredentialForm
 from .server import SECTIONS, Choices
 
 NOT_IN_FORMS = {"password": "Password", "order": "Order", "recipient": "Recipient", "superadmin": "Super-admin",
@@ -39,7 +40,7 @@ def _field_labels(_sections: tuple[str, ...], protocol: str | None, auth_type: s
     if protocol or auth_type:
         choices = Choices(protocol or "", "", auth_type)
         sections.sort(key=lambda section: not section.shown(choices))
-    for form in (*sections, PortalForm, PortalSettingsForm, MemberForm, UserEditForm):
+    for form in (*sections, PortalForm, PortalSettingsForm, MemberForm, UserEditForm, NewSmtpCredentialForm):
         for name, unbound in _declared(form):
             labels.setdefault(name, unbound.args[0] if unbound.args else unbound.kwargs.get("label", name))
     return labels
@@ -54,7 +55,7 @@ def _choice_labels_for(_sections: tuple[str, ...], _transports: tuple[str, ...])
     labels = {"auth_type": {str(k): v for k, v in AUTH_LABELS.items()},
               "flow": {str(k): v for k, v in FLOW_LABELS.items()},  # the form sets these choices per protocol
               "mechanism": {str(k): v for t in TRANSPORTS.values() for k, v in getattr(t, "mechanisms", {}).items()}}
-    for form in (*SECTIONS.values(), MemberForm, PortalSettingsForm):
+    for form in (*SECTIONS.values(), MemberForm, PortalSettingsForm, NewSmtpCredentialForm):
         for name, unbound in _declared(form):
             choices = unbound.kwargs.get("choices")
             if unbound.field_class is SelectField and choices:

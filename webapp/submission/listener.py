@@ -1,0 +1,81 @@
+"""Relay: the submission listeners of one process, STARTTLS on one port and implicit TLS on another,
+each an aiosmtpd Controller (its own thread and event loop) around one SubmissionHandler.
+
+Several processes or hosts may run it behind a TCP load balancer: what they share is the database
+(the credentials, their counters, the outbox) and the count of failed sign-ins (Redis or database).
+"""
+import logging
+import signal
+import threading
+import warnings
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+from .certificate import Certificate, load_or_create
+from .handler import SubmissionHandler
+from .settings import RelaySettings
+from .throttle import FailedSignIns
+
+log = logging.getLogger(__name__)
+
+
+class _Listener(Controller):
+    def __init__(self, handler: SubmissionHandler, settings: RelaySettings, port: int, **tls):
+        super().__init__(
+            handler, hostname=settings.host, port=port, server_hostname=settings.hostname, ident="Mailroom",
+            data_size_limit=settings.max_message_bytes, auth_required=True, auth_require_tls=False,
+            timeout=settings.idle_timeout, enable_SMTPUTF8=True, decode_data=False,
+            proxy_protocol_timeout=10 if settings.proxy_protocol else None, **tls)
+
+    def factory(self):
+        # AUTH is always required; whether it needs TLS first is decided per client by the handler
+        # (handle_EHLO, handle_AUTH), which is what aiosmtpd warns about here.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+            return SMTP(self.handler, **self.SMTP_kwargs)
+
+
+class Relay:
+    def __init__(self, app, settings: RelaySettings | None = None):
+        self.settings = settings or RelaySettings.from_config(app.config)
+        self.certificate: Certificate = load_or_create(self.settings, app.instance_path)
+        failed = FailedSignIns(self.settings.auth_failures, app.config["RATELIMIT_STORAGE_URI"],
+                               app.config.get("RATELIMIT_KEY_PREFIX") or "mailroom")
+        context = self.certificate.server_context()
+        # Implicit TLS: the event loop's TLS, or, behind the PROXY protocol (whose header comes first,
+        # in the clear), TLS started by the handler once the header is read.
+        implicit = {"tls_context": context} if self.settings.proxy_protocol else {"ssl_context": context}
+        self.listeners = [
+            _Listener(SubmissionHandler(app, self.settings, failed), self.settings, self.settings.starttls_port,
+                      tls_context=context),
+            _Listener(SubmissionHandler(app, self.settings, failed, implicit_tls=self.settings.proxy_protocol),
+                      self.settings, self.settings.tls_port, **implicit)]
+        logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd: every command at INFO otherwise
+
+    def start(self) -> None:
+        started = []
+        try:
+            for listener in self.listeners:
+                listener.start()
+                started.append(listener)
+        except BaseException:
+            for listener in started:
+                listener.stop()
+            raise
+
+    def stop(self) -> None:
+        for listener in self.listeners:
+            listener.stop()
+
+    def wait_then_stop(self) -> None:
+        """After start(): listen until SIGINT or SIGTERM. A message being stored when the signal comes
+        is committed before the process ends (its client may not hear so: it sends it again)."""
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        try:
+            stopping.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
