@@ -114,7 +114,8 @@ class Resolver:
         return sorted((pref, "" if host in ("", ".") else host) for pref, host in records)
 
     def srv(self, name: str, deadline: Deadline) -> list[Srv]:
-        records = [Srv(r.priority, r.weight, r.port, r.target.to_text(omit_final_dot=True).lower())
+        records = [Srv(r.priority, r.weight, r.port,
+                       "" if r.target == dns.name.root else r.target.to_text(omit_final_dot=True).lower())
                    for r in self.query(name, "SRV", deadline)]
         return sorted(records, key=lambda s: (s.priority, -s.weight))
 
