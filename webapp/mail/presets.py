@@ -97,7 +97,7 @@ def _microsoft() -> list[Preset]:
         presets.append(Preset(
             f"microsoft365-graph-{cloud.value}", f"Microsoft 365, {name}: Microsoft Graph", "Microsoft 365",
             MICROSOFT_GRAPH_DOCS, protocol="graph", auth=AuthType.OAUTH, provider=Provider.MICROSOFT, cloud=cloud,
-            tenant="{domain}", flow=Flow.DELEGATED, spf_include=spf, dkim_selectors=("selector1", "selector2"),
+            username="{address}", tenant="{domain}", flow=Flow.DELEGATED, spf_include=spf, dkim_selectors=("selector1", "selector2"),
             mx_hosts=mx,
             note="Register Mailroom in Microsoft Entra ID (Mail.Send, delegated or application) and consent. "
                  "Graph needs no SMTP AUTH; Microsoft signs with DKIM as your domain once DKIM is enabled for "
