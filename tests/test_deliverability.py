@@ -218,3 +218,11 @@ def test_the_network_guard_refuses_a_dns_query_beyond_this_machine():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         with pytest.raises(OSError, match="test network guard"):
             sock.sendto(b"\x00" * 12, ("192.0.2.53", 53))
+
+
+def test_mail_check_on_the_command_line_prints_the_section(app, make, portal, dns_zone):
+    server = make.server(portal, from_address="helpdesk@example.com", settings={"port": 1})
+    output = app.test_cli_runner().invoke(args=["mail", "check", "help", str(server.id)]).output
+    assert "\nDeliverability\n" in output
+    assert 'record to publish: _dmarc.example.com TXT "v=DMARC1; p=none; rua=mailto:postmaster@example.com"' \
+        in output
