@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import checkdmarc.dmarc
 import checkdmarc.utils
-import dns.resolver
+import dns.exception
 import spf
 
 from .deadline import Deadline, DeadlineExceeded
@@ -126,7 +126,7 @@ def _spf(sending: Sending, resolver: Resolver, deadline: Deadline, steps: list[S
     if verdict == "pass":
         steps.append(Step("SPF", Outcome.PASSED, f"{domain}'s SPF record allows {whose}: pass", details=details))
         return result
-    fix = _spf_fix(domain, record, mechanism) if verdict != "permerror" or not records else ""
+    fix = _spf_fix(domain, record, mechanism) if verdict in ("none", "fail", "softfail", "neutral") else ""
     if fix:
         details.append(("Record to publish", fix))
     words = {
@@ -291,9 +291,9 @@ def _dmarc(sending: Sending, spf_result: SpfResult, dkim_signs: bool | None, res
                           hint="keep one"))
         return
     try:
-        parsed = checkdmarc.dmarc.parse_dmarc_record(records[0], location, resolver=_dnspython(resolver, deadline),
+        parsed = checkdmarc.dmarc.parse_dmarc_record(records[0], location, resolver=resolver.dnspython(deadline),
                                                      timeout=max(min(deadline.left(), 5), 0.5))
-    except checkdmarc.dmarc.DMARCError as error:
+    except (checkdmarc.dmarc.DMARCError, checkdmarc.utils.DNSException, dns.exception.DNSException) as error:
         steps.append(Step("DMARC", Outcome.WARNING, f"the DMARC record of {location} cannot be read: {error}",
                           details=[("Record", records[0])], hint="correct the record (RFC 7489 6.3)"))
         return
@@ -303,7 +303,7 @@ def _dmarc(sending: Sending, spf_result: SpfResult, dkim_signs: bool | None, res
         policy = tags["sp"]["value"]
     aligned, how = _alignment(sending, spf_result, dkim_signs, tags)
     details = [("Record", records[0]), ("Policy", f"p={policy}" + (f" at {location}" if location != domain else "")),
-               ("Alignment", how)]
+               ("Alignment", how), *(("Note", str(warning)) for warning in parsed.get("warnings", [])[:5])]
     if aligned:
         steps.append(Step("DMARC", Outcome.PASSED, f"the From address would align ({how}); policy {policy}",
                           details=details))
@@ -340,11 +340,6 @@ def _alignment(sending: Sending, spf_result: SpfResult, dkim_signs: bool | None,
         parts.append("SPF not evaluated")
     parts.append("no DKIM signature as " + sending.domain if dkim_signs is False else "DKIM unknown")
     return False, "; ".join(parts)
-
-
-def _dnspython(resolver: Resolver, deadline: Deadline) -> dns.resolver.Resolver:
-    """checkdmarc checks the report addresses of a record with a dnspython resolver: the configured one."""
-    return resolver._resolver(deadline)
 
 
 # -- Addresses -----------------------------------------------------------------------------

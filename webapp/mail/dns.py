@@ -75,7 +75,9 @@ class Resolver:
             return "the system's resolver"
         return ", ".join(f"{host}:{port}" if port != 53 else host for host, port in self.nameservers)
 
-    def _resolver(self, deadline: Deadline) -> dns.resolver.Resolver:
+    def dnspython(self, deadline: Deadline) -> dns.resolver.Resolver:
+        """A dnspython resolver asking the configured servers within the deadline (for libraries that
+        take one, such as checkdmarc)."""
         try:
             resolver = dns.resolver.Resolver(configure=not self.nameservers)
         except dns.resolver.NoResolverConfiguration:
@@ -90,7 +92,7 @@ class Resolver:
     def query(self, name: str, rdtype: str, deadline: Deadline) -> list:
         """The records of that type ([] when the name or the type does not exist)."""
         try:
-            answer = self._resolver(deadline).resolve(name, rdtype, search=False, raise_on_no_answer=False)
+            answer = self.dnspython(deadline).resolve(name, rdtype, search=False, raise_on_no_answer=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.resolver.LifetimeTimeout:
