@@ -17,7 +17,7 @@ from webapp.security import hash_password
 
 pytest_plugins = ["tests.peers.network", "tests.peers.tls", "tests.peers.smtp", "tests.peers.echo", "tests.peers.proxies", "tests.peers.dovecot",
                   "tests.peers.oauth", "tests.peers.xoauth2", "tests.peers.graph", "tests.peers.gmail",
-                  "tests.peers.ews"]
+                  "tests.peers.ews", "tests.peers.dns"]
 
 PASSWORD = "correct horse battery"
 SECRET_KEYS = Fernet.generate_key().decode()
@@ -77,7 +77,7 @@ LOOPBACK = "127.0.0.0/8\n::1"  # the test peers listen there; the egress policy 
 
 
 @pytest.fixture
-def app(migrated, database_url, tmp_path, test_ca_file):
+def app(migrated, database_url, tmp_path, test_ca_file, dns_zone):
     app = create_app({
         "TESTING": True,
         "DATABASE_URL": database_url,
@@ -85,6 +85,7 @@ def app(migrated, database_url, tmp_path, test_ca_file):
         "SECRET_KEY": "test-secret-key",
         "SECRET_KEYS": SECRET_KEYS,
         "EXTRA_CA_CERTS": test_ca_file,
+        "DNS_RESOLVER": dns_zone.address,  # the loopback DNS server: no lookup leaves this machine
     }, instance_path=str(tmp_path / "instance"))
     with app.app_context():
         db.session().add(AppSetting(name="egress", value={"allow": LOOPBACK, "deny": ""}))

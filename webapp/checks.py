@@ -7,6 +7,7 @@ outcome is written in a new, short transaction.
 import logging
 from dataclasses import dataclass, replace
 
+from flask import current_app
 from sqlalchemy.exc import InternalError, OperationalError
 
 from . import audit, db, delivery, network
@@ -14,6 +15,10 @@ from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, destination_for, saved_receiver,
                           side_password)
+from .forms.validators import normalize_address
+from .mail import deliverability, presets
+from .mail.deadline import Deadline
+from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
 from .mail.envelope import Envelope
 from .mail.proxy import Proxy, ProxySettings
@@ -84,6 +89,7 @@ def check(actor: Actor, portal: Portal, server: MailServer) -> Report:
         report = Report(steps=[UNREADABLE])
     else:
         report = _run_check(config, portal, server.id, server.max_connections)
+        _add_deliverability(report, portal, config, (server.credential.provider if server.credential else {}) or {})
     _note_disabled(report, server.enabled)
     _log_check(actor, portal, server, report)
     remember(server, report, "validate")
@@ -100,6 +106,7 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
     else:
         report = _run_check(config, portal, server.id if server else None,
                             server.max_connections if server else columns.get("max_connections", 1))
+        _add_deliverability(report, portal, config, credential.provider or {})
     _note_disabled(report, columns.get("enabled", True))
     _log_check(actor, portal, server, report)
     if server is not None and credential.secret is None and not any(value.typed for value in side) \
@@ -113,6 +120,41 @@ def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limi
     with slots().hold(portal.id, server_id, limit):
         db.release()
         return transport_for(config.protocol).check(config)
+
+
+DELIVERABILITY_SECONDS = 10  # all the DNS lookups of the deliverability section together
+
+
+def resolver() -> Resolver:
+    """The DNS resolver Find settings and the deliverability checks ask (DNS_RESOLVER)."""
+    return Resolver.from_setting(current_app.config.get("DNS_RESOLVER"))
+
+
+def addresses_to_check(portal: Portal, config: ServerConfig) -> list[tuple[str, str, str]]:
+    """(label, address, why it is not an address or "") for each address the server's mail carries or
+    that receives the portal's notices."""
+    found = [("From address", config.sender.address), ("Reply-to address", config.sender.reply_to),
+             ("Admin mail address", portal.admin_address)]
+    checked = []
+    for label, address in found:
+        if not address:
+            continue
+        try:
+            checked.append((label, normalize_address(address), ""))
+        except ValueError as error:
+            checked.append((label, address, str(error)))
+    return checked
+
+
+def _add_deliverability(report: Report, portal: Portal, config: ServerConfig, provider: dict) -> None:
+    """The Deliverability section: what receivers will think of this server's mail (DNS only, nothing sent)."""
+    host = getattr(config.settings, "host", "") or ""
+    preset = presets.for_server(config.protocol, host, provider.get("cloud", ""))
+    sending = deliverability.Sending(config.sender.address, config.protocol, host, preset,
+                                     preset.service if preset else "")
+    steps = deliverability.check(sending, addresses_to_check(portal, config), resolver(),
+                                 Deadline(DELIVERABILITY_SECONDS))
+    report.sections.append((deliverability.SECTION, steps))
 
 
 def _same_as_saved(server: MailServer, columns: dict, config: ServerConfig) -> bool:

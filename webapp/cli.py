@@ -117,6 +117,15 @@ def mail_check(slug, server_id):
         click.echo(f"{step.outcome.upper():8} {step.name}: {step.summary}")
         if step.hint:
             click.echo(f"{'':8} what to try: {step.hint}")
+    for title, steps in report.sections:  # advice (Deliverability): shown, never the exit status
+        click.echo(f"\n{title}")
+        for step in steps:
+            click.echo(f"{step.outcome.upper():8} {step.name}: {step.summary}")
+            for label, value in step.details:
+                if label == "Record to publish":
+                    click.echo(f"{'':8} record to publish: {value}")
+            if step.hint:
+                click.echo(f"{'':8} what to try: {step.hint}")
     raise SystemExit(0 if report.ok else 1)
 
 

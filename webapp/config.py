@@ -3,6 +3,8 @@ import json
 import os
 from pathlib import Path
 
+from .mail.dns import parse_nameservers
+
 
 class Defaults:
     SECRET_KEY = None  # read from instance/flask-secret-key when not configured
@@ -17,6 +19,9 @@ class Defaults:
     TRUSTED_PROXIES = 0  # how many proxies in front of gunicorn set X-Forwarded-*
     LOG_LEVEL = "INFO"
     AUTO_MIGRATE = None  # None: upgrade automatically only on the embedded SQLite default
+    # Find settings and the deliverability checks ask this DNS resolver and nothing else: addresses with optional
+    # ports ("192.0.2.53, [2001:db8::53]:5353"); empty: the system's (/etc/resolv.conf)
+    DNS_RESOLVER = ""
     EXTRA_CA_CERTS = None  # a PEM file of CA certificates trusted for every outgoing TLS connection
     REDIS_URL = None  # sessions and rate limits in Redis (shared by several hosts); None: in the database
     SESSION_IDLE_MINUTES = 120  # a session ends after this long without a request
@@ -77,6 +82,10 @@ def load(app, overrides: dict | None = None) -> None:
         app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'mailroom.sqlite3'}"
     if app.config["AUTO_MIGRATE"] is None:
         app.config["AUTO_MIGRATE"] = app.config["DATABASE_URL"].startswith("sqlite")
+    try:
+        parse_nameservers(str(app.config["DNS_RESOLVER"] or ""))
+    except ValueError as error:
+        raise ValueError(f"DNS_RESOLVER: {error}") from None
     extra = app.config["EXTRA_CA_CERTS"]
     app.config["EXTRA_CA_PEM"] = Path(extra).read_text() if extra else ""
 

@@ -1,7 +1,7 @@
 """Pytest plugin: no test may open a connection beyond this machine.
 
-An autouse fixture patches socket.socket.connect and connect_ex (SSLSocket and
-everything built on socket.socket go through them) so that connecting anywhere
+An autouse fixture patches socket.socket.connect, connect_ex and sendto (SSLSocket and
+everything built on socket.socket go through them; sendto carries DNS queries over UDP) so that connecting anywhere
 but 127.0.0.0/8, ::1 or a unix socket raises OSError("test network guard: ...").
 Name resolution (getaddrinfo) is left alone: it does not send mail.
 """
@@ -12,6 +12,7 @@ import pytest
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
+_real_sendto = socket.socket.sendto
 
 
 def is_local(family: int, address) -> bool:
@@ -46,7 +47,13 @@ def _guarded_connect_ex(self, address):
     return _real_connect_ex(self, address)
 
 
+def _guarded_sendto(self, data, *args):
+    _check(self, args[-1])  # sendto(data, address) or sendto(data, flags, address): a datagram (DNS over UDP)
+    return _real_sendto(self, data, *args)
+
+
 @pytest.fixture(autouse=True)
 def network_guard(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
     monkeypatch.setattr(socket.socket, "connect_ex", _guarded_connect_ex)
+    monkeypatch.setattr(socket.socket, "sendto", _guarded_sendto)

@@ -32,6 +32,8 @@ class Report:
     transcript_name: str = "conversation"  # "SMTP conversation", "HTTP requests"
     notes: list[str] = field(default_factory=list)  # shown above the steps ("this server is disabled")
     passed_summary: str = ""  # what a check that passed proved, in words
+    sections: list[tuple[str, list[Step]]] = field(default_factory=list)  # shown after the steps (Deliverability);
+    # advice read elsewhere (DNS), which never decides `ok`
 
     @property
     def ok(self) -> bool:

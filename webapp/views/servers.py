@@ -5,14 +5,17 @@ from htmx_flask import make_response
 from types import SimpleNamespace
 
 from flask import current_app
-from werkzeug.datastructures import CombinedMultiDict
+from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
-from .. import checks, consent, mailservers
+from .. import checks, consent, db, mailservers, network
 from ..credentials import SecretNeeded
-from ..limits import Busy, current_user_key, limiter
+from ..limits import Busy, current_user_key, limiter, slots
 from ..forms.sample import SampleForm
 from ..forms.server import PARTIALS, ServerForm
+from ..forms.validators import normalize_address
+from ..mail import discover_settings, presets
 from ..mail.auth import AUTH_LABELS
+from ..mail.deadline import Deadline
 from ..mail.smtp import SECURITY_LABELS
 from ..mail.transport import TRANSPORTS
 from ..models import Role
@@ -20,6 +23,7 @@ from ..security import current_actor, load_portal
 from .render import page_or_fragment
 
 bp = Blueprint("servers", __name__, url_prefix="/p/<slug>/servers")
+bp.app_template_global("preset_groups")(presets.groups)
 
 NEXT_STEPS = {"authorize": "authorize Mailroom at the provider (Authorize), or send the mailbox owner a consent "
                             "link.",
@@ -50,6 +54,10 @@ def edit(slug, server_id=None):
     server = _server_or_404(portal, server_id)
     form = _form(server)
     action = request.form.get("_action")
+    if action == "preset" and request.method == "POST":
+        return _apply_preset(server)
+    if action == "find_settings" and request.method == "POST":
+        return _find_settings(portal, server)
     if action in ("refresh", "default_port", "default_scope"):  # the form again for these choices, unsaved
         form.reset_port() if action == "default_port" else form.follow_port_default()
         trigger = request.htmx.trigger_name if request.htmx else None
@@ -200,6 +208,67 @@ def sample(slug, server_id):
                             result=result)
 
 
+FIND_SECONDS = 15  # Find settings: the autoconfig fetches and the DNS lookups together
+
+
+def _apply_preset(server):
+    """Fill in what the chosen preset knows (nothing is saved); its note and link come along."""
+    preset = presets.BY_KEY.get(request.form.get("preset", ""))
+    if preset is None:  # "Choose a service": the form as it is
+        return _edit_page(_form(server), server)
+    values = preset.values(request.form.get("from_address", "").strip())
+    form = _filled(server, values)
+    return _edit_page(form, server, preset=preset, filled=_filled_fields(form, values, {}))
+
+
+def _find_settings(portal, server):
+    """Look for the From address's settings (autoconfig, SRV, MX) and fill in what was found."""
+    form = _form(server)
+    try:
+        address = normalize_address(request.form.get("from_address", "").strip())
+    except ValueError as error:
+        form["from_address"].errors = [f"Type the From address first: Find settings looks at its domain ({error})."
+                                       if request.form.get("from_address") else
+                                       "Type the From address first: Find settings looks at its domain."]
+        form["from_address"].render_kw = {"autofocus": True}
+        return _edit_page(form, server, 422)
+    try:
+        with slots().hold(portal.id, server.id if server else None, server.max_connections if server else 0):
+            db.release()
+            found = discover_settings.find(address, checks.resolver(), network.for_portal(portal),
+                                           Deadline(FIND_SECONDS))
+    except Busy as busy:
+        form["from_address"].errors = [str(busy)]
+        return _edit_page(form, server, 429)
+    form = _filled(server, found.values)
+    return _edit_page(form, server, found=found, preset=found.preset,
+                      filled=_filled_fields(form, found.values, found.sources))
+
+
+def _filled(server, values: dict[str, str]) -> ServerForm:
+    """The posted form with these values in place of the typed ones; OAuth endpoints, scope and a
+    cloud's Graph address follow as if the protocol had been chosen."""
+    posted = MultiDict(request.form)
+    for name, value in values.items():
+        posted.setlist(name, [value])
+    form = ServerForm(posted, stored_secret=bool(server and server.credential and server.credential.secret))
+    form.follow_oauth_defaults("protocol")
+    return form
+
+
+def _filled_fields(form: ServerForm, values: dict[str, str], sources: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(label, value as shown, where it came from) for each field filled in."""
+    rows = []
+    for name, value in values.items():
+        if name not in form:
+            continue
+        field = form[name]
+        shown = dict((str(v), str(label)) for v, label, *_ in field.iter_choices()).get(value, value) \
+            if hasattr(field, "iter_choices") else value
+        rows.append((str(field.label.text), shown, sources.get(name, "")))
+    return rows
+
+
 def _server_or_404(portal, server_id):
     if server_id is None:
         return None
@@ -222,6 +291,7 @@ def _edit_page(form, server, status=200, **context):
     Coming back from a consent, the page shows how it ended (once)."""
     if server is not None and request.method == "GET":
         context.setdefault("oauth_outcome", consent.take_outcome(server.id))
+
     return page_or_fragment("servers/edit.html", "servers/_form.html", status, form=form, server=server, **context)
 
 
