@@ -13,7 +13,9 @@ from webapp.mail import presets
 from webapp.mail.deadline import Deadline
 from webapp.mail.discover_settings import find
 from webapp.mail.dns import Resolver
+from webapp import db
 from webapp.mail.egress import Network, Policy, parse_rules
+from webapp.models import Portal
 
 NEW = "/p/help/servers/new"
 AUTOCONFIG = """<?xml version="1.0"?>
@@ -270,3 +272,34 @@ def test_find_settings_without_javascript_answers_the_whole_page(admin, portal, 
     response = admin.post(NEW, {**FORM, "_action": "find_settings"})
     assert response.status_code == 200 and "<html" in response.text
     assert field_value(response.text, "host") == "mail.example.test"
+
+
+def test_find_settings_says_where_the_egress_policy_stopped_it_and_a_super_admin_can_allow(
+        app, make, client, portal, dns_zone, web):
+    dns_zone.add("autoconfig.example.test", "A", web.address)
+    dns_zone.add("_submission._tcp.example.test", "SRV", "0 1 587 mail.example.test.")
+    web.documents[("autoconfig.example.test", "/mail/config-v1.1.xml")] = AUTOCONFIG
+    with app.app_context():
+        stored = db.session().get(Portal, portal.id)
+        stored.egress_deny = web.address
+        db.session().commit()
+    make.user("root@example.com", superadmin=True)
+    root = client.login("root@example.com")
+    response = root.post(NEW, {**FORM, "_action": "find_settings"}, htmx=True)
+    assert response.status_code == 200 and web.requests == []
+    assert field_value(response.text, "host") == "mail.example.test"  # SRV still found it
+    report = response.text[response.text.index('<section id="report" hx-swap-oob="innerHTML">'):]
+    assert "Find settings could not fetch the domain&#39;s autoconfig document:" in report
+    assert f'name="rule" value="{web.address} 443"' in report and f"Allow {web.address} 443 for this portal" in report
+    whole = root.post(NEW, {**FORM, "_action": "find_settings"}).text
+    assert "Find settings could not fetch" in whole and f"Allow {web.address} 443" in whole
+
+
+def test_an_admin_sees_the_refusal_without_the_allow_button(app, admin, portal, dns_zone, web):
+    dns_zone.add("autoconfig.example.test", "A", web.address)
+    with app.app_context():
+        db.session().get(Portal, portal.id).egress_deny = web.address
+        db.session().commit()
+    page = admin.post(NEW, {**FORM, "_action": "find_settings"}, htmx=True).text
+    assert "Find settings could not fetch" in page and "the egress policy refuses" in page
+    assert 'name="rule"' not in page

@@ -16,6 +16,8 @@ from ..forms.validators import normalize_address
 from ..mail import discover_settings, presets
 from ..mail.auth import AUTH_LABELS
 from ..mail.deadline import Deadline
+from ..mail.egress import REFUSED_HINT, egress_details
+from ..mail.report import Outcome, Report, Step
 from ..mail.smtp import SECURITY_LABELS
 from ..mail.transport import TRANSPORTS
 from ..models import Role
@@ -241,8 +243,16 @@ def _find_settings(portal, server):
         form["from_address"].errors = [str(busy)]
         return _edit_page(form, server, 429)
     form = _filled(server, found.values)
-    return _edit_page(form, server, found=found, preset=found.preset,
-                      filled=_filled_fields(form, found.values, found.sources))
+    context = {"found": found, "preset": found.preset, "filled": _filled_fields(form, found.values, found.sources)}
+    if found.refused is not None:  # said in the report area, where a super-admin can allow it
+        context["discover_refusal"] = Report(steps=[Step(
+            "Autoconfig document", Outcome.WARNING, f"not fetched: {found.refused}", hint=REFUSED_HINT,
+            details=egress_details(found.refused))])
+        context["refusal_title"] = "Find settings could not fetch the domain's autoconfig document:"
+    body, status = _edit_page(form, server, **context)
+    if request.htmx and found.refused is not None:
+        body += render_template("servers/_discover_refused.html", oob=True, form=form, server=server, **context)
+    return body, status
 
 
 def _filled(server, values: dict[str, str]) -> ServerForm:
