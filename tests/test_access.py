@@ -14,7 +14,7 @@ from webapp.sessions import SESSIONLESS_PATH
 from webapp.submission import credentials as smtp_credentials
 
 # Endpoints a staff member may use; every other portal route is for admins only.
-STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history", "queue.index", "queue.message"}
+STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.arrival", "servers.check", "portals.history", "queue.index", "queue.message"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
 PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link"}
 

@@ -16,7 +16,7 @@ from .audit import Actor
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, destination_for, saved_receiver,
                           side_password)
 from .forms.validators import normalize_address
-from .mail import deliverability, presets
+from .mail import arrival, deliverability, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
@@ -190,6 +190,20 @@ def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str
         log.error("sample mail portal=%s server=%s to=%s: %s, but the database refused to record it",
                   portal.slug, server.id, recipient, "accepted" if result.receipt else "not sent")
     return result
+
+
+ARRIVAL_SECONDS = 15  # the mail receiver login and reading one header
+
+
+def read_arrival(portal: Portal, server: MailServer, message_id: str) -> arrival.Arrival | None:
+    """How a sample mail arrived in the mailbox of the server's mail receiver login (None: the server
+    has none); report.StepFailed in words when the login fails, SecretUnreadable, Busy."""
+    config = config_for(portal, server)
+    if config.receiver is None:
+        return None
+    with slots().hold(portal.id, server.id, server.max_connections):
+        db.release()
+        return arrival.read_back(config.receiver, config.network, Deadline(ARRIVAL_SECONDS), message_id)
 
 
 def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | None = None) -> None:

@@ -215,3 +215,10 @@ def _renumber(portal: Portal, servers: list[MailServer]) -> None:
     for position, each in enumerate(servers, start=1):
         each.position = position
 
+
+
+def reads_back(server: MailServer) -> bool:
+    """Can Mailroom read a mailbox for this server (its mail receiver login), to show how a sample arrived?"""
+    from .mail.receiver import ReceiverSettings
+
+    return server.protocol == "smtp" and ReceiverSettings.from_dict(server.receiver).enabled

@@ -14,12 +14,22 @@ does ("-ERR [AUTH] Authentication failed.", "NO [AUTHENTICATIONFAILED] Authentic
 once: `auth_failure_delay = 0` instead of Dovecot's 2 seconds, to keep the tests quick. `logins()`
 counts the successful logins in its log ("pop3-login: Info: Login: user=<...>").
 
+`receiving_mx(verdicts)` stands for the recipient's side: Postfix handing mail to Dovecot's LDA with
+OpenDMARC (and SPF/DKIM milters) in front. Like them it writes its verdicts as one
+`Authentication-Results: mx.receiving.test; ...` field on top (RFC 8601 §2.2), first removing any such
+field that claims its own authserv-id (§5: a forged one), adds Return-Path and Received, and
+delivers into the Dovecot user's Maildir (`new/`), where POP3 and IMAP find it. The verdicts are
+given by the test (these tests are about reading them back, not about evaluating SPF); `None`
+writes no field at all, as a server that checks nothing.
+
 `pop_before_smtp()` is the POP-before-SMTP scheme of the pop-before-smtp daemon and DRAC, which read
 the POP/IMAP server's log and let a client that logged in there relay for a while: this peer reads
 Dovecot's log too and, stricter than a time window, takes one SMTP session per login, so a test sees
 that a login came before each session. Without one, RCPT TO is answered "554 5.7.1 Relay access
 denied" (Postfix's words for a client it does not relay for).
 """
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -195,6 +205,79 @@ def pop_before_smtp(dovecot, smtp_ca_pem):
         peer.handler = PopBeforeSmtp(peer.messages, dovecot)
         controller = _CountingController(peer.handler, peer, hostname="127.0.0.1", port=peer.port,
                                          server_hostname="mx.peer.test", ready_timeout=5.0)
+        controller.start()
+        peer._stop = controller.stop
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        peer.stop()
+
+
+AUTHSERV_ID = "mx.receiving.test"
+
+
+class ReceivingMx(Recorder):
+    """Delivers into the Dovecot user's Maildir with its Authentication-Results on top."""
+
+    def __init__(self, messages, dovecot: Dovecot, verdicts: str | None):
+        super().__init__(messages)
+        self.dovecot, self.verdicts = dovecot, verdicts
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        data = envelope.original_content or envelope.content
+        head, _, body = data.partition(b"\r\n\r\n")
+        kept = [line for line in _unfolded(head) if not _claims_our_id(line)]
+        stamp = [f"Return-Path: <{envelope.mail_from}>".encode(),
+                 f"Received: from {session.host_name} ([{session.peer[0]}]) by {AUTHSERV_ID}".encode()]
+        if self.verdicts is not None:
+            stamp.insert(0, f"Authentication-Results: {AUTHSERV_ID}; {self.verdicts}".encode())
+        self._deliver(b"\r\n".join(stamp + kept) + b"\r\n\r\n" + body)
+        return reply
+
+    def _deliver(self, mail: bytes) -> None:
+        maildir = self.dovecot.directory / "home" / self.dovecot.username / "Maildir"
+        for part in ("", "new", "cur", "tmp"):
+            (maildir / part).mkdir(parents=True, exist_ok=True)
+        for path in (maildir.parent, maildir, maildir / "new", maildir / "cur", maildir / "tmp"):
+            os.chown(path, 65534, 65534)
+        stored = mail.replace(b"\r\n", b"\n")  # Maildir keeps LF; S= is the size on disk (Dovecot checks it)
+        name = f"{time.time():.6f}.{secrets.token_hex(6)}.mx,S={len(stored)}"
+        (maildir / "tmp" / name).write_bytes(stored)
+        os.chown(maildir / "tmp" / name, 65534, 65534)
+        (maildir / "tmp" / name).rename(maildir / "new" / name)
+
+
+def _unfolded(head: bytes) -> list[bytes]:
+    """Header fields, each with its continuation lines, as received."""
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    return fields
+
+
+def _claims_our_id(field: bytes) -> bool:
+    name, _, value = field.partition(b":")
+    return name.strip().lower() == b"authentication-results" and \
+        value.strip().lower().startswith(AUTHSERV_ID.encode())
+
+
+@pytest.fixture
+def receiving_mx(dovecot, smtp_ca_pem):
+    """Factory: receiving_mx(verdicts) -> an SMTP peer (no TLS, no AUTH) delivering into Dovecot."""
+    started: list[Peer] = []
+
+    def start(verdicts: str | None = "spf=pass smtp.mailfrom=example.test; dkim=none; "
+                                        "dmarc=fail header.from=example.test") -> Peer:
+        peer = Peer(kind="receiving_mx", port=free_port(), ca_pem=smtp_ca_pem)
+        peer.handler = ReceivingMx(peer.messages, dovecot, verdicts)
+        controller = _CountingController(peer.handler, peer, hostname="127.0.0.1", port=peer.port,
+                                         server_hostname=AUTHSERV_ID, ready_timeout=5.0)
         controller.start()
         peer._stop = controller.stop
         started.append(peer)

@@ -15,6 +15,7 @@ import imaplib
 import poplib
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
@@ -25,6 +26,7 @@ from .report import Step, StepFailed, step_result
 from .tls import handshake_result, tls_context
 
 REPLY_SHOWN = 200
+ANSWER_LIMIT = 256 * 1024  # a multi-line POP3 answer or an IMAP literal (arrival.py reads headers only)
 
 
 class ReceiverProtocol(StrEnum):
@@ -102,8 +104,10 @@ class Receiver:
     ca_pem: str = ""
 
 
-def login(receiver: Receiver, network: Network, deadline: Deadline) -> Step:
-    """Log in and out again; the Step says how, or StepFailed says why not, in words."""
+def login(receiver: Receiver, network: Network, deadline: Deadline,
+          then: Callable[["_Pop3 | _Imap", Deadline], None] | None = None) -> Step:
+    """Log in and out again; the Step says how, or StepFailed says why not, in words. `then`, if
+    given, is run on the logged-in client before the goodbye (mail/arrival.py reads a mail there)."""
     settings = receiver.settings
     host, port = settings.host.strip(), settings.port
     if not host:
@@ -125,7 +129,7 @@ def login(receiver: Receiver, network: Network, deadline: Deadline) -> Step:
                          _port_hint(settings)) from None
     watchdog = proxy.Watchdog(connection.sock, deadline)
     try:
-        return _session(receiver, network, connection, deadline)
+        return _session(receiver, network, connection, deadline, then)
     except StepFailed:
         raise
     except (DeadlineExceeded, TimeoutError):
@@ -148,7 +152,8 @@ def login(receiver: Receiver, network: Network, deadline: Deadline) -> Step:
         connection.sock.close()
 
 
-def _session(receiver: Receiver, network: Network, connection: proxy.Connection, deadline: Deadline) -> Step:
+def _session(receiver: Receiver, network: Network, connection: proxy.Connection, deadline: Deadline,
+             then=None) -> Step:
     settings = receiver.settings
     context = tls_context(settings.verify_cert, receiver.ca_pem, network.extra_ca_pem)
     sock = connection.sock
@@ -173,6 +178,8 @@ def _session(receiver: Receiver, network: Network, connection: proxy.Connection,
         client.sock.settimeout(deadline.left())
         reply = client.pass_(receiver.password)
         details.append(("Reply", _shown(reply)))
+        if then is not None:
+            then(client, deadline)
         _goodbye(client.quit)
     else:
         client = _Imap(sock, settings.host.strip(), settings.port)
@@ -194,6 +201,8 @@ def _session(receiver: Receiver, network: Network, connection: proxy.Connection,
             raise StepFailed("IMAP's LOGIN takes a login and password in ASCII only",
                              "use an ASCII password for the mail receiver, or POP3") from None
         details.append(("Reply", _shown(f"{kind} {b' '.join(data).decode('utf-8', 'replace')}")))
+        if then is not None:
+            then(client, deadline)
         _goodbye(client.logout)
     details += tls or []
     return step_result(f"logged in to the {PROTOCOL_LABELS[settings.protocol]} server {connection.target} as "
@@ -206,7 +215,8 @@ def _tls_facts(sock: ssl.SSLSocket, settings: ReceiverSettings) -> list[tuple[st
 
 
 class _Pop3(poplib.POP3):
-    """poplib on the socket Mailroom connected (through the egress policy and the proxy)."""
+    """poplib on the socket Mailroom connected (through the egress policy and the proxy); a
+    multi-line answer (TOP) is read up to ANSWER_LIMIT bytes."""
 
     def __init__(self, sock: socket.socket, host: str, port: int):
         self._given = sock
@@ -214,10 +224,24 @@ class _Pop3(poplib.POP3):
 
     def _create_socket(self, timeout):
         return self._given
+
+    def _getlongresp(self):
+        resp, lines, octets = self._getresp(), [], 0
+        line, o = self._getline()
+        while line != b'.':
+            if line.startswith(b'..'):
+                o, line = o - 1, line[1:]
+            octets += o
+            if octets > ANSWER_LIMIT:
+                raise poplib.error_proto(f"-ERR an answer longer than {ANSWER_LIMIT // 1024} KB")
+            lines.append(line)
+            line, o = self._getline()
+        return resp, lines, octets
 
 
 class _Imap(imaplib.IMAP4):
-    """imaplib on the socket Mailroom connected (through the egress policy and the proxy)."""
+    """imaplib on the socket Mailroom connected (through the egress policy and the proxy); a
+    literal (a FETCH's data) is read up to ANSWER_LIMIT bytes."""
 
     def __init__(self, sock: socket.socket, host: str, port: int):
         self._given = sock
@@ -225,6 +249,11 @@ class _Imap(imaplib.IMAP4):
 
     def _create_socket(self, timeout):
         return self._given
+
+    def read(self, size):
+        if size > ANSWER_LIMIT:
+            raise self.error(f"a literal of {size} bytes, more than {ANSWER_LIMIT // 1024} KB")
+        return super().read(size)
 
 
 def _pop3_stls(client: _Pop3, settings: ReceiverSettings, context: ssl.SSLContext) -> None:

@@ -8,16 +8,17 @@ from flask import current_app
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
 from .. import checks, consent, db, mailservers, network
-from ..credentials import SecretNeeded
+from ..credentials import SecretNeeded, SecretUnreadable
 from ..limits import Busy, current_user_key, limiter, slots
 from ..forms.sample import SampleForm
 from ..forms.server import PARTIALS, ServerForm
 from ..forms.validators import normalize_address
 from ..mail import discover_settings, presets
+from ..mail.arrival import valid_message_id
 from ..mail.auth import AUTH_LABELS
 from ..mail.deadline import Deadline
 from ..mail.egress import REFUSED_HINT, egress_details
-from ..mail.report import Outcome, Report, Step
+from ..mail.report import Outcome, Report, Step, StepFailed
 from ..mail.smtp import SECURITY_LABELS
 from ..mail.transport import TRANSPORTS
 from ..models import Role
@@ -207,7 +208,33 @@ def sample(slug, server_id):
         return page_or_fragment("servers/sample.html", "servers/_sample_form.html", 429, form=form, server=server,
                                 busy=str(busy))
     return page_or_fragment("servers/sample.html", "servers/_sample_form.html", form=form, server=server,
-                            result=result)
+                            result=result, reads_back=mailservers.reads_back(server))
+
+
+@bp.post("/<id:server_id>/sample/arrival")
+@login_required
+@limiter.limit(lambda: current_app.config["SAMPLE_LIMIT_PER_USER"], key_func=current_user_key)
+def arrival(slug, server_id):
+    """Read how the sample mail arrived: its Authentication-Results in the mail receiver login's mailbox."""
+    portal = load_portal(slug)
+    server = _server_or_404(portal, server_id)
+    message_id = request.form.get("message_id", "").strip()
+    context = {"server": server, "message_id": message_id}
+    status = 200
+    if not valid_message_id(message_id):
+        context["arrival_error"], status = "That is not the Message-ID of a sample mail.", 422
+    else:
+        try:
+            context["arrival"] = checks.read_arrival(portal, server, message_id)
+        except Busy as busy:
+            context["arrival_error"], status = str(busy), 429
+        except SecretUnreadable:
+            context["arrival_error"] = "The mail receiver's password cannot be read with this instance's keys."
+        except StepFailed as failed:
+            context["arrival_error"], context["arrival_hint"] = f"The mailbox could not be read: {failed}", failed.hint
+    if request.htmx:
+        return render_template("servers/_arrival.html", **context), status
+    return render_template("servers/sample.html", form=SampleForm(), **context), status
 
 
 FIND_SECONDS = 15  # Find settings: the autoconfig fetches and the DNS lookups together
