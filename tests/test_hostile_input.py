@@ -562,7 +562,7 @@ GRAPH_HEADERS = [refused("server-graph", field, value, label, says, bug=bug, als
                                  ("CRLF+Bcc", "a@example.com\r\nBcc: x@evil.example", ONE_LINE_ERROR)]],
     ("organization", "CRLF+Bcc", "Example\r\nBcc: x@evil.example", ONE_LINE_ERROR, None, {}),
     ("organization", "201-chars", "o" * 201, "", None, {}),
-] + [refused("server-graph", "token_url", "https://login.microsoftonline.com:abc/example.com/oauth2/v2.0/token",
+]] + [refused("server-graph", "token_url", "https://login.microsoftonline.com:abc/example.com/oauth2/v2.0/token",
               "port-not-a-number", bug=URL_BUG)]
 
 # The service-account key file: JSON of a Google service account, at most MAX_KEY_BYTES.
