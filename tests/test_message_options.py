@@ -88,6 +88,9 @@ def test_the_options_are_saved_shown_again_and_recorded(app, admin, smtp_peer):
     with app.app_context():
         [event] = db.session().exec(select(AuditEvent).where(AuditEvent.action == "server.created")).all()
         assert event.changes["organization"] == [None, "Example Bücher AG"]
+    history = admin.get("/p/help/history").text
+    assert "Custom MIME headers" in history and "Example Bücher AG" in history and "UnboundField" not in history
+    assert "X-Ticket-Queue: help-desk; Keywords: invoice, März" in history
 
 
 def test_a_header_mailroom_sets_itself_is_refused_beside_its_row_and_nothing_is_saved(app, admin, smtp_peer):
@@ -128,7 +131,7 @@ def test_each_protocol_says_how_it_carries_the_options(admin):
     smtp, graph_page, ews, gmail_page = page("smtp"), page("graph"), page("ews"), page("gmail")
     assert "Where the SMTP server offers DSN in its EHLO answer" in smtp and "offers DSN" not in graph_page
     assert "a server that does not offer DSN gets the header alone" in smtp
-    assert "only names starting with X-, at most five and 5 KB together" in graph_page
+    assert "only names starting with X-, at most five, but Mailroom does not use it" in graph_page
     assert "isDeliveryReceiptRequested" in graph_page and "IsDeliveryReceiptRequested" in ews
     assert "Message options" in gmail_page and "DSN" not in gmail_page and "X-, at most five" not in gmail_page
 

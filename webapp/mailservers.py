@@ -73,6 +73,8 @@ def snapshot(server: MailServer) -> dict:
     values.setdefault("auth_type", "none")
     for fact in KEY_FACTS:
         values.pop(fact, None)
+    if values.get("headers"):  # the message options' custom headers as they read in a mail
+        values["headers"] = "; ".join(f"{row['name']}: {row['value']}" for row in values["headers"])
     return values
 
 

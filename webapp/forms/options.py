@@ -61,7 +61,7 @@ class OptionsSection(Section):
                               description="The Sensitivity header (RFC 2156); Normal is written as none.")
     importance = SelectField("Importance", default="", choices=_choices(IMPORTANCE_LABELS),
                              description="The Importance header (RFC 2156).")
-    headers = FieldList(FormField(HeaderRow), "Custom MIME headers", max_entries=MAX_HEADERS)
+    headers = FieldList(FormField(HeaderRow), label="Custom MIME headers", max_entries=MAX_HEADERS)
 
     def validate_headers(self, field) -> None:
         seen = set()
