@@ -271,3 +271,38 @@ def test_the_migration_moves_graphs_importance_and_headers_into_the_options_and_
         assert back[plain_id] == plain_graph and back[smtp_id] == smtp_settings_before
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("kind, said", [
+    ("dsn", "asked for as a DSN (RET=HDRS, NOTIFY=SUCCESS,FAILURE)"),
+    ("plain", "the server does not offer DSN: only the Return-Receipt-To header"),
+])
+def test_the_mail_from_step_says_whether_a_dsn_was_asked(app, make, portal, smtp_peer, kind, said):
+    from webapp import checks
+    from webapp.mail.config import Sender
+    from webapp.mail.envelope import Envelope
+    from webapp.mail.message import build_message
+    from webapp.mail.transport import send_message
+
+    smtp = smtp_peer(kind)
+    server = make.server(portal, settings=smtp_settings(smtp), options=STORED)
+    envelope = Envelope.of(build_message(Sender("helpdesk@example.com"), ["ann@example.org"], "Hello", "Hi\n"))
+    with app.app_context():
+        receipt = send_message(checks.config_for(portal, db.session().get(MailServer, server.id)), envelope)
+    [mail_from] = [step for step in receipt.report.steps if step.name == "MAIL FROM"]
+    assert ("Delivery receipt", said) in mail_from.details
+    assert smtp.messages[0].message["Return-Receipt-To"] == "delivery@example.com"
+
+
+def test_the_smtp_peers_take_dsn_parameters_only_where_offered(smtp_peer):
+    import smtplib
+
+    plain, dsn = smtp_peer("plain"), smtp_peer("dsn")
+    with smtplib.SMTP("127.0.0.1", plain.port) as client:
+        client.ehlo()
+        assert not client.has_extn("dsn") and client.mail("a@example.com", ["RET=HDRS"])[0] == 555
+    with smtplib.SMTP("127.0.0.1", dsn.port) as client:
+        client.ehlo()
+        assert client.has_extn("dsn") and client.mail("a@example.com", ["RET=HDRS"])[0] == 250
+        assert client.rcpt("b@example.com", ["NOTIFY=SUCCESS,FAILURE"])[0] == 250
+        assert client.rcpt("c@example.com", ["NOTIFY=SUCCESS,NEVER"])[0] == 501  # NEVER stands alone (RFC 3461 4.1)
