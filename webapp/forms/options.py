@@ -10,7 +10,7 @@ from wtforms.validators import Length, ValidationError
 
 from ..mail.options import (IMPORTANCE_LABELS, MAX_HEADERS, PRIORITY_LABELS, SENSITIVITY_LABELS, MessageOptions,
                             address_problem, header_name_problem, header_value_problem)
-from .server import COLUMN_STORES, PARTIALS, Section, register_section
+from .server import COLUMN_STORES, Section, register_section
 
 ADD_ROW = "add_header"
 REMOVE_ROW = "remove_header-"  # followed by the row's index

@@ -16,9 +16,9 @@ Each protocol carries them its own way; nothing is dropped:
   Disposition-Notification-To into `isReadReceiptRequested`, Return-Receipt-To into
   `isDeliveryReceiptRequested`, Sensitivity into PidTagSensitivity (0x0036, a
   singleValueExtendedProperty: Graph has no field for it) and X-Priority into PidTagPriority.
-- EWS: the MIME content goes with the item fields set as well (ews_fields()): Importance,
-  Sensitivity (Normal, Personal, Private, Confidential), IsReadReceiptRequested and
-  IsDeliveryReceiptRequested, which Exchange uses for the item it sends.
+- EWS: the MIME content goes with the item fields set as well (ews_fields(), read from the head
+  that is sent): Importance, Sensitivity (Normal, Personal, Private, Confidential),
+  IsReadReceiptRequested and IsDeliveryReceiptRequested, which Exchange uses for the item it sends.
 
 A header the message already has (a submitter's own Importance, say) is kept, and the server's is
 not added: a function of the stored message and this server's options alone, so every attempt
