@@ -46,7 +46,7 @@ from webapp.credentials import auth_type_of
 from webapp.forms.base import ONE_LINE_ERROR, PASSWORD_ERROR
 from webapp.forms.gmail import MAX_KEY_BYTES
 from webapp.limits import limiter
-from webapp.mail.graph import GraphSettings
+from webapp.mail.options import MessageOptions
 from webapp.mail.transport import TRANSPORTS
 from webapp.models import AppSetting, MailServer, Membership, OutboundMail, Role
 from webapp.sessions import SESSIONLESS_PATH
@@ -228,7 +228,7 @@ SENDER_AND_LIMITS = {name: VALID[name] for name in ("timeout", "from_address", "
 MICROSOFT_OAUTH = {name: OAUTH[name] for name in ("auth_type", "provider", "cloud", "tenant", "flow", "username",
                                                   "client_id", "client_secret", "authorize_url", "token_url")}
 GRAPH = {"description": "Graph mailer", "protocol": "graph", "graph_endpoint": "https://graph.microsoft.com",
-         "shared_mailbox": "", "importance": "normal", "headers": "X-Portal: help-desk",
+         "shared_mailbox": "", "importance": "", "headers-0-name": "X-Portal", "headers-0-value": "help-desk",
          **SENDER_AND_LIMITS, **MICROSOFT_OAUTH, "scope": "Mail.Send offline_access",
          "_shown": ["graph", "oauth", "microsoft"]}
 GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
@@ -518,8 +518,11 @@ MAILBOXES = [refused(form, name, value, label, says)
                  ("CRLF+Bcc", "helpdesk@example.com\r\nBcc: x@evil.example", ONE_LINE_ERROR)]]
 
 SETTING_CHOICES = [refused(form, name, value, label, "Not a valid choice") for form, name, values in [
-    ("server-graph", "importance", [("unknown", "urgent"), ("empty", ""), ("upper-case", "HIGH"),
+    ("server-graph", "importance", [("unknown", "urgent"), ("upper-case", "HIGH"),
                                     ("NUL-after", "high\x00"), ("markup", SCRIPT)]),
+    ("server-graph", "sensitivity", [("unknown", "secret"), ("ews's-confidential", "confidential"),
+                                     ("NUL-after", "private\x00")]),
+    ("server-graph", "priority", [("x-priority-number", "1"), ("upper-case", "URGENT"), ("markup", SCRIPT)]),
     ("server-ews", "ews_version", [("unknown", "Exchange2007"), ("empty", ""), ("upper-case", "EXCHANGE2019"),
                                    ("NUL-after", "auto\x00"), ("graph's-importance", "normal")]),
     ("server-ews", "mechanism", [("unknown", "GSSAPI"), ("empty", ""), ("upper-case", "NTLM"),
@@ -527,27 +530,38 @@ SETTING_CHOICES = [refused(form, name, value, label, "Not a valid choice") for f
                                  ("smtp's-CRAM-MD5", "CRAM-MD5")]),
 ] for label, value in values]
 
-# Graph's custom headers: names that start with X-, each on a line of its own that fits a mail's line.
-NOT_X = "its name starts with X-"
-GRAPH_HEADERS = [refused("server-graph", "headers", value, label, says, bug=bug) for label, value, says, bug in [
-    ("not-X", "Portal: help", NOT_X, None), ("Bcc", "Bcc: x@evil.example", NOT_X, None),
-    ("From-after-an-X", "X-Portal: help\nFrom: ceo@example.com", NOT_X, None),
-    ("CRLF+Bcc-in-a-value", "X-Portal: help\r\nBcc: x@evil.example", NOT_X, None),
-    ("VT+Bcc-in-a-value", "X-Portal: help\x0bBcc: x@evil.example", NOT_X, None),
-    ("NEL+Bcc-in-a-value", "X-Portal: help\x85Bcc: x@evil.example", NOT_X, None),
-    ("U+2028+Bcc-in-a-value", "X-Portal: help\u2028Bcc: x@evil.example", NOT_X, None),
-    ("space-in-the-name", "X-Help Desk: v", NOT_X, None), ("tab-before-the-colon", "X-Portal\t: v", NOT_X, None),
-    ("space-before-the-colon", "X-Portal : v", NOT_X, None),
-    ("X-only", "X-: v", NOT_X, None), ("no-colon", "X-Portal help", NOT_X, None),
-    ("non-ASCII-name", "X-Täg: v", NOT_X, None), ("markup-name", f"X-{SCRIPT}: v", NOT_X, None),
-    ("950-chars", "X-Portal: " + "v" * 940, "a header line is at most 900 characters", None),
-    ("NUL-in-a-value", "X-Portal: help\x00desk", "NUL characters", None),
-    ("2001-chars", "X-Portal: " + "v" * 1991, "longer than 2000", None),
-    ("Kelvin-sign-name", "X-\u212a: v", NOT_X, HEADER_NAME_BUG),
-    ("long-s-name", "X-\u017f: v", NOT_X, HEADER_NAME_BUG),
-    ("ESC-in-a-value", "X-Portal: help\x1b[2Jdesk", "", HEADER_VALUE_BUG),
-    ("BS-in-a-value", "X-Portal: help\x08desk", "", HEADER_VALUE_BUG),
-    ("DEL-in-a-value", "X-Portal: help\x7fdesk", "", HEADER_VALUE_BUG),
+# The message options' custom headers (every protocol; here in Graph's form): an RFC 5322 name that is not one
+# Mailroom writes itself, a value of one line that fits a mail's line; the receipt addresses one address each.
+SETS_ITSELF, OPTION_ABOVE, NOT_A_NAME = "Mailroom sets itself", "set by the option above", "printable ASCII"
+LINE_BREAKS = "line breaks or control characters"
+GRAPH_HEADERS = [refused("server-graph", field, value, label, says, bug=bug, also=also)
+                 for field, label, value, says, bug, also in [
+    *[("headers-0-name", label, value, says, None, {}) for label, value, says in [
+        ("Bcc", "Bcc", SETS_ITSELF), ("From", "from", SETS_ITSELF), ("Message-ID", "Message-Id", SETS_ITSELF),
+        ("Content-Type", "Content-Type", SETS_ITSELF), ("Content-anything", "Content-X", SETS_ITSELF),
+        ("MIME-Version", "MIME-Version", SETS_ITSELF), ("Importance", "Importance", OPTION_ABOVE),
+        ("X-Priority", "x-priority", OPTION_ABOVE), ("Disposition-Notification-To", "Disposition-Notification-To",
+                                                      OPTION_ABOVE),
+        ("space-in-the-name", "X-Help Desk", NOT_A_NAME), ("colon-in-the-name", "X-Portal:", NOT_A_NAME),
+        ("non-ASCII-name", "X-Täg", NOT_A_NAME), ("Kelvin-sign-name", "X-\u212a", NOT_A_NAME),
+        ("long-s-name", "X-\u017f", NOT_A_NAME), ("77-chars", "X-" + "a" * 75, "at most 76")]],
+    *[("headers-0-value", label, value, says, None, {}) for label, value, says in [
+        ("CRLF+Bcc-in-a-value", "help\r\nBcc: x@evil.example", LINE_BREAKS),
+        ("LF+Bcc-in-a-value", "help\nBcc: x@evil.example", LINE_BREAKS),
+        ("VT+Bcc-in-a-value", "help\x0bBcc: x@evil.example", LINE_BREAKS),
+        ("NEL+Bcc-in-a-value", "help\x85Bcc: x@evil.example", LINE_BREAKS),
+        ("U+2028+Bcc-in-a-value", "help\u2028Bcc: x@evil.example", LINE_BREAKS),
+        ("NUL-in-a-value", "help\x00desk", LINE_BREAKS), ("ESC-in-a-value", "help\x1b[2Jdesk", LINE_BREAKS),
+        ("BS-in-a-value", "help\x08desk", LINE_BREAKS), ("DEL-in-a-value", "help\x7fdesk", LINE_BREAKS),
+        ("901-chars", "v" * 901, "at most 900")]],
+    ("headers-0-name", "a-value-without-a-name", "", "Enter the header's name", None, {}),
+    ("headers-1-name", "the-same-name-twice", "x-portal", "in the list already", None, {"headers-1-value": "2"}),
+    *[(field, label, value, says, None, {}) for field in ("read_receipt_to", "return_receipt_to")
+      for label, value, says in [("two-addresses", "a@example.com, b@example.com", "one email address"),
+                                 ("no-domain", "receipts@", "one email address"),
+                                 ("CRLF+Bcc", "a@example.com\r\nBcc: x@evil.example", ONE_LINE_ERROR)]],
+    ("organization", "CRLF+Bcc", "Example\r\nBcc: x@evil.example", ONE_LINE_ERROR, None, {}),
+    ("organization", "201-chars", "o" * 201, "", None, {}),
 ]] + [refused("server-graph", "token_url", "https://login.microsoftonline.com:abc/example.com/oauth2/v2.0/token",
               "port-not-a-number", bug=URL_BUG)]
 
@@ -650,7 +664,7 @@ PROTOCOL_WAYS = [refused(f"{way}-{protocol}", name, value, label, says, bug=bug)
                  for way in ("server-htmx", "server-edit", "validate", "validate-htmx")
                  for protocol, name, value, label, says, bug in [
                      ("graph", "graph_endpoint", "javascript:alert(1)", "javascript", "Enter an https://", None),
-                     ("graph", "headers", "X-Portal: help\r\nBcc: x@evil.example", "CRLF+Bcc", NOT_X, None),
+                     ("graph", "headers-0-value", "help\r\nBcc: x@evil.example", "CRLF+Bcc", LINE_BREAKS, None),
                      ("gmail", "key", Upload(b"not json"), "not-JSON", NOT_JSON, None),
                      ("gmail", "username", "EXAMPLE\\mailer", "domain-backslash-user", "@-sign", None),
                      ("ews", "ews_url", "https://mail.example.com", "bare-host", "Enter the whole EWS address", None),
@@ -1042,8 +1056,9 @@ def test_a_pasted_ca_certificate_is_stored_as_clean_pem_and_starttls_trusts_it(w
 # -- accepted: a protocol's unusual but legitimate settings are saved as typed, and shown escaped ------------
 
 def kept(form, changes, label, stored=None, shown=(), headers=None, key=None):
-    """`stored`: values as saved (a setting or column by name; "kind", "username", "provider.<name>" of the
-    credential); `headers`: what Graph is sent; `key`: the service-account key as stored (encrypted)."""
+    """`stored`: values as saved (a setting, column or message option by name; "kind", "username",
+    "provider.<name>" of the credential); `headers`: the custom headers as stored; `key`: the
+    service-account key as stored (encrypted)."""
     return pytest.param(form, changes, stored or {}, shown, headers, key, id=f"{form}:{label}")
 
 
@@ -1066,16 +1081,23 @@ KEPT = [
     kept("server-graph", {"shared_mailbox": "   "}, "spaces-only-is-the-oauth-mailbox", {"shared_mailbox": ""}),
     kept("server-graph", {"importance": " high "}, "spaces-around-a-choice", {"importance": "high"}),
     kept("server-graph", {"importance": "low"}, "low", {"importance": "low"}),
-    kept("server-graph", {"headers": f"X-Portal: {SCRIPT}"}, "markup-value", shown=[f"X-Portal: {SCRIPT}"],
+    kept("server-graph", {"headers-0-value": SCRIPT}, "markup-value", shown=[SCRIPT],
          headers=[{"name": "X-Portal", "value": SCRIPT}]),
-    kept("server-graph", {"headers": "X-Ticket: 42: urgent"}, "a-colon-in-the-value",
+    kept("server-graph", {"headers-0-name": SCRIPT}, "markup-is-a-valid-header-name", shown=[SCRIPT],
+         headers=[{"name": SCRIPT, "value": "help-desk"}]),
+    kept("server-graph", {"headers-0-name": "X-Ticket", "headers-0-value": "42: urgent"}, "a-colon-in-the-value",
          headers=[{"name": "X-Ticket", "value": "42: urgent"}]),
-    kept("server-graph", {"headers": "X-Tab: a\tb"}, "a-tab-in-the-value",
+    kept("server-graph", {"headers-0-name": "X-Tab", "headers-0-value": "a\tb"}, "a-tab-in-the-value",
          headers=[{"name": "X-Tab", "value": "a\tb"}]),
-    kept("server-graph", {"headers": "X-A: 1\r\nX-B: 2\r\n"}, "CRLF-line-ends",
-         headers=[{"name": "X-A", "value": "1"}, {"name": "X-B", "value": "2"}]),
-    kept("server-graph", {"headers": "\n\nX-A: 1\n\n  X-B: 2  \nX-C: 3\nX-D: 4\n\n\nX-E: 5\n\n"},
-         "five-between-blank-lines", headers=[{"name": f"X-{n}", "value": str(i)} for i, n in enumerate("ABCDE", 1)]),
+    kept("server-graph", {"headers-0-name": "Keywords", "headers-0-value": "invoice"}, "a-name-without-X-",
+         headers=[{"name": "Keywords", "value": "invoice"}]),
+    kept("server-graph", {"headers-0-name": "", "headers-0-value": "", **{f"headers-{i}-{part}": value
+         for i, n in enumerate("ABCDE", 1) for part, value in (("name", f"X-{n}"), ("value", f" {i} "))},
+         "headers-6-name": "", "headers-6-value": ""}, "five-between-blank-rows",
+         headers=[{"name": f"X-{n}", "value": str(i)} for i, n in enumerate("ABCDE", 1)]),
+    kept("server-graph", {"read_receipt_to": "Receipts <Receipts@Bücher.example>", "organization": SCRIPT},
+         "a-named-idn-receipt-address-and-markup", {"read_receipt_to": "Receipts <Receipts@Bücher.example>",
+                                                    "organization": SCRIPT}, [SCRIPT]),
     kept("server-graph", {"flow": "app", "authorize_url": "", "scope": "https://graph.microsoft.com/.default"},
          "app-only", {"kind": "oauth_app"}),
     kept("server-graph", {"description": SCRIPT, "sender_name": SCRIPT}, "markup-description-and-sender",
@@ -1146,12 +1168,12 @@ def test_an_unusual_setting_is_saved_as_typed_and_shown_escaped(world, form, cha
     assert columns["protocol"] == protocol
     # only this protocol's settings: nothing of a section the protocol does not show
     assert set(settings) == {f.name for f in fields_of(TRANSPORTS[protocol].settings_type)}
-    saved = {**columns, **settings, "kind": held.kind, "username": held.username, "mechanism": held.mechanism,
+    saved = {**columns, **columns["options"], **settings, "kind": held.kind, "username": held.username, "mechanism": held.mechanism,
              **{f"provider.{name}": value for name, value in (held.provider or {}).items()}}
     for name, value in stored.items():
         assert saved[name] == value, name
     if headers is not None:
-        assert GraphSettings.from_dict(settings).header_list() == headers
+        assert MessageOptions.from_dict(columns["options"]).to_dict()["headers"] == headers
     if key is not None:
         assert payload(world.app, server_id)["key"] == key
     edit = client.get(f"/p/help/servers/{server_id}/edit").text

@@ -31,6 +31,9 @@ DEVICE_MESSAGE = (  # as a scan-to-mail printer writes it: a text and the scan a
 RECIPIENTS = ("ann@example.org", "bob@example.org", "blind@example.org")
 
 
+NO_HEADERS = {"headers-0-name": "", "headers-0-value": "", "headers-1-name": "", "headers-1-value": ""}  # the bytes as stored
+
+
 def envelope_of(mail: OutboundMail) -> Envelope:
     """What the worker hands the transport: the stored row, as it is."""
     return Envelope(mail_from=mail.mail_from, recipients=tuple(r["address"] for r in mail.recipients), raw=mail.raw,
@@ -57,7 +60,7 @@ def submitted(app, relay_, account) -> OutboundMail:
 
 def test_through_graph_with_an_app_only_token(app, admin, authority, graph, relay, login, test_ca_file):  # noqa: F811
     form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="",
-                      headers="", importance="normal")
+                      importance="", **NO_HEADERS)
     server = save(app, admin, form)
     start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
     back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
@@ -102,7 +105,7 @@ def test_submitted_then_delivered_by_the_worker_through_graph(app, admin, author
     """What a new user tries: a device sends with its SMTP credential, the worker delivers the queued
     message through Graph with an app-only token, and the queue page says who submitted it."""
     form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="",
-                      headers="", importance="normal")
+                      importance="", **NO_HEADERS)
     server = save(app, admin, form)
     start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
     back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))

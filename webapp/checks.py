@@ -25,7 +25,8 @@ from .mail.proxy import Proxy, ProxySettings
 from .mail.receiver import Receiver, ReceiverSettings
 from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
-from .mail.transport import transport_for
+from .mail.options import MessageOptions
+from .mail.transport import send_message, transport_for
 from .mailservers import settings_of
 from .models import MailServer, Portal, SecretPurpose, utcnow
 
@@ -73,12 +74,14 @@ def _config(server, protocol, columns, settings, auth, net, receiver=None) -> Se
     sender = Sender(columns["from_address"], columns.get("sender_name", ""), columns.get("reply_to", ""))
     label = columns.get("description") or settings.get("host") or (server.label if server else "")
     return ServerConfig(protocol=protocol, sender=sender, settings=settings_of(protocol, settings),
-                        network=net, auth=auth, timeout=float(columns["timeout"]), label=label, receiver=receiver)
+                        network=net, auth=auth, timeout=float(columns["timeout"]), label=label, receiver=receiver,
+                        options=MessageOptions.from_dict(columns.get("options")))
 
 
 def _columns(server: MailServer) -> dict:
     return {"protocol": server.protocol, "description": server.description, "from_address": server.from_address,
-            "sender_name": server.sender_name, "reply_to": server.reply_to, "timeout": server.timeout}
+            "sender_name": server.sender_name, "reply_to": server.reply_to, "timeout": server.timeout,
+            "options": server.options}
 
 
 def check(actor: Actor, portal: Portal, server: MailServer) -> Report:
@@ -171,7 +174,7 @@ def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str
         envelope = Envelope.of(sample_message(config.sender, recipient, portal.name, server.label, utcnow()))
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()
-            result.receipt = transport_for(config.protocol).send(config, envelope)
+            result.receipt = send_message(config, envelope)
     except SecretUnreadable:
         result.error = DeliveryError(Report(steps=[UNREADABLE]))
     except DeliveryError as error:

@@ -10,7 +10,7 @@ from .mail.transport import TRANSPORTS
 from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcnow
 
 SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
-                  "rate_per_day", "from_address", "sender_name", "reply_to")  # and proxy, receiver (prefixed fields)
+                  "rate_per_day", "from_address", "sender_name", "reply_to")  # and proxy, receiver (prefixed fields), options
 # Each kind's secret as its form field calls it: History says "(changed)" when a different one is typed.
 SECRET_FIELD = {CredentialKind.PASSWORD: "password", CredentialKind.OAUTH_DELEGATED: "client_secret",
                 CredentialKind.OAUTH_APP: "client_secret", CredentialKind.SERVICE_ACCOUNT: "key"}
@@ -56,6 +56,7 @@ def saved_values(server: MailServer) -> dict:
     values.update(server.settings)
     for column, prefix in (("proxy", "proxy_"), ("receiver", "receiver_")):  # their fields carry the prefix
         values.update({prefix + name: value for name, value in (getattr(server, column) or {}).items()})
+    values.update(server.options or {})  # the message options' fields carry their own names
     credential = server.credential
     if credential is not None:
         values.update(credential.provider)
@@ -72,6 +73,8 @@ def snapshot(server: MailServer) -> dict:
     values.setdefault("auth_type", "none")
     for fact in KEY_FACTS:
         values.pop(fact, None)
+    if values.get("headers"):  # the message options' custom headers as they read in a mail
+        values["headers"] = "; ".join(f"{row['name']}: {row['value']}" for row in values["headers"])
     return values
 
 

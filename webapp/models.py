@@ -135,6 +135,8 @@ class MailServer(SQLModel, table=True):
     # {} when there is none. Their passwords are ServerSecrets.
     proxy: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     receiver: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # written into every message it sends (mail.options.MessageOptions); {} when none
+    options: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
     credential: "Credential" = Relationship(
         back_populates="server",

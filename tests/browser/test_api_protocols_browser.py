@@ -85,8 +85,10 @@ def configure_graph_app_only(page: Page, oauth_server, graph) -> None:
 
     field(page, "Token URL").fill(f"{oauth_server.issuer}/{TENANT}/oauth2/v2.0/token")
     field(page, "Graph endpoint").fill(graph.url)
-    field(page, "Importance").select_option("high")
-    field(page, "Custom headers").fill("X-Portal: help-desk")
+    field(page, "Importance").select_option("high")  # a message option (every protocol has them)
+    page.get_by_role("button", name="Add a header").click()
+    page.locator("#headers-0-name").fill("X-Portal")
+    page.locator("#headers-0-value").fill("help-desk")
     field(page, "Mailbox").fill(MAILBOX)
     field(page, "Client ID").fill(CLIENT_ID)
     field(page, "Client secret").fill(CLIENT_SECRET)

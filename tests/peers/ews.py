@@ -43,8 +43,11 @@ Authorization (checked before anything else, like IIS does):
   peer.require_anchor    True by default; False accepts app-only requests without X-AnchorMailbox
 
 Operations: ResolveNames, GetFolder (root, msgfolderroot, inbox, sentitems, drafts, outbox, deleteditems,
-junkemail), CreateItem (SendOnly, SendAndSaveCopy, SaveOnly; XML fields or MimeContent), ConvertId (the
-version probe). Anything else is the ErrorInvalidOperation fault. The acting mailbox is the impersonated
+junkemail), CreateItem (SendOnly, SendAndSaveCopy, SaveOnly; XML fields or MimeContent, with item fields
+beside MimeContent as Exchange takes them: Importance, Sensitivity, IsReadReceiptRequested,
+IsDeliveryReceiptRequested, in sent.fields; a t:Message whose elements are out of the schema's order or whose
+values are outside its enumerations is the ErrorSchemaValidation fault, as Exchange's schema validation answers),
+ConvertId (the version probe). Anything else is the ErrorInvalidOperation fault. The acting mailbox is the impersonated
 address, else the mailbox named by the folder id, else X-AnchorMailbox, else a Basic username that is an
 address.
 
@@ -642,6 +645,9 @@ class EwsPeer:
         return messages
 
     def _create_message(self, item, mailbox: str, disposition: str, folder_name: str, caller: _Caller) -> str:
+        problem = _schema_problem(item)
+        if problem:
+            raise self._fault("ErrorSchemaValidation", f"{TEXTS['ErrorSchemaValidation']} {problem}")
         fields = _message_fields(item)
         mime = _parse_mime(fields["mime_content"]) if fields["mime_content"] else _build_mime(
             fields, mailbox, self.mailboxes[mailbox].get("name"))
@@ -689,6 +695,43 @@ class _EnvVar:
 
 # --- messages: XML fields and MIME -------------------------------------------------------------------------------
 
+# t:MessageType's elements in the order of types.xsd (ItemType's, then MessageType's own; xs:sequence: a
+# request with them out of order fails schema validation), and the enumerations of the option fields
+# (t:ImportanceChoicesType, t:SensitivityChoicesType; IsReadReceiptRequested and IsDeliveryReceiptRequested are
+# xs:boolean).
+MESSAGE_ELEMENTS = (
+    "MimeContent", "ItemId", "ParentFolderId", "ItemClass", "Subject", "Sensitivity", "Body", "Attachments",
+    "DateTimeReceived", "Size", "Categories", "Importance", "InReplyTo", "IsSubmitted", "IsDraft", "IsFromMe",
+    "IsResend", "IsUnmodified", "InternetMessageHeaders", "DateTimeSent", "DateTimeCreated", "ResponseObjects",
+    "ReminderDueBy", "ReminderIsSet", "ReminderMinutesBeforeStart", "DisplayCc", "DisplayTo", "HasAttachments",
+    "ExtendedProperty", "Culture", "EffectiveRights", "LastModifiedName", "LastModifiedTime", "IsAssociated",
+    "WebClientReadFormQueryString", "WebClientEditFormQueryString", "ConversationId", "UniqueBody", "Sender",
+    "ToRecipients", "CcRecipients", "BccRecipients", "IsReadReceiptRequested", "IsDeliveryReceiptRequested",
+    "ConversationIndex", "ConversationTopic", "From", "InternetMessageId", "IsRead", "IsResponseRequested",
+    "References", "ReplyTo", "ReceivedBy", "ReceivedRepresenting", "ReminderMessageData")
+ENUMERATIONS = {"Importance": ("Low", "Normal", "High"), "Sensitivity": ("Normal", "Personal", "Private", "Confidential"),
+                "IsReadReceiptRequested": ("true", "false", "1", "0"),
+                "IsDeliveryReceiptRequested": ("true", "false", "1", "0")}
+
+
+def _schema_problem(item) -> str | None:
+    """What Exchange's schema validation would refuse in a t:Message: an element out of order or a value
+    outside its enumeration."""
+    position = -1
+    for child in item:
+        name = child.tag.rpartition("}")[2]
+        if name not in MESSAGE_ELEMENTS:
+            continue
+        index = MESSAGE_ELEMENTS.index(name)
+        if index < position:
+            return f"The element 'Message' has invalid child element '{name}'."
+        position = index
+        allowed = ENUMERATIONS.get(name)
+        if allowed is not None and (child.text or "") not in allowed:
+            return f"The '{name}' element is invalid - The value '{child.text}' is invalid according to its datatype."
+    return None
+
+
 def _message_fields(item) -> dict:
     body = item.find(_t("Body"))
     mime_content = _text(item, _t("MimeContent"))
@@ -712,6 +755,9 @@ def _message_fields(item) -> dict:
         "from": _mailbox(item.find(_t("From"))),
         "sender": _mailbox(item.find(_t("Sender"))),
         "importance": _text(item, _t("Importance")),
+        "sensitivity": _text(item, _t("Sensitivity")),
+        "is_read_receipt_requested": _text(item, _t("IsReadReceiptRequested")) in ("true", "1"),
+        "is_delivery_receipt_requested": _text(item, _t("IsDeliveryReceiptRequested")) in ("true", "1"),
         "internet_message_id": _text(item, _t("InternetMessageId")),
         "extended_properties": extended,
         "headers": {p["PropertyName"]: p["value"] for p in extended

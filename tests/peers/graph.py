@@ -41,6 +41,12 @@ What it holds as strictly as Graph does (each with its documentation):
     else "403 ErrorSendAsDenied: The user account which was used to submit this request does not
     have the right to send mail on behalf of the specified sending account., Cannot submit
     message." (the wording of the user: sendMail reference's example and of Graph's answers).
+  - A MIME message's headers become the sent item's properties as Exchange's MIME reader maps them
+    ([MS-OXCMAIL] 2.2.3.2: Importance, else X-Priority 1-2 high / 4-5 low, to `importance`;
+    Disposition-Notification-To to `isReadReceiptRequested` (PidTagReadRequested);
+    Return-Receipt-To to `isDeliveryReceiptRequested` (PidTagOriginatorDeliveryReportRequested);
+    Sensitivity Personal/Private/Company-Confidential to PidTagSensitivity 1/2/3, which Graph has
+    no field for and shows as a singleValueExtendedProperty "Integer 0x0036"): `properties`.
   - The MIME form (https://learn.microsoft.com/graph/outlook-send-mime-message): base64 of the
     whole message with Content-Type text/plain; the recipients are its To, Cc and Bcc (the Bcc
     header is not delivered: `recipients` lists them, `mime` keeps the request's message); no
@@ -132,6 +138,9 @@ class GraphSentMail:
     recipients: list[str] = None  # every recipient (To, Cc, Bcc), as Exchange delivers to them
     sender: str | None = None    # the Sender Exchange sets when someone sends on behalf of the From
     raw: bytes | None = None     # the MIME request's message bytes, as decoded
+    properties: dict | None = None  # the sent item as GET .../messages/{id} would show it: importance,
+                                    # isReadReceiptRequested, isDeliveryReceiptRequested,
+                                    # singleValueExtendedProperties (PidTagSensitivity "Integer 0x0036")
 
 class GraphError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
@@ -239,6 +248,28 @@ def _internet_headers(message: dict) -> list[tuple[str, str]]:
                              f"The internet message header name '{name}' should start with 'x-' or 'X-'.")
         headers.append((name, value))
     return headers
+
+
+SENSITIVITY_TAG = "Integer 0x0036"  # PidTagSensitivity
+SENSITIVITY_VALUES = {"personal": "1", "private": "2", "company-confidential": "3"}
+
+
+def item_properties(message: dict | None, mime: EmailMessage) -> dict:
+    """The sent item's properties: from the JSON message, or from the MIME headers ([MS-OXCMAIL])."""
+    if message is not None:
+        return {"importance": message.get("importance") or "normal",
+                "isReadReceiptRequested": bool(message.get("isReadReceiptRequested")),
+                "isDeliveryReceiptRequested": bool(message.get("isDeliveryReceiptRequested")),
+                "singleValueExtendedProperties": list(message.get("singleValueExtendedProperties") or [])}
+    importance = str(mime.get("Importance", "")).strip().lower()
+    if importance not in ("low", "normal", "high"):
+        priority = str(mime.get("X-Priority", "")).strip()[:1]
+        importance = {"1": "high", "2": "high", "4": "low", "5": "low"}.get(priority, "normal")
+    sensitivity = SENSITIVITY_VALUES.get(str(mime.get("Sensitivity", "")).strip().lower())
+    return {"importance": importance,
+            "isReadReceiptRequested": mime.get("Disposition-Notification-To") is not None,
+            "isDeliveryReceiptRequested": mime.get("Return-Receipt-To") is not None,
+            "singleValueExtendedProperties": [{"id": SENSITIVITY_TAG, "value": sensitivity}] if sensitivity else []}
 
 
 def _check_message_properties(message: dict) -> None:
@@ -498,7 +529,8 @@ class GraphPeer:
         self.sent.append(GraphSentMail(mailbox=user["userPrincipalName"], json=body, mime=mime,
                                        save_to_sent_items=save, sub=claims.get("sub"),
                                        client_id=claims.get("client_id"), app_only=self.app_only(claims),
-                                       recipients=recipients, sender=sender, raw=raw))
+                                       recipients=recipients, sender=sender, raw=raw,
+                                       properties=item_properties(body["message"] if body else None, mime)))
         return Response(status=202)
 
     def acting(self, claims: dict, user: dict) -> str:

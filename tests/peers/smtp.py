@@ -31,6 +31,11 @@ Kinds (see KINDS):
   idle_close     plain; the server closes a connection that stays idle for `IDLE_TIMEOUT` seconds,
                  saying "421 4.4.2 Timeout" first (RFC 5321 4.5.3.2.7: servers time idle clients out;
                  aiosmtpd's own `timeout`, set short)
+  dsn            plain; offers DSN in its EHLO answer and takes RFC 3461's parameters (MAIL FROM RET=FULL|HDRS,
+                 ENVID; RCPT TO NOTIFY=NEVER or SUCCESS/FAILURE/DELAY, ORCPT), refusing malformed ones with
+                 "501 5.5.4" as Postfix does; each ReceivedMail's `dsn` holds them ({"mail": {...},
+                 "rcpt": {address: {...}}}). Every other kind offers no DSN, and aiosmtpd refuses the
+                 parameters there ("555 MAIL FROM parameters not recognized"), as RFC 3461 4 lets it
   silent         a TCP listener that accepts and never greets
   closed         nothing listens on the port (connection refused)
 
@@ -42,6 +47,7 @@ are refused) and `peer.restart()` brings it back on the same port, with the same
 import asyncio
 import email
 import hmac
+import re
 import secrets
 import socket
 import ssl
@@ -70,6 +76,7 @@ class ReceivedMail:
     rcpt_tos: list[str]
     message: EmailMessage
     data: bytes
+    dsn: dict = field(default_factory=dict)  # the dsn kind: the DSN parameters of MAIL FROM and each RCPT TO
 
 
 @dataclass
@@ -286,6 +293,62 @@ class _MessageLimitSMTP(_CountingSMTP):
         self._messages += 1
 
 
+DSN_MAIL = {"RET": re.compile(r"FULL|HDRS"), "ENVID": re.compile(r"[!-~]{1,100}")}
+DSN_RCPT = {"NOTIFY": re.compile(r"NEVER|(SUCCESS|FAILURE|DELAY)(,(SUCCESS|FAILURE|DELAY)){0,2}"),
+            "ORCPT": re.compile(r"[A-Za-z0-9-]+;[!-~]+")}
+
+
+class DsnRecorder(Recorder):
+    """Offers DSN (RFC 3461) in its EHLO answer."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-DSN", responses[-1]]
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = await super().handle_DATA(server, session, envelope)
+        self.messages[-1].dsn = {"mail": dict(server.dsn_mail),
+                                 "rcpt": {address: dict(params) for address, params in server.dsn_rcpt.items()}}
+        return reply
+
+
+class _DsnSMTP(_CountingSMTP):
+    """Takes RFC 3461's parameters off MAIL FROM and RCPT TO (checked as RFC 3461 4.1-4.4 write them), keeps
+    them, and hands aiosmtpd the rest."""
+
+    def __init__(self, handler, peer: "Peer", **kwargs):
+        super().__init__(handler, peer, **kwargs)
+        self.dsn_mail, self.dsn_rcpt = {}, {}
+
+    def _take(self, arg: str, known: dict) -> tuple[str | None, dict]:
+        words, taken = arg.split(" "), {}
+        kept = [words[0]]
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            if key.upper() in known:
+                if key.upper() in taken or not known[key.upper()].fullmatch(value.upper()):
+                    return None, {}
+                taken[key.upper()] = value.upper()
+            else:
+                kept.append(word)
+        return " ".join(kept), taken
+
+    async def smtp_MAIL(self, arg):
+        rest, taken = self._take(arg or "", DSN_MAIL)
+        if rest is None:
+            return await self.push("501 5.5.4 Bad DSN parameter in MAIL FROM")
+        self.dsn_mail, self.dsn_rcpt = taken, {}
+        return await super().smtp_MAIL(rest)
+
+    async def smtp_RCPT(self, arg):
+        rest, taken = self._take(arg or "", DSN_RCPT)
+        if rest is None:
+            return await self.push("501 5.5.4 Bad DSN parameter in RCPT TO")
+        address = rest.partition(":")[2].strip().split(" ")[0].strip("<>")
+        self.dsn_rcpt[address] = taken
+        return await super().smtp_RCPT(rest)
+
+
 class _CountingController(Controller):
     def __init__(self, handler, peer: "Peer", smtp_class=_CountingSMTP, **kwargs):
         super().__init__(handler, **kwargs)
@@ -306,7 +369,7 @@ class _QuietController(_CountingController):
 
 PLAIN_HANDLERS = {"plain": Recorder, "refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser,
                   "refuse_message": MessageRefuser, "greylist": Greylister, "idle_close": Recorder,
-                  "message_limit": Recorder}
+                  "message_limit": Recorder, "dsn": DsnRecorder}
 PLAIN_KINDS = (*PLAIN_HANDLERS, "slow")  # no TLS, no AUTH
 
 
@@ -317,7 +380,7 @@ def _start_aiosmtpd(kind: str, ca: trustme.CA, peer: "Peer", port: int) -> objec
         common["timeout"] = IDLE_TIMEOUT
     if kind in PLAIN_KINDS:
         handler = SlowRecorder(messages, peer) if kind == "slow" else PLAIN_HANDLERS[kind](messages)
-        smtp_class = _MessageLimitSMTP if kind == "message_limit" else _CountingSMTP
+        smtp_class = {"message_limit": _MessageLimitSMTP, "dsn": _DsnSMTP}.get(kind, _CountingSMTP)
         controller = _CountingController(handler, peer, smtp_class=smtp_class, **common)
     elif kind == "tls":
         handler = Recorder(messages)

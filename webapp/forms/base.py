@@ -3,7 +3,7 @@ separators, and a password refuses what no protocol can carry (NUL, CR, LF)."""
 import unicodedata
 
 from flask_wtf import FlaskForm
-from wtforms import Form, PasswordField, StringField, TextAreaField
+from wtforms import FieldList, Form, FormField, PasswordField, StringField, TextAreaField
 
 from .render import focus_first_error
 
@@ -50,7 +50,7 @@ def check_blank(form) -> bool:
 
 class _Meta:
     def bind_field(self, form, unbound_field, options):
-        if unbound_field.field_class is not PasswordField:
+        if unbound_field.field_class not in (PasswordField, FieldList, FormField):  # these two take no filters
             options["filters"] = (_strip, *unbound_field.kwargs.get("filters", ()))
         return unbound_field.bind(form=form, **options)
 

@@ -42,7 +42,8 @@ def _field_labels(_sections: tuple[str, ...], protocol: str | None, auth_type: s
         sections.sort(key=lambda section: not section.shown(choices))
     for form in (*sections, PortalForm, PortalSettingsForm, MemberForm, UserEditForm, NewSmtpCredentialForm):
         for name, unbound in _declared(form):
-            labels.setdefault(name, unbound.args[0] if unbound.args else unbound.kwargs.get("label", name))
+            labels.setdefault(name, unbound.kwargs.get("label") or next(
+                (arg for arg in unbound.args if isinstance(arg, str)), name))  # a FieldList's first is its field
     return labels
 
 

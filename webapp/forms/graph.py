@@ -1,16 +1,10 @@
 """The Microsoft Graph section of the server form (registered into the connection part)."""
-from wtforms import EmailField, SelectChoice, SelectField, StringField, TextAreaField
-from wtforms.validators import InputRequired, Length, Optional, ValidationError
+from wtforms import EmailField, StringField
+from wtforms.validators import InputRequired, Length, Optional
 
-from ..mail.graph import GLOBAL_ENDPOINT, IMPORTANCES, parse_headers
+from ..mail.graph import GLOBAL_ENDPOINT
 from .server import Section, register_section
 from .validators import email_address, https_url
-
-
-def graph_headers(_form, field) -> None:
-    errors = parse_headers(field.data or "")
-    if errors:
-        raise ValidationError("; ".join(errors) + ".")
 
 
 class GraphSection(Section):
@@ -26,13 +20,6 @@ class GraphSection(Section):
                                 description="Empty: mail goes out from the OAuth mailbox. A shared mailbox needs "
                                             "the scope Mail.Send.Shared and “Send As” on it (delegated), or "
                                             "app-only access. Graph keeps a copy of every mail in its Sent Items.")
-    importance = SelectField("Importance", default="normal",
-                             choices=[SelectChoice(value, value.capitalize()) for value in IMPORTANCES],
-                             description="Written into every mail as its Importance header, unless the mail "
-                                         "has its own.")
-    headers = TextAreaField("Custom headers", validators=[Length(max=2000), graph_headers],
-                            description="One per line, Name: value, names starting with X-. Added to every mail "
-                                        "that has no header of that name.")
 
 
 register_section(GraphSection, "connection", "endpoints")  # "endpoints": its endpoint follows the cloud

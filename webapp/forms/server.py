@@ -382,10 +382,13 @@ PARTIALS: dict[str, list[str]] = {
     "endpoints": ["oauth", "microsoft", "issuer"],  # when the tenant, cloud or flow changes (endpoints and scope)
     "proxy": ["proxy_server", "proxy_password", "proxy_dns"],  # when the proxy's type changes
     "receiver": ["receiver_server"],  # when the mail receiver login is turned on or off
+    "options": [],  # when a custom header row is added or removed (forms/options.py)
 }
 # Parts that gather whichever of their sections show; every other part is its first section's own
 # markup, and can be rendered only when the posted choices show that section.
 GATHERING = frozenset({"connection", "credentials", "proxy", "receiver"})
+# Sections stored in a JSON column of their own: store name -> its values as the column keeps them.
+COLUMN_STORES: dict[str, Callable[[dict], dict]] = {}
 FOLLOWS_THE_CLOUD = "graph_endpoint"  # a protocol's service root that is filled in from the Microsoft cloud
 
 
@@ -436,7 +439,7 @@ class ServerForm:
             form = section(self.formdata, **extra)
             if first_time:  # not on the page when posted: an absent checkbox is not "off"
                 for field in form:
-                    if not field.raw_data and field.default is not None:
+                    if field.type != "FieldList" and not field.raw_data and field.default is not None:
                         field.data = field.default
         return form
 
@@ -530,7 +533,8 @@ class ServerForm:
 
     def values(self) -> tuple[dict, dict, CredentialValues]:
         """(server columns, protocol settings, credential) from the shown sections."""
-        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}, "proxy": {}, "receiver": {}}
+        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}, "proxy": {}, "receiver": {},
+                                   **{store: {} for store in COLUMN_STORES}}
         provider: dict = {}
         for section in self.sections.values():
             for field in section:
@@ -546,6 +550,8 @@ class ServerForm:
             settings["port"] = self.default_port()
         for store in SIDE_STORES:  # {} when its section does not show (no proxy, not SMTP)
             stores["server"][store] = self._side_settings(store, stores.get(store, {})).to_dict()
+        for store, to_column in COLUMN_STORES.items():
+            stores["server"][store] = to_column(stores[store])
         credential = stores["credential"]
         auth_type = credential.pop("auth_type", AuthType.NONE.value)
         return stores["server"], settings, CredentialValues(

@@ -47,3 +47,4 @@ class ServerConfig:
     timeout: float = 10.0  # seconds for the whole check or send, token included
     label: str = ""  # what admins call this server, for messages
     receiver: Any = None  # SMTP: a receiver.Receiver to log in to before each session (POP-before-SMTP)
+    options: Any = None  # options.MessageOptions written into every message it sends; None: none

@@ -4,7 +4,8 @@ check(): [Token] -> Connect (the egress policy, TLS and the server's certificate
 (the first authenticated SOAP call: the version probe when the version is "auto", and
 ResolveNames for the mailbox) -> Mailbox (what ResolveNames found). Nothing is sent.
 send(): the stored message (Envelope.raw) as MimeContent (every header, Reply-To and the Message-ID
-kept) in one CreateItem: SendOnly, or SendAndSaveCopy to Sent Items (then exchangelib first reads the
+kept), with the message options' item fields (Importance, Sensitivity, IsReadReceiptRequested,
+IsDeliveryReceiptRequested: options.ews_fields()) beside it, in one CreateItem: SendOnly, or SendAndSaveCopy to Sent Items (then exchangelib first reads the
 folders with two GetFolder calls).
 
 Sign-in: Basic or NTLM with a password ("auto": Basic, or NTLM when the server refuses Basic
@@ -53,6 +54,7 @@ from .deadline import DeadlineExceeded
 from .egress import EgressRefused
 from .envelope import Envelope
 from .oauth import Flow, Provider
+from .options import MessageOptions, ews_fields
 from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
 from .tls import handshake_result, tls_context
 from .transport import register
@@ -180,7 +182,7 @@ class EwsTransport:
             call.run("Message", prepare)
             if isinstance(config.auth, BearerAuth):
                 call.run("Token", call.take_token)
-            call.run("Send", lambda: call.send(envelope.raw))
+            call.run("Send", lambda: call.send(envelope.raw, ews_fields(config.options or MessageOptions(), envelope.raw)))
         if not call.report.ok:
             raise DeliveryError(call.report)
         disposition = "SendAndSaveCopy" if config.settings.save_copy else "SendOnly"
@@ -313,12 +315,13 @@ class EwsCall(ApiCall):
                                hint="enter the primary SMTP address of a mailbox on this server")
         return step_result(f"Exchange knows the mailbox {match.email_address} ({match.name})", details)
 
-    def send(self, mime: bytes) -> Step:
+    def send(self, mime: bytes, item_fields: dict) -> Step:
+        """The MIME content with the item fields Exchange takes apart from it (the message options')."""
         save = bool(self.settings.save_copy)
 
         def create(protocol):
             account = self.account(protocol)
-            Message(account=account, mime_content=mime).send(save_copy=save)
+            Message(account=account, mime_content=mime, **item_fields).send(save_copy=save)
 
         self.with_protocol(create)
         disposition = "SendAndSaveCopy" if save else "SendOnly"

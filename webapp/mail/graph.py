@@ -22,17 +22,13 @@ every header go as they do over SMTP, EWS and the Gmail API. What the MIME form 
 - The From is the message's own; Exchange checks that the one sending (the signed-in user, or
   for app-only the mailbox in the URL) may send as it: else 403 ErrorSendAsDenied
   (https://learn.microsoft.com/graph/outlook-send-mail-from-other-user).
-- The server's Importance and custom X- headers are written into the head of the message in
-  front of the stored bytes, only where the message has no header of that name: a function of
-  the stored message and this server's settings alone, so every attempt through this server
-  sends the same bytes. (JSON's internetMessageHeaders rules, X- names and at most five, are
-  the JSON form's; Mailroom keeps X- names so a server's settings never change the message's
-  own From, To or Subject.)
+- The server's message options (mail/options.py: importance, sensitivity, receipts, custom
+  headers) arrive as headers of the message (transport.outgoing()); Exchange's MIME reader maps
+  them to the message's own properties ([MS-OXCMAIL]). The rules of JSON's internetMessageHeaders
+  (X- names, at most five) are the JSON form's and do not apply to MIME.
 """
 import base64
-import re
 from dataclasses import asdict, dataclass, fields
-from email.header import Header
 from email.utils import getaddresses
 from urllib.parse import quote
 
@@ -45,19 +41,13 @@ from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, s
 from .transport import register
 
 GLOBAL_ENDPOINT = CLOUDS[Cloud.GLOBAL][1]
-IMPORTANCES = ("low", "normal", "high")
-IMPORTANCE_HEADER = {"low": "Low", "high": "High"}  # Exchange reads the Importance header (RFC 2156): Low, High
 MAX_REQUEST = 4 * 1024 * 1024  # bytes of one Graph request
-MAX_HEADER_LINE = 900  # RFC 5322 allows 998 characters a line; a value Mailroom cannot fold must fit
-HEADER_LINE = re.compile(r"^(X-[A-Za-z0-9-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)$", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
 class GraphSettings:
     graph_endpoint: str = GLOBAL_ENDPOINT  # the Graph root of the Microsoft cloud
     shared_mailbox: str = ""  # send from this mailbox instead of the OAuth mailbox (Mail.Send.Shared / app-only)
-    importance: str = "normal"
-    headers: str = ""  # "X-Name: value", one per line
 
     @classmethod
     def from_dict(cls, values: dict) -> "GraphSettings":
@@ -73,47 +63,6 @@ class GraphSettings:
     @property
     def address(self) -> str:
         return self.graph_endpoint
-
-    def header_list(self) -> list[dict]:
-        return [{"name": m.group(1), "value": m.group(2).strip()}
-                for m in (HEADER_LINE.match(line.strip()) for line in self.headers.splitlines() if line.strip()) if m]
-
-    def added_headers(self) -> list[tuple[str, str]]:
-        """What this server writes into every message: its Importance (unless normal), then its headers."""
-        added = [("Importance", IMPORTANCE_HEADER[self.importance])] if self.importance in IMPORTANCE_HEADER else []
-        return added + [(header["name"], header["value"]) for header in self.header_list()]
-
-
-def _shown(line: str) -> str:
-    return "".join(ch if ch.isprintable() else "�" for ch in line)
-
-
-def parse_headers(text: str) -> list[str]:
-    """Errors of a custom-header list, in words (empty: fine)."""
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    errors = [f"“{_shown(line)}”: a header is written Name: value, its name starts with X- (Mailroom adds only "
-              "those, so no setting changes the message's own From, To or Subject) and its value holds no control "
-              "characters" for line in lines if not HEADER_LINE.match(line)]
-    errors += [f"“{_shown(line[:40])}…”: a header line is at most {MAX_HEADER_LINE} characters" for line in lines
-               if HEADER_LINE.match(line) and len(line) > MAX_HEADER_LINE]
-    return errors
-
-
-def with_server_headers(raw: bytes, settings: GraphSettings) -> bytes:
-    """The stored message with the server's headers in front, where the message has none of that name."""
-    head = raw.split(b"\r\n\r\n", 1)[0]
-    present = {line.split(b":", 1)[0].strip().lower() for line in head.split(b"\r\n")
-               if line[:1] not in (b" ", b"\t") and b":" in line}
-    added = b"".join(_header_line(name, value) for name, value in settings.added_headers()
-                     if name.lower().encode() not in present)
-    return added + raw
-
-
-def _header_line(name: str, value: str) -> bytes:
-    """One header as RFC 5322 wants it: ASCII as it is, anything else as encoded words (folded)."""
-    if not value.isascii():
-        value = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-    return f"{name}: {value}\r\n".encode("ascii")
 
 
 @register
@@ -147,7 +96,7 @@ class GraphTransport:
             if not envelope.recipients:
                 raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address",
                                  temporary=False)
-            mime = with_server_headers(envelope.raw, config.settings)
+            mime = envelope.raw
             body.extend(base64.b64encode(mime))
             if len(body) > MAX_REQUEST:
                 raise StepFailed(f"the message is {_megabytes(len(mime))}: Microsoft Graph takes at most 4 MB in one "

@@ -16,12 +16,18 @@ and what the web layer needs to offer it: `protocol` (the stored value), `label`
 `oauth_flows` (the OAuth 2.0 flows it can use, when it accepts OAuth) and, optionally,
 `oauth_providers` (the providers whose tokens its service accepts; all of them when absent).
 A new protocol is a class decorated with @register; views and services find it here.
+
+Every message leaves through send_message() or open_connection(): the one place where the
+message is made what this server sends, its message options (mail/options.py) written into its
+head (outgoing()); a transport reads `config.options` for what its protocol carries apart from
+the headers (SMTP's DSN parameters, EWS's item fields).
 """
 from typing import ClassVar, Protocol
 
 from .auth import AuthType
 from .config import ServerConfig
 from .envelope import Envelope
+from .options import MessageOptions, apply
 from .report import Receipt, Report
 
 
@@ -62,6 +68,32 @@ def transport_for(protocol: str) -> Transport:
     return TRANSPORTS[protocol]()
 
 
+def outgoing(config: ServerConfig, envelope: Envelope) -> Envelope:
+    """The message as this server sends it: the stored one with the server's message options applied."""
+    options = config.options or MessageOptions()
+    raw = apply(envelope.raw, options)
+    return envelope if raw is envelope.raw else Envelope(mail_from=envelope.mail_from, recipients=envelope.recipients,
+                                                         raw=raw, message_id=envelope.message_id)
+
+
+def send_message(config: ServerConfig, envelope: Envelope) -> Receipt:
+    """One message through the server of `config` (KeyError for an unknown protocol)."""
+    return transport_for(config.protocol).send(config, outgoing(config, envelope))
+
+
+class _WithOptions:
+    """A Connection that sends each message as its server sends it (outgoing())."""
+
+    def __init__(self, connection: Connection, config: ServerConfig):
+        self.connection, self.config = connection, config
+
+    def send(self, envelope: Envelope) -> Receipt:
+        return self.connection.send(outgoing(self.config, envelope))
+
+    def close(self) -> None:
+        self.connection.close()
+
+
 class _OneAtATime:
     """A Connection for a transport without open(): every message is a conversation of its own."""
 
@@ -79,4 +111,4 @@ def open_connection(config: ServerConfig) -> Connection:
     """A Connection to the server of `config` (KeyError for an unknown protocol). Close it when done."""
     transport = transport_for(config.protocol)
     opener = getattr(transport, "open", None)
-    return opener(config) if opener is not None else _OneAtATime(transport, config)
+    return _WithOptions(opener(config) if opener is not None else _OneAtATime(transport, config), config)

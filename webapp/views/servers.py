@@ -10,6 +10,7 @@ from werkzeug.datastructures import CombinedMultiDict, MultiDict
 from .. import checks, consent, db, mailservers, network
 from ..credentials import SecretNeeded, SecretUnreadable
 from ..limits import Busy, current_user_key, limiter, slots
+from ..forms.options import edit_rows
 from ..forms.sample import SampleForm
 from ..forms.server import PARTIALS, ServerForm
 from ..forms.validators import normalize_address
@@ -61,6 +62,8 @@ def edit(slug, server_id=None):
         return _apply_preset(server)
     if action == "find_settings" and request.method == "POST":
         return _find_settings(portal, server)
+    if edit_rows(form, action):  # a custom header row added or removed (without htmx): the form again, unsaved
+        return _edit_page(form, server)
     if action in ("refresh", "default_port", "default_scope"):  # the form again for these choices, unsaved
         form.reset_port() if action == "default_port" else form.follow_port_default()
         trigger = request.htmx.trigger_name if request.htmx else None
@@ -107,7 +110,9 @@ def section(slug, name, server_id=None):
     if not form.choices.known_protocol or not form.can_render(name):
         abort(400)  # e.g. the endpoints of an OAuth part that the posted authentication does not show
     trigger = request.htmx.trigger_name
-    if request.form.get("_action") == "default_port":
+    if edit_rows(form, request.form.get("_action", "")):
+        pass
+    elif request.form.get("_action") == "default_port":
         form.reset_port()
     elif request.form.get("_action") == "default_scope":
         form.reset_scope()

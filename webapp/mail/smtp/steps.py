@@ -179,14 +179,18 @@ def mail_from(s: Session) -> Step:
     code, text = s.client.mail(sender, options)
     if code != 250:
         raise Rejected(code, text, sender)
-    return step_result(f"the server accepts {sender} as sender",
-                       [("Reply", f"{code} {one_line(text)}")])
+    details = [("Reply", f"{code} {one_line(text)}")]
+    if _wants_dsn(s):
+        details.append(("Delivery receipt", "asked for as a DSN (RET=HDRS, NOTIFY=SUCCESS,FAILURE)"
+                        if _offers_dsn(s) else "the server does not offer DSN: only the Return-Receipt-To header"))
+    return step_result(f"the server accepts {sender} as sender", details)
 
 
 def rcpt_to(s: Session) -> Step:
     accepted, refused = [], []
+    notify = ["NOTIFY=SUCCESS,FAILURE"] if _wants_dsn(s) and _offers_dsn(s) else []
     for recipient in s.outgoing.recipients:
-        code, text = s.client.rcpt(recipient)
+        code, text = s.client.rcpt(recipient, notify)
         s.outgoing.outcomes.append(RecipientOutcome(recipient, code in (250, 251), code, f"{code} {one_line(text)}",
                                                     temporary=code // 100 != 5))
         if code in (250, 251):
@@ -333,4 +337,16 @@ def _mail_options(s: Session, needs_utf8: bool) -> list[str]:
         options += ["SMTPUTF8", "BODY=8BITMIME"]
     if s.outgoing and client.has_extn("size"):
         options.append(f"SIZE={len(s.outgoing.payload)}")
+    if _wants_dsn(s) and _offers_dsn(s):
+        options.append("RET=HDRS")  # the notification returns the headers only, not the whole message
     return options
+
+
+def _wants_dsn(s: Session) -> bool:
+    """A message is being sent through a server whose options ask for a return (delivery) receipt."""
+    return bool(s.outgoing) and bool(s.config.options and s.config.options.wants_dsn)
+
+
+def _offers_dsn(s: Session) -> bool:
+    """RFC 3461: the DSN parameters only to a server that names DSN in its EHLO answer."""
+    return s.client.has_extn("dsn")
