@@ -47,3 +47,4 @@ class ServerConfig:
     timeout: float = 10.0  # seconds for the whole check or send, token included
     label: str = ""  # what admins call this server, for messages
     receiver: Any = None  # SMTP: a receiver.Receiver to log in to before each session (POP-before-SMTP)
+    smime: Any = None  # a smime.Smime: every message sent is signed/encrypted as the last step before handing it over

@@ -12,6 +12,7 @@ from ..credentials import SecretNeeded
 from ..limits import Busy, current_user_key, limiter, slots
 from ..forms.sample import SampleForm
 from ..forms.server import PARTIALS, ServerForm
+from ..forms.smime import smime_values
 from ..forms.validators import normalize_address
 from ..mail import discover_settings, presets
 from ..mail.auth import AUTH_LABELS
@@ -69,7 +70,7 @@ def edit(slug, server_id=None):
         columns, settings, credential = form.values()
         try:
             server = mailservers.save(current_actor(), portal, server, request.form.get("version"), columns,
-                                      settings, credential, form.side_passwords())
+                                      settings, credential, form.side_passwords(), smime_values(form))
         except mailservers.StaleEdit:
             form.form_errors.append(STALE)
             return _edit_page(form, server, 409)
