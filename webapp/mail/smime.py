@@ -154,6 +154,8 @@ def _from_pkcs12(data: bytes, password: bytes | None) -> Signer:
         loaded = pkcs12.load_pkcs12(data, password)
     except ValueError as error:
         if "password" in str(error).lower() or "mac" in str(error).lower():
+            if not password:
+                raise SmimeProblem("This PKCS#12 file is protected by a password: type it.") from None
             raise SmimeProblem("The password does not open this PKCS#12 file: type the password it was exported "
                                "with.") from None
         raise SmimeProblem("This is not a PKCS#12 file (.p12 / .pfx) Mailroom can read.") from None
