@@ -41,7 +41,9 @@ class PortalCertificates:
 
 
 def page_of(portal: Portal, size: int, bookmark: str | None) -> Page:
-    query = select(SmimeCertificate).where(SmimeCertificate.portal_id == portal.id)
+    """One page of the list: only the columns shown (never the certificate itself)."""
+    query = select(SmimeCertificate.id, SmimeCertificate.address, SmimeCertificate.subject, SmimeCertificate.issuer,
+                   SmimeCertificate.not_after).where(SmimeCertificate.portal_id == portal.id)
     return paginate(query, ORDER, size, bookmark)
 
 
