@@ -266,3 +266,12 @@ def test_verify_signs_and_encrypts_a_test_message_and_reports_each_step(app, adm
     other = admin.post("/p/help/servers/new/smime-verify",
                        smime_form(smtp, ca.issue("someone@else.example", email_protection=False)), htmx=True).text
     assert "not the From address helpdesk@example.com" in other and "does not include email protection" in other
+
+
+def test_without_javascript_verify_answers_the_whole_form_with_the_report_in_place(app, admin, smtp_peer, signer):
+    smtp = smtp_peer("plain")
+    page = admin.post("/p/help/servers/new/smime-verify", smime_form(smtp, signer, description="Typed relay")).text
+    assert "<h1>Add mail server</h1>" in page and 'value="Typed relay"' in page
+    report = re.search(r'<div id="smime-report" aria-live="polite">(.*?)</div>', page, re.S).group(1)
+    assert "S/MIME works:" in report and P12_PASSWORD not in page
+    assert server_count(app) == 0

@@ -7,6 +7,7 @@ from flask_login import login_required
 from werkzeug.datastructures import CombinedMultiDict
 
 from .. import mailservers, smime_certificates, smime_settings
+from ..forms.server import ServerForm
 from ..forms.smime import SmimeSection, settings_of
 from ..forms.smime_certificate import SmimeCertificateForm
 from ..mail.report import Outcome, Report, Step
@@ -52,7 +53,12 @@ def verify(slug, server_id=None):
         problems = [f"{field.label.text}: {error}" for field in section for error in field.errors]
         report = Report(steps=[Step("Signing certificate", Outcome.FAILED, "; ".join(problems),
                                     hint="choose the right file and type its password, then Verify again")])
-    return render_template("servers/_smime_report.html", report=report)
+    if request.htmx:
+        return render_template("servers/_smime_report.html", report=report)
+    # Without JavaScript the whole form was posted here: the page again, as typed, with the report in place.
+    form = ServerForm(CombinedMultiDict([request.files, request.form]),
+                      stored_secret=bool(server and server.credential and server.credential.secret))
+    return render_template("servers/edit.html", form=form, server=server, smime_report=report)
 
 
 @bp.get("/p/<slug>/smime-certificates")
