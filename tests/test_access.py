@@ -9,7 +9,7 @@ from sqlmodel import select
 
 from webapp import apikeys, db
 from webapp.audit import Actor
-from webapp.models import Membership, OutboundMail, Role
+from webapp.models import Membership, OutboundMail, Role, SmimeCertificate, utcnow
 from webapp.sessions import SESSIONLESS_PATH
 from webapp.submission import credentials as smtp_credentials
 
@@ -30,10 +30,14 @@ def world(app, make, portal):
         credential, _ = smtp_credentials.create(Actor("tests"), portal, smtp_credentials.CredentialValues(
             "Scanner", from_addresses="scanner@example.com"))
         db.session().add(mail)
+        certificate = SmimeCertificate(portal_id=portal.id, address="jane@example.org", der=b"0", subject="CN=Jane",
+                                       issuer="CN=CA", not_after=utcnow())
+        db.session().add(certificate)
         db.session().commit()
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
               "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1,
-              "mail_id": mail.id, "action": "requeue", "credential_id": credential.id}
+              "mail_id": mail.id, "action": "requeue", "credential_id": credential.id,
+              "certificate_id": certificate.id}
     return values
 
 
@@ -62,7 +66,7 @@ def portal_routes(app):
 
 def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
     public = {rule.endpoint for rule in app.url_map.iter_rules() if not by_key(rule) and not rule.endpoint.startswith(
-        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.", "smtp_credentials.")) and rule.endpoint not in (
+        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.", "smtp_credentials.", "smime.")) and rule.endpoint not in (
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS

@@ -29,6 +29,7 @@ from .mail.options import MessageOptions
 from .mail.transport import send_message, transport_for
 from .mailservers import settings_of
 from .models import MailServer, Portal, SecretPurpose, utcnow
+from .smime_settings import saved_smime
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ def config_for(portal: Portal, server: MailServer) -> ServerConfig:
     """The saved settings as the transport needs them; SecretUnreadable when the keys cannot read the secret."""
     net = network.for_server(portal, server)
     receiver = saved_receiver(server, server.settings.get("ca_cert", ""))
-    return _config(server, server.protocol, _columns(server), server.settings,
-                   auth_for(server.credential, network=net), net, receiver)
+    config = _config(server, server.protocol, _columns(server), server.settings,
+                     auth_for(server.credential, network=net), net, receiver)
+    return replace(config, smime=saved_smime(portal, server))
 
 
 def draft_config(portal: Portal, server: MailServer | None, columns: dict, settings: dict,

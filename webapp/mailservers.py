@@ -3,11 +3,12 @@ worker call these; each change is committed with its AuditEvent."""
 from sqlalchemy import bindparam
 from sqlmodel import func, select, update
 
-from . import audit, credentials, db, delivery
+from . import audit, credentials, db, delivery, smime_settings
 from .audit import Actor
 from .credentials import CredentialValues
 from .mail.transport import TRANSPORTS
 from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcnow
+from .smime_settings import SmimeValues, smime_fields
 
 SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
                   "rate_per_day", "from_address", "sender_name", "reply_to")  # and proxy, receiver (prefixed fields), options
@@ -57,6 +58,7 @@ def saved_values(server: MailServer) -> dict:
     for column, prefix in (("proxy", "proxy_"), ("receiver", "receiver_")):  # their fields carry the prefix
         values.update({prefix + name: value for name, value in (getattr(server, column) or {}).items()})
     values.update(server.options or {})  # the message options' fields carry their own names
+    values.update(smime_fields(server.smime))
     credential = server.credential
     if credential is not None:
         values.update(credential.provider)
@@ -95,10 +97,10 @@ def secret_typed(credential: Credential | None, values: CredentialValues) -> str
 
 def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version: str | None,
          columns: dict, settings: dict, credential_values: CredentialValues,
-         side: list[credentials.SidePassword] = ()) -> MailServer:
+         side: list[credentials.SidePassword] = (), smime: SmimeValues | None = None) -> MailServer:
     """Create or update a server with its credential (and the proxy's and mail receiver's passwords,
-    `side`), and record the change; StaleEdit if someone saved first, credentials.SecretNeeded if
-    a stored secret may not serve the new values."""
+    `side`; its S/MIME settings and signing key, `smime`), and record the change; StaleEdit if someone
+    saved first, credentials.SecretNeeded if a stored secret may not serve the new values."""
     session = db.session()
     creating = server is None
     typed = settings_of(columns.get("protocol", "smtp"), settings)
@@ -106,6 +108,8 @@ def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version
     credentials.check_secret(None if creating else server.credential, credential_values, destination)
     for value in side:
         credentials.check_side_password(server, value)
+    if smime is not None:
+        smime_settings.check(server, smime)
     before = {} if creating else snapshot(server)
     secret_changed = secret_typed(None if creating else server.credential, credential_values)
     if creating:
@@ -124,6 +128,8 @@ def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version
     credentials.apply(server.credential, credential_values, destination)
     side_changed = [credentials.SIDE_SECRETS[value.purpose][1] for value in side
                     if credentials.apply_side_password(server, value) and value.wanted]
+    if smime is not None and smime_settings.apply(server, smime):
+        side_changed.append(smime_settings.CERTIFICATE_FIELD)
     session.add(server)
     session.flush()
     changes = audit.diff(before, snapshot(server))

@@ -137,6 +137,9 @@ class MailServer(SQLModel, table=True):
     receiver: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # written into every message it sends (mail.options.MessageOptions); {} when none
     options: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # S/MIME (mail.smime.SmimeSettings: sign, hash, encrypt, algorithm, the signing certificate's PEM);
+    # {} when off. Its private key is a ServerSecret (purpose smime_key).
+    smime: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
     credential: "Credential" = Relationship(
         back_populates="server",
@@ -186,6 +189,7 @@ class Credential(SQLModel, table=True):
 class SecretPurpose(StrEnum):
     PROXY = "proxy"  # the proxy's password
     RECEIVER = "receiver"  # the mail receiver's password (login before sending)
+    SMIME_KEY = "smime_key"  # the S/MIME signing key (PKCS#8 PEM, unencrypted inside the seal)
 
 
 class ServerSecret(SQLModel, table=True):
@@ -424,3 +428,20 @@ class SmtpCredential(SQLModel, table=True):
     last_used_at: datetime | None = _timestamp(default=None)  # the last message accepted
     last_client: str = Field(default="", max_length=64)  # ... and from where
     revoked_at: datetime | None = _timestamp(default=None)
+
+
+class SmimeCertificate(SQLModel, table=True):
+    """A recipient's S/MIME certificate (public), for encrypting the portal's mail to that address.
+    One row per address the certificate names; `der` is the certificate itself."""
+
+    __tablename__ = "smime_certificate"
+    __table_args__ = (Index("ix_smime_certificate_portal_address", "portal_id", "address"),)
+    id: int | None = Field(default=None, primary_key=True)
+    portal_id: int = Field(foreign_key="portal.id", ondelete="CASCADE")
+    address: str = Field(max_length=320)  # lower case
+    der: bytes = Field(sa_type=LargeBinary)
+    subject: str = Field(default="", max_length=1000)
+    issuer: str = Field(default="", max_length=1000)
+    not_after: datetime = _timestamp()
+    fingerprint: str = Field(default="", max_length=64)  # SHA-256 of der, hex: the same certificate once per address
+    created_at: datetime = _timestamp(default_factory=utcnow)

@@ -3,7 +3,7 @@
     def test_x(ews_peer, test_ca_file):
         peer = ews_peer()                      # started now, stopped at teardown
         peer.url                               # "https://127.0.0.1:<port>/EWS/Exchange.asmx"; peer.origin: no path
-        peer.sent                              # [SentMessage(mailbox, disposition, mime, fields, recipients, ...)]
+        peer.sent                              # [SentMessage(mailbox, disposition, mime, fields, recipients, ..., raw)]
         peer.requests                          # [EwsRequest(operation, auth_scheme, user, anchor, impersonated, ...)]
         peer.operations()                      # ["GetFolder", "GetFolder", "CreateItem"]
         peer.saved                             # {(mailbox, "sentitems"): copies saved}
@@ -233,6 +233,7 @@ class SentMessage:
     saved: bool                      # a copy went to a folder (Sent Items unless another was named)
     saved_folder: str | None         # the distinguished name of that folder, e.g. "sentitems"
     auth: tuple[str, str]            # ("basic"|"bearer"|"ntlm", user)
+    raw: bytes | None = None         # the MimeContent as decoded (None for an item made of XML fields)
 
 
 @dataclass
@@ -668,7 +669,8 @@ class EwsPeer:
         with self._lock:
             self.sent.append(SentMessage(
                 mailbox=mailbox, disposition=disposition, mime=mime, fields=fields, recipients=recipients,
-                saved=saved, saved_folder=folder_name if saved else None, auth=(caller.scheme, caller.user)))
+                saved=saved, saved_folder=folder_name if saved else None, auth=(caller.scheme, caller.user),
+                raw=fields["mime_content"]))
         return SUCCESS.format(operation="CreateItem", content="<m:Items/>")
 
     def _save(self, mailbox: str, folder_name: str) -> None:

@@ -11,6 +11,7 @@ restores them. PARTIALS says which sections each swappable part of the page hold
 swap builds only those.
 """
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import cache
 from typing import Callable, ClassVar
@@ -533,8 +534,8 @@ class ServerForm:
 
     def values(self) -> tuple[dict, dict, CredentialValues]:
         """(server columns, protocol settings, credential) from the shown sections."""
-        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}, "proxy": {}, "receiver": {},
-                                   **{store: {} for store in COLUMN_STORES}}
+        stores: dict[str, dict] = defaultdict(dict)  # server, settings, credential, proxy, receiver, and a
+        # registered section's own store (e.g. smime: forms/smime.py reads that section itself)
         provider: dict = {}
         for section in self.sections.values():
             for field in section:

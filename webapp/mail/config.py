@@ -48,3 +48,4 @@ class ServerConfig:
     label: str = ""  # what admins call this server, for messages
     receiver: Any = None  # SMTP: a receiver.Receiver to log in to before each session (POP-before-SMTP)
     options: Any = None  # options.MessageOptions written into every message it sends; None: none
+    smime: Any = None  # a smime.Smime: every message sent is signed/encrypted as the last step before handing it over

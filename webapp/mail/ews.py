@@ -47,7 +47,7 @@ from exchangelib import errors as ews
 from exchangelib.protocol import Protocol
 from exchangelib.transport import DEFAULT_HEADERS
 
-from . import http, proxy
+from . import http, proxy, smime
 from .api import ApiCall, accepted_all
 from .auth import AuthType, BearerAuth, PasswordAuth, token_step
 from .deadline import DeadlineExceeded
@@ -182,7 +182,8 @@ class EwsTransport:
             call.run("Message", prepare)
             if isinstance(config.auth, BearerAuth):
                 call.run("Token", call.take_token)
-            call.run("Send", lambda: call.send(envelope.raw, ews_fields(config.options or MessageOptions(), envelope.raw)))
+            mime = smime.protected(call.run, config.smime, envelope.raw, envelope.recipients)
+            call.run("Send", lambda: call.send(mime, ews_fields(config.options or MessageOptions(), envelope.raw)))
         if not call.report.ok:
             raise DeliveryError(call.report)
         disposition = "SendAndSaveCopy" if config.settings.save_copy else "SendOnly"

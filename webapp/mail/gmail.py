@@ -28,14 +28,14 @@ the time to retry in the message ("Retry after 2026-12-06T10:00:00.000Z"), not i
 """
 import base64
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from urllib.parse import quote
 
 import requests
 
-from . import proxy
+from . import proxy, smime
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
 from .auth import AuthType
 from .deadline import DeadlineExceeded
@@ -113,6 +113,7 @@ class GmailTransport:
     def send(self, config, envelope: Envelope) -> Receipt:
         call = GmailCall(config)
         with call:
+            envelope = replace(envelope, raw=smime.protected(call.run, config.smime, envelope.raw, envelope.recipients))
             call.run("Message", lambda: _prepare(envelope))
             call.run("Token", call.bearer)
             sent = call.run("messages.send", lambda: _send(call, envelope))

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, fields
 from email.utils import getaddresses
 from urllib.parse import quote
 
-from . import proxy
+from . import proxy, smime
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
 from .auth import AuthType, BearerAuth
 from .envelope import Envelope
@@ -91,12 +91,12 @@ class GraphTransport:
     def send(self, config, envelope: Envelope) -> Receipt:
         call = ApiCall(config)
         body = bytearray()
+        mime = b""
 
         def prepare() -> Step:
             if not envelope.recipients:
                 raise StepFailed("the message has no recipients", "add at least one To, Cc or Bcc address",
                                  temporary=False)
-            mime = envelope.raw
             body.extend(base64.b64encode(mime))
             if len(body) > MAX_REQUEST:
                 raise StepFailed(f"the message is {_megabytes(len(mime))}: Microsoft Graph takes at most 4 MB in one "
@@ -107,6 +107,7 @@ class GraphTransport:
                                 ("Sent Items", "Graph keeps a copy of every message sent as MIME")])
 
         with call:
+            mime = smime.protected(call.run, config.smime, envelope.raw, envelope.recipients)
             call.run("Message", prepare)
             call.run("Token", call.bearer)
             call.run("sendMail", lambda: _send(call, bytes(body), _from_of(envelope)))

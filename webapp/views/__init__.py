@@ -13,12 +13,12 @@ from ..credentials import KIND_LABELS
 from ..mail.transport import TRANSPORTS
 from ..forms.render import init_app as init_field_rendering
 from .. import consent
-from . import api, auth, keys, oauth, portals, queue, servers, settings, smtp_credentials, users
+from . import api, auth, keys, oauth, portals, queue, servers, settings, smime, smtp_credentials, users
 
 
 def init_app(app) -> None:
     for blueprint in (api.bp, auth.bp, keys.bp, oauth.bp, portals.bp, queue.bp, servers.bp, settings.bp,
-                      smtp_credentials.bp, users.bp):
+                      smime.bp, smtp_credentials.bp, users.bp):
         app.register_blueprint(blueprint)
     app.extensions["csrf"].exempt(api.bp)  # authorized by its key on each request, never by a session
     app.register_error_handler(HTTPException, _http_error)
@@ -45,7 +45,7 @@ def init_app(app) -> None:
 
 ASSETS = ("vendor/pico.min.css", "app.css", "vendor/htmx.min.js", "app.js")
 NAV = ("portals.index", "users.index", "settings.egress", "auth.password", "auth.logout")
-PORTAL_NAV = ("servers.index", "queue.index", "portals.members", "keys.index", "smtp_credentials.index",
+PORTAL_NAV = ("servers.index", "queue.index", "portals.members", "keys.index", "smtp_credentials.index", "smime.index",
               "portals.settings", "portals.history")
 SLUG_MARK = "slug-mark"  # a slug (security.SLUG: lower-case letters, digits, "-") needs no quoting
 

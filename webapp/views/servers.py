@@ -13,6 +13,7 @@ from ..limits import Busy, current_user_key, limiter, slots
 from ..forms.options import edit_rows
 from ..forms.sample import SampleForm
 from ..forms.server import PARTIALS, ServerForm
+from ..forms.smime import smime_values
 from ..forms.validators import normalize_address
 from ..mail import discover_settings, presets
 from ..mail.arrival import valid_message_id
@@ -75,7 +76,7 @@ def edit(slug, server_id=None):
         columns, settings, credential = form.values()
         try:
             server = mailservers.save(current_actor(), portal, server, request.form.get("version"), columns,
-                                      settings, credential, form.side_passwords())
+                                      settings, credential, form.side_passwords(), smime_values(form))
         except mailservers.StaleEdit:
             form.form_errors.append(STALE)
             return _edit_page(form, server, 409)

@@ -7,7 +7,7 @@ from smtplib import SMTPDataError
 
 from cryptography import x509
 
-from .. import proxy, receiver
+from .. import proxy, receiver, smime
 from ..auth import BearerAuth, PasswordAuth
 from ..deadline import Deadline, DeadlineExceeded
 from ..egress import EgressRefused
@@ -21,6 +21,12 @@ from .session import Outgoing, Rejected, Session
 from .settings import SECURITY_LABELS, Mechanism, Security, SmtpSettings
 
 PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of preference
+
+
+def protect(s: Session) -> None:
+    """S/MIME (when the server has it), the last step before the bytes are handed over: in its own
+    step, on exactly what DATA transmits (without Bcc)."""
+    s.outgoing.payload = smime.protected(s.attempt.run, s.config.smime, s.outgoing.payload, s.outgoing.recipients)
 
 
 def prepare(s: Session, envelope: Envelope) -> Step:

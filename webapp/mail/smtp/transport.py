@@ -68,6 +68,7 @@ class SmtpTransport:
         session = Session.start(config)
         with _conversation(session):
             _step(session, "Message", lambda s: steps.prepare(s, envelope))
+            steps.protect(session)
             _establish(session)
             _step(session, "MAIL FROM", steps.mail_from)
             _step(session, "RCPT TO", steps.rcpt_to)
@@ -107,6 +108,7 @@ class SmtpConnection:
         session = Session.start(self.config)
         with _conversation(session, keep=True):
             _step(session, "Message", lambda s: steps.prepare(s, envelope))
+            steps.protect(session)
             if not self._resume(session):
                 _establish(session)
                 self.messages = 0
