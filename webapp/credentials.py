@@ -32,7 +32,7 @@ TOKEN_KINDS = OAUTH_KINDS | {CredentialKind.SERVICE_ACCOUNT}  # they keep an acc
 TOKEN_PARTS = ("access_token", "refresh_token")  # in the payload beside the client secret
 # What the client secret and the tokens are bound to, besides the protocol's destination.
 OAUTH_DESTINATION = ("provider", "token_url", "authorize_url", "client_id", "tenant", "cloud", "issuer")
-MECHANISM_STRENGTH = {"CRAM-MD5": 2}  # the password itself never crosses the wire; others: 1
+MECHANISM_STRENGTH = {"CRAM-MD5": 2, "NTLM": 2}  # the password itself never crosses the wire; others: 1
 
 
 @dataclass

@@ -135,6 +135,10 @@ class MailServer(SQLModel, table=True):
     # {} when there is none. Their passwords are ServerSecrets.
     proxy: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     receiver: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # SSL client certificate (mail.client_cert): {} or {"enabled", "subject", "issuer", "not_before", "expires"};
+    # the certificate and its key are a ServerSecret (purpose client_cert)
+    client_cert: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    transcripts: bool = False  # keep SMTP transcripts under instance/logs/ (mail.transcripts)
 
     credential: "Credential" = Relationship(
         back_populates="server",
@@ -184,6 +188,7 @@ class Credential(SQLModel, table=True):
 class SecretPurpose(StrEnum):
     PROXY = "proxy"  # the proxy's password
     RECEIVER = "receiver"  # the mail receiver's password (login before sending)
+    CLIENT_CERT = "client_cert"  # the SMTP client certificate with its private key (mail.client_cert)
 
 
 class ServerSecret(SQLModel, table=True):

@@ -170,6 +170,7 @@ class BasicSection(Section):
         mechanisms = getattr(TRANSPORTS.get(protocol), "mechanisms", {})
         if mechanisms:
             self.mechanism.choices = [SelectChoice(value, label) for value, label in mechanisms.items()]
+            self.mechanism.description = getattr(TRANSPORTS[protocol], "mechanism_note", "")
         else:
             del self.mechanism
 

@@ -73,6 +73,10 @@ def _reply_meaning(name: str, code: int, text: str, subject: str = "",
                    s: Session | None = None) -> tuple[str, str]:
     if name == "Authenticate" and subject == "XOAUTH2" and code // 100 == 5:
         return _token_refused(s)
+    if name == "Authenticate" and subject == "NTLM" and code == 535:
+        return ("the server rejected the NTLM sign-in (username or password)",
+                "check the password, and write the username as the Windows account is known: DOMAIN\\user or "
+                "user@domain")
     for pattern, meaning, hint in _SPECIAL_REPLIES:
         if pattern.search(text):
             return meaning, hint

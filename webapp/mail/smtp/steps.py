@@ -8,6 +8,7 @@ from smtplib import SMTPDataError
 from cryptography import x509
 
 from .. import proxy, receiver
+from . import ntlm
 from ..auth import BearerAuth, PasswordAuth
 from ..deadline import Deadline, DeadlineExceeded
 from ..egress import EgressRefused
@@ -21,6 +22,9 @@ from .session import Outgoing, Rejected, Session
 from .settings import SECURITY_LABELS, Mechanism, Security, SmtpSettings
 
 PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of preference
+# Automatic takes NTLM only where the server offers nothing else Mailroom can use: NTLM wants the username
+# in Windows' form (DOMAIN\user), which a mailbox address given for PLAIN or LOGIN often is not.
+LAST_RESORT = ("NTLM",)
 
 
 def prepare(s: Session, envelope: Envelope) -> Step:
@@ -158,18 +162,25 @@ def authenticate(s: Session) -> Step:
         code, text = s.client.auth(mechanism, lambda challenge=None: initial if challenge is None else "")
     else:
         mechanism = _choose_mechanism(Mechanism(auth.mechanism), offered)
-        s.client.user, s.client.password = auth.username, auth.password
-        authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
-        try:
-            code, text = s.client.auth(mechanism, authobject)
-        except UnicodeEncodeError:
-            raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
-                             "choose PLAIN or LOGIN as mechanism") from None
+        if mechanism == ntlm.MECHANISM:
+            code, text = ntlm.sign_in(s, auth)
+        else:
+            code, text = _sasl(s, auth, mechanism)
     if code != 235:
         raise Rejected(code, text, mechanism)
     return step_result(f"signed in as {auth.username} with {mechanism}",
                        [("Mechanism", mechanism), ("Offered", " ".join(offered)),
                         ("Reply", f"{code} {one_line(text)}")])
+
+
+def _sasl(s: Session, auth: PasswordAuth, mechanism: str) -> tuple[int, bytes]:
+    s.client.user, s.client.password = auth.username, auth.password
+    authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
+    try:
+        return s.client.auth(mechanism, authobject)
+    except UnicodeEncodeError:
+        raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
+                         "choose PLAIN or LOGIN as mechanism") from None
 
 
 def mail_from(s: Session) -> Step:
@@ -301,10 +312,10 @@ def _ehlo_details(client: Client) -> list[tuple[str, str]]:
 
 def _choose_mechanism(wanted: Mechanism, offered: list[str]) -> str:
     if wanted == Mechanism.AUTO:
-        usable = [m for m in PREFERRED_MECHANISMS if m in offered]
+        usable = [m for m in PREFERRED_MECHANISMS if m in offered] or [m for m in LAST_RESORT if m in offered]
         if not usable:
             raise StepFailed(f"the server offers only {' '.join(offered)}, none of which "
-                             f"Mailroom can use ({', '.join(PREFERRED_MECHANISMS)})",
+                             f"Mailroom can use ({', '.join(PREFERRED_MECHANISMS + LAST_RESORT)})",
                              "the server may need OAuth 2.0 (XOAUTH2); ask the mail administrator")
         return usable[0]
     if wanted.value not in offered:

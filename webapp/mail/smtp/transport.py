@@ -48,6 +48,10 @@ class SmtpTransport:
     auth_types = (AuthType.NONE, AuthType.BASIC, AuthType.OAUTH)
     oauth_flows = (Flow.DELEGATED, Flow.APP)
     mechanisms = {str(m): label for m, label in MECHANISM_LABELS.items()}
+    mechanism_note = ("Automatic takes CRAM-MD5, PLAIN or LOGIN, and NTLM only when the server offers nothing else "
+                      "(NTLM wants the username as DOMAIN\\user or user@domain). Kerberos is not supported: it "
+                      "needs a ticket from a Kerberos server (KDC) or a keytab on this machine, which Mailroom does "
+                      "not manage; use NTLM or another mechanism the server offers.")
 
     def check(self, config) -> Report:
         """Validate the server settings step by step; no mail is sent."""
