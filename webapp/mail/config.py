@@ -47,3 +47,5 @@ class ServerConfig:
     timeout: float = 10.0  # seconds for the whole check or send, token included
     label: str = ""  # what admins call this server, for messages
     receiver: Any = None  # SMTP: a receiver.Receiver to log in to before each session (POP-before-SMTP)
+    client_cert: Any = None  # SMTP: a client_cert.ClientCertificate presented in the TLS handshake
+    transcripts: Any = None  # SMTP: a transcripts.TranscriptLog that keeps each conversation

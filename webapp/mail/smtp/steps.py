@@ -7,7 +7,7 @@ from smtplib import SMTPDataError
 
 from cryptography import x509
 
-from .. import proxy, receiver
+from .. import client_cert, proxy, receiver
 from . import ntlm
 from ..auth import BearerAuth, PasswordAuth
 from ..deadline import Deadline, DeadlineExceeded
@@ -73,7 +73,8 @@ def connect(s: Session) -> Step:
 
 def handshake(s: Session) -> Step:
     """TLS, implicit or after STARTTLS."""
-    context = tls_context(s.settings.verify_cert, s.settings.ca_cert, s.config.network.extra_ca_pem)
+    context = tls_context(s.settings.verify_cert, s.settings.ca_cert, s.config.network.extra_ca_pem,
+                          s.config.client_cert)
     client = s.client
     client.sock.settimeout(s.deadline.left())
     try:
@@ -82,7 +83,44 @@ def handshake(s: Session) -> Step:
         raise certificate_failure(exc, s.settings.host.strip(), _peek_certificate(s)) from None
     client.start_over()
     s.encrypted = True
-    return handshake_result(client.sock, s.settings.verify_cert)
+    s.tls_handshake = client_cert.handshake_of(client.sock)
+    step = handshake_result(client.sock, s.settings.verify_cert)
+    step.details.append(("Client certificate", _asked(s)))
+    return step
+
+
+def _asked(s: Session) -> str:
+    seen, configured = s.tls_handshake, s.config.client_cert is not None
+    if seen is None:
+        return "Mailroom cannot tell whether the server asked for one (this Python reports no handshake messages)"
+    if not seen.requested:
+        return "the server did not ask for one" + (" (the configured one was not sent)" if configured else "")
+    if seen.sent:
+        return f"the server asked for one; Mailroom sent {s.config.client_cert.facts()['subject']}"
+    return "the server asked for one; none is configured" if not configured else \
+        "the server asked for one, but Mailroom could not send the configured one (a kind the server does not take)"
+
+
+def client_certificate(s: Session) -> Step:
+    """After the first reply over TLS: the server went on, so it did not refuse the certificate (a refusal
+    is a TLS alert on that read, which failures.py puts in words)."""
+    subject = s.config.client_cert.facts()["subject"]
+    details = [("Subject", subject), ("Expires", s.config.client_cert.facts()["expires"])]
+    seen = s.tls_handshake
+    if seen is None:
+        return step_result(f"the server went on after the handshake; Mailroom cannot tell whether it asked for "
+                           f"the certificate {subject} (this Python reports no handshake messages)", details,
+                           Outcome.WARNING, hint="the server did not refuse the connection, which is all that shows")
+    if not seen.requested:
+        return step_result("the server did not ask for a client certificate (no CertificateRequest in the TLS "
+                           "handshake), so it was not sent", details, Outcome.WARNING,
+                           hint="this server (or port) does not use client certificates: ask the mail "
+                                "administrator, or turn the client certificate off")
+    if not seen.sent:
+        return step_result("the server asked for a client certificate, but Mailroom could not send this one",
+                           details, Outcome.WARNING,
+                           hint="the server may not accept its key type or signature: ask for an RSA or EC certificate")
+    return step_result(f"the server asked for a client certificate and accepted {subject}", details)
 
 
 IMPLICIT_TLS_PROBE_AFTER = 2.0  # seconds of silence before asking whether the port wants TLS first
