@@ -10,7 +10,8 @@ from .mail.transport import TRANSPORTS
 from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcnow
 
 SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
-                  "rate_per_day", "from_address", "sender_name", "reply_to")  # and proxy, receiver (prefixed fields)
+                  "rate_per_day", "from_address", "sender_name", "reply_to", "transcripts")
+# and proxy, receiver (prefixed fields), client_cert_enabled
 # Each kind's secret as its form field calls it: History says "(changed)" when a different one is typed.
 SECRET_FIELD = {CredentialKind.PASSWORD: "password", CredentialKind.OAUTH_DELEGATED: "client_secret",
                 CredentialKind.OAUTH_APP: "client_secret", CredentialKind.SERVICE_ACCOUNT: "key"}
@@ -56,6 +57,7 @@ def saved_values(server: MailServer) -> dict:
     values.update(server.settings)
     for column, prefix in (("proxy", "proxy_"), ("receiver", "receiver_")):  # their fields carry the prefix
         values.update({prefix + name: value for name, value in (getattr(server, column) or {}).items()})
+    values["client_cert_enabled"] = bool((server.client_cert or {}).get("enabled"))
     credential = server.credential
     if credential is not None:
         values.update(credential.provider)

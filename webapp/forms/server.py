@@ -375,6 +375,10 @@ SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
 SIDE_STORES = {"proxy": ("proxy_", ProxySettings, SecretPurpose.PROXY),
                "receiver": ("receiver_", ReceiverSettings, SecretPurpose.RECEIVER)}
 
+# Other secrets beside the credential, from other modules' sections (the SMTP client certificate): each gives
+# its SidePasswords for a form.
+SIDE_SOURCES: list[Callable[["ServerForm"], list[SidePassword]]] = []
+
 # The parts of the page that are swapped, and the sections each holds.
 PARTIALS: dict[str, list[str]] = {
     "connection": ["smtp", "port", "tls", "plaintext"],  # when the protocol changes
@@ -531,7 +535,8 @@ class ServerForm:
 
     def values(self) -> tuple[dict, dict, CredentialValues]:
         """(server columns, protocol settings, credential) from the shown sections."""
-        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}, "proxy": {}, "receiver": {}}
+        stores: dict[str, dict] = {"server": {}, "settings": {}, "credential": {}, "proxy": {}, "receiver": {},
+                                   "client_cert": {}}
         provider: dict = {}
         for section in self.sections.values():
             for field in section:
@@ -583,6 +588,8 @@ class ServerForm:
             wanted = settings.enabled and (store == "receiver" or (settings.takes_password and bool(settings.username)))
             typed = self[f"{prefix}password"].data if f"{prefix}password" in self else None
             passwords.append(SidePassword(purpose, wanted, settings.destination(), typed or None))
+        for source in SIDE_SOURCES:
+            passwords += source(self)
         return passwords
 
     def needs_files(self) -> bool:
