@@ -12,6 +12,7 @@ from webapp import db
 from webapp.credentials import unseal
 from webapp.models import AuditEvent, MailServer, ServerSecret
 
+from tests.delivery_fixtures import outbox, smtp_settings  # noqa: F401  (fixtures)
 from tests.peers.smtp_extras import client_ca, client_cert_peer, ntlm_peer, ntlm_users_file  # noqa: F401
 from tests.test_server_form import VALID
 from tests.test_smtp_client_cert import leaf_pem
@@ -181,3 +182,19 @@ def test_transcripts_rotate_and_page(app, admin, smtp_peer):
     assert "C: NOOP 59" in first and "Older →" in first and "C: NOOP 39" not in first
     older = admin.get(f"/p/help/servers/{server.id}/transcripts?skip=20").text
     assert "C: NOOP 39" in older and "← Newer" in older and "C: NOOP 59" not in older
+
+
+def test_delivery_keeps_one_transcript_per_message_over_a_shared_connection(app, outbox, make, portal, smtp_peer):
+    from webapp.models import MailState
+
+    peer = smtp_peer("plain")
+    server = make.server(portal, settings=smtp_settings(peer), transcripts=True)
+    ids = [outbox.queue(portal, subject=f"Quarterly figures {n}") for n in range(3)]
+    outbox.run(ids[0])
+    assert all(outbox.mail(i).state == MailState.SENT for i in ids) and peer.sessions == 1
+
+    log = Path(app.instance_path) / "logs" / f"smtp-server-{server.id}.log"
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e["kind"] for e in entries] == ["send"] * 3 and all(e["ok"] for e in entries)
+    assert entries[0]["lines"][0].startswith("S: 220") and entries[1]["lines"][0] == "C: rset"  # the same session
+    assert "Quarterly figures" not in log.read_text()  # the message is only its size

@@ -147,13 +147,14 @@ def watch(context: ssl.SSLContext) -> None:
 
 
 def _note(conn, direction, version, content_type, msg_type, data) -> None:
-    if int(content_type) != _HANDSHAKE:
-        return
+    """Never raises: an exception here would fail the TLS operation that reported the message."""
     try:
+        if int(content_type) != _HANDSHAKE:
+            return
         kind = int(msg_type)
-    except (TypeError, ValueError):
+        seen = _seen.setdefault(conn, Handshake())
+    except (TypeError, ValueError):  # a connection object that cannot be weakly referenced, an odd message type
         return
-    seen = _seen.setdefault(conn, Handshake())
     if direction == "read" and kind == _CERTIFICATE_REQUEST:
         seen.requested = True
     elif direction == "write" and kind == _CERTIFICATE:
