@@ -198,3 +198,15 @@ def test_delivery_keeps_one_transcript_per_message_over_a_shared_connection(app,
     assert [e["kind"] for e in entries] == ["send"] * 3 and all(e["ok"] for e in entries)
     assert entries[0]["lines"][0].startswith("S: 220") and entries[1]["lines"][0] == "C: rset"  # the same session
     assert "Quarterly figures" not in log.read_text()  # the message is only its size
+
+
+def test_a_failed_check_is_kept_too_with_its_reason(app, admin, make, portal, smtp_peer):
+    closed = smtp_peer("closed")
+    server = make.server(portal, settings={"host": "127.0.0.1", "port": closed.port}, transcripts=True)
+    report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert "nothing listens" in report
+    [entry] = [json.loads(line) for line in
+               (Path(app.instance_path) / "logs" / f"smtp-server-{server.id}.log").read_text().splitlines()]
+    assert entry["ok"] is False and entry["summary"].startswith("Connect: nothing listens on 127.0.0.1:")
+    page = admin.get(f"/p/help/servers/{server.id}/transcripts").text
+    assert "failed" in page and "nothing listens on 127.0.0.1:" in page

@@ -20,8 +20,8 @@ from .report import Report
 
 MAX_BYTES = 256 * 1024  # per file before it rotates
 BACKUPS = 3  # rotated files kept besides the current one
-MAX_LINES = 2000  # per conversation; the rest is counted, not kept
-MAX_LINE = 1000  # characters of one transcript line
+MAX_LINES = 400  # per conversation; the rest is counted, not kept
+MAX_LINE = 500  # characters of one transcript line (an entry stays below a file's size)
 
 
 @dataclass(frozen=True)
