@@ -66,7 +66,8 @@ def portal_routes(app):
 
 def test_the_public_routes_are_only_these_and_refuse_what_they_cannot_trust(app, client):
     public = {rule.endpoint for rule in app.url_map.iter_rules() if not by_key(rule) and not rule.endpoint.startswith(
-        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.", "smtp_credentials.", "smime.")) and rule.endpoint not in (
+        ("portals.", "servers.", "users.", "settings.", "keys.", "queue.", "smtp_credentials.", "smime.", "transcripts.")
+    ) and rule.endpoint not in (
         "auth.logout", "auth.password", "oauth.authorize", "oauth.admin_consent", "oauth.make_link",
         "oauth.discover")}
     assert public == PUBLIC_ENDPOINTS
@@ -120,6 +121,14 @@ def test_every_post_needs_the_csrf_token(app, admin, world):
         assert response.status_code == 400, rule.rule
         response = admin.post(url(rule, world), csrf=False, htmx=True, headers={"X-CSRFToken": "forged"})
         assert response.status_code == 400, rule.rule
+
+
+def test_the_smtp_transcripts_are_for_admins_only(admin, staff, world):
+    """servers/<id>/transcripts (views/transcripts.py): admins read it, staff get 403 (and strangers 404, above)."""
+    path = f"/p/{world['slug']}/servers/{world['server_id']}/transcripts"
+    assert admin.get(path).status_code == 200
+    assert staff.get(path).status_code == 403
+    assert admin.get(f"/p/{world['slug']}/servers/{world['server_id'] + 100000}/transcripts").status_code == 404
 
 
 def test_htmx_sends_the_token_as_a_header(admin, world):

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from cryptography.fernet import Fernet
@@ -295,3 +296,45 @@ def test_a_database_at_0001_with_data_is_upgraded_and_reads_back_the_same(empty_
         if app is not None:
             app.extensions["mailroom.engine"].dispose()
         engine.dispose()
+
+
+# --- 0014 (client certificate, transcripts): upgraded from 0013 with a server in place, and back -----------------------------------
+
+def test_0014_adds_the_client_certificate_and_transcripts_and_goes_back(tmp_path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'extras.sqlite3'}")
+    try:
+        db.upgrade(engine, "0013")
+        now = datetime(2026, 12, 6, tzinfo=UTC)
+        with engine.begin() as connection:
+            portal_id = connection.execute(sa.text(
+                "INSERT INTO portal (slug, name, base_url, created_at) VALUES ('help', 'Help', "
+                "'https://help.example.com', :now) RETURNING id"), {"now": now}).scalar_one()
+            server_id = connection.execute(sa.text(
+                "INSERT INTO mail_server (portal_id, position, enabled, version, description, protocol, timeout, "
+                "from_address, sender_name, reply_to, admin_address, max_connections, last_check_summary, created_at, "
+                "updated_at, settings) VALUES (:portal, 1, 1, 3, 'Relay', 'smtp', 10, 'a@example.com', '', '', '', 5, "
+                "'', :now, :now, :settings) RETURNING id"),
+                {"portal": portal_id, "now": now, "settings": '{"host": "smtp.example.com", "port": 465}'}).scalar_one()
+
+        db.upgrade(engine)
+        with engine.begin() as connection:
+            row = connection.execute(sa.text("SELECT client_cert, transcripts, version, settings FROM mail_server "
+                                             "WHERE id = :id"), {"id": server_id}).one()
+            assert (row.client_cert, bool(row.transcripts), row.version) == ("{}", False, 3)
+            assert '"smtp.example.com"' in row.settings
+            connection.execute(sa.text(
+                "INSERT INTO server_secret (server_id, purpose, secret, bound_to, updated_at) VALUES "
+                "(:id, 'client_cert', 'sealed', '{}', :now), (:id, 'proxy', 'sealed', '{}', :now)"),
+                {"id": server_id, "now": now})
+        assert _differences(engine) == []
+
+        command.downgrade(db.alembic_config(engine), "0013")
+        columns = {c["name"] for c in inspect(engine).get_columns("mail_server")}
+        assert "client_cert" not in columns and "transcripts" not in columns
+        with engine.connect() as connection:
+            purposes = connection.execute(sa.text("SELECT purpose FROM server_secret")).scalars().all()
+            assert purposes == ["proxy"]  # a purpose 0013 does not know is gone with its columns
+            assert connection.execute(sa.text("SELECT description FROM mail_server")).scalar_one() == "Relay"
+    finally:
+        engine.dispose()
+

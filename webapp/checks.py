@@ -6,6 +6,7 @@ outcome is written in a new, short transaction.
 """
 import logging
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from flask import current_app
 from sqlalchemy.exc import InternalError, OperationalError
@@ -13,8 +14,8 @@ from sqlalchemy.exc import InternalError, OperationalError
 from . import audit, db, delivery, network
 from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
-from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, destination_for, saved_receiver,
-                          side_password)
+from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, client_cert_from, destination_for,
+                          saved_client_cert, saved_receiver, side_password)
 from .forms.validators import normalize_address
 from .mail import arrival, deliverability, presets
 from .mail.deadline import Deadline
@@ -22,6 +23,7 @@ from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
 from .mail.envelope import Envelope
 from .mail.proxy import Proxy, ProxySettings
+from .mail.transcripts import TranscriptLog, log_path
 from .mail.receiver import Receiver, ReceiverSettings
 from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
@@ -51,7 +53,8 @@ def config_for(portal: Portal, server: MailServer) -> ServerConfig:
     net = network.for_server(portal, server)
     receiver = saved_receiver(server, server.settings.get("ca_cert", ""))
     config = _config(server, server.protocol, _columns(server), server.settings,
-                     auth_for(server.credential, network=net), net, receiver)
+                     auth_for(server.credential, network=net), net, receiver, saved_client_cert(server),
+                     transcripts_of(server.id) if server.transcripts else None)
     return replace(config, smime=saved_smime(portal, server))
 
 
@@ -69,15 +72,26 @@ def draft_config(portal: Portal, server: MailServer | None, columns: dict, setti
     receiver = Receiver(receiver_settings, passwords.get(SecretPurpose.RECEIVER, ""), settings.get("ca_cert", "")) \
         if receiver_settings.enabled and columns["protocol"] == "smtp" else None
     auth = auth_for(server.credential if server else None, credential, destination_for(typed, credential), net)
-    return _config(server, columns["protocol"], columns, typed.to_dict(), auth, net, receiver)
+    keep = columns.get("transcripts") and server is not None
+    return _config(server, columns["protocol"], columns, typed.to_dict(), auth, net, receiver,
+                   client_cert_from(passwords.get(SecretPurpose.CLIENT_CERT, "")),
+                   transcripts_of(server.id) if keep else None)
 
 
-def _config(server, protocol, columns, settings, auth, net, receiver=None) -> ServerConfig:
+def _config(server, protocol, columns, settings, auth, net, receiver=None, client_cert=None,
+            transcripts=None) -> ServerConfig:
     sender = Sender(columns["from_address"], columns.get("sender_name", ""), columns.get("reply_to", ""))
     label = columns.get("description") or settings.get("host") or (server.label if server else "")
+    smtp = protocol == "smtp"
     return ServerConfig(protocol=protocol, sender=sender, settings=settings_of(protocol, settings),
                         network=net, auth=auth, timeout=float(columns["timeout"]), label=label, receiver=receiver,
-                        options=MessageOptions.from_dict(columns.get("options")))
+                        options=MessageOptions.from_dict(columns.get("options")),
+                        client_cert=client_cert if smtp else None, transcripts=transcripts if smtp else None)
+
+
+def transcripts_of(server_id: int) -> TranscriptLog:
+    """Where a server's SMTP transcripts are kept: instance/logs/smtp-server-<id>.log and its rotations."""
+    return TranscriptLog(log_path(Path(current_app.instance_path) / "logs", server_id))
 
 
 def _columns(server: MailServer) -> dict:
@@ -165,7 +179,8 @@ def _add_deliverability(report: Report, portal: Portal, config: ServerConfig, pr
 def _same_as_saved(server: MailServer, columns: dict, config: ServerConfig) -> bool:
     saved = settings_of(server.protocol, server.settings)
     return (server.protocol == columns["protocol"] and saved == config.settings
-            and all(getattr(server, name) == value for name, value in columns.items() if hasattr(server, name)))
+            and all(getattr(server, name) == value for name, value in columns.items() if hasattr(server, name))
+            and (saved_client_cert(server) is None) == (config.client_cert is None))
 
 
 def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str) -> SampleResult:

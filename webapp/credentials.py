@@ -32,7 +32,7 @@ TOKEN_KINDS = OAUTH_KINDS | {CredentialKind.SERVICE_ACCOUNT}  # they keep an acc
 TOKEN_PARTS = ("access_token", "refresh_token")  # in the payload beside the client secret
 # What the client secret and the tokens are bound to, besides the protocol's destination.
 OAUTH_DESTINATION = ("provider", "token_url", "authorize_url", "client_id", "tenant", "cloud", "issuer")
-MECHANISM_STRENGTH = {"CRAM-MD5": 2}  # the password itself never crosses the wire; others: 1
+MECHANISM_STRENGTH = {"CRAM-MD5": 2, "NTLM": 2}  # the password itself never crosses the wire; others: 1
 
 
 @dataclass
@@ -195,7 +195,12 @@ def auth_for(credential: Credential | None, values: CredentialValues | None = No
 # --- the passwords beside the credential: the proxy's, the mail receiver's -----------------------------
 
 SIDE_SECRETS = {SecretPurpose.PROXY: ("proxy password", "proxy_password"),
-                SecretPurpose.RECEIVER: ("mail receiver password", "receiver_password")}
+                SecretPurpose.RECEIVER: ("mail receiver password", "receiver_password"),
+                SecretPurpose.CLIENT_CERT: ("client certificate file", "client_cert_file")}
+# What changed when a stored one may not serve: the words beside its field.
+SIDE_DESTINATIONS = {SecretPurpose.PROXY: "proxy's type, host or port",
+                     SecretPurpose.RECEIVER: "mail receiver's type, host or port",
+                     SecretPurpose.CLIENT_CERT: "server's host or port"}
 
 
 @dataclass
@@ -221,12 +226,12 @@ def check_side_password(server: MailServer | None, value: SidePassword) -> None:
         return
     what, field_name = SIDE_SECRETS[value.purpose]
     stored = side_secret(server, value.purpose)
+    verb = "choose" if field_name.endswith("_file") else "enter"
     if stored is None:
-        raise SecretNeeded(f"Enter the {what}.", field_name)
+        raise SecretNeeded(f"{verb.capitalize()} the {what}.", field_name)
     if stored.bound_to != value.destination:
-        where = "proxy's" if value.purpose == SecretPurpose.PROXY else "mail receiver's"
-        raise SecretNeeded(f"The {where} type, host or port changed since the {what} was saved: enter the {what} "
-                           "again to use it there.", field_name)
+        raise SecretNeeded(f"The {SIDE_DESTINATIONS[value.purpose]} changed since the {what} was saved: {verb} the "
+                           f"{what} again to use it there.", field_name)
 
 
 def side_password(server: MailServer | None, value: SidePassword) -> str:
@@ -242,6 +247,8 @@ def side_password(server: MailServer | None, value: SidePassword) -> str:
 
 def apply_side_password(server: MailServer, value: SidePassword) -> bool:
     """Write it into the server's secrets (check_side_password ran); True when it changed."""
+    if value.purpose == SecretPurpose.CLIENT_CERT:
+        _note_client_cert(server, value)
     stored = side_secret(server, value.purpose)
     if not value.wanted:
         if stored is not None:
@@ -255,6 +262,34 @@ def apply_side_password(server: MailServer, value: SidePassword) -> bool:
     changed = not stored.secret or unseal_quietly(stored.secret) != value.typed
     stored.secret, stored.bound_to, stored.updated_at = seal({"password": value.typed}), value.destination, utcnow()
     return changed
+
+
+def _note_client_cert(server: MailServer, value: SidePassword) -> None:
+    """What the page shows of the client certificate (never the key): its subject, issuer and expiry."""
+    from .mail.client_cert import ClientCertificate
+
+    if not value.wanted:
+        server.client_cert = {}
+    elif value.typed:
+        server.client_cert = {"enabled": True, **ClientCertificate.from_bundle(value.typed).facts()}
+
+
+def saved_client_cert(server: MailServer | None):
+    """The saved client certificate of an SMTP server with TLS (mail.client_cert.ClientCertificate), or None."""
+    from .mail.client_cert import ClientCertificate
+
+    if server is None or server.protocol != "smtp" or not (server.client_cert or {}).get("enabled") \
+            or server.settings.get("security") == "none":
+        return None
+    stored = side_secret(server, SecretPurpose.CLIENT_CERT)
+    return ClientCertificate.from_bundle(unseal(stored.secret).get("password", "")) if stored else None
+
+
+def client_cert_from(bundle: str):
+    """A typed (or stored) bundle as the transport takes it; None for none."""
+    from .mail.client_cert import ClientCertificate
+
+    return ClientCertificate.from_bundle(bundle) if bundle else None
 
 
 def saved_proxy(server: MailServer | None):

@@ -11,7 +11,8 @@ from .models import MAX_ID, Credential, CredentialKind, MailServer, Portal, utcn
 from .smime_settings import SmimeValues, smime_fields
 
 SERVER_COLUMNS = ("description", "protocol", "enabled", "timeout", "max_connections", "rate_per_minute",
-                  "rate_per_day", "from_address", "sender_name", "reply_to")  # and proxy, receiver (prefixed fields), options
+                  "rate_per_day", "from_address", "sender_name", "reply_to", "transcripts")
+# and proxy, receiver (prefixed fields), options, smime, client_cert_enabled
 # Each kind's secret as its form field calls it: History says "(changed)" when a different one is typed.
 SECRET_FIELD = {CredentialKind.PASSWORD: "password", CredentialKind.OAUTH_DELEGATED: "client_secret",
                 CredentialKind.OAUTH_APP: "client_secret", CredentialKind.SERVICE_ACCOUNT: "key"}
@@ -59,6 +60,7 @@ def saved_values(server: MailServer) -> dict:
         values.update({prefix + name: value for name, value in (getattr(server, column) or {}).items()})
     values.update(server.options or {})  # the message options' fields carry their own names
     values.update(smime_fields(server.smime))
+    values["client_cert_enabled"] = bool((server.client_cert or {}).get("enabled"))
     credential = server.credential
     if credential is not None:
         values.update(credential.provider)

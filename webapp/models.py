@@ -140,6 +140,10 @@ class MailServer(SQLModel, table=True):
     # S/MIME (mail.smime.SmimeSettings: sign, hash, encrypt, algorithm, the signing certificate's PEM);
     # {} when off. Its private key is a ServerSecret (purpose smime_key).
     smime: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # SSL client certificate (mail.client_cert): {} or {"enabled", "subject", "issuer", "not_before", "expires"};
+    # the certificate and its key are a ServerSecret (purpose client_cert)
+    client_cert: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    transcripts: bool = False  # keep SMTP transcripts under instance/logs/ (mail.transcripts)
 
     credential: "Credential" = Relationship(
         back_populates="server",
@@ -190,6 +194,7 @@ class SecretPurpose(StrEnum):
     PROXY = "proxy"  # the proxy's password
     RECEIVER = "receiver"  # the mail receiver's password (login before sending)
     SMIME_KEY = "smime_key"  # the S/MIME signing key (PKCS#8 PEM, unencrypted inside the seal)
+    CLIENT_CERT = "client_cert"  # the SMTP client certificate with its private key (mail.client_cert)
 
 
 class ServerSecret(SQLModel, table=True):

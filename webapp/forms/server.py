@@ -171,6 +171,7 @@ class BasicSection(Section):
         mechanisms = getattr(TRANSPORTS.get(protocol), "mechanisms", {})
         if mechanisms:
             self.mechanism.choices = [SelectChoice(value, label) for value, label in mechanisms.items()]
+            self.mechanism.description = getattr(TRANSPORTS[protocol], "mechanism_note", "")
         else:
             del self.mechanism
 
@@ -374,6 +375,10 @@ SECTIONS: dict[str, type[Section]] = {s.name: s for s in (
 # The sections of the way out, stored apart from the protocol's settings (their passwords too).
 SIDE_STORES = {"proxy": ("proxy_", ProxySettings, SecretPurpose.PROXY),
                "receiver": ("receiver_", ReceiverSettings, SecretPurpose.RECEIVER)}
+
+# Other secrets beside the credential, from other modules' sections (the SMTP client certificate): each gives
+# its SidePasswords for a form.
+SIDE_SOURCES: list[Callable[["ServerForm"], list[SidePassword]]] = []
 
 # The parts of the page that are swapped, and the sections each holds.
 PARTIALS: dict[str, list[str]] = {
@@ -589,6 +594,8 @@ class ServerForm:
             wanted = settings.enabled and (store == "receiver" or (settings.takes_password and bool(settings.username)))
             typed = self[f"{prefix}password"].data if f"{prefix}password" in self else None
             passwords.append(SidePassword(purpose, wanted, settings.destination(), typed or None))
+        for source in SIDE_SOURCES:
+            passwords += source(self)
         return passwords
 
     def needs_files(self) -> bool:

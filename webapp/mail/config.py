@@ -49,3 +49,5 @@ class ServerConfig:
     receiver: Any = None  # SMTP: a receiver.Receiver to log in to before each session (POP-before-SMTP)
     options: Any = None  # options.MessageOptions written into every message it sends; None: none
     smime: Any = None  # a smime.Smime: every message sent is signed/encrypted as the last step before handing it over
+    client_cert: Any = None  # SMTP: a client_cert.ClientCertificate presented in the TLS handshake
+    transcripts: Any = None  # SMTP: a transcripts.TranscriptLog that keeps each conversation

@@ -14,15 +14,32 @@ from cryptography import x509
 from .report import Outcome, Step, StepFailed, step_result
 
 
-def tls_context(verify: bool = True, ca_pem: str = "", extra_ca_pem: str = "") -> ssl.SSLContext:
+def tls_context(verify: bool = True, ca_pem: str = "", extra_ca_pem: str = "", client_cert=None) -> ssl.SSLContext:
     """The client context for these settings. `ca_pem` is the server's own CA certificate (its
-    settings), `extra_ca_pem` the CA certificates the whole app trusts (EXTRA_CA_CERTS)."""
-    return _context(verify, ca_pem.strip() if verify else "", extra_ca_pem.strip() if verify else "")
+    settings), `extra_ca_pem` the CA certificates the whole app trusts (EXTRA_CA_CERTS). With a
+    `client_cert` (client_cert.ClientCertificate) the context is built for this connection alone."""
+    ca_pem, extra_ca_pem = ca_pem.strip() if verify else "", extra_ca_pem.strip() if verify else ""
+    if client_cert is None:
+        return _context(verify, ca_pem, extra_ca_pem)
+    context = _build(verify, ca_pem, extra_ca_pem)
+    try:
+        client_cert.load_into(context)
+    except (ssl.SSLError, ValueError, TypeError):
+        raise StepFailed("the client certificate and its key could not be loaded",
+                         "upload the certificate file again (PEM with its key, or PKCS#12)") from None
+    return context
 
 
 @lru_cache(maxsize=64)
 def _context(verify: bool, ca_pem: str, extra_ca_pem: str) -> ssl.SSLContext:
+    return _build(verify, ca_pem, extra_ca_pem)
+
+
+def _build(verify: bool, ca_pem: str, extra_ca_pem: str) -> ssl.SSLContext:
+    from .client_cert import watch
+
     context = ssl.create_default_context()
+    watch(context)  # which certificate messages the handshake carried (client_cert.handshake_of)
     for pem, what in ((extra_ca_pem, "The CA certificates configured for the app (EXTRA_CA_CERTS)"),
                       (ca_pem, "The CA certificate")):
         if pem:

@@ -13,12 +13,12 @@ from ..credentials import KIND_LABELS
 from ..mail.transport import TRANSPORTS
 from ..forms.render import init_app as init_field_rendering
 from .. import consent
-from . import api, auth, keys, oauth, portals, queue, servers, settings, smime, smtp_credentials, users
+from . import api, auth, keys, oauth, portals, queue, servers, settings, smime, smtp_credentials, transcripts, users
 
 
 def init_app(app) -> None:
     for blueprint in (api.bp, auth.bp, keys.bp, oauth.bp, portals.bp, queue.bp, servers.bp, settings.bp,
-                      smime.bp, smtp_credentials.bp, users.bp):
+                      smime.bp, smtp_credentials.bp, transcripts.bp, users.bp):
         app.register_blueprint(blueprint)
     app.extensions["csrf"].exempt(api.bp)  # authorized by its key on each request, never by a session
     app.register_error_handler(HTTPException, _http_error)

@@ -73,6 +73,10 @@ def _reply_meaning(name: str, code: int, text: str, subject: str = "",
                    s: Session | None = None) -> tuple[str, str]:
     if name == "Authenticate" and subject == "XOAUTH2" and code // 100 == 5:
         return _token_refused(s)
+    if name == "Authenticate" and subject == "NTLM" and code == 535:
+        return ("the server rejected the NTLM sign-in (username or password)",
+                "check the password, and write the username as the Windows account is known: DOMAIN\\user or "
+                "user@domain")
     for pattern, meaning, hint in _SPECIAL_REPLIES:
         if pattern.search(text):
             return meaning, hint
@@ -159,6 +163,8 @@ def _explain_refused(name: str, exc: OSError, s: Session) -> StepFailed:
 def _explain_os_error(name: str, exc: OSError, s: Session) -> StepFailed:
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError,
                         ssl.SSLZeroReturnError)):
+        if name in ("Greeting", "EHLO") and s.encrypted and getattr(s.tls_handshake, "requested", False):
+            return _closed_after_certificate_request(s)
         during = "the TLS handshake" if name == "TLS" else name
         return StepFailed(f"the server closed the connection during {during}",
                           _implicit_tls_hint(s.settings) if name == "TLS" else
@@ -170,6 +176,8 @@ def _explain_os_error(name: str, exc: OSError, s: Session) -> StepFailed:
 
 
 def _explain_disconnected(name: str, exc: SMTPServerDisconnected, s: Session) -> StepFailed:
+    if name in ("Greeting", "EHLO") and s.encrypted and getattr(s.tls_handshake, "requested", False):
+        return _closed_after_certificate_request(s)
     return StepFailed(f"the server closed the connection during {name}",
                       _implicit_tls_hint(s.settings) if name == "Greeting" else
                       "the server may limit connections or block this machine: "
@@ -185,9 +193,53 @@ def _explain_ssl(name: str, exc: ssl.SSLError, s: Session) -> StepFailed:
                               "choose STARTTLS, or use the server's SSL/TLS port (usually 465)")
         return StepFailed("the server did not answer in TLS after STARTTLS",
                           "the server's TLS setup may be broken: ask the mail administrator")
+    if reason in _CLIENT_CERT_ALERTS:
+        return _client_certificate_refused(reason, s)
     summary, hint = _SSL_REASONS.get(reason, (f"the TLS handshake failed: {reason or exc}",
                                                "ask the mail administrator to check TLS"))
     return StepFailed(summary, hint)
+
+
+# TLS alerts a server sends about the client's certificate (RFC 8446 6.2), by OpenSSL's reason name.
+_CLIENT_CERT_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "it requires a client certificate",
+    "TLSV1_ALERT_UNKNOWN_CA": "it does not trust the certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "it found the certificate bad",
+    "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE": "it does not support this kind of certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the certificate has expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the certificate was revoked",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "it could not accept the certificate",
+    "TLSV1_ALERT_ACCESS_DENIED": "the certificate is not allowed access",
+}
+
+
+def _closed_after_certificate_request(s: Session) -> StepFailed:
+    """No alert came, only the end of the connection, right after a handshake in which the server asked
+    for a certificate: the likely reason, said as likely."""
+    if s.config.client_cert is None:
+        return StepFailed("the server closed the connection right after a TLS handshake in which it asked for a "
+                          "client certificate, and none is configured: it most likely requires one",
+                          "add the certificate and key under “Client certificate”", credentials=True)
+    subject = s.config.client_cert.facts()["subject"]
+    return StepFailed(f"the server closed the connection right after the TLS handshake in which it got the client "
+                      f"certificate {subject}: it most likely refused it",
+                      "ask the mail administrator which certificate authority the server trusts for client "
+                      "certificates, and upload a certificate it issued (with its key)", credentials=True)
+
+
+def _client_certificate_refused(reason: str, s: Session) -> StepFailed:
+    why = _CLIENT_CERT_ALERTS[reason]
+    cert = s.config.client_cert
+    if cert is None:
+        if reason == "TLSV13_ALERT_CERTIFICATE_REQUIRED":
+            return StepFailed("the server requires a client certificate, and none is configured",
+                              "add the certificate and key under “Client certificate”", credentials=True)
+        return StepFailed(f"the server refused the TLS connection: {why}",
+                          "the server may want a client certificate: add it under “Client certificate”")
+    subject = cert.facts()["subject"]
+    return StepFailed(f"the server refused the client certificate {subject}: {why}",
+                      "ask the mail administrator which certificate authority the server trusts for client "
+                      "certificates, and upload a certificate it issued (with its key)", credentials=True)
 
 
 def _explain_known(name: str, exc: StepFailed, s: Session) -> StepFailed:

@@ -38,6 +38,7 @@ class Session:
     redactor: Redactor = field(default_factory=Redactor)  # the secrets no report may show
     token: str = field(default="", repr=False)  # the OAuth access token, once obtained
     attempt: Attempt | None = None  # runs the steps (set by start)
+    tls_handshake: object = None  # client_cert.Handshake of the last TLS handshake (None: cannot tell)
 
     @classmethod
     def start(cls, config: ServerConfig) -> "Session":

@@ -39,6 +39,7 @@ class Mechanism(StrEnum):
     PLAIN = "PLAIN"
     LOGIN = "LOGIN"
     CRAM_MD5 = "CRAM-MD5"
+    NTLM = "NTLM"  # Microsoft's challenge-response (MS-SMTPNTLM), through pyspnego (smtp/ntlm.py)
 
 
 MECHANISM_LABELS = {m: ("Automatic" if m is Mechanism.AUTO else m.value) for m in Mechanism}

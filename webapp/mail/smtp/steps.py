@@ -7,7 +7,8 @@ from smtplib import SMTPDataError
 
 from cryptography import x509
 
-from .. import proxy, receiver, smime
+from .. import client_cert, proxy, receiver, smime
+from . import ntlm
 from ..auth import BearerAuth, PasswordAuth
 from ..deadline import Deadline, DeadlineExceeded
 from ..egress import EgressRefused
@@ -21,6 +22,9 @@ from .session import Outgoing, Rejected, Session
 from .settings import SECURITY_LABELS, Mechanism, Security, SmtpSettings
 
 PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of preference
+# Automatic takes NTLM only where the server offers nothing else Mailroom can use: NTLM wants the username
+# in Windows' form (DOMAIN\user), which a mailbox address given for PLAIN or LOGIN often is not.
+LAST_RESORT = ("NTLM",)
 
 
 def protect(s: Session) -> None:
@@ -75,7 +79,8 @@ def connect(s: Session) -> Step:
 
 def handshake(s: Session) -> Step:
     """TLS, implicit or after STARTTLS."""
-    context = tls_context(s.settings.verify_cert, s.settings.ca_cert, s.config.network.extra_ca_pem)
+    context = tls_context(s.settings.verify_cert, s.settings.ca_cert, s.config.network.extra_ca_pem,
+                          s.config.client_cert)
     client = s.client
     client.sock.settimeout(s.deadline.left())
     try:
@@ -84,7 +89,44 @@ def handshake(s: Session) -> Step:
         raise certificate_failure(exc, s.settings.host.strip(), _peek_certificate(s)) from None
     client.start_over()
     s.encrypted = True
-    return handshake_result(client.sock, s.settings.verify_cert)
+    s.tls_handshake = client_cert.handshake_of(client.sock)
+    step = handshake_result(client.sock, s.settings.verify_cert)
+    step.details.append(("Client certificate", _asked(s)))
+    return step
+
+
+def _asked(s: Session) -> str:
+    seen, configured = s.tls_handshake, s.config.client_cert is not None
+    if seen is None:
+        return "Mailroom cannot tell whether the server asked for one (this Python reports no handshake messages)"
+    if not seen.requested:
+        return "the server did not ask for one" + (" (the configured one was not sent)" if configured else "")
+    if seen.sent:
+        return f"the server asked for one; Mailroom sent {s.config.client_cert.facts()['subject']}"
+    return "the server asked for one; none is configured" if not configured else \
+        "the server asked for one, but Mailroom could not send the configured one (a kind the server does not take)"
+
+
+def client_certificate(s: Session) -> Step:
+    """After the first reply over TLS: the server went on, so it did not refuse the certificate (a refusal
+    is a TLS alert on that read, which failures.py puts in words)."""
+    subject = s.config.client_cert.facts()["subject"]
+    details = [("Subject", subject), ("Expires", s.config.client_cert.facts()["expires"])]
+    seen = s.tls_handshake
+    if seen is None:
+        return step_result(f"the server went on after the handshake; Mailroom cannot tell whether it asked for "
+                           f"the certificate {subject} (this Python reports no handshake messages)", details,
+                           Outcome.WARNING, hint="the server did not refuse the connection, which is all that shows")
+    if not seen.requested:
+        return step_result("the server did not ask for a client certificate (no CertificateRequest in the TLS "
+                           "handshake), so it was not sent", details, Outcome.WARNING,
+                           hint="this server (or port) does not use client certificates: ask the mail "
+                                "administrator, or turn the client certificate off")
+    if not seen.sent:
+        return step_result("the server asked for a client certificate, but Mailroom could not send this one",
+                           details, Outcome.WARNING,
+                           hint="the server may not accept its key type or signature: ask for an RSA or EC certificate")
+    return step_result(f"the server asked for a client certificate and accepted {subject}", details)
 
 
 IMPLICIT_TLS_PROBE_AFTER = 2.0  # seconds of silence before asking whether the port wants TLS first
@@ -164,18 +206,25 @@ def authenticate(s: Session) -> Step:
         code, text = s.client.auth(mechanism, lambda challenge=None: initial if challenge is None else "")
     else:
         mechanism = _choose_mechanism(Mechanism(auth.mechanism), offered)
-        s.client.user, s.client.password = auth.username, auth.password
-        authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
-        try:
-            code, text = s.client.auth(mechanism, authobject)
-        except UnicodeEncodeError:
-            raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
-                             "choose PLAIN or LOGIN as mechanism") from None
+        if mechanism == ntlm.MECHANISM:
+            code, text = ntlm.sign_in(s, auth)
+        else:
+            code, text = _sasl(s, auth, mechanism)
     if code != 235:
         raise Rejected(code, text, mechanism)
     return step_result(f"signed in as {auth.username} with {mechanism}",
                        [("Mechanism", mechanism), ("Offered", " ".join(offered)),
                         ("Reply", f"{code} {one_line(text)}")])
+
+
+def _sasl(s: Session, auth: PasswordAuth, mechanism: str) -> tuple[int, bytes]:
+    s.client.user, s.client.password = auth.username, auth.password
+    authobject = getattr(s.client, "auth_" + mechanism.lower().replace("-", "_"))
+    try:
+        return s.client.auth(mechanism, authobject)
+    except UnicodeEncodeError:
+        raise StepFailed(f"{mechanism} can't use a password with non-ASCII characters",
+                         "choose PLAIN or LOGIN as mechanism") from None
 
 
 def mail_from(s: Session) -> Step:
@@ -311,10 +360,10 @@ def _ehlo_details(client: Client) -> list[tuple[str, str]]:
 
 def _choose_mechanism(wanted: Mechanism, offered: list[str]) -> str:
     if wanted == Mechanism.AUTO:
-        usable = [m for m in PREFERRED_MECHANISMS if m in offered]
+        usable = [m for m in PREFERRED_MECHANISMS if m in offered] or [m for m in LAST_RESORT if m in offered]
         if not usable:
             raise StepFailed(f"the server offers only {' '.join(offered)}, none of which "
-                             f"Mailroom can use ({', '.join(PREFERRED_MECHANISMS)})",
+                             f"Mailroom can use ({', '.join(PREFERRED_MECHANISMS + LAST_RESORT)})",
                              "the server may need OAuth 2.0 (XOAUTH2); ask the mail administrator")
         return usable[0]
     if wanted.value not in offered:

@@ -24,6 +24,7 @@ Secrets: the transcript never shows AUTH arguments or the lines answering a 334
 challenge, nor a server line that repeats a secret (client.py); as a last line of
 defence every text of the report is cleaned of the secrets in any encoding (redact.py).
 """
+import logging
 from contextlib import contextmanager
 
 from ..auth import AuthType, BearerAuth, token_step
@@ -38,6 +39,7 @@ from .session import Session
 from .settings import MECHANISM_LABELS, Security, SmtpSettings
 
 QUIT_SECONDS = 5.0  # the most a connection's closing QUIT may take
+log = logging.getLogger(__name__)
 
 
 @register
@@ -48,11 +50,15 @@ class SmtpTransport:
     auth_types = (AuthType.NONE, AuthType.BASIC, AuthType.OAUTH)
     oauth_flows = (Flow.DELEGATED, Flow.APP)
     mechanisms = {str(m): label for m, label in MECHANISM_LABELS.items()}
+    mechanism_note = ("Automatic takes CRAM-MD5, PLAIN or LOGIN, and NTLM only when the server offers nothing else "
+                      "(NTLM wants the username as DOMAIN\\user or user@domain). Kerberos is not supported: it "
+                      "needs a ticket from a Kerberos server (KDC) or a keytab on this machine, which Mailroom does "
+                      "not manage; use NTLM or another mechanism the server offers.")
 
     def check(self, config) -> Report:
         """Validate the server settings step by step; no mail is sent."""
         session = Session.start(config)
-        with _conversation(session):
+        with _conversation(session, kind="check"):
             _establish(session)
             _step(session, "MAIL FROM", steps.mail_from)
             _goodbye(session, reset=True)
@@ -178,9 +184,10 @@ def _step(session: Session, name: str, action) -> None:
 
 
 @contextmanager
-def _conversation(session: Session, keep: bool = False):
+def _conversation(session: Session, keep: bool = False, kind: str = "send"):
     """The steps of one message; the connection is closed after them unless `keep` (a
-    connection deals with it), and always when something unexpected propagates."""
+    connection deals with it), and always when something unexpected propagates. The
+    conversation is kept in the server's transcripts when it keeps them."""
     try:
         with session.attempt:
             yield
@@ -188,8 +195,20 @@ def _conversation(session: Session, keep: bool = False):
         if session.client is not None:
             session.client.close()
         raise
+    finally:
+        _keep_transcript(session, kind)
     if not keep and session.client is not None:
         session.client.close()
+
+
+def _keep_transcript(session: Session, kind: str) -> None:
+    transcripts = session.config.transcripts
+    if transcripts is None:
+        return
+    try:
+        transcripts.write(session.report, kind, session.settings.address, session.redactor)
+    except OSError as error:  # the mail went (or not) all the same
+        log.warning("could not keep the SMTP transcript in %s: %s", transcripts.path, error.strerror or error)
 
 
 def _establish(s: Session) -> None:
@@ -203,12 +222,21 @@ def _establish(s: Session) -> None:
     if s.settings.security == Security.TLS:
         _step(s, "TLS", steps.handshake)
     _step(s, "Greeting", steps.greeting)
+    if s.settings.security == Security.TLS:
+        _client_certificate(s)
     _step(s, "EHLO", steps.ehlo)
     if steps.wants_starttls(s):
         _step(s, "STARTTLS", steps.starttls)
         _step(s, "TLS", steps.handshake)
         _step(s, "EHLO", steps.ehlo)  # again: without it AUTH gets 503 and smtplib won't raise
+        _client_certificate(s)
     _step(s, "Authenticate", steps.authenticate)
+
+
+def _client_certificate(s: Session) -> None:
+    """Accepted or not shows in the first reply over TLS (the greeting, or EHLO after STARTTLS)."""
+    if s.config.client_cert is not None:
+        _step(s, "Client certificate", steps.client_certificate)
 
 
 def _goodbye(s: Session, reset: bool = False) -> None:
