@@ -7,7 +7,7 @@ import re
 import pytest
 from sqlmodel import select
 
-from webapp import apikeys, db
+from webapp import apikeys, db, senders
 from webapp.audit import Actor
 from webapp.models import Membership, OutboundMail, Role
 from webapp.sessions import SESSIONLESS_PATH
@@ -29,11 +29,13 @@ def world(app, make, portal):
         key, _ = apikeys.create(Actor("tests"), portal, "Sample")
         credential, _ = smtp_credentials.create(Actor("tests"), portal, smtp_credentials.CredentialValues(
             "Scanner", from_addresses="scanner@example.com"))
+        sender = senders.add(Actor("tests"), portal, "alerts@customer.example")
         db.session().add(mail)
         db.session().commit()
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
               "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1,
-              "mail_id": mail.id, "action": "requeue", "credential_id": credential.id}
+              "mail_id": mail.id, "action": "requeue", "credential_id": credential.id,
+              "sender_id": sender.id}
     return values
 
 

@@ -56,3 +56,19 @@ class UserEditForm(BaseForm):
     name = StringField("Name", validators=[Length(max=200)])
     is_superadmin = BooleanField("Super-admin (creates portals and users)")
     is_active = BooleanField("Active (may sign in)", default=True)
+
+
+class SenderIdForm(BaseForm):
+    address = EmailField("Sender ID", validators=[InputRequired(), email_address, Length(max=320)],
+                         description="An extra From address of this portal, e.g. one per customer. Mailroom does "
+                                     "not ask the mail servers whether they accept it: a server that does not "
+                                     "makes that member's mail fail.")
+
+
+class MailSenderForm(BaseForm):
+    sender = SelectField("Mail sender", choices=[], validate_choice=True)
+
+    def offer(self, sender_ids) -> "MailSenderForm":
+        self.sender.choices = [SelectChoice("", "The server's From address")] + [
+            SelectChoice(str(s.id), s.address) for s in sender_ids]
+        return self
