@@ -16,7 +16,8 @@ from webapp.submission import credentials as smtp_credentials
 # Endpoints a staff member may use; every other portal route is for admins only.
 STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.check", "portals.history", "queue.index", "queue.message"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
-PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link",
+                    "auth.forgot", "auth.reset"}
 
 
 @pytest.fixture
@@ -105,7 +106,8 @@ def test_staff_may_not_change_anything_but_send_samples(app, staff, world):
 
 
 def test_only_superadmins_manage_users_and_portals(app, staff, world):
-    for rule, method in routes(app, lambda rule: rule.endpoint.startswith("users.") or rule.endpoint == "portals.new"):
+    for rule, method in routes(app, lambda rule: rule.endpoint.startswith(("users.", "settings."))
+                               or rule.endpoint == "portals.new"):
         response = staff.post(url(rule, world)) if method == "POST" else staff.get(url(rule, world))
         assert response.status_code == 403, (method, rule.rule)
 
@@ -113,7 +115,9 @@ def test_only_superadmins_manage_users_and_portals(app, staff, world):
 def test_every_post_needs_the_csrf_token(app, admin, world):
     posts = [(rule, method) for rule, method in routes(app) if method == "POST"]
     assert posts
-    for rule, _ in [*posts, *[(r, "POST") for r in app.url_map.iter_rules() if r.endpoint == "auth.login"]]:
+    public_posts = [(r, "POST") for r in app.url_map.iter_rules()
+                    if r.endpoint in ("auth.login", "auth.forgot", "auth.reset")]
+    for rule, _ in [*posts, *public_posts]:
         response = admin.post(url(rule, world), csrf=False)
         assert response.status_code == 400, rule.rule
         response = admin.post(url(rule, world), csrf=False, htmx=True, headers={"X-CSRFToken": "forged"})

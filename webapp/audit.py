@@ -51,6 +51,7 @@ ACTIONS = {
     "membership.sender_changed": "Changed the mail sender of",
     "system_mail.updated": "Changed the system mail settings",
     "user.password_recovered": "Set a new password by a recovery link:",
+    "user.password_recovery_sent": "Sent a password recovery link to",
 }
 
 

@@ -42,6 +42,7 @@ class Source(StrEnum):
     COMMAND_LINE = "cli"
     NOTICE = "notice"  # Mailroom's own mail to the portal's admins
     SMTP = "smtp"  # the SMTP submission listener (webapp/submission)
+    SYSTEM = "system"  # Mailroom's own mail through the system-mail server (password recovery)
 
 
 @dataclass(frozen=True)
@@ -293,10 +294,22 @@ def store(portal: Portal, envelope: Envelope, submitter: Submitter) -> OutboundM
     """Store a message that is complete already (raw MIME with its Bcc field, and its envelope: what
     the SMTP submission listener received) as queued and commit; the caller answers "accepted" only
     after this returns. Nothing is sent here."""
-    mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
-    db.session().add(mail)
+    mail = add(portal, envelope, submitter)
     db.session().commit()
     delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
+    return mail
+
+
+def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_id: int | None = None,
+        expires_at=None) -> OutboundMail:
+    """The queued row for a complete message, added to the session (the caller commits, then wakes a
+    worker). `pinned_server_id`: only that server may send it (system mail); `expires_at`: an earlier
+    end of its lifetime (a recovery link that expires)."""
+    mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
+    mail.pinned_server_id = pinned_server_id
+    if expires_at is not None:
+        mail.expires_at = min(mail.expires_at, expires_at)
+    db.session().add(mail)
     return mail
 
 
