@@ -73,43 +73,36 @@ SENT = ("If an account has this address, a link to choose a new password is on i
 def forgot():
     """The same answer whether an account has the address or not."""
     if recovery.available():
-        return _no_referrer(render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE)), 503
+        return render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE), 503
     form = ForgotForm()
     if form.validate_on_submit():
         try:
             recovery.send_link(form.email.data, request.remote_addr or "")
         except recovery.Unavailable:  # the server went away since the check above
-            return _no_referrer(render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE)), 503
+            return render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE), 503
         sent = SENT.format(minutes=current_app.config["PASSWORD_RESET_MINUTES"])
-        return _no_referrer(render_template("auth/forgot.html", form=None, sent=sent)), 200
+        return render_template("auth/forgot.html", form=None, sent=sent), 200
     status = 422 if form.is_submitted() else 200
-    return _no_referrer(render_template("auth/forgot.html", form=form)), status
+    return render_template("auth/forgot.html", form=form), status
 
 
 @bp.route("/password/reset/<token>", methods=["GET", "POST"])
 def reset(token):
-    """The link from the recovery mail: GET shows the form (a link checker that fetches it uses nothing)."""
+    """The link from the recovery mail: GET shows the form (a link checker that fetches it uses nothing).
+    Like every page, Referrer-Policy same-origin: the token in the address never goes to another site."""
+    dead = render_template("auth/reset.html", form=None, minutes=current_app.config["PASSWORD_RESET_MINUTES"]), 404
     if recovery.valid(token) is None:
-        return _no_referrer(render_template("auth/reset.html", form=None,
-                                            minutes=current_app.config["PASSWORD_RESET_MINUTES"])), 404
+        return dead
     form = NewPasswordForm()
     if form.validate_on_submit():
         user = recovery.set_password(token, form.new.data)
         if user is None:
-            return _no_referrer(render_template("auth/reset.html", form=None,
-                                                minutes=current_app.config["PASSWORD_RESET_MINUTES"])), 404
+            return dead
         if current_user.is_authenticated and current_user.id == user.id:
             logout_user()  # its session record ended with the others
         flash("Your new password is set, and every browser signed in as you is signed out. Sign in with it.")
         return redirect(url_for("auth.login"), 303)
-    return _no_referrer(render_template("auth/reset.html", form=form)), 422 if form.is_submitted() else 200
-
-
-def _no_referrer(body):
-    """The token is in the address: it is never sent on as a Referer."""
-    response = current_app.make_response(body)
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return render_template("auth/reset.html", form=form), 422 if form.is_submitted() else 200
 
 
 def safe_next(target: str | None) -> str:
