@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from webapp import apikeys, db, senders
 from webapp.audit import Actor
-from webapp.models import AuditEvent, Membership, OutboundMail, Role, SenderId, SmtpCredential
+from webapp.models import AuditEvent, Membership, OutboundMail, Role, SenderId, SmtpCredential, User
 from webapp.submission import credentials
 from webapp.submission.credentials import CredentialValues
 
@@ -220,3 +220,19 @@ def test_smtp_listed_from_must_be_allowed_by_the_portal_too(app, make, portal, a
     assert message_from_bytes(mail.raw, policy=email_policy.default)["From"] == "Scanner <alerts@customer-a.example>"
     with app.app_context():
         assert db.session().exec(select(SmtpCredential.owner_id)).one() == agent.id
+
+
+def test_a_new_member_can_get_a_mail_sender_when_added(app, admin, make, portal):
+    make.user("new@example.com")
+    admin.post("/p/help/sender-ids", {"address": "alerts@customer-a.example"})
+    chosen = str(sender_id(app, portal, "alerts@customer-a.example"))
+    assert 'id="sender"' in admin.get("/p/help/members").text
+    response = admin.post("/p/help/members", {"email": "new@example.com", "role": "staff", "sender": chosen})
+    assert response.status_code == 303
+    with app.app_context():
+        user = db.session().exec(select(User).where(User.email == "new@example.com")).one()
+        assert senders.sender_of(portal, user.id) == "alerts@customer-a.example"
+    make.user("plain@example.com")
+    assert admin.post("/p/help/members", {"email": "plain@example.com", "role": "staff"}).status_code == 303
+    refused = admin.post("/p/help/members", {"email": "other@example.com", "role": "staff", "sender": "999999"})
+    assert refused.status_code == 422 and "Not a valid choice" in refused.text

@@ -7,7 +7,8 @@ with the server's own From.
 
 The From addresses a portal *allows* (what the API and the SMTP submission listener accept) are
 its servers' From addresses and its sender IDs, nothing else. Every server has a From address
-(the server form requires one); where the provider decides the sender itself (Gmail API: the
+(the server form requires one; a row saved without one, before it was required, adds nothing:
+it never makes "any address" allowed); where the provider decides the sender itself (Gmail API: the
 account or one of its "Send mail as" aliases; Graph and EWS: the mailbox or an address it has
 "Send As" rights for), Mailroom does not ask the provider: the portal's list is the rule, and the
 provider may still refuse or rewrite an address it does not allow (eG's note: the IDs are not

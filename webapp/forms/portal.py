@@ -37,6 +37,13 @@ class PortalSettingsForm(PortalForm):
 class MemberForm(BaseForm):
     email = EmailField("User's email", validators=[InputRequired(), email_address])
     role = SelectField("Role", choices=ROLE_CHOICES, default=Role.STAFF.value)
+    sender = SelectField("Mail sender", choices=[], default="", validate_choice=True,
+                         description="The From address of mail sent on the member's behalf: one of the portal's "
+                                     "sender IDs (Settings), or the server's own.")
+
+    def offer(self, sender_ids) -> "MemberForm":
+        self.sender.choices = MailSenderForm.choices_for(sender_ids)
+        return self
 
 
 class RoleForm(BaseForm):
@@ -69,6 +76,10 @@ class MailSenderForm(BaseForm):
     sender = SelectField("Mail sender", choices=[], validate_choice=True)
 
     def offer(self, sender_ids) -> "MailSenderForm":
-        self.sender.choices = [SelectChoice("", "The server's From address")] + [
-            SelectChoice(str(s.id), s.address) for s in sender_ids]
+        self.sender.choices = self.choices_for(sender_ids)
         return self
+
+    @staticmethod
+    def choices_for(sender_ids) -> list[SelectChoice]:
+        return [SelectChoice("", "The server's From address")] + [SelectChoice(str(s.id), s.address)
+                                                                  for s in sender_ids]

@@ -132,18 +132,22 @@ def remove_sender_id(slug, sender_id):
 @login_required
 def members(slug):
     portal = load_portal(slug, Role.ADMIN)
-    form = MemberForm()
+    form = MemberForm().offer(senders.all_of(portal))
     if form.validate_on_submit():
         user = people.find_user(form.email.data)
         if user is None:
             form.email.errors.append("No user has this email. A super-admin creates users under Users.")
         else:
+            sender = senders.get(portal, int(form.sender.data)) if form.sender.data else None
             try:
-                people.add_member(current_actor(), portal, user, Role(form.role.data))
+                membership = people.add_member(current_actor(), portal, user, Role(form.role.data))
             except people.Conflict as error:
                 form.email.errors.append(str(error))
             else:
-                flash(f"Added {user.email} as {form.role.data}.")
+                if sender is not None:
+                    senders.assign(current_actor(), portal, membership, sender)
+                flash(f"Added {user.email} as {form.role.data}"
+                      + (f", mail on their behalf from {sender.address}." if sender else "."))
                 return redirect(url_for("portals.members", slug=slug), 303)
     status = 422 if form.is_submitted() else 200
     return _members_page(portal, form, status)
@@ -167,7 +171,7 @@ def change_sender(slug, membership_id):
     membership = _membership_or_404(portal, membership_id)
     form = MailSenderForm().offer(senders.all_of(portal))
     if not form.validate_on_submit():
-        return _members_page(portal, MemberForm(formdata=None), 422,
+        return _members_page(portal, MemberForm(formdata=None).offer(senders.all_of(portal)), 422,
                              {membership.id: form.sender.errors or ["Choose a sender ID of this portal."]})
     sender = senders.get(portal, int(form.sender.data)) if form.sender.data else None
     senders.assign(current_actor(), portal, membership, sender)
