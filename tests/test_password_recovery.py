@@ -221,3 +221,17 @@ def test_the_public_url_is_checked_at_start():
     for bad in ("mailroom.example.com", "javascript:alert(1)", "https://example.com/?next=x", "https:// x"):
         with pytest.raises(ValueError, match="PUBLIC_URL"):
             public_url(bad)
+
+
+def test_the_system_servers_portal_admins_see_the_recovery_mail_but_never_its_link(app, make, client, outbox,
+                                                                                   system_peer):
+    make.user("ann@example.com")
+    ask(client, "ann@example.com")
+    [mail] = deliver_all(app, outbox)
+    token = link_in(system_peer.messages[0]).rsplit("/", 1)[1]
+    make.member(system_peer.portal, "ops-admin@example.com", Role.ADMIN)
+    ops = Client(app).login("ops-admin@example.com")
+    listing = ops.get("/p/ops/queue/").text
+    assert "Reset your Mailroom password" in listing and token not in listing
+    page = ops.get(f"/p/ops/queue/{mail.id}")
+    assert page.status_code == 200 and "ann@example.com" in page.text and token not in page.text
