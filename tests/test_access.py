@@ -7,7 +7,7 @@ import re
 import pytest
 from sqlmodel import select
 
-from webapp import apikeys, db
+from webapp import apikeys, db, senders
 from webapp.audit import Actor
 from webapp.models import Membership, OutboundMail, Role, SmimeCertificate, utcnow
 from webapp.sessions import SESSIONLESS_PATH
@@ -16,7 +16,8 @@ from webapp.submission import credentials as smtp_credentials
 # Endpoints a staff member may use; every other portal route is for admins only.
 STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.arrival", "servers.check", "portals.history", "queue.index", "queue.message"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
-PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link"}
+PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link",
+                    "auth.forgot", "auth.reset"}
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ def world(app, make, portal):
         key, _ = apikeys.create(Actor("tests"), portal, "Sample")
         credential, _ = smtp_credentials.create(Actor("tests"), portal, smtp_credentials.CredentialValues(
             "Scanner", from_addresses="scanner@example.com"))
+        sender = senders.add(Actor("tests"), portal, "alerts@customer.example")
         db.session().add(mail)
         certificate = SmimeCertificate(portal_id=portal.id, address="jane@example.org", der=b"0", subject="CN=Jane",
                                        issuer="CN=CA", not_after=utcnow())
@@ -37,7 +39,7 @@ def world(app, make, portal):
     values = {"slug": portal.slug, "server_id": server.id, "membership_id": membership.id, "name": "tls",
               "direction": "up", "user_id": member.id, "token": "not-a-link", "key_id": key.id, "message_id": 1,
               "mail_id": mail.id, "action": "requeue", "credential_id": credential.id,
-              "certificate_id": certificate.id}
+              "certificate_id": certificate.id, "sender_id": sender.id}
     return values
 
 
@@ -108,7 +110,8 @@ def test_staff_may_not_change_anything_but_send_samples(app, staff, world):
 
 
 def test_only_superadmins_manage_users_and_portals(app, staff, world):
-    for rule, method in routes(app, lambda rule: rule.endpoint.startswith("users.") or rule.endpoint == "portals.new"):
+    for rule, method in routes(app, lambda rule: rule.endpoint.startswith(("users.", "settings."))
+                               or rule.endpoint == "portals.new"):
         response = staff.post(url(rule, world)) if method == "POST" else staff.get(url(rule, world))
         assert response.status_code == 403, (method, rule.rule)
 
@@ -116,7 +119,9 @@ def test_only_superadmins_manage_users_and_portals(app, staff, world):
 def test_every_post_needs_the_csrf_token(app, admin, world):
     posts = [(rule, method) for rule, method in routes(app) if method == "POST"]
     assert posts
-    for rule, _ in [*posts, *[(r, "POST") for r in app.url_map.iter_rules() if r.endpoint == "auth.login"]]:
+    public_posts = [(r, "POST") for r in app.url_map.iter_rules()
+                    if r.endpoint in ("auth.login", "auth.forgot", "auth.reset")]
+    for rule, _ in [*posts, *public_posts]:
         response = admin.post(url(rule, world), csrf=False)
         assert response.status_code == 400, rule.rule
         response = admin.post(url(rule, world), csrf=False, htmx=True, headers={"X-CSRFToken": "forged"})

@@ -40,7 +40,7 @@ from cryptography.x509.oid import NameOID
 from markupsafe import escape
 from sqlmodel import SQLModel, select
 
-from webapp import create_app, db
+from webapp import create_app, db, senders
 from webapp.audit import COMMAND_LINE
 from webapp.credentials import auth_type_of
 from webapp.forms.base import ONE_LINE_ERROR, PASSWORD_ERROR
@@ -135,6 +135,7 @@ def world(migrated, database_url, tmp_path_factory):
         db.session().commit()
         other_credential, _ = smtp_credentials.create(COMMAND_LINE, other, smtp_credentials.CredentialValues(
             "Elsewhere", from_addresses="scanner@example.com"))
+        other_sender = senders.add(COMMAND_LINE, other, "theirs@example.net")
     clients = {}
     for who in ("admin", "root", "pw"):
         clients[who] = Client(app).login(f"{who}@example.com")
@@ -142,7 +143,7 @@ def world(migrated, database_url, tmp_path_factory):
     world = World(app, clients, {"server": server.id, "other_server": elsewhere.id,
                                  "membership": memberships[portal.id], "other_membership": memberships[other.id],
                                  "user": someone.id, "mail": mails[0].id, "other_mail": mails[1].id,
-                                 "other_credential": other_credential.id})
+                                 "other_credential": other_credential.id, "other_sender": other_sender.id})
     world.baseline = dump(world.engine)
     yield world
     world.engine.dispose()
@@ -1319,6 +1320,8 @@ ID_ROUTES = {
     "/p/<slug>/servers/<id:server_id>/oauth/discover": ("admin", "POST", "server"),
     "/p/<slug>/members/<id:membership_id>/role": ("admin", "POST", "membership"),
     "/p/<slug>/members/<id:membership_id>/remove": ("admin", "GET POST", "membership"),
+    "/p/<slug>/members/<id:membership_id>/sender": ("admin", "POST", "membership"),
+    "/p/<slug>/sender-ids/<id:sender_id>/remove": ("admin", "POST", "sender_id"),
     "/users/<id:user_id>": ("root", "GET POST", "user"),
     "/users/<id:user_id>/reset-password": ("root", "GET POST", "user"),
     "/users/<id:user_id>/remove": ("root", "GET POST", "user"),
@@ -1333,7 +1336,7 @@ ID_ROUTES = {
 IDS = [("0", "0"), ("-1", "-1"), ("leading-zero", "01"), ("2**63-1", str(2**63 - 1)), ("2**63", str(2**63)),
        ("10**30", str(10**30)), ("non-numeric", "abc"), ("no-such-row", "999999")]
 OTHER_PORTALS = {"server": "{other_server}", "membership": "{other_membership}", "mail": "{other_mail}",
-                 "smtp_credential": "{other_credential}"}  # a row of the portal "other"
+                 "smtp_credential": "{other_credential}", "sender_id": "{other_sender}"}  # a row of the portal "other"
 
 
 def route(who, method, url, label, status=404, data=None):

@@ -46,6 +46,12 @@ ACTIONS = {
     "smtp_credential.updated": "Changed the SMTP credential",
     "smtp_credential.password_replaced": "Gave a new password to the SMTP credential",
     "smtp_credential.revoked": "Revoked the SMTP credential",
+    "sender_id.added": "Added the sender ID",
+    "sender_id.removed": "Removed the sender ID",
+    "membership.sender_changed": "Changed the mail sender of",
+    "system_mail.updated": "Changed the system mail settings",
+    "user.password_recovered": "Set a new password by a recovery link:",
+    "user.password_recovery_sent": "Sent a password recovery link to",
 }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from flask import current_app
 from sqlalchemy.exc import InternalError, OperationalError
 
-from . import audit, db, delivery, network
+from . import audit, db, delivery, network, senders
 from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, client_cert_from, destination_for,
@@ -184,11 +184,14 @@ def _same_as_saved(server: MailServer, columns: dict, config: ServerConfig) -> b
 
 
 def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str) -> SampleResult:
-    """Send the sample mail through the saved settings at once; History and the server's row keep the outcome."""
+    """Send the sample mail through the saved settings at once, from the actor's sender ID if they have
+    one in this portal; History and the server's row keep the outcome."""
     result = SampleResult()
     try:
         config = config_for(portal, server)
-        envelope = Envelope.of(sample_message(config.sender, recipient, portal.name, server.label, utcnow()))
+        own = senders.sender_of(portal, actor.user_id)
+        sender = replace(config.sender, address=own) if own else config.sender
+        envelope = Envelope.of(sample_message(sender, recipient, portal.name, server.label, utcnow()))
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()
             result.receipt = send_message(config, envelope)

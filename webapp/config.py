@@ -2,6 +2,7 @@
 import json
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .mail.dns import parse_nameservers
 
@@ -35,6 +36,13 @@ class Defaults:
     SIGN_IN_LIMIT_PER_ADDRESS = "30 per 15 minutes"
     SIGN_IN_LIMIT_PER_ACCOUNT = "100 per 15 minutes"
     SAMPLE_LIMIT_PER_USER = "10 per minute"
+    # Password recovery by mail (webapp/recovery.py): the app's address as people reach it, the root of every
+    # link in Mailroom's own mail ("https://mailroom.example.com", or with the path it is served under); None:
+    # no recovery mail is sent
+    PUBLIC_URL = None
+    PASSWORD_RESET_MINUTES = 30  # a recovery link works this long, once
+    PASSWORD_RESET_LIMIT_PER_ADDRESS = "3 per hour"  # recovery mails asked for one address (Flask-Limiter's notation)
+    PASSWORD_RESET_LIMIT_PER_CLIENT = "10 per hour"  # ... and by one client address, whatever the address
     # Delivery (webapp/delivery), with Postfix's defaults as the model
     DELIVERY_WORKERS = 4  # threads of one `flask mail worker` (each sends one message at a time)
     DELIVERY_QUEUE_NAME = "mailroom"  # Huey's queue: SQLite in instance/huey.sqlite3, or Redis with REDIS_URL
@@ -86,8 +94,21 @@ def load(app, overrides: dict | None = None) -> None:
         parse_nameservers(str(app.config["DNS_RESOLVER"] or ""))
     except ValueError as error:
         raise ValueError(f"DNS_RESOLVER: {error}") from None
+    app.config["PUBLIC_URL"] = public_url(app.config["PUBLIC_URL"])
     extra = app.config["EXTRA_CA_CERTS"]
     app.config["EXTRA_CA_PEM"] = Path(extra).read_text() if extra else ""
+
+
+def public_url(value) -> str | None:
+    """The configured public address without a trailing slash; ValueError for one that is not http(s)://host."""
+    if not value:
+        return None
+    text = str(value).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment \
+            or any(ch.isspace() for ch in text):
+        raise ValueError(f"PUBLIC_URL: {value!r} is not an address such as https://mailroom.example.com")
+    return text
 
 
 def _from_environment(environ) -> dict:

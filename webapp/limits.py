@@ -82,6 +82,14 @@ def sign_in_address() -> str:
     return "sign-in-from:" + (get_remote_address() or "")
 
 
+def recovery_address() -> str:
+    return "recovery:" + _sign_in_email()
+
+
+def recovery_client() -> str:
+    return "recovery-from:" + (get_remote_address() or "")
+
+
 def current_user_key() -> str:
     return f"user:{current_user.get_id()}"
 

@@ -75,6 +75,22 @@ class Membership(SQLModel, table=True):
     user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
     portal_id: int = Field(foreign_key="portal.id", index=True, ondelete="CASCADE")
     role: Role = Field(sa_type=Text)
+    # the From of mail sent on this member's behalf (their sample mails, their API keys and SMTP credentials);
+    # None: the server's own From
+    sender_id: int | None = Field(default=None, foreign_key="sender_id.id", ondelete="SET NULL")
+
+
+class SenderId(SQLModel, table=True):
+    """An alternative From address of a portal (eG's "Alternative Mail sender IDs"): members are assigned
+    one, and the API and the SMTP submission listener accept it as a From besides the servers' own."""
+
+    __tablename__ = "sender_id"
+    __table_args__ = (UniqueConstraint("portal_id", "address"),)
+    id: int | None = Field(default=None, primary_key=True)
+    portal_id: int = Field(foreign_key="portal.id", index=True, ondelete="CASCADE")
+    address: str = Field(max_length=320)  # normalized (email-validator), lower case
+    created_by: str = Field(default="", max_length=254)
+    created_at: datetime = _timestamp(default_factory=utcnow)
 
 
 class DeliveryPolicy(StrEnum):
@@ -307,6 +323,9 @@ class OutboundMail(SQLModel, table=True):
     submitted_by: str = Field(default="", max_length=320)  # an API key's name, an SMTP credential, a user
     client_address: str = Field(default="", max_length=64)
     api_key_id: int | None = Field(default=None, foreign_key="api_key.id", ondelete="SET NULL")
+    # Mailroom's own mail through the server the super-admin designated for system mail: only that server
+    # is tried (None: the portal's servers, in the order of its delivery policy)
+    pinned_server_id: int | None = Field(default=None, foreign_key="mail_server.id", ondelete="SET NULL")
     idempotency_key: str | None = Field(default=None, max_length=200)
     request_hash: str = Field(default="", max_length=64)  # of the request that used the idempotency key
 
@@ -428,6 +447,7 @@ class SmtpCredential(SQLModel, table=True):
     day_window: int = 0  # epoch day of day_count
     day_count: int = 0
 
+    owner_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")  # who created it
     created_by: str = Field(default="", max_length=254)
     created_at: datetime = _timestamp(default_factory=utcnow)
     last_used_at: datetime | None = _timestamp(default=None)  # the last message accepted
@@ -450,3 +470,15 @@ class SmimeCertificate(SQLModel, table=True):
     not_after: datetime = _timestamp()
     fingerprint: str = Field(default="", max_length=64)  # SHA-256 of der, hex: the same certificate once per address
     created_at: datetime = _timestamp(default_factory=utcnow)
+
+
+class PasswordReset(SQLModel, table=True):
+    """A password-recovery link sent by mail: single-use and expiring. Only the token's hash is stored."""
+
+    __tablename__ = "password_reset"
+    id: str = Field(primary_key=True, max_length=64)  # sha256 of the token in the link
+    user_id: int = Field(foreign_key="user.id", index=True, ondelete="CASCADE")
+    created_at: datetime = _timestamp(default_factory=utcnow)
+    expires_at: datetime = _timestamp()
+    used_at: datetime | None = _timestamp(default=None)
+    client_address: str = Field(default="", max_length=64)  # who asked for it

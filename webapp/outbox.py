@@ -28,7 +28,7 @@ from pydantic_core import PydanticCustomError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from . import db, delivery
+from . import db, delivery, senders
 from .forms.validators import normalize_address
 from .mail.envelope import Envelope
 from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
@@ -42,6 +42,7 @@ class Source(StrEnum):
     COMMAND_LINE = "cli"
     NOTICE = "notice"  # Mailroom's own mail to the portal's admins
     SMTP = "smtp"  # the SMTP submission listener (webapp/submission)
+    SYSTEM = "system"  # Mailroom's own mail through the system-mail server (password recovery)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Submitter:
     name: str  # an API key's name, a user, "command line"
     client_address: str = ""
     api_key_id: int | None = None
+    owner_id: int | None = None  # the user on whose behalf it is sent (an API key's owner): their sender ID is the From
 
 
 class Refused(Exception):
@@ -167,8 +169,9 @@ class Submission(BaseModel):
         {"anyOf": [_present(field, {"type": "string"}) for field in ("text", "html")]},
     ]})
 
-    from_: Address | None = Field(None, alias="from", description="empty: the From of the portal's first "
-                                  "enabled server; else one of its servers' From addresses")
+    from_: Address | None = Field(None, alias="from", description="empty: the sender ID of the API key's "
+                                  "owner, else the From of the portal's first enabled server; else one of its "
+                                  "servers' From addresses or sender IDs")
     to: list[Address] = Field(default_factory=list, description="“Name <address>” or “address”")
     cc: list[Address] = Field(default_factory=list)
     bcc: list[Address] = Field(default_factory=list)
@@ -261,7 +264,7 @@ def _earlier(portal: Portal, submission: Submission, idempotency_key: str) -> Ou
 
 def _build(portal: Portal, submission: Submission, submitter: Submitter, idempotency_key: str | None) -> OutboundMail:
     config = current_app.config
-    sender, reply_to = _sender(portal, submission)
+    sender, reply_to = _sender(portal, submission, submitter.owner_id)
     recipients = {field: [parse_mailbox(text) for text in getattr(submission, field)] for field in ("to", "cc", "bcc")}
     count = sum(map(len, recipients.values()))
     if count > config["MESSAGE_MAX_RECIPIENTS"]:
@@ -291,10 +294,22 @@ def store(portal: Portal, envelope: Envelope, submitter: Submitter) -> OutboundM
     """Store a message that is complete already (raw MIME with its Bcc field, and its envelope: what
     the SMTP submission listener received) as queued and commit; the caller answers "accepted" only
     after this returns. Nothing is sent here."""
-    mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
-    db.session().add(mail)
+    mail = add(portal, envelope, submitter)
     db.session().commit()
     delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
+    return mail
+
+
+def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_id: int | None = None,
+        expires_at=None) -> OutboundMail:
+    """The queued row for a complete message, added to the session (the caller commits, then wakes a
+    worker). `pinned_server_id`: only that server may send it (system mail); `expires_at`: an earlier
+    end of its lifetime (a recovery link that expires)."""
+    mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
+    mail.pinned_server_id = pinned_server_id
+    if expires_at is not None:
+        mail.expires_at = min(mail.expires_at, expires_at)
+    db.session().add(mail)
     return mail
 
 
@@ -313,26 +328,31 @@ def _row(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str,
         expires_at=now + timedelta(hours=current_app.config["DELIVERY_LIFETIME_HOURS"]))
 
 
-def _sender(portal: Portal, submission: Submission) -> tuple[Mailbox, Mailbox | None]:
-    """The From (the submission's, if the portal allows it; else the first enabled server's) and the
-    Reply-To (the submission's, else that server's)."""
+def _sender(portal: Portal, submission: Submission, owner_id: int | None = None) -> tuple[Mailbox, Mailbox | None]:
+    """The From and the Reply-To. From: the submission's, if the portal allows it (a server's From or a
+    sender ID); else the sender ID of the owner (an API key's), else the first enabled server's. Reply-To:
+    the submission's, else that of the server whose From it is (a sender ID: the first enabled server's)."""
     servers = [s for s in db.session().exec(
         select(MailServer).where(MailServer.portal_id == portal.id).order_by(MailServer.position, MailServer.id)
     ).unique() if s.from_address]
     if not servers:
         raise Refused("from", "this portal has no mail server with a From address yet: an admin adds one under "
                               "Mail servers")
+    default = next((s for s in servers if s.enabled), servers[0])
     if submission.from_ is None:
-        server = next((s for s in servers if s.enabled), servers[0])
-        sender = Mailbox(server.from_address, server.sender_name)
+        server = default
+        own = senders.sender_of(portal, owner_id)
+        sender = Mailbox(own or server.from_address, server.sender_name)
     else:
         sender = parse_mailbox(submission.from_)
-        server = next((s for s in servers if s.from_address.lower() == sender.address.lower()), None)
-        if server is None:
-            allowed = ", ".join(sorted({s.from_address for s in servers}))
+        allowed = senders.allowed_from(portal)
+        if sender.address.lower() not in allowed:
+            shown = ", ".join(sorted(allowed))
             raise Refused("from", f"{sender.address} is not a From address of this portal; use one of its "
-                                  f"servers' From addresses ({allowed}) or leave it out")
-        sender = Mailbox(server.from_address, sender.name or server.sender_name)
+                                  f"servers' From addresses or sender IDs ({shown}) or leave it out")
+        server = allowed[sender.address.lower()] or default
+        address = server.from_address if allowed[sender.address.lower()] else sender.address.lower()
+        sender = Mailbox(address, sender.name or server.sender_name)
     if submission.reply_to is not None:
         return sender, parse_mailbox(submission.reply_to)
     return sender, Mailbox(server.reply_to) if server.reply_to else None

@@ -6,13 +6,14 @@ email, slug or membership is a Conflict (the form shows it), never a database er
 """
 import secrets
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 from werkzeug.security import check_password_hash
 
 from . import audit, db, sessions
 from .audit import Actor
-from .models import Membership, Portal, Role, User
+from .models import Membership, PasswordReset, Portal, Role, User, utcnow
 from .security import hash_password
 
 # A hash to check wrong emails against, so an unknown user costs as much as a wrong password.
@@ -123,6 +124,7 @@ def change_password(actor: Actor, user: User, password: str, keep_session: str |
     user.password_hash = hash_password(password)
     user.must_change_password = False
     db.session().add(user)
+    _use_up_recovery_links(user)
     audit.record(actor, "user.password_changed", user.email)
     db.session().commit()
     sessions.end_sessions_of(user, keep=keep_session)
@@ -135,10 +137,17 @@ def reset_password(actor: Actor, user: User) -> str:
     user.password_hash = hash_password(password)
     user.must_change_password = True
     db.session().add(user)
+    _use_up_recovery_links(user)
     audit.record(actor, "user.password_reset", user.email)
     db.session().commit()
     sessions.end_sessions_of(user)
     return password
+
+
+def _use_up_recovery_links(user: User) -> None:
+    """A password set another way makes the user's open recovery links useless."""
+    db.session().execute(update(PasswordReset).where(PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None))
+                         .values(used_at=utcnow()))
 
 
 def _other_active_superadmins(user: User) -> int:

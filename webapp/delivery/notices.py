@@ -6,7 +6,8 @@ At most one notice of each kind per portal per DELIVERY_NOTICE_MINUTES (decided 
 portal's lock, so two workers do not both send one). A notice is itself an outbox row
 (source "notice") that the worker delivers like any mail, and so never through a server that
 is failing or held: the worker uses neither. A portal without an admin address gets no
-notice (the log still says what happened).
+notice (the log still says what happened). When none of the portal's servers can send (all held,
+failing or disabled), the notice goes through the system-mail server (systemmail.py), pinned to it.
 
 Call these after committing: they commit their own work.
 """
@@ -118,8 +119,12 @@ def _notify(portal: Portal, kind: NoticeKind, what: str, text: str, now: datetim
         session.commit()
         return None
     subject = SUBJECT.format(portal=portal.name, what=what)
+    system = _system_server(portal)
+    sender = Sender(system.from_address, "Mailroom") if system else _sender(portal)
     try:
-        mail = accept_notice(portal, _sender(portal), subject, text + FOOTER, settings, now)
+        mail = accept_notice(portal, sender, subject, text + FOOTER, settings, now)
+        if system:
+            mail.pinned_server_id = system.id
     except ValueError as error:  # an admin address that is not one (saved before it was checked)
         session.rollback()
         log.warning("notice portal=%s %s not sent: %s", portal.slug, kind, error)
@@ -148,6 +153,15 @@ def accept_notice(portal: Portal, sender: Sender, subject: str, text: str, setti
     db.session().add(mail)
     db.session().flush()
     return mail
+
+
+def _system_server(portal: Portal) -> MailServer | None:
+    """The system-mail server, when none of the portal's own servers can send now."""
+    from .. import systemmail  # systemmail builds on the outbox, which imports this package
+
+    servers = list(db.session().execute(select(MailServer).where(MailServer.portal_id == portal.id)
+                                        .order_by(MailServer.position, MailServer.id)).unique().scalars())
+    return systemmail.fallback_for(portal, route(portal.delivery_policy, servers).candidates)
 
 
 def _sender(portal: Portal) -> Sender:

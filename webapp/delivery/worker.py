@@ -117,9 +117,13 @@ class Run:
                                 + (f"; the last error: {mail.last_error}" if mail.last_error else ""))
         session = db.session()
         portal = session.get(Portal, mail.portal_id, populate_existing=True)
-        servers = list(session.execute(select(MailServer).where(MailServer.portal_id == mail.portal_id)
+        which = (MailServer.id == mail.pinned_server_id) if mail.pinned_server_id is not None \
+            else (MailServer.portal_id == mail.portal_id)  # system mail: only the system-mail server
+        servers = list(session.execute(select(MailServer).where(which)
                                        .order_by(MailServer.position, MailServer.id)
                                        .execution_options(populate_existing=True)).unique().scalars())
+        if mail.pinned_server_id is not None and servers and servers[0].portal_id != portal.id:
+            portal = session.get(Portal, servers[0].portal_id, populate_existing=True)  # its network, its notices
         db.release()
         way = route(portal.delivery_policy, servers, turn=mail.id)
         if not way.candidates:

@@ -37,6 +37,13 @@ class PortalSettingsForm(PortalForm):
 class MemberForm(BaseForm):
     email = EmailField("User's email", validators=[InputRequired(), email_address])
     role = SelectField("Role", choices=ROLE_CHOICES, default=Role.STAFF.value)
+    sender = SelectField("Mail sender", choices=[], default="", validate_choice=True,
+                         description="The From address of mail sent on the member's behalf: one of the portal's "
+                                     "sender IDs (Settings), or the server's own.")
+
+    def offer(self, sender_ids) -> "MemberForm":
+        self.sender.choices = MailSenderForm.choices_for(sender_ids)
+        return self
 
 
 class RoleForm(BaseForm):
@@ -56,3 +63,23 @@ class UserEditForm(BaseForm):
     name = StringField("Name", validators=[Length(max=200)])
     is_superadmin = BooleanField("Super-admin (creates portals and users)")
     is_active = BooleanField("Active (may sign in)", default=True)
+
+
+class SenderIdForm(BaseForm):
+    address = EmailField("Sender ID", validators=[InputRequired(), email_address, Length(max=320)],
+                         description="An extra From address of this portal, e.g. one per customer. Mailroom does "
+                                     "not ask the mail servers whether they accept it: a server that does not "
+                                     "makes that member's mail fail.")
+
+
+class MailSenderForm(BaseForm):
+    sender = SelectField("Mail sender", choices=[], validate_choice=True)
+
+    def offer(self, sender_ids) -> "MailSenderForm":
+        self.sender.choices = self.choices_for(sender_ids)
+        return self
+
+    @staticmethod
+    def choices_for(sender_ids) -> list[SelectChoice]:
+        return [SelectChoice("", "The server's From address")] + [SelectChoice(str(s.id), s.address)
+                                                                  for s in sender_ids]

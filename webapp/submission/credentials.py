@@ -117,7 +117,7 @@ def create(actor: Actor, portal: Portal, values: CredentialValues, username: str
         raise UsernameTaken(taken)
     password = new_password()
     credential = SmtpCredential(portal_id=portal.id, username=username, password_hash=hash_password(password),
-                                created_by=actor.label[:254], **asdict(values))
+                                owner_id=actor.user_id, created_by=actor.label[:254], **asdict(values))
     db.session().add(credential)
     changes = {"username": [None, username], **audit.diff({}, _recorded(values))}
     audit.record(actor, "smtp_credential.created", f"“{values.name}”", changes, portal.id)
@@ -176,13 +176,14 @@ class Account:
     max_message_bytes: int
     per_minute: int | None
     per_day: int | None
+    owner_id: int | None = None  # who created it: mail with "rewrite From" carries their sender ID
 
     @classmethod
     def of(cls, credential: SmtpCredential) -> "Account":
         addresses = tuple(line.strip().lower() for line in credential.from_addresses.splitlines() if line.strip())
         return cls(credential.id, credential.portal_id, credential.name, credential.username,
                    FromPolicy(credential.from_policy), addresses, credential.max_message_bytes,
-                   credential.per_minute, credential.per_day)
+                   credential.per_minute, credential.per_day, credential.owner_id)
 
     def may_send_as(self, address: str) -> bool:
         if self.from_policy == FromPolicy.REWRITE:

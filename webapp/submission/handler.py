@@ -15,7 +15,8 @@ in threads (each with its own app context), so a slow query or hash never holds 
     452  more recipients than a message may have
     454  sign-in impossible for now (the database does not answer)
     553  MAIL FROM an address the credential may not use
-    550  a From field the credential may not use
+    550  a From field the credential may not use, or that the portal does not allow (its servers' From
+         addresses and its sender IDs)
     552  over the credential's size limit (aiosmtpd, from SIZE=, and while reading DATA)
     554  not a message that can be sent faithfully (message.py says which defects)
     250  2.0.0 Ok: queued as <id>: only after the message is committed in the outbox
@@ -33,7 +34,7 @@ from aiosmtpd.smtp import MISSING, AuthResult, TLSSetupException
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 
-from .. import db, outbox
+from .. import db, outbox, senders
 from ..mail.config import Sender
 from ..models import FromPolicy, MailServer, Portal, utcnow
 from . import credentials
@@ -229,9 +230,10 @@ class SubmissionHandler:
         portal = db.session().get(Portal, account.portal_id)
         if portal is None:  # removed since MAIL FROM, and its credentials with it
             return REVOKED_AT_DATA
-        sender = _portal_sender(portal) if account.from_policy == FromPolicy.REWRITE else None
+        sender = _rewritten_from(portal, account) if account.from_policy == FromPolicy.REWRITE else None
+        allowed = senders.allowed_from(portal)
         try:
-            envelope = prepare(submission, account, sender, utcnow())
+            envelope = prepare(submission, account, sender, utcnow(), allowed)
         except Refused as refused:
             log.info("SMTP DATA from %s (%s) refused: %s", submission.client, account.username, refused.reply)
             return refused.reply
@@ -285,6 +287,15 @@ async def _decoded(server, text: str):
     except (binascii.Error, ValueError):
         await server.push("501 5.5.2 Cannot decode base64")
         return MISSING
+
+
+def _rewritten_from(portal: Portal, account: Account) -> Sender | None:
+    """"Rewrite From": the sender ID of the credential's owner, else the portal's From (None: neither)."""
+    portal_sender = _portal_sender(portal)
+    own = senders.sender_of(portal, account.owner_id)
+    if own and portal_sender:
+        return Sender(own, portal_sender.name)
+    return portal_sender
 
 
 def _portal_sender(portal: Portal) -> Sender | None:

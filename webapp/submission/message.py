@@ -10,16 +10,19 @@ Refused (554 5.6.0), since no transport could send it faithfully:
 - a From field that does not hold exactly one address;
 - a multipart body whose parts cannot be found (no boundary, or no part starts).
 
-Refused (550 5.7.1): a From the credential may not use (the envelope sender is checked at MAIL FROM).
+Refused (550 5.7.1): a From the credential may not use (the envelope sender is checked at MAIL FROM),
+or one the portal does not allow (its servers' From addresses and its sender IDs: `allowed`).
 
 Completed (RFC 6409 8): a missing Date and Message-ID are added; a missing From is the envelope
-sender (which the credential may use). With "rewrite From", From becomes the portal's From (the
-display name the device wrote is kept) and a Sender field is dropped. Every envelope recipient
+sender (which the credential may use). With "rewrite From", From becomes the portal's From, or the
+sender ID of the credential's owner (the caller decides: `portal_sender`; the display name the
+device wrote is kept) and a Sender field is dropped. Every envelope recipient
 that is not in To or Cc is written into a Bcc field (any Bcc field the device sent is replaced):
 the HTTP API transports read the recipients from the message, SMTP drops the field and uses the
 envelope. A Received field records the submission (RFC 5321 4.4).
 """
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes
@@ -57,8 +60,10 @@ class Submission:
     listener: str  # this host's name, for the Received field
 
 
-def prepare(submission: Submission, account: Account, portal_sender: Sender | None, now: datetime) -> Envelope:
-    """The Envelope to store: Refused with the reply when the message cannot be accepted."""
+def prepare(submission: Submission, account: Account, portal_sender: Sender | None, now: datetime,
+            allowed: Collection[str] | None = None) -> Envelope:
+    """The Envelope to store: Refused with the reply when the message cannot be accepted. `allowed`:
+    the From addresses the portal allows, lower case (None: not checked)."""
     raw = _LINE_END.sub(b"\r\n", submission.data)
     if raw.startswith(b"\r\n"):  # no header field at all: only the text
         head, body = b"", raw[2:]
@@ -84,10 +89,13 @@ def prepare(submission: Submission, account: Account, portal_sender: Sender | No
         dropped |= {"from", "sender"}
         mail_from = portal_sender.address
     elif written_from is None:
+        _check_allowed(mail_from, allowed)
         added.append(_fold("From", mail_from))
     elif not account.may_send_as(written_from[1]):
         raise Refused(f"550 5.7.1 The From address {written_from[1]} is not one this SMTP credential may use: "
                       "an admin of the portal adds it to the credential, or chooses “rewrite From”")
+    else:
+        _check_allowed(written_from[1], allowed)
     if message["Date"] is None:
         added.append(_fold("Date", format_datetime(now)))
     message_id = str(message["Message-ID"] or "").strip()
@@ -101,6 +109,12 @@ def prepare(submission: Submission, account: Account, portal_sender: Sender | No
     stored = front + b"".join(line + b"\r\n" for line in _without(lines, dropped)) + b"\r\n" + body
     return Envelope(mail_from=mail_from, recipients=tuple(dict.fromkeys(submission.recipients)), raw=stored,
                     message_id=message_id)
+
+
+def _check_allowed(address: str, allowed: Collection[str] | None) -> None:
+    if allowed is not None and address.lower() not in allowed:
+        raise Refused(f"550 5.7.1 The From address {address} is not one this portal allows: its admins add it as "
+                      "a sender ID (portal Settings) or use a mail server's From address")
 
 
 def _check_header_section(lines: list[bytes]) -> None:

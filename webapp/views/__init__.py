@@ -44,7 +44,7 @@ def init_app(app) -> None:
 
 
 ASSETS = ("vendor/pico.min.css", "app.css", "vendor/htmx.min.js", "app.js")
-NAV = ("portals.index", "users.index", "settings.egress", "auth.password", "auth.logout")
+NAV = ("portals.index", "users.index", "settings.egress", "settings.system_mail", "auth.password", "auth.logout")
 PORTAL_NAV = ("servers.index", "queue.index", "portals.members", "keys.index", "smtp_credentials.index", "smime.index",
               "portals.settings", "portals.history")
 SLUG_MARK = "slug-mark"  # a slug (security.SLUG: lower-case letters, digits, "-") needs no quoting

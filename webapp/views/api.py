@@ -153,7 +153,7 @@ def submit(slug):
     except ValidationError as error:
         raise _invalid(error) from None
     key, portal = g.api_key, g.api_portal
-    submitter = Submitter(Source.API, key.name, request.remote_addr or "", key.id)
+    submitter = Submitter(Source.API, key.name, request.remote_addr or "", key.id, key.owner_id)
     try:
         mail = outbox.submit(portal, submission, submitter, _idempotency_key())
     except Refused as refused:

@@ -4,9 +4,10 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.exceptions import HTTPException
 
-from .. import people, sessions
-from ..limits import failed_sign_in, limiter, sign_in_account, sign_in_address, sign_in_pair
-from ..forms.auth import LoginForm, PasswordForm
+from .. import people, recovery, sessions
+from ..limits import (failed_sign_in, limiter, recovery_address, recovery_client, sign_in_account, sign_in_address,
+                      sign_in_pair)
+from ..forms.auth import ForgotForm, LoginForm, NewPasswordForm, PasswordForm
 from ..forms.base import breaks_a_line
 from ..security import current_actor
 
@@ -56,6 +57,52 @@ def password():
             flash("Your password is changed. Every other browser signed in as you is signed out.")
             return redirect(url_for("portals.index"), 303)
     return render_template("auth/password.html", form=form), 422 if form.is_submitted() else 200
+
+
+UNAVAILABLE = ("Password recovery by mail is not set up in this Mailroom. Ask an administrator to reset your "
+               "password.")
+SENT = ("If an account has this address, a link to choose a new password is on its way to it. It works once, "
+        "for {minutes} minutes. No mail? Check the spam folder, or ask an administrator.")
+
+
+@bp.route("/password/forgot", methods=["GET", "POST"])
+@limiter.limit(lambda: current_app.config["PASSWORD_RESET_LIMIT_PER_ADDRESS"], key_func=recovery_address,
+               methods=["POST"])
+@limiter.limit(lambda: current_app.config["PASSWORD_RESET_LIMIT_PER_CLIENT"], key_func=recovery_client,
+               methods=["POST"])
+def forgot():
+    """The same answer whether an account has the address or not."""
+    if recovery.available():
+        return render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE), 503
+    form = ForgotForm()
+    if form.validate_on_submit():
+        try:
+            recovery.send_link(form.email.data, request.remote_addr or "")
+        except recovery.Unavailable:  # the server went away since the check above
+            return render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE), 503
+        sent = SENT.format(minutes=current_app.config["PASSWORD_RESET_MINUTES"])
+        return render_template("auth/forgot.html", form=None, sent=sent), 200
+    status = 422 if form.is_submitted() else 200
+    return render_template("auth/forgot.html", form=form), status
+
+
+@bp.route("/password/reset/<token>", methods=["GET", "POST"])
+def reset(token):
+    """The link from the recovery mail: GET shows the form (a link checker that fetches it uses nothing).
+    Like every page, Referrer-Policy same-origin: the token in the address never goes to another site."""
+    dead = render_template("auth/reset.html", form=None, minutes=current_app.config["PASSWORD_RESET_MINUTES"]), 404
+    if recovery.valid(token) is None:
+        return dead
+    form = NewPasswordForm()
+    if form.validate_on_submit():
+        user = recovery.set_password(token, form.new.data)
+        if user is None:
+            return dead
+        if current_user.is_authenticated and current_user.id == user.id:
+            logout_user()  # its session record ended with the others
+        flash("Your new password is set, and every browser signed in as you is signed out. Sign in with it.")
+        return redirect(url_for("auth.login"), 303)
+    return render_template("auth/reset.html", form=form), 422 if form.is_submitted() else 200
 
 
 def safe_next(target: str | None) -> str:

@@ -3,10 +3,11 @@ from markupsafe import escape
 from flask_login import current_user, login_required
 from sqlmodel import select
 
-from .. import audit, db, network, people
+from .. import audit, db, network, people, senders
 from ..forms.egress import EgressForm
 from ..forms.fields import describe, field_labels, new_value_of
-from ..forms.portal import MemberForm, PortalForm, PortalSettingsForm, RoleForm
+from ..forms.portal import MailSenderForm, MemberForm, PortalForm, PortalSettingsForm, RoleForm, SenderIdForm
+from ..pagination import size_of
 from ..models import AuditEvent, Membership, Portal, Role, User
 from ..security import current_actor, load_portal, require_superadmin
 
@@ -85,30 +86,98 @@ def allow_destination(slug):
     return redirect(url_for("portals.settings", slug=slug) + "#egress", 303)
 
 
-def _settings_page(form, egress_form, status):
-    return render_template("portals/settings.html", form=form, egress=egress_form), status
+def _settings_page(form, egress_form, status, sender_form=None):
+    portal = g.portal
+    listing = senders.page_of(portal, size_of(request.args.get("size", 25)), request.args.get("page"))
+    links = {"next": listing.next and url_for("portals.settings", slug=portal.slug, page=listing.next) + "#senders",
+             "previous": listing.previous and url_for("portals.settings", slug=portal.slug,
+                                                      page=listing.previous) + "#senders"}
+    return render_template("portals/settings.html", form=form, egress=egress_form, sender_ids=listing,
+                           sender_links=links, sender_form=sender_form or SenderIdForm(formdata=None),
+                           sender_limit=senders.MAX_PER_PORTAL), status
+
+
+@bp.post("/p/<slug>/sender-ids")
+@login_required
+def add_sender_id(slug):
+    portal = load_portal(slug, Role.ADMIN)
+    form = SenderIdForm()
+    if form.validate_on_submit():
+        try:
+            sender = senders.add(current_actor(), portal, form.address.data)
+        except senders.Refused as refused:
+            form.address.errors.append(str(refused))
+        else:
+            flash(f"Added the sender ID {sender.address}. Assign it to members on the Members page.")
+            return redirect(url_for("portals.settings", slug=slug) + "#senders", 303)
+    egress = EgressForm(formdata=None, data={"allow": portal.egress_allow, "deny": portal.egress_deny})
+    return _settings_page(PortalSettingsForm(formdata=None, obj=portal), egress, 422, form)
+
+
+@bp.post("/p/<slug>/sender-ids/<id:sender_id>/remove")
+@login_required
+def remove_sender_id(slug, sender_id):
+    portal = load_portal(slug, Role.ADMIN)
+    sender = senders.get(portal, sender_id)
+    if sender is None:
+        abort(404)
+    address = sender.address
+    unassigned = senders.remove(current_actor(), portal, sender)
+    flash(f"Removed the sender ID {address}." + (f" {unassigned} member(s) who had it send with the server's From "
+                                                  "address again." if unassigned else ""))
+    return redirect(url_for("portals.settings", slug=slug) + "#senders", 303)
 
 
 @bp.route("/p/<slug>/members", methods=["GET", "POST"])
 @login_required
 def members(slug):
     portal = load_portal(slug, Role.ADMIN)
-    form = MemberForm()
+    form = MemberForm().offer(senders.all_of(portal))
     if form.validate_on_submit():
         user = people.find_user(form.email.data)
         if user is None:
             form.email.errors.append("No user has this email. A super-admin creates users under Users.")
         else:
+            sender = senders.get(portal, int(form.sender.data)) if form.sender.data else None
             try:
-                people.add_member(current_actor(), portal, user, Role(form.role.data))
+                membership = people.add_member(current_actor(), portal, user, Role(form.role.data))
             except people.Conflict as error:
                 form.email.errors.append(str(error))
             else:
-                flash(f"Added {user.email} as {form.role.data}.")
+                if sender is not None:
+                    senders.assign(current_actor(), portal, membership, sender)
+                flash(f"Added {user.email} as {form.role.data}"
+                      + (f", mail on their behalf from {sender.address}." if sender else "."))
                 return redirect(url_for("portals.members", slug=slug), 303)
     status = 422 if form.is_submitted() else 200
+    return _members_page(portal, form, status)
+
+
+def _members_page(portal, form, status, sender_errors=None):
+    sender_ids = senders.all_of(portal)
+
+    def sender_form(membership):
+        chosen = "" if membership.sender_id is None else str(membership.sender_id)
+        return MailSenderForm(formdata=None, data={"sender": chosen}).offer(sender_ids)
+
     return render_template("portals/members.html", form=form, members=people.members_of(portal),
-                           role_form=RoleForm), status
+                           role_form=RoleForm, sender_form=sender_form, sender_errors=sender_errors or {}), status
+
+
+@bp.post("/p/<slug>/members/<id:membership_id>/sender")
+@login_required
+def change_sender(slug, membership_id):
+    portal = load_portal(slug, Role.ADMIN)
+    membership = _membership_or_404(portal, membership_id)
+    form = MailSenderForm().offer(senders.all_of(portal))
+    if not form.validate_on_submit():
+        return _members_page(portal, MemberForm(formdata=None).offer(senders.all_of(portal)), 422,
+                             {membership.id: form.sender.errors or ["Choose a sender ID of this portal."]})
+    sender = senders.get(portal, int(form.sender.data)) if form.sender.data else None
+    senders.assign(current_actor(), portal, membership, sender)
+    user = db.session().get(User, membership.user_id)
+    flash(f"Mail on behalf of {user.email} now goes from {sender.address if sender else senders.DEFAULT}.")
+    return redirect(url_for("portals.members", slug=slug), 303)
 
 
 @bp.post("/p/<slug>/members/<id:membership_id>/role")

@@ -1,0 +1,115 @@
+"""Password recovery by mail (Enterprise Recon's "password recovery emails"): "Forgot your password?"
+sends a link that sets a new password, once, within PASSWORD_RESET_MINUTES.
+
+- The link is MAILROOM_PUBLIC_URL + /password/reset/<token>: never the address the request came
+  to (a Host header is the client's to choose). Without PUBLIC_URL nothing is sent.
+- The mail goes through the system-mail server (systemmail.py) via the outbox: accepted is committed,
+  the worker delivers and retries it; its lifetime ends with the link's.
+- The answer is the same whether an account has the address or not; the view's rate limits count
+  per address and per client either way.
+- Only the token's SHA-256 is stored. Using it sets the password (the same rules as a password
+  change), ends every session of the user, and uses up every other link of theirs.
+"""
+import hashlib
+import logging
+import secrets
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import update
+from sqlmodel import select
+
+from . import audit, db, delivery, people, sessions, systemmail
+from .audit import Actor
+from .models import PasswordReset, User, utcnow
+from .security import hash_password
+from .systemmail import Unavailable  # noqa: F401  (what the views catch)
+
+log = logging.getLogger(__name__)
+RESET_PATH = "/password/reset/"
+SUBJECT = "Reset your Mailroom password"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def lifetime() -> timedelta:
+    return timedelta(minutes=current_app.config["PASSWORD_RESET_MINUTES"])
+
+
+def available() -> list[str]:
+    """Why recovery mail cannot be sent now (empty: it can): for the super-admin's page; users hear less."""
+    return systemmail.problems()
+
+
+def send_link(email: str, client: str) -> None:
+    """If an active user has this address: a new link, stored hashed, and its mail queued (committed).
+    Nothing for an unknown or disabled address (the caller answers the same). Unavailable when no
+    recovery mail can go out at all."""
+    reasons = available()
+    if reasons:
+        raise systemmail.Unavailable(reasons[0])
+    user = people.find_user(email)
+    if user is None or not user.is_active:
+        log.info("password recovery asked for %s from %s: no active account, nothing sent", email, client)
+        db.session().rollback()
+        return
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    expires = now + lifetime()
+    db.session().add(PasswordReset(id=_hash(token), user_id=user.id, created_at=now, expires_at=expires,
+                                   client_address=client[:64]))
+    link = current_app.config["PUBLIC_URL"] + RESET_PATH + token
+    minutes = current_app.config["PASSWORD_RESET_MINUTES"]
+    text = (f"Hello,\n\nsomeone (from the address {client or 'unknown'}) asked to reset the Mailroom password of "
+            f"{user.email}. To choose a new password, open this link within {minutes} minutes:\n\n  {link}\n\n"
+            "The link works once. If you did not ask for it, ignore this mail: your password stays as it is.\n")
+    mail = systemmail.queue(user.email, SUBJECT, text, expires_at=expires)
+    audit.record(Actor(client or "unknown client"), "user.password_recovery_sent", user.email)
+    db.session().commit()
+    delivery.wake([mail.id])
+    log.info("password recovery for %s from %s: link sent as mail %s", user.email, client, mail.id)
+
+
+def _usable(token: str):
+    if not token or len(token) > 200:
+        return None
+    reset = db.session().get(PasswordReset, _hash(token))
+    if reset is None or reset.used_at is not None:
+        return None
+    expires = reset.expires_at if reset.expires_at.tzinfo else reset.expires_at.replace(tzinfo=utcnow().tzinfo)
+    if expires <= utcnow():
+        return None
+    user = db.session().get(User, reset.user_id)
+    return (reset, user) if user is not None and user.is_active else None
+
+
+def valid(token: str) -> User | None:
+    """The user whose link this is, while it can be used; None otherwise."""
+    found = _usable(token)
+    return found[1] if found else None
+
+
+def set_password(token: str, password: str) -> User | None:
+    """Use the link: the new password, every session of the user ended, every link of theirs used up.
+    None when the link cannot be used (unknown, used, expired, a disabled user): nothing changes then."""
+    found = _usable(token)
+    if found is None:
+        return None
+    reset, user = found
+    now = utcnow()
+    taken = db.session().execute(update(PasswordReset).where(
+        PasswordReset.id == reset.id, PasswordReset.used_at.is_(None)).values(used_at=now)).rowcount
+    if taken != 1:  # used at the same moment by another request
+        db.session().rollback()
+        return None
+    db.session().execute(update(PasswordReset).where(
+        PasswordReset.user_id == user.id, PasswordReset.used_at.is_(None)).values(used_at=now))
+    user.password_hash = hash_password(password)
+    user.must_change_password = False
+    db.session().add(user)
+    audit.record(Actor(user.email, user.id), "user.password_recovered", user.email)
+    db.session().commit()
+    sessions.end_sessions_of(user)
+    return user
