@@ -91,10 +91,10 @@ def test_ntlm_chosen_but_not_offered_says_so(smtp_peer):
     assert _step(report, "Authenticate").outcome == Outcome.FAILED
 
 
-def test_an_initial_response_is_not_sent(ntlm_peer):
-    """The strict peer refuses `AUTH NTLM <blob>` (501), as Exchange does: passing proves Mailroom waits for 334."""
+def test_mailroom_waits_for_the_334_as_ms_smtpntlm_shows_it(ntlm_peer):
     peer = ntlm_peer()
     report = SMTP.check(_config(peer))
     assert report.ok
+    assert peer.ntlm_flows == ["334 NTLM supported"]
     assert not any(line.startswith("C: AUTH NTLM ") for line in report.transcript)
     assert base64.b64encode(NTLM_PASSWORD.encode()).decode() not in "\n".join(report.transcript)

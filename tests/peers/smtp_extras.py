@@ -6,18 +6,22 @@
                                              (verify_mode CERT_REQUIRED / CERT_OPTIONAL), trusting `client_ca`
     client_ca                                a trustme CA (not the server's) that issues the client certificates
 
-**NTLM** as Exchange does it (MS-SMTPNTLM 3.2.5 and its example in 4): "AUTH NTLM" without an initial response
+**NTLM** as Exchange does it (MS-SMTPNTLM and its example exchange): "AUTH NTLM" without an initial response
 is answered "334 NTLM supported"; the client's NEGOTIATE gets "334 <CHALLENGE>"; the AUTHENTICATE gets
-"235 2.7.0 Authentication successful" or "535 5.7.3 Authentication unsuccessful". An initial response on the
-AUTH line is refused ("501 5.5.4"), as Exchange's receive connector does, and so is anything that is not an
-NTLM message where one is due. The server side is pyspnego's NTLM acceptor, reading the account from a
-credentials file given by NTLM_USER_FILE (`DOMAIN:USER:PASSWORD`), as gss-ntlmssp does.
+"235 2.7.0 Authentication successful" or "535 5.7.3 Authentication unsuccessful". A NEGOTIATE sent as the
+AUTH line's initial response (RFC 4954) is taken in place of the first exchange; anything that is not an
+NTLM message where one is due is refused ("501 5.7.5"), and "*" cancels (501). `peer.ntlm_flows` records
+for each sign-in whether it began with an initial response. The server side is pyspnego's NTLM acceptor,
+reading the account from a credentials file given by NTLM_USER_FILE (`DOMAIN:USER:PASSWORD`), as
+gss-ntlmssp does.
 
 **Client certificates**: the server's TLS context asks for a certificate in the handshake (a
 CertificateRequest); with CERT_REQUIRED a client without one, or with one the context does not trust, is
 refused by a TLS alert (TLS 1.3: after the client's Finished, so the client sees it on its first read). The
 certificate a session presented is kept in `peer.client_subjects`.
 """
+import base64
+import binascii
 import hmac
 import ssl
 import warnings
@@ -47,13 +51,18 @@ class NtlmRecorder(Recorder):
         return login == USERNAME.encode() and hmac.compare_digest(password, PASSWORD.encode())
 
     async def auth_NTLM(self, server, args) -> AuthResult:
-        if len(args) > 1:
-            await server.push("501 5.5.4 Invalid arguments")
-            return AuthResult(success=False, handled=True)
         acceptor = spnego.server(protocol="ntlm", options=spnego.NegotiateOptions.use_ntlm)
-        negotiate = await server.challenge_auth(b"NTLM supported", encode_to_b64=False)
-        if negotiate is MISSING:
-            return AuthResult(success=False, handled=True)
+        self.peer.ntlm_flows.append("initial response" if len(args) > 1 else "334 NTLM supported")
+        if len(args) > 1:
+            try:
+                negotiate = base64.b64decode(args[1], validate=True)
+            except binascii.Error:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        else:
+            negotiate = await server.challenge_auth(b"NTLM supported", encode_to_b64=False)
+            if negotiate is MISSING:
+                return AuthResult(success=False, handled=True)
         try:
             challenge = acceptor.step(negotiate)
         except SpnegoError:
@@ -122,7 +131,7 @@ def ntlm_peer(smtp_ca, smtp_ca_pem, ntlm_users_file):
     def start(offer_plain: bool = False) -> Peer:
         peer = Peer(kind="ntlm", port=free_port(), ca_pem=smtp_ca_pem, username=f"{NTLM_DOMAIN}\\{NTLM_USER}",
                     password=NTLM_PASSWORD)
-        peer.ntlm_users = []
+        peer.ntlm_users, peer.ntlm_flows = [], []
         handler = NtlmRecorder(peer.messages, peer)
         _start(peer, _CountingController(
             handler, peer, hostname="127.0.0.1", port=peer.port, server_hostname=SERVER_NAME, ready_timeout=5.0,

@@ -14,14 +14,16 @@ from cryptography import x509
 from .report import Outcome, Step, StepFailed, step_result
 
 
-def tls_context(verify: bool = True, ca_pem: str = "", extra_ca_pem: str = "", client_cert=None) -> ssl.SSLContext:
+def tls_context(verify: bool = True, ca_pem: str = "", extra_ca_pem: str = "", client_cert=None,
+                watched: bool = False) -> ssl.SSLContext:
     """The client context for these settings. `ca_pem` is the server's own CA certificate (its
     settings), `extra_ca_pem` the CA certificates the whole app trusts (EXTRA_CA_CERTS). With a
-    `client_cert` (client_cert.ClientCertificate) the context is built for this connection alone."""
+    `client_cert` (client_cert.ClientCertificate) the context is built for this connection alone.
+    `watched`: its handshakes note whether the server asked for a client certificate (SMTP)."""
     ca_pem, extra_ca_pem = ca_pem.strip() if verify else "", extra_ca_pem.strip() if verify else ""
     if client_cert is None:
-        return _context(verify, ca_pem, extra_ca_pem)
-    context = _build(verify, ca_pem, extra_ca_pem)
+        return _context(verify, ca_pem, extra_ca_pem, watched)
+    context = _build(verify, ca_pem, extra_ca_pem, True)
     try:
         client_cert.load_into(context)
     except (ssl.SSLError, ValueError, TypeError):
@@ -31,15 +33,16 @@ def tls_context(verify: bool = True, ca_pem: str = "", extra_ca_pem: str = "", c
 
 
 @lru_cache(maxsize=64)
-def _context(verify: bool, ca_pem: str, extra_ca_pem: str) -> ssl.SSLContext:
-    return _build(verify, ca_pem, extra_ca_pem)
+def _context(verify: bool, ca_pem: str, extra_ca_pem: str, watched: bool) -> ssl.SSLContext:
+    return _build(verify, ca_pem, extra_ca_pem, watched)
 
 
-def _build(verify: bool, ca_pem: str, extra_ca_pem: str) -> ssl.SSLContext:
+def _build(verify: bool, ca_pem: str, extra_ca_pem: str, watched: bool) -> ssl.SSLContext:
     from .client_cert import watch
 
     context = ssl.create_default_context()
-    watch(context)  # which certificate messages the handshake carried (client_cert.handshake_of)
+    if watched:
+        watch(context)  # which certificate messages the handshake carried (client_cert.handshake_of)
     for pem, what in ((extra_ca_pem, "The CA certificates configured for the app (EXTRA_CA_CERTS)"),
                       (ca_pem, "The CA certificate")):
         if pem:

@@ -48,7 +48,8 @@ class TranscriptLog:
                  "lines": _cleaned(report.transcript, redactor)}
         data = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+        lock_fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(lock_fd, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:

@@ -1,6 +1,6 @@
-"""SMTP AUTH NTLM as Exchange does it (MS-SMTPNTLM 3.1.5): "AUTH NTLM", a 334 that only says NTLM is
-supported, the client's NEGOTIATE, the server's CHALLENGE in a 334, the client's AUTHENTICATE, then 235 or
-535. The NTLM messages are pyspnego's (its own NTLM implementation, not the system's GSSAPI), so the
+"""SMTP AUTH NTLM as Exchange does it (MS-SMTPNTLM and its example exchange): "AUTH NTLM", a 334 that only
+says NTLM is supported, the client's NEGOTIATE, the server's CHALLENGE in a 334, the client's AUTHENTICATE,
+then 235 or 535. The NTLM messages are pyspnego's (its own NTLM implementation, not the system's GSSAPI), so the
 password never crosses the wire, only an NTLMv2 response to the server's challenge.
 
 Kerberos (GSSAPI) is not offered: it needs a ticket from a KDC or a keytab on this machine, which

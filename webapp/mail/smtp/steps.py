@@ -80,7 +80,7 @@ def connect(s: Session) -> Step:
 def handshake(s: Session) -> Step:
     """TLS, implicit or after STARTTLS."""
     context = tls_context(s.settings.verify_cert, s.settings.ca_cert, s.config.network.extra_ca_pem,
-                          s.config.client_cert)
+                          s.config.client_cert, watched=True)
     client = s.client
     client.sock.settimeout(s.deadline.left())
     try:
