@@ -226,3 +226,24 @@ def test_mail_check_on_the_command_line_prints_the_section(app, make, portal, dn
     assert "\nDeliverability\n" in output
     assert 'record to publish: _dmarc.example.com TXT "v=DMARC1; p=none; rua=mailto:postmaster@example.com"' \
         in output
+
+
+def test_validate_checks_the_alternative_sender_ids_too(admin, portal, smtp_peer, dns_zone, app):
+    """eG's Validate skips the alternative sender IDs; Mailroom's looks up their domains (the first ten)."""
+    from webapp import db
+    from webapp.checks import SENDER_IDS_CHECKED
+    from webapp.models import SenderId
+
+    dns_zone.add("example.com", "MX", "10 mx.example.com.")
+    dns_zone.add("alerts.example.com", "MX", "10 mx.example.com.")
+    with app.app_context():
+        db.session().add(SenderId(portal_id=portal.id, address="desk@alerts.example.com"))
+        db.session().add(SenderId(portal_id=portal.id, address="desk@gone.example"))
+        db.session().add_all(SenderId(portal_id=portal.id, address=f"z{n:02}@example.com") for n in range(12))
+        db.session().commit()
+    report = admin.post("/p/help/servers/new/validate",
+                        peer_form(smtp_peer("starttls"), from_address="helpdesk@example.com"), htmx=True).text
+    assert "desk@alerts.example.com: alerts.example.com receives mail" in report
+    assert "gone.example does not exist in DNS" in report
+    assert report.count("Alternative sender ID") == SENDER_IDS_CHECKED
+    assert "z07@example.com" in report and "z08@example.com" not in report  # ordered by address, ten of them

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from flask import current_app
 from sqlalchemy.exc import InternalError, OperationalError
+from sqlmodel import select
 
 from . import audit, db, delivery, network, senders
 from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
@@ -30,7 +31,7 @@ from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
 from .mail.options import MessageOptions
 from .mail.transport import send_message, transport_for
 from .mailservers import settings_of
-from .models import MailServer, Portal, SecretPurpose, utcnow
+from .models import MailServer, Portal, SecretPurpose, SenderId, utcnow
 from .smime_settings import saved_smime
 
 log = logging.getLogger(__name__)
@@ -149,11 +150,17 @@ def resolver() -> Resolver:
     return Resolver.from_setting(current_app.config.get("DNS_RESOLVER"))
 
 
+SENDER_IDS_CHECKED = 10  # the first alternative sender IDs (by address) whose domains Validate looks up
+
+
 def addresses_to_check(portal: Portal, config: ServerConfig) -> list[tuple[str, str, str]]:
     """(label, address, why it is not an address or "") for each address the server's mail carries or
-    that receives the portal's notices."""
+    that receives the portal's notices, and the portal's first SENDER_IDS_CHECKED alternative sender IDs."""
     found = [("From address", config.sender.address), ("Reply-to address", config.sender.reply_to),
              ("Admin mail address", portal.admin_address)]
+    sender_ids = db.session().exec(select(SenderId.address).where(SenderId.portal_id == portal.id)
+                                   .order_by(SenderId.address).limit(SENDER_IDS_CHECKED + 1)).all()
+    found += [("Alternative sender ID", address) for address in sender_ids[:SENDER_IDS_CHECKED]]
     checked = []
     for label, address in found:
         if not address:
