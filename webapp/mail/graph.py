@@ -54,6 +54,7 @@ HEADER_LINE = re.compile(r"^(X-[A-Za-z0-9-]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*)
 
 @dataclass(frozen=True)
 class GraphSettings:
+    LISTED = ("graph_endpoint",)  # the keys the server list reads (for `address`), not the whole settings
     graph_endpoint: str = GLOBAL_ENDPOINT  # the Graph root of the Microsoft cloud
     shared_mailbox: str = ""  # send from this mailbox instead of the OAuth mailbox (Mail.Send.Shared / app-only)
     importance: str = "normal"
