@@ -10,7 +10,7 @@ from sqlalchemy.sql import ColumnElement, Select
 from . import db
 from .pagination import Page
 
-COUNT_CAP = 10_000  # a total stops here ("more than 10,000"): a count costs what it counts
+COUNT_CAP = 1_000  # a total stops here ("more than 1,000"): a count costs what it counts
 
 
 @dataclass(frozen=True)

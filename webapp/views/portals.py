@@ -1,25 +1,37 @@
+from urllib.parse import urlencode
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from markupsafe import escape
 from flask_login import current_user, login_required
-from sqlmodel import select
 
-from .. import audit, db, network, people
+from .. import audit, db, lists, network, people
+from .. import history as history_of
 from ..forms.egress import EgressForm
 from ..forms.fields import describe, field_labels, new_value_of
+from ..forms.lists import HistoryFilterForm, ListSearchForm
 from ..forms.portal import MemberForm, PortalForm, PortalSettingsForm, RoleForm
-from ..models import AuditEvent, Membership, Portal, Role, User
+from ..history import HistoryFilter
+from ..models import Role, User
 from ..security import current_actor, load_portal, require_superadmin
+from .render import page_or_fragment
 
 bp = Blueprint("portals", __name__)
+ROLE_LABELS = {Role.ADMIN: "Admin", Role.STAFF: "Staff"}
 
 
 @bp.get("/")
 @login_required
 def index():
-    query = select(Portal).order_by(Portal.name)
-    if not current_user.is_superadmin:
-        query = query.join(Membership).where(Membership.user_id == current_user.id)
-    return render_template("portals/index.html", portals=db.session().exec(query).all())
+    """A page of the portals the user may open, by name; a search by name or slug."""
+    form = ListSearchForm(request.args, "Name or slug")
+    user = current_user._get_current_object()
+    listing = (people.portals_page(user, form.text, form.page_size, request.args.get("page"))
+               if form.validate() else None)
+    return page_or_fragment("portals/index.html", "portals/_list.html", 200 if listing is not None else 422,
+                            form=form, listing=listing, base=url_for("portals.index"),
+                            links=lists.page_links("portals.index", listing, form.query_args()),
+                            total=people.portals_total(user),
+                            found=people.portals_total(user, form.text) if form.text else None)
 
 
 @bp.route("/portals/new", methods=["GET", "POST"])
@@ -107,13 +119,23 @@ def members(slug):
                 flash(f"Added {user.email} as {form.role.data}.")
                 return redirect(url_for("portals.members", slug=slug), 303)
     status = 422 if form.is_submitted() else 200
-    return render_template("portals/members.html", form=form, members=people.members_of(portal),
-                           role_form=RoleForm), status
+    search = _member_search()
+    listing = (people.members_page(portal, search.text, search.page_size, request.args.get("page"))
+               if search.validate() else None)
+    if listing is None:
+        status = 422
+    context = dict(listing=listing, links=lists.page_links("portals.members", listing, search.query_args(), slug=slug),
+                   **_members_context(portal, search))
+    if request.method == "GET" and request.htmx and not request.htmx.history_restore_request:
+        return render_template("portals/_members.html", **context), status  # a search, another page
+    return render_template("portals/members.html", form=form, **context), status
 
 
 @bp.post("/p/<slug>/members/<id:membership_id>/role")
 @login_required
 def change_role(slug, membership_id):
+    """A row action: to htmx the member's row (the counts and the outcome out of band), else back to
+    the same page of the list."""
     portal = load_portal(slug, Role.ADMIN)
     _membership_or_404(portal, membership_id)
     form = RoleForm()
@@ -122,10 +144,38 @@ def change_role(slug, membership_id):
     try:
         people.change_role(current_actor(), portal, membership_id, Role(form.role.data))
     except people.Conflict as error:
-        flash(str(error))
+        said, status = str(error), 409
     else:
-        flash("Changed the role.")
-    return redirect(url_for("portals.members", slug=slug), 303)
+        said, status = "Changed the role.", 200
+    if request.htmx:
+        row = people.member_row(portal, membership_id)
+        if row is None:
+            return "", 200
+        return render_template("portals/_member_row.html", m=row, oob=True, said=said,
+                               **_members_context(portal, _member_search())), status
+    flash(said)
+    search = _member_search()
+    search.validate()
+    args = search.query_args()
+    if request.args.get("page"):
+        args["page"] = request.args["page"]
+    return redirect(url_for("portals.members", slug=slug, **args), 303)
+
+
+def _member_search() -> ListSearchForm:
+    return ListSearchForm(request.args, "Email")
+
+
+def _members_context(portal, search: ListSearchForm) -> dict:
+    """What the list and each row need, built once per page."""
+    args = search.query_args()
+    if request.args.get("page"):
+        args["page"] = request.args["page"]
+    base = url_for("portals.members", slug=portal.slug)
+    return {"search": search, "base": f"{base}/", "list_url": base, "back": f"?{urlencode(args)}" if args else "",
+            "role_labels": ROLE_LABELS,
+            "counts": {"members": people.members_total(portal), "admins": people.members_total(portal, role=Role.ADMIN),
+                       "found": people.members_total(portal, search.text) if search.text else None}}
 
 
 @bp.route("/p/<slug>/members/<id:membership_id>/remove", methods=["GET", "POST"])
@@ -148,16 +198,24 @@ def remove_member(slug, membership_id):
 @bp.get("/p/<slug>/history")
 @login_required
 def history(slug):
+    """A page of the portal's History, newest first, back to its first event; filtered by time, who
+    and words in what changed."""
     portal = load_portal(slug, Role.STAFF)
-    events = db.session().exec(
-        select(AuditEvent).where(AuditEvent.portal_id == portal.id).order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
-        .limit(500)
-    ).all()
-    labelled = []
-    for event in events:
-        protocol, auth_type = new_value_of(event.changes, "protocol"), new_value_of(event.changes, "auth_type")
-        labelled.append((event, field_labels(protocol, auth_type), protocol))
-    return render_template("portals/history.html", events=labelled, actions=audit.ACTIONS, describe=describe)
+    form = HistoryFilterForm(request.args)
+    listing = None
+    if form.validate():
+        chosen = HistoryFilter(since=form.since_utc, until=form.until_utc, actor=form.actor.data or "",
+                               text=form.text)
+        listing = history_of.page_of(portal, chosen, form.page_size, request.args.get("page"))
+        labelled = []
+        for event in listing.rows:
+            protocol, auth_type = new_value_of(event.changes, "protocol"), new_value_of(event.changes, "auth_type")
+            labelled.append((event, field_labels(protocol, auth_type), protocol))
+        listing.rows = labelled
+    return page_or_fragment("portals/history.html", "portals/_history.html", 200 if listing is not None else 422,
+                            form=form, listing=listing, base=url_for("portals.history", slug=slug),
+                            links=lists.page_links("portals.history", listing, form.query_args(), slug=slug),
+                            total=history_of.total(portal), actions=audit.ACTIONS, describe=describe)
 
 
 def _membership_or_404(portal, membership_id):
