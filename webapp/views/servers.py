@@ -171,10 +171,11 @@ def check(slug, server_id):
 def toggle(slug, server_id):
     portal = load_portal(slug, Role.ADMIN)
     server = _server_or_404(portal, server_id)
-    mailservers.set_enabled(current_actor(), portal, server, not server.enabled)
+    enabling = not server.enabled
+    mailservers.set_enabled(current_actor(), portal, server, enabling)
     if request.htmx:
         return _row(portal, server_id)
-    flash(f"{'Disabled' if server.enabled else 'Enabled'} “{server.label}”.")
+    flash(f"{'Enabled' if enabling else 'Disabled'} “{server.label}”.")
     return _back_to_list(slug)
 
 
