@@ -3,7 +3,7 @@ costs at most what it counts up to, "contains" as an escaped LIKE, and the links
 before and after, built once per page."""
 from dataclasses import dataclass
 
-from flask import url_for
+from flask import request, url_for
 from sqlalchemy import func, literal_column, select
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -48,3 +48,12 @@ def page_links(endpoint: str, page: Page | None, args: dict[str, str], **values)
         return {"next": None, "previous": None}
     return {"next": page.next and url_for(endpoint, **values, **args, page=page.next),
             "previous": page.previous and url_for(endpoint, **values, **args, page=page.previous)}
+
+
+def where_we_are(form) -> dict[str, str]:
+    """The list's search, page size and page from this request's query string: what a row action's
+    URL carries, so that without JavaScript it comes back to the same page of the list."""
+    args = form.query_args()
+    if request.args.get("page"):
+        args["page"] = request.args["page"]
+    return args

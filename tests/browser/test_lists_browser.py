@@ -1,14 +1,16 @@
 """The lists that grow in a real browser, under the app's real CSP: paging through a long server
 list and back, finding a server by search, a row action that swaps only its row; the users index
-found by search; and the same row action with JavaScript off (the page's one form and token)."""
+found by search; a member made admin from their row; and the same row action with JavaScript
+off (the page's one form and token)."""
 import re
 
 from playwright.sync_api import Page, expect
+from sqlmodel import select
 
 from tests import list_factory
 from tests.conftest import PASSWORD
 from webapp import db
-from webapp.models import MailServer, Role
+from webapp.models import MailServer, Membership, Role
 
 from .pages import htmx_ready, htmx_settled, open_mail_servers, sign_in
 
@@ -96,3 +98,27 @@ def test_a_row_action_without_javascript_comes_back_to_the_same_page(app, make, 
         context.close()
     with app.app_context():
         assert db.session().get(MailServer, ids[30]).enabled is False
+
+
+def test_make_a_member_admin_from_a_long_members_list(page, app, help_desk):
+    users = list_factory.users(app, 80, email="member{i:03d}@example.com")
+    list_factory.members(app, help_desk, users)
+    sign_in(page)
+    open_mail_servers(page)
+    page.get_by_role("link", name="Members").click()
+    htmx_ready(page)
+    expect(page.locator("table.members tbody tr")).to_have_count(50)
+    expect(page.locator("#member-counts")).to_have_text("81 members, 1 admin")
+    page.get_by_label("Email").first.fill("member064@")
+    page.get_by_role("button", name="Search").click()
+    row = page.locator("table.members tbody tr")
+    expect(row).to_have_count(1)
+    htmx_settled(page)
+    row.get_by_role("button", name="Make member064@example.com admin").click()
+    expect(row.get_by_role("button", name="Make member064@example.com staff")).to_be_visible()
+    expect(row).to_contain_text("Admin")
+    expect(page.locator("#member-counts")).to_contain_text("81 members, 2 admins")
+    expect(page.get_by_role("status").filter(has_text="Changed the role.")).to_be_visible()
+    with app.app_context():
+        role = db.session().exec(select(Membership.role).where(Membership.user_id == users[64])).one()
+    assert role == Role.ADMIN

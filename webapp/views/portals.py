@@ -156,10 +156,7 @@ def change_role(slug, membership_id):
     flash(said)
     search = _member_search()
     search.validate()
-    args = search.query_args()
-    if request.args.get("page"):
-        args["page"] = request.args["page"]
-    return redirect(url_for("portals.members", slug=slug, **args), 303)
+    return redirect(url_for("portals.members", slug=slug, **lists.where_we_are(search)), 303)
 
 
 def _member_search() -> ListSearchForm:
@@ -168,9 +165,7 @@ def _member_search() -> ListSearchForm:
 
 def _members_context(portal, search: ListSearchForm) -> dict:
     """What the list and each row need, built once per page."""
-    args = search.query_args()
-    if request.args.get("page"):
-        args["page"] = request.args["page"]
+    args = lists.where_we_are(search)
     base = url_for("portals.members", slug=portal.slug)
     return {"search": search, "base": f"{base}/", "list_url": base, "back": f"?{urlencode(args)}" if args else "",
             "role_labels": ROLE_LABELS,

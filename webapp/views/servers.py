@@ -320,9 +320,7 @@ def _search_form() -> ListSearchForm:
 def _list_context(portal, form: ListSearchForm) -> dict:
     """What the list and each row need, built once per page: the base URL rows add their id to,
     the list's query (so a row action comes back to this page), the counts."""
-    args = form.query_args()
-    if request.args.get("page"):
-        args["page"] = request.args["page"]
+    args = lists.where_we_are(form)
     return {"base": url_for("servers.index", slug=portal.slug), "back": f"?{urlencode(args)}" if args else "",
             "last_position": server_list.last_position(portal), "form": form,
             "counts": {"servers": server_list.total(portal), "enabled": server_list.total(portal, enabled=True),
@@ -355,10 +353,7 @@ def _back_to_list(slug):
     """Without JavaScript: back to the page of the list the action was taken on."""
     form = _search_form()
     form.validate()
-    args = form.query_args()
-    if request.args.get("page"):
-        args["page"] = request.args["page"]
-    return redirect(url_for("servers.index", slug=slug, **args), 303)
+    return redirect(url_for("servers.index", slug=slug, **lists.where_we_are(form)), 303)
 
 
 def _busy(busy: Busy, page: str, **context):
