@@ -271,6 +271,7 @@ def test_history_by_time_range_actor_and_words(app, staff, portal):
     assert [int(i) for i in EVENT.findall(hours)] == list(range(69, 59, -1))
     by_actor = staff.get("/p/help/history?actor=command line").text
     assert by_actor.count("Backup relay") == 5 and not EVENT.findall(by_actor)
+    assert len(EVENT.findall(staff.get("/p/help/history?actor=Admin@Example.com&size=25").text)) == 25
     words = staff.get("/p/help/history?q=Relay 123”").text
     assert [int(i) for i in EVENT.findall(words)] == [123]
     wrong = staff.get("/p/help/history", query_string={"since": "2026-10-02T00:00", "until": "2026-10-01T00:00"})
@@ -291,3 +292,27 @@ def test_history_bookmark_tampering_answers_the_first_page(app, staff, portal):
     for bookmark in ("garbage", ">i:5", ">dt:2026-10-01T08:00:00~i:x", ">s:a~i:1"):
         page = staff.get("/p/help/history", query_string={"page": bookmark, "size": "25"}).text
         assert [int(i) for i in EVENT.findall(page)] == list(range(59, 34, -1)), bookmark
+
+
+def test_history_pages_back_to_newer_events(app, staff, portal):
+    list_factory.events(app, portal, 130)
+    first = staff.get("/p/help/history?size=50").text
+    second = staff.get(link(NEXT, first)).text
+    third = staff.get(link(NEXT, second)).text
+    assert [int(i) for i in EVENT.findall(third)] == list(range(29, -1, -1))
+    back = staff.get(link(PREVIOUS, third)).text
+    assert [int(i) for i in EVENT.findall(back)] == list(range(79, 29, -1))
+    assert link(PREVIOUS, staff.get(link(PREVIOUS, back)).text) is None  # the newest page has no "Newer"
+
+
+@pytest.mark.parametrize("query", ["q=a%00b", "q=" + "x" * 201, "q=line%0Abreak"])
+def test_a_search_that_cannot_be_read_says_so_and_lists_nothing(app, staff, portal, query):
+    list_factory.servers(app, portal, 3)
+    response = staff.get(f"/p/help/servers/?{query}")
+    assert response.status_code == 422 and "Correct the search above to see the servers." in response.text
+    assert SERVER_ROW.findall(response.text) == []
+
+
+def test_an_unknown_page_size_is_the_default(app, staff, portal):
+    list_factory.servers(app, portal, 60)
+    assert len(SERVER_ROW.findall(staff.get("/p/help/servers/?size=7").text)) == 50

@@ -56,6 +56,12 @@ class HistoryFilterForm(ListSearchForm):
             raise ValidationError("Choose a time after “From”.")
 
     @property
+    def who(self) -> str:
+        """The actor to match: an email in lower case (as History keeps them), anything else as typed."""
+        actor = self.actor.data or ""
+        return actor.lower() if "@" in actor and " " not in actor else actor
+
+    @property
     def since_utc(self):
         return self.since.data.replace(tzinfo=UTC) if self.since.data else None
 

@@ -199,7 +199,7 @@ def history(slug):
     form = HistoryFilterForm(request.args)
     listing = None
     if form.validate():
-        chosen = HistoryFilter(since=form.since_utc, until=form.until_utc, actor=form.actor.data or "",
+        chosen = HistoryFilter(since=form.since_utc, until=form.until_utc, actor=form.who,
                                text=form.text)
         listing = history_of.page_of(portal, chosen, form.page_size, request.args.get("page"))
         labelled = []
