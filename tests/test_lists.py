@@ -316,3 +316,18 @@ def test_a_search_that_cannot_be_read_says_so_and_lists_nothing(app, staff, port
 def test_an_unknown_page_size_is_the_default(app, staff, portal):
     list_factory.servers(app, portal, 60)
     assert len(SERVER_ROW.findall(staff.get("/p/help/servers/?size=7").text)) == 50
+
+
+def test_a_move_changes_two_rows_and_history_says_which_places(app, admin, portal):
+    ids = list_factory.servers(app, portal, 300)
+    listed = admin.post(f"/p/help/servers/{ids[150]}/move/up?size=200", htmx=True)
+    assert listed.text.strip().startswith('<div id="server-list"')  # this page of the list again
+    assert [int(i) for i in SERVER_ROW.findall(listed.text)] == [*ids[:149], ids[150], ids[149], *ids[151:200]]
+    with app.app_context():
+        positions = dict(db.session().execute(select(MailServer.id, MailServer.position)
+                                              .where(MailServer.portal_id == portal.id)).all())
+    assert (positions[ids[150]], positions[ids[149]]) == (150, 151)
+    assert sorted(positions.values()) == list(range(1, 301))
+    history = admin.get("/p/help/history").text
+    assert "Moved the server “Relay 0150”" in history
+    assert '<span class="muted">Position in the list:</span>' in history and "151 → 150" in history
