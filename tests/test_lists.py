@@ -260,7 +260,7 @@ def test_history_reaches_back_to_its_first_event(app, staff, portal):
     pages, last = walk(staff, "/p/help/history?size=200", EVENT)
     assert [len(p) for p in pages] == [200, 200, 200, 20]
     assert [int(i) for p in pages for i in p] == list(range(619, -1, -1))  # newest first, down to the first
-    assert "more than 1,000 events" not in last and "620 events in all" in last
+    assert "More than 1,000 events" not in last and "620 events in all" in last
 
 
 def test_history_by_time_range_actor_and_words(app, staff, portal):

@@ -46,7 +46,7 @@ class HistoryFilterForm(ListSearchForm):
     since = DateTimeLocalField("From (UTC)", validators=[Optional()], format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"])
     until = DateTimeLocalField("Before (UTC)", validators=[Optional()], format=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"])
     actor = StringField("Who", validators=[Length(max=254)],
-                        description="A user's email, or “command line”: exactly as History shows it.")
+                        description="A user's email, or “command line”, as History shows who.")
 
     def __init__(self, formdata):
         super().__init__(formdata, "What contains", "Words in what was changed: a server, a user's email, …")
