@@ -77,8 +77,9 @@ def test_the_list_says_authorization_needed_with_the_button(app, admin, staff, p
                                                    scope="https://outlook.office365.com/.default", authorize_url=""))
     listing = admin.get("/p/help/servers/").text
     assert listing.count('<span class="badge error">Authorization needed</span>') == 2
-    assert re.search(rf'hx-post="/p/help/servers/{server.id}/oauth/authorize" class="inline">\s*'
-                     r'<input[^>]+>\s*<button type="submit" class="small">Authorize</button>', listing)
+    assert re.search(rf'<button type="submit" form="server-actions" formaction="/p/help/servers/{server.id}/oauth/authorize"'
+                     rf' hx-post="/p/help/servers/{server.id}/oauth/authorize" hx-target="this" class="small">Authorize</button>',
+                     listing)  # the page's one form carries the token
     assert f'hx-post="/p/help/servers/{app_only.id}/oauth/admin-consent"' in listing
     assert ">Grant admin consent</button>" in listing
     assert "oauth/authorize" not in staff.get("/p/help/servers/").text  # staff see the state, not the button

@@ -338,3 +338,40 @@ def test_0014_adds_the_client_certificate_and_transcripts_and_goes_back(tmp_path
     finally:
         engine.dispose()
 
+
+
+# --- 0012: the lists' indexes, added to a database with data and taken away again ----------------
+
+def _indexes(engine, table: str) -> set[str]:
+    return {index["name"] for index in inspect(engine).get_indexes(table)}
+
+
+def test_0016_adds_the_list_indexes_to_a_database_with_data_and_takes_them_away(empty_database):
+    engine = db.make_engine(empty_database)
+    try:
+        db.upgrade(engine, "0015")
+        with engine.begin() as connection:
+            portal = _insert(connection, PORTAL, dict(slug="help", name="Help Desk", base_url="", created_at=_at(1)))
+            events = [_insert(connection, AUDIT_EVENT, dict(portal_id=portal["id"], actor_id=None,
+                                                            actor="admin@example.com", at=_at(2, hour),
+                                                            action="server.updated", subject=f"“Relay {hour}”",
+                                                            changes={"host": ["a", "b"]}))
+                      for hour in (9, 10, 11)]
+        assert "ix_audit_event_portal_at" not in _indexes(engine, "audit_event")
+
+        db.upgrade(engine)
+        assert {"ix_audit_event_portal_at", "ix_audit_event_portal_actor"} <= _indexes(engine, "audit_event")
+        assert "ix_portal_name" in _indexes(engine, "portal")
+        with engine.connect() as connection:
+            rows = connection.execute(sa.select(AUDIT_EVENT.c.id, AUDIT_EVENT.c.subject)
+                                      .order_by(AUDIT_EVENT.c.at.desc())).all()
+        assert [tuple(row) for row in rows] == [(e["id"], e["subject"]) for e in reversed(events)]
+        assert _differences(engine) == []
+
+        command.downgrade(db.alembic_config(engine), "0015")
+        assert not {"ix_audit_event_portal_at", "ix_audit_event_portal_actor"} & _indexes(engine, "audit_event")
+        assert "ix_portal_name" not in _indexes(engine, "portal")
+        with engine.connect() as connection:
+            assert connection.execute(sa.select(sa.func.count()).select_from(AUDIT_EVENT)).scalar_one() == 3
+    finally:
+        engine.dispose()

@@ -135,7 +135,7 @@ def test_staff_validate_a_saved_server_from_the_list_and_the_row_keeps_the_resul
     server = saved_server(app, admin, peer_form(peer))
     response = staff.post(f"/p/help/servers/{server.id}/check", htmx=True)
     assert response.status_code == 200
-    assert response.text.strip().startswith('<div id="server-list">')
+    assert response.text.strip().startswith(f'<tbody id="server-{server.id}">')  # the row and its report
     assert "Validation failed" in response.text and "535" in response.text
     listing = staff.get("/p/help/servers/").text
     assert "Failed" in listing and "Authenticate" in listing

@@ -236,8 +236,10 @@ def test_toggle_move_and_remove(app, admin, make, portal):
     second = make.server(portal, description="Second", position=2)
     listed = admin.post(f"/p/help/servers/{second.id}/move/up", htmx=True)
     assert listed.text.index("Second") < listed.text.index("First")
-    assert listed.text.strip().startswith('<div id="server-list">')
-    admin.post(f"/p/help/servers/{first.id}/toggle", htmx=True)
+    assert listed.text.strip().startswith('<div id="server-list"')
+    row = admin.post(f"/p/help/servers/{first.id}/toggle", htmx=True).text  # the row alone answers
+    assert row.strip().startswith(f'<tbody id="server-{first.id}">') and "Second" not in row
+    assert "Enable</button>" in row and "2 servers, 1 enabled" in row  # the counts, out of band
     assert {s.description: s.enabled for s in servers(app)} == {"First": False, "Second": True}
     confirm = admin.get(f"/p/help/servers/{first.id}/remove")
     assert "Remove “First”?" in confirm.text

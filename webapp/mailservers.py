@@ -201,18 +201,31 @@ def set_enabled(actor: Actor, portal: Portal, server: MailServer, enabled: bool)
 
 
 def move(actor: Actor, portal: Portal, server: MailServer, step: int) -> None:
-    """Swap with the neighbour above (-1) or below (+1); positions are renumbered 1..n."""
+    """Swap places with the neighbour above (-1) or below (+1): two rows change, whatever the number of
+    servers. A server removed meanwhile, or already first (last), is left alone."""
     db.lock_portal(portal)
-    servers = servers_of(portal)
-    index = next((i for i, s in enumerate(servers) if s.id == server.id), None)
-    other = -1 if index is None else index + step  # removed meanwhile: nothing to move
-    if not 0 <= other < len(servers):
-        db.session().rollback()
+    session = db.session()
+    current = session.exec(select(MailServer.position).where(MailServer.id == server.id,
+                                                             MailServer.portal_id == portal.id)).first()
+    if current is None:
+        session.rollback()
         return
-    servers[index], servers[other] = servers[other], servers[index]
-    _renumber(portal, servers)
-    audit.record(actor, "server.reordered", f"“{server.label}”", {"order": [s.label for s in servers]}, portal.id)
-    db.session().commit()
+    above = step < 0
+    neighbour = session.exec(
+        select(MailServer.id, MailServer.position)
+        .where(MailServer.portal_id == portal.id,
+               MailServer.position < current if above else MailServer.position > current)
+        .order_by(MailServer.position.desc() if above else MailServer.position).limit(1)).first()
+    if neighbour is None:
+        session.rollback()
+        return
+    other_id, other_position = neighbour
+    for id_, position in ((server.id, -current), (other_id, current), (server.id, other_position)):
+        session.execute(update(MailServer).where(MailServer.id == id_).values(position=position)
+                        .execution_options(synchronize_session=False))  # through a free position: unique
+    audit.record(actor, "server.reordered", f"“{server.label}”", {"position": [current, other_position]}, portal.id)
+    session.commit()
+    server.position = other_position
 
 
 def _renumber(portal: Portal, servers: list[MailServer]) -> None:

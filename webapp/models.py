@@ -46,6 +46,7 @@ class User(SQLModel, table=True):
 
 
 class Portal(SQLModel, table=True):
+    __table_args__ = (Index("ix_portal_name", "name", "id"),)  # the portals index, by name
     id: int | None = Field(default=None, primary_key=True)
     slug: str = Field(max_length=63, unique=True, index=True)
     name: str = Field(max_length=200)
@@ -282,6 +283,10 @@ class RateCount(SQLModel, table=True):
 
 class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
+    __table_args__ = (
+        Index("ix_audit_event_portal_at", "portal_id", "at", "id"),  # History, newest first
+        Index("ix_audit_event_portal_actor", "portal_id", "actor", "at", "id"),  # ... by who
+    )
     id: int | None = Field(default=None, primary_key=True)
     portal_id: int | None = Field(default=None, foreign_key="portal.id", index=True, ondelete="CASCADE")
     actor_id: int | None = Field(default=None, foreign_key="user.id", ondelete="SET NULL")

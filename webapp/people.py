@@ -8,10 +8,11 @@ import secrets
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy import or_
 from sqlmodel import func, select
 from werkzeug.security import check_password_hash
 
-from . import audit, db, sessions
+from . import audit, db, lists, pagination, sessions
 from .audit import Actor
 from .models import Membership, PasswordReset, Portal, Role, User, utcnow
 from .security import hash_password
@@ -273,3 +274,65 @@ def remove_member(actor: Actor, portal: Portal, membership_id: int) -> None:
     audit.record(actor, "membership.removed", user.email, {"role": [str(membership.role), None]}, portal.id)
     db.session().delete(membership)
     db.session().commit()
+
+
+# -- the lists: a page at a time, only the columns they show ------------------------------------
+
+USER_ORDER = (User.email,)  # unique
+USER_COLUMNS = (User.id, User.email, User.name, User.is_superadmin, User.is_active, User.must_change_password)
+PORTAL_ORDER = (Portal.name, Portal.id)  # the (name, id) index
+PORTAL_COLUMNS = (Portal.id, Portal.name, Portal.slug, Portal.base_url)
+MEMBER_ORDER = (User.email,)  # a user is a member once
+MEMBER_COLUMNS = (Membership.id, Membership.role, Membership.sender_id, User.email, User.name)
+
+
+def _users(text: str):
+    query = select(*USER_COLUMNS)
+    return query.where(or_(lists.contains(User.email, text), lists.contains(User.name, text))) if text else query
+
+
+def users_page(text: str, size: int, bookmark: str | None) -> pagination.Page:
+    """A page of the users whose email or name contains `text`, by email."""
+    return pagination.paginate(_users(text), USER_ORDER, size, bookmark)
+
+
+def users_total(text: str = "") -> lists.Total:
+    return lists.total(_users(text))
+
+
+def _portals(user: User, text: str):
+    query = select(*PORTAL_COLUMNS)
+    if not user.is_superadmin:
+        query = query.join(Membership, Membership.portal_id == Portal.id).where(Membership.user_id == user.id)
+    return query.where(or_(lists.contains(Portal.name, text), lists.contains(Portal.slug, text))) if text else query
+
+
+def portals_page(user: User, text: str, size: int, bookmark: str | None) -> pagination.Page:
+    """A page of the portals `user` may open (a super-admin: all) whose name or slug contains `text`."""
+    return pagination.paginate(_portals(user, text), PORTAL_ORDER, size, bookmark)
+
+
+def portals_total(user: User, text: str = "") -> lists.Total:
+    return lists.total(_portals(user, text))
+
+
+def _members(portal: Portal, text: str = "", role: Role | None = None):
+    query = (select(*MEMBER_COLUMNS).join(User, User.id == Membership.user_id)
+             .where(Membership.portal_id == portal.id))
+    if role is not None:
+        query = query.where(Membership.role == role)
+    return query.where(lists.contains(User.email, text)) if text else query
+
+
+def members_page(portal: Portal, text: str, size: int, bookmark: str | None) -> pagination.Page:
+    """A page of the portal's members whose email contains `text`, by email."""
+    return pagination.paginate(_members(portal, text), MEMBER_ORDER, size, bookmark)
+
+
+def member_row(portal: Portal, membership_id: int):
+    """One member as the list shows them (after a row action); None when gone."""
+    return db.session().execute(_members(portal).where(Membership.id == membership_id)).first()
+
+
+def members_total(portal: Portal, text: str = "", role: Role | None = None) -> lists.Total:
+    return lists.total(_members(portal, text, role))

@@ -14,7 +14,7 @@ from .portal import MemberForm, PortalForm, PortalSettingsForm, UserEditForm
 from .smtp_credential import NewSmtpCredentialForm
 from .server import SECTIONS, Choices
 
-NOT_IN_FORMS = {"password": "Password", "order": "Order", "recipient": "Recipient", "superadmin": "Super-admin",
+NOT_IN_FORMS = {"password": "Password", "order": "Order", "position": "Position in the list", "recipient": "Recipient", "superadmin": "Super-admin",
                 "active": "Active", "role": "Role", "auth_type": "Authentication",
                 "egress_allow": "Egress allow list", "egress_deny": "Egress deny list", "reason": "Reason",
                 "consented_by": "Consented by", "tenant": "Tenant", "client_secret": "Client secret",

@@ -98,6 +98,7 @@ _FAULT_CODE = re.compile(rb"<faultcode\b[^>]*>(?:[\w.-]+:)?(\w+)<")
 
 @dataclass(frozen=True)
 class EwsSettings:
+    LISTED = ("ews_url",)  # the keys the server list reads (for `address`), not the whole settings
     ews_url: str = ""  # https://host/EWS/Exchange.asmx
     ews_version: str = AUTO  # AUTO or a key of BUILDS
     mailbox: str = ""  # the mailbox to send from (app-only: the one impersonated); empty: the From address

@@ -58,6 +58,7 @@ RETRY_AT = re.compile(r"Retry after (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)"
 
 @dataclass(frozen=True)
 class GmailSettings:
+    LISTED = ("gmail_endpoint",)  # the keys the server list reads (for `address`), not the whole settings
     gmail_endpoint: str = ENDPOINT
 
     @classmethod

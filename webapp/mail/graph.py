@@ -46,6 +46,7 @@ MAX_REQUEST = 4 * 1024 * 1024  # bytes of one Graph request
 
 @dataclass(frozen=True)
 class GraphSettings:
+    LISTED = ("graph_endpoint",)  # the keys the server list reads (for `address`), not the whole settings
     graph_endpoint: str = GLOBAL_ENDPOINT  # the Graph root of the Microsoft cloud
     shared_mailbox: str = ""  # send from this mailbox instead of the OAuth mailbox (Mail.Send.Shared / app-only)
 

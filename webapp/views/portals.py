@@ -1,26 +1,38 @@
+from urllib.parse import urlencode
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from markupsafe import escape
 from flask_login import current_user, login_required
-from sqlmodel import select
 
-from .. import audit, db, network, people, senders
+from .. import audit, db, lists, network, people, senders
+from .. import history as history_of
 from ..forms.egress import EgressForm
 from ..forms.fields import describe, field_labels, new_value_of
+from ..forms.lists import HistoryFilterForm, ListSearchForm
 from ..forms.portal import MailSenderForm, MemberForm, PortalForm, PortalSettingsForm, RoleForm, SenderIdForm
+from ..history import HistoryFilter
 from ..pagination import size_of
-from ..models import AuditEvent, Membership, Portal, Role, User
+from ..models import Role, User
 from ..security import current_actor, load_portal, require_superadmin
+from .render import page_or_fragment
 
 bp = Blueprint("portals", __name__)
+ROLE_LABELS = {Role.ADMIN: "Admin", Role.STAFF: "Staff"}
 
 
 @bp.get("/")
 @login_required
 def index():
-    query = select(Portal).order_by(Portal.name)
-    if not current_user.is_superadmin:
-        query = query.join(Membership).where(Membership.user_id == current_user.id)
-    return render_template("portals/index.html", portals=db.session().exec(query).all())
+    """A page of the portals the user may open, by name; a search by name or slug."""
+    form = ListSearchForm(request.args, "Name or slug")
+    user = current_user._get_current_object()
+    listing = (people.portals_page(user, form.text, form.page_size, request.args.get("page"))
+               if form.validate() else None)
+    return page_or_fragment("portals/index.html", "portals/_list.html", 200 if listing is not None else 422,
+                            form=form, listing=listing, base=url_for("portals.index"),
+                            links=lists.page_links("portals.index", listing, form.query_args()),
+                            total=people.portals_total(user),
+                            found=people.portals_total(user, form.text) if form.text else None)
 
 
 @bp.route("/portals/new", methods=["GET", "POST"])
@@ -150,39 +162,50 @@ def members(slug):
                       + (f", mail on their behalf from {sender.address}." if sender else "."))
                 return redirect(url_for("portals.members", slug=slug), 303)
     status = 422 if form.is_submitted() else 200
-    return _members_page(portal, form, status)
-
-
-def _members_page(portal, form, status, sender_errors=None):
-    sender_ids = senders.all_of(portal)
-
-    def sender_form(membership):
-        chosen = "" if membership.sender_id is None else str(membership.sender_id)
-        return MailSenderForm(formdata=None, data={"sender": chosen}).offer(sender_ids)
-
-    return render_template("portals/members.html", form=form, members=people.members_of(portal),
-                           role_form=RoleForm, sender_form=sender_form, sender_errors=sender_errors or {}), status
+    search = _member_search()
+    listing = (people.members_page(portal, search.text, search.page_size, request.args.get("page"))
+               if search.validate() else None)
+    if listing is None:
+        status = 422
+    context = dict(listing=listing, links=lists.page_links("portals.members", listing, search.query_args(), slug=slug),
+                   **_members_context(portal, search))
+    if request.method == "GET" and request.htmx and not request.htmx.history_restore_request:
+        return render_template("portals/_members.html", **context), status  # a search, another page
+    return render_template("portals/members.html", form=form, **context), status
 
 
 @bp.post("/p/<slug>/members/<id:membership_id>/sender")
 @login_required
 def change_sender(slug, membership_id):
+    """A row action like the role's: the member's Mail sender (a sender ID, or "" for the server's From).
+    The row's select is named sender-<id> so that every row can post the page's one form."""
     portal = load_portal(slug, Role.ADMIN)
     membership = _membership_or_404(portal, membership_id)
-    form = MailSenderForm().offer(senders.all_of(portal))
-    if not form.validate_on_submit():
-        return _members_page(portal, MemberForm(formdata=None).offer(senders.all_of(portal)), 422,
-                             {membership.id: form.sender.errors or ["Choose a sender ID of this portal."]})
-    sender = senders.get(portal, int(form.sender.data)) if form.sender.data else None
-    senders.assign(current_actor(), portal, membership, sender)
-    user = db.session().get(User, membership.user_id)
-    flash(f"Mail on behalf of {user.email} now goes from {sender.address if sender else senders.DEFAULT}.")
-    return redirect(url_for("portals.members", slug=slug), 303)
+    chosen = request.form.get(f"sender-{membership_id}", request.form.get("sender", ""))
+    offered = {str(s.id): s for s in senders.all_of(portal)}
+    if chosen and chosen not in offered:
+        said, status, errors = "Choose a sender ID of this portal.", 422, {membership_id: ["Not a sender ID of this portal."]}
+    else:
+        sender = offered.get(chosen)
+        senders.assign(current_actor(), portal, membership, sender)
+        user = db.session().get(User, membership.user_id)
+        said, status, errors = (f"Mail on behalf of {user.email} now goes from "
+                                f"{sender.address if sender else senders.DEFAULT}."), 200, {}
+    if request.htmx:
+        row = people.member_row(portal, membership_id)
+        return render_template("portals/_member_row.html", m=row, oob=True, said=said,
+                               **_members_context(portal, _member_search(), errors)), status
+    flash(said)
+    search = _member_search()
+    search.validate()
+    return redirect(url_for("portals.members", slug=slug, **lists.where_we_are(search)), 303)
 
 
 @bp.post("/p/<slug>/members/<id:membership_id>/role")
 @login_required
 def change_role(slug, membership_id):
+    """A row action: to htmx the member's row (the counts and the outcome out of band), else back to
+    the same page of the list."""
     portal = load_portal(slug, Role.ADMIN)
     _membership_or_404(portal, membership_id)
     form = RoleForm()
@@ -191,10 +214,34 @@ def change_role(slug, membership_id):
     try:
         people.change_role(current_actor(), portal, membership_id, Role(form.role.data))
     except people.Conflict as error:
-        flash(str(error))
+        said, status = str(error), 409
     else:
-        flash("Changed the role.")
-    return redirect(url_for("portals.members", slug=slug), 303)
+        said, status = "Changed the role.", 200
+    if request.htmx:
+        row = people.member_row(portal, membership_id)
+        if row is None:
+            return "", 200
+        return render_template("portals/_member_row.html", m=row, oob=True, said=said,
+                               **_members_context(portal, _member_search())), status
+    flash(said)
+    search = _member_search()
+    search.validate()
+    return redirect(url_for("portals.members", slug=slug, **lists.where_we_are(search)), 303)
+
+
+def _member_search() -> ListSearchForm:
+    return ListSearchForm(request.args, "Email")
+
+
+def _members_context(portal, search: ListSearchForm, sender_errors: dict | None = None) -> dict:
+    """What the list and each row need, built once per page."""
+    args = lists.where_we_are(search)
+    base = url_for("portals.members", slug=portal.slug)
+    return {"search": search, "base": f"{base}/", "list_url": base, "back": f"?{urlencode(args)}" if args else "",
+            "role_labels": ROLE_LABELS, "sender_choices": MailSenderForm.choices_for(senders.all_of(portal)),
+            "sender_errors": sender_errors or {},
+            "counts": {"members": people.members_total(portal), "admins": people.members_total(portal, role=Role.ADMIN),
+                       "found": people.members_total(portal, search.text) if search.text else None}}
 
 
 @bp.route("/p/<slug>/members/<id:membership_id>/remove", methods=["GET", "POST"])
@@ -217,16 +264,24 @@ def remove_member(slug, membership_id):
 @bp.get("/p/<slug>/history")
 @login_required
 def history(slug):
+    """A page of the portal's History, newest first, back to its first event; filtered by time, who
+    and words in what changed."""
     portal = load_portal(slug, Role.STAFF)
-    events = db.session().exec(
-        select(AuditEvent).where(AuditEvent.portal_id == portal.id).order_by(AuditEvent.at.desc(), AuditEvent.id.desc())
-        .limit(500)
-    ).all()
-    labelled = []
-    for event in events:
-        protocol, auth_type = new_value_of(event.changes, "protocol"), new_value_of(event.changes, "auth_type")
-        labelled.append((event, field_labels(protocol, auth_type), protocol))
-    return render_template("portals/history.html", events=labelled, actions=audit.ACTIONS, describe=describe)
+    form = HistoryFilterForm(request.args)
+    listing = None
+    if form.validate():
+        chosen = HistoryFilter(since=form.since_utc, until=form.until_utc, actor=form.who,
+                               text=form.text)
+        listing = history_of.page_of(portal, chosen, form.page_size, request.args.get("page"))
+        labelled = []
+        for event in listing.rows:
+            protocol, auth_type = new_value_of(event.changes, "protocol"), new_value_of(event.changes, "auth_type")
+            labelled.append((event, field_labels(protocol, auth_type), protocol))
+        listing.rows = labelled
+    return page_or_fragment("portals/history.html", "portals/_history.html", 200 if listing is not None else 422,
+                            form=form, listing=listing, base=url_for("portals.history", slug=slug),
+                            links=lists.page_links("portals.history", listing, form.query_args(), slug=slug),
+                            total=history_of.total(portal), actions=audit.ACTIONS, describe=describe)
 
 
 def _membership_or_404(portal, membership_id):

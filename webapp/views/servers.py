@@ -3,11 +3,13 @@ from flask_login import login_required
 from htmx_flask import make_response
 
 from types import SimpleNamespace
+from urllib.parse import urlencode
 
 from flask import current_app
 from werkzeug.datastructures import CombinedMultiDict, MultiDict
 
-from .. import checks, consent, db, mailservers, network
+from .. import checks, consent, db, lists, mailservers, network, server_list
+from ..forms.lists import ListSearchForm
 from ..credentials import SecretNeeded, SecretUnreadable
 from ..limits import Busy, current_user_key, limiter, slots
 from ..forms.options import edit_rows
@@ -48,7 +50,7 @@ def _labels():
 @login_required
 def index(slug):
     portal = load_portal(slug)
-    return render_template("servers/index.html", servers=mailservers.servers_of(portal))
+    return _list(portal)
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -158,14 +160,19 @@ def validate(slug, server_id=None):
 @bp.post("/<id:server_id>/check")
 @login_required
 def check(slug, server_id):
-    """Validate the saved settings from the list; the row keeps the result."""
+    """Validate the saved settings from the list; the row keeps the result. To htmx the row with the
+    report under it; without JavaScript the same page of the list with the report."""
     portal = load_portal(slug)
     server = _server_or_404(portal, server_id)
     try:
         report = checks.check(current_actor(), portal, server)
     except Busy as busy:
+        if request.htmx:
+            return _row(portal, server_id, busy=str(busy), status=429)
         return _list(portal, busy=str(busy), status=429)
-    return _list(portal, checked=server, report=report)
+    if request.htmx:
+        return _row(portal, server_id, report=report)
+    return _list(portal, checked_id=server_id, report=report)
 
 
 @bp.post("/<id:server_id>/toggle")
@@ -173,16 +180,23 @@ def check(slug, server_id):
 def toggle(slug, server_id):
     portal = load_portal(slug, Role.ADMIN)
     server = _server_or_404(portal, server_id)
-    mailservers.set_enabled(current_actor(), portal, server, not server.enabled)
-    return _list(portal)
+    enabling = not server.enabled
+    mailservers.set_enabled(current_actor(), portal, server, enabling)
+    if request.htmx:
+        return _row(portal, server_id)
+    flash(f"{'Enabled' if enabling else 'Disabled'} “{server.label}”.")
+    return _back_to_list(slug)
 
 
 @bp.post("/<id:server_id>/move/<any(up, down):direction>")
 @login_required
 def move(slug, server_id, direction):
+    """Two rows change places: to htmx this page of the list again, else back to it."""
     portal = load_portal(slug, Role.ADMIN)
     mailservers.move(current_actor(), portal, _server_or_404(portal, server_id), -1 if direction == "up" else 1)
-    return _list(portal)
+    if request.htmx:
+        return _list(portal)
+    return _back_to_list(slug)
 
 
 @bp.route("/<id:server_id>/remove", methods=["GET", "POST"])
@@ -338,9 +352,51 @@ def _edit_page(form, server, status=200, **context):
     return page_or_fragment("servers/edit.html", "servers/_form.html", status, form=form, server=server, **context)
 
 
+SEARCH_LABEL = "Description, host or From address"
+
+
+def _search_form() -> ListSearchForm:
+    """The list's search and page from the query string (a row action's URL carries the list's)."""
+    return ListSearchForm(request.args, SEARCH_LABEL)
+
+
+def _list_context(portal, form: ListSearchForm) -> dict:
+    """What the list and each row need, built once per page: the base URL rows add their id to,
+    the list's query (so a row action comes back to this page), the counts."""
+    args = lists.where_we_are(form)
+    return {"base": url_for("servers.index", slug=portal.slug), "back": f"?{urlencode(args)}" if args else "",
+            "last_position": server_list.last_position(portal), "form": form,
+            "counts": {"servers": server_list.total(portal), "enabled": server_list.total(portal, enabled=True),
+                       "found": server_list.total(portal, form.text) if form.text else None}}
+
+
 def _list(portal, status=200, **context):
-    return page_or_fragment("servers/index.html", "servers/_list.html", status,
-                            servers=mailservers.servers_of(portal), **context)
+    """The whole page, or to htmx (a search, another page, a move) the list alone."""
+    form = _search_form()
+    listing = (server_list.page_of(portal, form.text, form.page_size, request.args.get("page"))
+               if form.validate() else None)
+    if listing is None:
+        status = 422
+    links = lists.page_links("servers.index", listing, form.query_args(), slug=portal.slug)
+    return page_or_fragment("servers/index.html", "servers/_list.html", status, listing=listing, links=links,
+                            **_list_context(portal, form), **context)
+
+
+def _row(portal, server_id: int, status=200, **context):
+    """A row action's answer to htmx: the server's row (and a report under it), with the counts and the
+    delivery banner out of band."""
+    row = server_list.row_of(portal, server_id)
+    if row is None:  # removed meanwhile: the row goes
+        return "", 200
+    return render_template("servers/_row.html", s=row, checked_id=server_id, oob=True,
+                           **_list_context(portal, _search_form()), **context), status
+
+
+def _back_to_list(slug):
+    """Without JavaScript: back to the page of the list the action was taken on."""
+    form = _search_form()
+    form.validate()
+    return redirect(url_for("servers.index", slug=slug, **lists.where_we_are(form)), 303)
 
 
 def _busy(busy: Busy, page: str, **context):

@@ -1,11 +1,12 @@
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
-from sqlmodel import select
 
-from .. import db, people
+from .. import db, lists, people
+from ..forms.lists import ListSearchForm
 from ..forms.portal import UserEditForm, UserForm
 from ..models import MAX_ID, User
 from ..security import current_actor, require_superadmin
+from .render import page_or_fragment
 
 bp = Blueprint("users", __name__, url_prefix="/users")
 
@@ -18,8 +19,13 @@ def _superadmins_only():
 
 @bp.get("/")
 def index():
-    users = db.session().exec(select(User).order_by(User.email)).all()
-    return render_template("users/index.html", users=users)
+    """A page of the users by email; a search by email or name."""
+    form = ListSearchForm(request.args, "Email or name")
+    listing = people.users_page(form.text, form.page_size, request.args.get("page")) if form.validate() else None
+    return page_or_fragment("users/index.html", "users/_list.html", 200 if listing is not None else 422,
+                            form=form, listing=listing, base=url_for("users.index"),
+                            links=lists.page_links("users.index", listing, form.query_args()),
+                            total=people.users_total(), found=people.users_total(form.text) if form.text else None)
 
 
 @bp.route("/new", methods=["GET", "POST"])

@@ -47,6 +47,7 @@ MECHANISM_LABELS = {m: ("Automatic" if m is Mechanism.AUTO else m.value) for m i
 
 @dataclass(frozen=True)
 class SmtpSettings:
+    LISTED = ("host", "port", "security")  # the keys the server list reads (for `address`), not the whole settings
     host: str
     port: int | None = None  # None: the default of the security
     security: Security = Security.STARTTLS
