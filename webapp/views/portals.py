@@ -195,8 +195,15 @@ def change_sender(slug, membership_id):
         row = people.member_row(portal, membership_id)
         return render_template("portals/_member_row.html", m=row, oob=True, said=said,
                                **_members_context(portal, _member_search(), errors)), status
-    flash(said)
     search = _member_search()
+    if errors:  # without JavaScript: the page again, the error beside the row
+        listing = people.members_page(portal, search.text, search.page_size, request.args.get("page")) \
+            if search.validate() else None
+        return render_template("portals/members.html", form=MemberForm(formdata=None).offer(senders.all_of(portal)),
+                               listing=listing, links=lists.page_links("portals.members", listing, search.query_args(),
+                                                                       slug=slug),
+                               **_members_context(portal, search, errors)), status
+    flash(said)
     search.validate()
     return redirect(url_for("portals.members", slug=slug, **lists.where_we_are(search)), 303)
 
