@@ -275,3 +275,15 @@ def test_without_javascript_verify_answers_the_whole_form_with_the_report_in_pla
     report = re.search(r'<div id="smime-report" aria-live="polite">(.*?)</div>', page, re.S).group(1)
     assert "S/MIME works:" in report and P12_PASSWORD not in page
     assert server_count(app) == 0
+
+
+def test_files_too_large_for_a_certificate_are_refused_without_reading_on(app, admin, smtp_peer, signer):
+    smtp = smtp_peer("plain")
+    huge = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 200_000
+    response = admin.post("/p/help/servers/new", smime_form(smtp, signer, smime_certificate_file=upload(huge, "x.p12")),
+                          htmx=True)
+    assert response.status_code == 422
+    assert re.search(r'id="smime_certificate_file-help" class="error">This file is too large', response.text)
+    page = admin.post("/p/help/smime-certificates", {"certificate": upload(huge, "x.pem")})
+    assert page.status_code == 422 and "This file is too large for a certificate." in page.text
+    assert server_count(app) == 0

@@ -43,7 +43,8 @@ Authorization (checked before anything else, like IIS does):
   peer.require_anchor    True by default; False accepts app-only requests without X-AnchorMailbox
 
 Operations: ResolveNames, GetFolder (root, msgfolderroot, inbox, sentitems, drafts, outbox, deleteditems,
-junkemail), CreateItem (SendOnly, SendAndSaveCopy, SaveOnly; XML fields or MimeContent), ConvertId (the
+junkemail), CreateItem (SendOnly, SendAndSaveCopy, SaveOnly; XML fields or MimeContent: an S/MIME message,
+signed or encrypted, is taken as it is and classed as Exchange does, see message_class), ConvertId (the
 version probe). Anything else is the ErrorInvalidOperation fault. The acting mailbox is the impersonated
 address, else the mailbox named by the folder id, else X-AnchorMailbox, else a Basic username that is an
 address.
@@ -88,6 +89,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 from werkzeug.wrappers import Request, Response
 
+from tests.peers.exchange import message_class
 from tests.peers.tls import server_context
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -231,6 +233,7 @@ class SentMessage:
     saved_folder: str | None         # the distinguished name of that folder, e.g. "sentitems"
     auth: tuple[str, str]            # ("basic"|"bearer"|"ntlm", user)
     raw: bytes | None = None         # the MimeContent as decoded (None for an item made of XML fields)
+    item_class: str = "IPM.Note"     # what Exchange makes of it (message_class: S/MIME has classes of its own)
 
 
 @dataclass
@@ -664,7 +667,7 @@ class EwsPeer:
             self.sent.append(SentMessage(
                 mailbox=mailbox, disposition=disposition, mime=mime, fields=fields, recipients=recipients,
                 saved=saved, saved_folder=folder_name if saved else None, auth=(caller.scheme, caller.user),
-                raw=fields["mime_content"]))
+                raw=fields["mime_content"], item_class=message_class(mime)))
         return SUCCESS.format(operation="CreateItem", content="<m:Items/>")
 
     def _save(self, mailbox: str, folder_name: str) -> None:
