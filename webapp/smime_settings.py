@@ -50,23 +50,23 @@ def _binding(settings: SmimeSettings) -> dict:
     return {"certificate": facts.fingerprint} if facts else {}
 
 
-def stored_signer(server: MailServer | None) -> Signer | None:
-    """The saved certificate with its key, when both are there and belong together."""
+def _stored_key(server: MailServer | None) -> ServerSecret | None:
+    """The sealed key, when the server has one that belongs to its saved certificate."""
     if server is None or server.id is None:
         return None
     settings = SmimeSettings.from_dict(server.smime)
     stored = side_secret(server, SecretPurpose.SMIME_KEY)
-    if not settings.certificate or stored is None or stored.bound_to != _binding(settings):
-        return None
-    return Signer.from_stored(settings, unseal(stored.secret)["key"])
+    return stored if settings.certificate and stored is not None and stored.bound_to == _binding(settings) else None
+
+
+def stored_signer(server: MailServer | None) -> Signer | None:
+    """The saved certificate with its key (SecretUnreadable when the configured keys cannot open it)."""
+    stored = _stored_key(server)
+    return Signer.from_stored(SmimeSettings.from_dict(server.smime), unseal(stored.secret)["key"]) if stored else None
 
 
 def has_stored_signer(server: MailServer | None) -> bool:
-    if server is None or server.id is None:
-        return False
-    settings = SmimeSettings.from_dict(server.smime)
-    stored = side_secret(server, SecretPurpose.SMIME_KEY)
-    return bool(settings.certificate) and stored is not None and stored.bound_to == _binding(settings)
+    return _stored_key(server) is not None
 
 
 def check(server: MailServer | None, values: SmimeValues) -> None:
