@@ -177,3 +177,17 @@ def test_an_ec_key_signs_too(files, ca):
     envelope = message()
     signed, _ = protect(Smime(SmimeSettings(sign=True), signer_of(issued)), envelope.raw, envelope.recipients)
     verify(signed, files / "ca.pem")
+
+
+def test_the_chain_of_a_pkcs12_file_travels_with_the_attached_certificate(files, ca, signer_issued):
+    signer = load_signer(signer_issued.pkcs12("pw", chain=(ca.certificate,)), "pw")
+    assert signer.chain == (ca.certificate,)
+    envelope = message()
+    for attach, expected in ((True, {signer_issued.certificate, ca.certificate}), (False, set())):
+        signed, _ = protect(Smime(SmimeSettings(sign=True, attach_certificate=attach), signer), envelope.raw,
+                            envelope.recipients)
+        carried = openssl("smime", "-pk7out", data=signed)
+        assert carried.returncode == 0
+        certificates = openssl("pkcs7", "-print_certs", data=carried.stdout).stdout
+        found = set(x509.load_pem_x509_certificates(certificates)) if certificates.strip() else set()
+        assert found == expected
