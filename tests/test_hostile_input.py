@@ -48,7 +48,7 @@ from webapp.forms.gmail import MAX_KEY_BYTES
 from webapp.limits import limiter
 from webapp.mail.options import MessageOptions
 from webapp.mail.transport import TRANSPORTS
-from webapp.models import AppSetting, MailServer, Membership, OutboundMail, Role
+from webapp.models import AppSetting, MailServer, Membership, OutboundMail, Role, SmimeCertificate, utcnow
 from webapp.sessions import SESSIONLESS_PATH
 from webapp.submission import credentials as smtp_credentials
 
@@ -136,6 +136,10 @@ def world(migrated, database_url, tmp_path_factory):
         other_credential, _ = smtp_credentials.create(COMMAND_LINE, other, smtp_credentials.CredentialValues(
             "Elsewhere", from_addresses="scanner@example.com"))
         other_sender = senders.add(COMMAND_LINE, other, "theirs@example.net")
+        other_certificate = SmimeCertificate(portal_id=other.id, address="jane@example.org", der=b"0",
+                                             subject="CN=Jane", issuer="CN=CA", not_after=utcnow())
+        db.session().add(other_certificate)
+        db.session().commit()
     clients = {}
     for who in ("admin", "root", "pw"):
         clients[who] = Client(app).login(f"{who}@example.com")
@@ -143,7 +147,8 @@ def world(migrated, database_url, tmp_path_factory):
     world = World(app, clients, {"server": server.id, "other_server": elsewhere.id,
                                  "membership": memberships[portal.id], "other_membership": memberships[other.id],
                                  "user": someone.id, "mail": mails[0].id, "other_mail": mails[1].id,
-                                 "other_credential": other_credential.id, "other_sender": other_sender.id})
+                                 "other_credential": other_credential.id, "other_sender": other_sender.id,
+                                 "other_smime_certificate": other_certificate.id})
     world.baseline = dump(world.engine)
     yield world
     world.engine.dispose()
@@ -1332,11 +1337,14 @@ ID_ROUTES = {
     "/p/<slug>/smtp-credentials/<id:credential_id>/edit": ("admin", "GET POST", "smtp_credential"),
     "/p/<slug>/smtp-credentials/<id:credential_id>/password": ("admin", "POST", "smtp_credential"),
     "/p/<slug>/smtp-credentials/<id:credential_id>/revoke": ("admin", "GET POST", "smtp_credential"),
+    "/p/<slug>/servers/<id:server_id>/smime-verify": ("admin", "POST", "server"),
+    "/p/<slug>/smime-certificates/<id:certificate_id>/remove": ("admin", "POST", "smime_certificate"),
 }
 IDS = [("0", "0"), ("-1", "-1"), ("leading-zero", "01"), ("2**63-1", str(2**63 - 1)), ("2**63", str(2**63)),
        ("10**30", str(10**30)), ("non-numeric", "abc"), ("no-such-row", "999999")]
 OTHER_PORTALS = {"server": "{other_server}", "membership": "{other_membership}", "mail": "{other_mail}",
-                 "smtp_credential": "{other_credential}", "sender_id": "{other_sender}"}  # a row of the portal "other"
+                 "smtp_credential": "{other_credential}", "sender_id": "{other_sender}",
+                 "smime_certificate": "{other_smime_certificate}"}  # a row of the portal "other"
 
 
 def route(who, method, url, label, status=404, data=None):

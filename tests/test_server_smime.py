@@ -275,3 +275,33 @@ def test_without_javascript_verify_answers_the_whole_form_with_the_report_in_pla
     report = re.search(r'<div id="smime-report" aria-live="polite">(.*?)</div>', page, re.S).group(1)
     assert "S/MIME works:" in report and P12_PASSWORD not in page
     assert server_count(app) == 0
+
+
+def test_files_too_large_for_a_certificate_are_refused_without_reading_on(app, admin, smtp_peer, signer):
+    smtp = smtp_peer("plain")
+    huge = b"-----BEGIN CERTIFICATE-----\n" + b"A" * 200_000
+    response = admin.post("/p/help/servers/new", smime_form(smtp, signer, smime_certificate_file=upload(huge, "x.p12")),
+                          htmx=True)
+    assert response.status_code == 422
+    assert re.search(r'id="smime_certificate_file-help" class="error">This file is too large', response.text)
+    page = admin.post("/p/help/smime-certificates", {"certificate": upload(huge, "x.pem")})
+    assert page.status_code == 422 and "This file is too large for a certificate." in page.text
+    assert server_count(app) == 0
+
+
+def test_a_stored_key_the_configured_keys_cannot_read_is_said_in_words(app, admin, staff, smtp_peer, signer):
+    from cryptography.fernet import Fernet
+
+    smtp = smtp_peer("plain")
+    admin.post("/p/help/servers/new", smime_form(smtp, signer))
+    with app.app_context():
+        row = db.session().exec(select(ServerSecret).where(ServerSecret.purpose == "smime_key")).one()
+        row.secret = Fernet(Fernet.generate_key()).encrypt(b"sealed with a key this app does not have").decode()
+        db.session().commit()
+    server = only_server(app)
+    verified = admin.post(f"/p/help/servers/{server.id}/smime-verify", smime_form(smtp, smime_sign="y"),
+                          htmx=True).text
+    assert "the stored signing key cannot be read with the configured keys" in verified
+    failed = staff.post(f"/p/help/servers/{server.id}/sample", {"recipient": JANE}, htmx=True).text
+    assert "The mail was not sent" in failed and "cannot be read with the configured keys" in failed
+    assert smtp.messages == []

@@ -54,7 +54,7 @@ def test_graph_sends_the_signed_and_encrypted_mime(app, admin, staff, authority,
     [mail] = graph.sent
     assert mail.json is None and mail.recipients == [JANE]
     assert mail.raw.startswith(b"Importance: High\r\nX-Portal: help-desk\r\n")  # outside, where S/MIME never reaches
-    assert mail.mime.get_content_type() == "application/pkcs7-mime"
+    assert mail.mime.get_content_type() == "application/pkcs7-mime" and mail.item_class == "IPM.Note.SMIME"
     assert b"this is a sample mail from Mailroom" in opened(mail.raw, jane, files)
 
 
@@ -64,6 +64,7 @@ def test_ews_sends_the_signed_and_encrypted_mime_content(app, admin, staff, peer
     assert "Email server accepted mail for delivery." in sent
     [mail] = peer.sent
     assert mail.recipients == [JANE] and mail.mime.get_content_type() == "application/pkcs7-mime"
+    assert mail.item_class == "IPM.Note.SMIME"  # as Exchange classes an encrypted message
     assert b"this is a sample mail from Mailroom" in opened(mail.raw, jane, files)
 
 
@@ -74,3 +75,12 @@ def test_gmail_sends_the_signed_and_encrypted_raw(app, admin, staff, gmail, key,
     [mail] = gmail.sent
     assert mail.mime.get_content_type() == "application/pkcs7-mime" and mail.mime["To"] == JANE
     assert b"this is a sample mail from Mailroom" in opened(mail.raw, jane, files)
+
+
+def test_a_signed_only_message_is_classed_as_exchange_classes_it(app, admin, staff, peer, ca, files):
+    form = {**with_smime(ews_form(peer), ca.issue(MAILBOX)), "smime_encrypt": ""}
+    server = save(app, admin, form)
+    staff.post(f"/p/help/servers/{server.id}/sample", {"recipient": JANE}, htmx=True)
+    [mail] = peer.sent
+    assert mail.item_class == "IPM.Note.SMIME.MultipartSigned" and mail.recipients == [JANE]
+    assert b"this is a sample mail from Mailroom" in verify(mail.raw, files / "ca.pem")

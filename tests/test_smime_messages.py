@@ -11,7 +11,7 @@ from cryptography import x509
 from webapp.mail.envelope import Envelope
 from webapp.mail.report import StepFailed
 from webapp.mail.smime import (Signer, Smime, SmimeProblem, SmimeSettings, load_recipient_certificate, load_signer, protect,
-                               split_content)
+                               seven_bit, split_content)
 
 from .smime_certs import TestCA, decrypt, openssl, verify
 
@@ -75,7 +75,8 @@ def test_a_signed_message_verifies_with_openssl_and_keeps_its_headers_outside(fi
     assert parsed["Subject"] == "Invoice ✓" and parsed["Bcc"] == BOB and parsed["Message-ID"] == envelope.message_id
     assert signed.count(b"\r\n") == signed.count(b"\n")  # CRLF throughout, as mail goes
     content = verify(signed, files / "ca.pem")
-    assert content == split_content(envelope.raw)[1]  # exactly the Content-* fields and the body
+    assert content == seven_bit(split_content(envelope.raw)[1])  # the Content-* fields and the body (8bit as QP)
+    assert b"Content-Transfer-Encoding: 8bit" in envelope.raw and b"Content-Transfer-Encoding: 8bit" not in content
     inner = message_from_bytes(content, policy=policy.default)
     assert inner.get_content_type() == "multipart/mixed" and "ünïcode" in inner.get_body(("plain",)).get_content()
     assert step.summary.startswith("signed (SHA-") and "certificate attached" in step.summary
@@ -117,7 +118,7 @@ def test_signed_then_encrypted_decrypts_and_then_verifies(files, ca, signer_issu
     cert, key = jane.write(files, "jane")
     signed = decrypt(sealed, cert, key)
     assert message_from_bytes(signed).get_content_type() == "multipart/signed"
-    assert verify(signed, files / "ca.pem") == split_content(envelope.raw)[1]
+    assert verify(signed, files / "ca.pem") == seven_bit(split_content(envelope.raw)[1])
     assert " and encrypted" in step.summary
 
 
@@ -177,3 +178,34 @@ def test_an_ec_key_signs_too(files, ca):
     envelope = message()
     signed, _ = protect(Smime(SmimeSettings(sign=True), signer_of(issued)), envelope.raw, envelope.recipients)
     verify(signed, files / "ca.pem")
+
+
+def test_the_chain_of_a_pkcs12_file_travels_with_the_attached_certificate(files, ca, signer_issued):
+    signer = load_signer(signer_issued.pkcs12("pw", chain=(ca.certificate,)), "pw")
+    assert signer.chain == (ca.certificate,)
+    envelope = message()
+    for attach, expected in ((True, {signer_issued.certificate, ca.certificate}), (False, set())):
+        signed, _ = protect(Smime(SmimeSettings(sign=True, attach_certificate=attach), signer), envelope.raw,
+                            envelope.recipients)
+        carried = openssl("smime", "-pk7out", data=signed)
+        assert carried.returncode == 0
+        certificates = openssl("pkcs7", "-print_certs", data=carried.stdout).stdout
+        found = set(x509.load_pem_x509_certificates(certificates)) if certificates.strip() else set()
+        assert found == expected
+
+
+def test_an_8bit_body_is_signed_as_quoted_printable_so_no_relay_breaks_the_signature(files, signer_issued):
+    raw = ("From: Help Desk <helpdesk@example.com>\r\nTo: jane@example.org\r\nSubject: Grüße\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           "Grüße aus der Buchhaltung\r\n").encode()
+    signed, _ = protect(Smime(SmimeSettings(sign=True), signer_of(signer_issued)), raw, (JANE,))
+    assert split_content(signed)[1].isascii()  # the signed part: 7-bit (the outer Subject stays as it was)
+    content = verify(signed, files / "ca.pem")
+    inner = message_from_bytes(content, policy=policy.default)
+    assert inner["Content-Transfer-Encoding"] == "quoted-printable"
+    assert inner.get_content().splitlines() == ["Grüße aus der Buchhaltung"]
+    seven = ("From: helpdesk@example.com\r\nTo: jane@example.org\r\nSubject: Plain\r\nMIME-Version: 1.0\r\n"
+             "Content-Type: text/plain; charset=us-ascii\r\nContent-Transfer-Encoding: 7bit\r\n\r\nPlain\r\n").encode()
+    assert seven_bit(split_content(seven)[1]) == split_content(seven)[1]  # 7-bit content: signed byte for byte
+    assert verify(protect(Smime(SmimeSettings(sign=True), signer_of(signer_issued)), seven, (JANE,))[0],
+                  files / "ca.pem") == split_content(seven)[1]

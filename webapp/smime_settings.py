@@ -13,9 +13,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from .credentials import SecretNeeded, seal, side_secret, unseal
+from .forms.validators import normalize_address
+from .mail.attempt import Attempt
 from .mail.config import Sender
 from .mail.envelope import Envelope
 from .mail.message import build_message
+from .mail.redact import Redactor
 from .mail.report import Outcome, Report, Step, StepFailed
 from .mail.smime import (CIPHER_LABELS, HASH_LABELS, Cipher, CertificateFacts, HashAlgorithm, Signer, Smime,
                          SmimeSettings, allows_email_protection, decrypt, encrypt, sign, split_content,
@@ -47,23 +50,23 @@ def _binding(settings: SmimeSettings) -> dict:
     return {"certificate": facts.fingerprint} if facts else {}
 
 
-def stored_signer(server: MailServer | None) -> Signer | None:
-    """The saved certificate with its key, when both are there and belong together."""
+def _stored_key(server: MailServer | None) -> ServerSecret | None:
+    """The sealed key, when the server has one that belongs to its saved certificate."""
     if server is None or server.id is None:
         return None
     settings = SmimeSettings.from_dict(server.smime)
     stored = side_secret(server, SecretPurpose.SMIME_KEY)
-    if not settings.certificate or stored is None or stored.bound_to != _binding(settings):
-        return None
-    return Signer.from_stored(settings, unseal(stored.secret)["key"])
+    return stored if settings.certificate and stored is not None and stored.bound_to == _binding(settings) else None
+
+
+def stored_signer(server: MailServer | None) -> Signer | None:
+    """The saved certificate with its key (SecretUnreadable when the configured keys cannot open it)."""
+    stored = _stored_key(server)
+    return Signer.from_stored(SmimeSettings.from_dict(server.smime), unseal(stored.secret)["key"]) if stored else None
 
 
 def has_stored_signer(server: MailServer | None) -> bool:
-    if server is None or server.id is None:
-        return False
-    settings = SmimeSettings.from_dict(server.smime)
-    stored = side_secret(server, SecretPurpose.SMIME_KEY)
-    return bool(settings.certificate) and stored is not None and stored.bound_to == _binding(settings)
+    return _stored_key(server) is not None
 
 
 def check(server: MailServer | None, values: SmimeValues) -> None:
@@ -113,7 +116,7 @@ def saved_smime(portal: Portal, server: MailServer) -> Smime | None:
 def verify(portal: Portal, server: MailServer | None, values: SmimeValues, from_address: str,
            now: datetime | None = None) -> Report:
     """Each step in words: the certificate, signing, encrypting (and decrypting again with the signing
-    key, or a throwaway one), and the recipients' certificates the portal has."""
+    key, or a throwaway one), and the recipients' certificates the portal has; the first failure ends it."""
     now = now or datetime.now(timezone.utc)
     settings, report = values.settings, Report(transcript_name="S/MIME")
     if not settings.enabled:
@@ -121,33 +124,31 @@ def verify(portal: Portal, server: MailServer | None, values: SmimeValues, from_
                         hint="turn on Sign email or Encrypt email"))
         return report
     signer = values.signer or (stored_signer(server) if settings.sign else None)
-    message = _test_message(from_address or "verify@mailroom.invalid", now)
-    outer, entity = split_content(message.raw)
-    try:
+    entity = [split_content(_test_message(from_address, now).raw)[1]]
+
+    def signed() -> Step:
+        entity[0] = sign(entity[0], signer, settings)
+        return _signed_step(entity[0], signer, settings)
+
+    with Attempt(report, Redactor()) as attempt:
         if settings.sign:
-            report.add(_certificate_step(signer, from_address, now))
-            entity = sign(entity, signer, settings)
-            report.add(_signed_step(entity, signer, settings))
+            attempt.run("Signing certificate", lambda: _certificate_step(signer, from_address, now))
+            attempt.run("Sign", signed)
         if settings.encrypt:
-            report.add(_encrypt_step(entity, signer, settings))
-            report.add(_recipients_step(portal))
-    except StepFailed as failed:
-        report.add(Step(_current(report, settings), Outcome.FAILED, failed.summary, failed.details, failed.hint))
+            attempt.run("Encrypt", lambda: _encrypt_step(entity[0], signer, settings))
+            attempt.run("Recipients' certificates", lambda: _recipients_step(portal))
     report.passed_summary = " and ".join(part for part in (
         "the certificate and key sign" if settings.sign else "",
         "encryption works" if settings.encrypt else "") if part) + "."
     return report
 
 
-def _current(report: Report, settings: SmimeSettings) -> str:
-    names = [name for name, on in (("Signing certificate", settings.sign), ("Sign", settings.sign),
-                                   ("Encrypt", settings.encrypt), ("Recipients' certificates", settings.encrypt)) if on]
-    return names[len(report.steps)] if len(report.steps) < len(names) else "S/MIME"
-
-
 def _test_message(from_address: str, now: datetime) -> Envelope:
-    sender = Sender(from_address)
-    return Envelope.of(build_message(sender, [from_address], "Mailroom S/MIME verification",
+    try:
+        address = normalize_address(from_address)
+    except ValueError:  # not typed yet, or not an address: the test message needs one all the same
+        address = "verify@mailroom.invalid"
+    return Envelope.of(build_message(Sender(address), [address], "Mailroom S/MIME verification",
                                      "A test message signed and encrypted by Verify. It is never sent.\n", now=now))
 
 

@@ -46,7 +46,8 @@ Operations: ResolveNames, GetFolder (root, msgfolderroot, inbox, sentitems, draf
 junkemail), CreateItem (SendOnly, SendAndSaveCopy, SaveOnly; XML fields or MimeContent, with item fields
 beside MimeContent as Exchange takes them: Importance, Sensitivity, IsReadReceiptRequested,
 IsDeliveryReceiptRequested, in sent.fields; a t:Message whose elements are out of the schema's order or whose
-values are outside its enumerations is the ErrorSchemaValidation fault, as Exchange's schema validation answers),
+values are outside its enumerations is the ErrorSchemaValidation fault, as Exchange's schema validation answers;
+an S/MIME message, signed or encrypted, is taken as it is and classed as Exchange does, see message_class),
 ConvertId (the version probe). Anything else is the ErrorInvalidOperation fault. The acting mailbox is the impersonated
 address, else the mailbox named by the folder id, else X-AnchorMailbox, else a Basic username that is an
 address.
@@ -91,6 +92,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 from werkzeug.wrappers import Request, Response
 
+from tests.peers.exchange import message_class
 from tests.peers.tls import server_context
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -234,6 +236,7 @@ class SentMessage:
     saved_folder: str | None         # the distinguished name of that folder, e.g. "sentitems"
     auth: tuple[str, str]            # ("basic"|"bearer"|"ntlm", user)
     raw: bytes | None = None         # the MimeContent as decoded (None for an item made of XML fields)
+    item_class: str = "IPM.Note"     # what Exchange makes of it (message_class: S/MIME has classes of its own)
 
 
 @dataclass
@@ -670,7 +673,7 @@ class EwsPeer:
             self.sent.append(SentMessage(
                 mailbox=mailbox, disposition=disposition, mime=mime, fields=fields, recipients=recipients,
                 saved=saved, saved_folder=folder_name if saved else None, auth=(caller.scheme, caller.user),
-                raw=fields["mime_content"]))
+                raw=fields["mime_content"], item_class=message_class(mime)))
         return SUCCESS.format(operation="CreateItem", content="<m:Items/>")
 
     def _save(self, mailbox: str, folder_name: str) -> None:

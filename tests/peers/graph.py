@@ -52,6 +52,9 @@ What it holds as strictly as Graph does (each with its documentation):
     header is not delivered: `recipients` lists them, `mime` keeps the request's message); no
     saveToSentItems parameter exists for it, so a copy is always saved
     (microsoftgraph/microsoft-graph-docs#18698); the request is limited to 4 MB like any other.
+    S/MIME signed and encrypted messages are sent "only in their MIME message format" (the same page):
+    taken as they are, their outer To, Cc and Bcc naming the recipients, classed as Exchange does
+    (`item_class`, exchange.message_class).
 
 Answered like Graph v1.0 (JSON errors {"error": {"code", "message", "innerError"}}, `request-id` and
 `client-request-id` headers on every response):
@@ -78,6 +81,7 @@ from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 import pytest
 from flask import Flask, Response, g, request
 
+from tests.peers.exchange import message_class
 from tests.peers.https import HttpsPeer
 from tests.peers.tls import server_context
 
@@ -141,6 +145,7 @@ class GraphSentMail:
     properties: dict | None = None  # the sent item as GET .../messages/{id} would show it: importance,
                                     # isReadReceiptRequested, isDeliveryReceiptRequested,
                                     # singleValueExtendedProperties (PidTagSensitivity "Integer 0x0036")
+    item_class: str = "IPM.Note"  # what Exchange makes of it (exchange.message_class: S/MIME signed or encrypted)
 
 class GraphError(Exception):
     def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
@@ -530,7 +535,8 @@ class GraphPeer:
                                        save_to_sent_items=save, sub=claims.get("sub"),
                                        client_id=claims.get("client_id"), app_only=self.app_only(claims),
                                        recipients=recipients, sender=sender, raw=raw,
-                                       properties=item_properties(body["message"] if body else None, mime)))
+                                       properties=item_properties(body["message"] if body else None, mime),
+                                       item_class=message_class(mime)))
         return Response(status=202)
 
     def acting(self, claims: dict, user: dict) -> str:

@@ -11,6 +11,9 @@ Failures are StepFailed in words and never temporary: a message that may not be 
 encrypted fails for good (no other server is tried, so it is never sent in clear by surprise).
 """
 import hashlib
+from email import encoders
+from email import message_from_bytes
+from email import policy as email_policy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -305,7 +308,7 @@ def protect(smime: Smime, raw: bytes, recipients: tuple[str, ...], now: datetime
             raise StepFailed(f"the signing certificate {validity}: the message was not sent",
                              "upload a current signing certificate in the server's S/MIME settings, or turn "
                              "signing off", temporary=False)
-        inner = sign(inner, signer, settings)
+        inner = sign(seven_bit(inner), signer, settings)
         done.append(f"signed ({HASH_LABELS[HashAlgorithm(settings.hash)]}"
                     f"{', certificate attached' if settings.attach_certificate else ''})")
         details.append(("Signed by", signer.certificate.subject.rfc4514_string()))
@@ -355,6 +358,25 @@ def split_content(raw: bytes) -> tuple[bytes, bytes]:
             current.append(line)
     outer_bytes = b"".join(line + b"\r\n" for line in outer)
     return outer_bytes, b"".join(line + b"\r\n" for line in inner) + b"\r\n" + body
+
+
+def seven_bit(entity: bytes) -> bytes:
+    """The entity with every 8bit or binary part re-encoded (text as quoted-printable, the rest as
+    base64), as RFC 8551 3.1.3 asks of signed content: a relay that converts 8bit on the way would
+    break the signature. A 7-bit entity is returned as it is, byte for byte."""
+    if entity.isascii() and b"\0" not in entity and max(map(len, entity.split(b"\r\n"))) <= 998:
+        return entity
+    parsed = message_from_bytes(entity, policy=email_policy.compat32)
+    for part in parsed.walk():
+        if part.is_multipart() or (part.get("Content-Transfer-Encoding") or "7bit").strip().lower() not in (
+                "8bit", "binary", "7bit"):
+            continue
+        payload = part.get_payload(decode=True) or b""
+        if payload.isascii() and b"\0" not in payload and all(len(line) <= 998 for line in payload.splitlines()):
+            continue
+        del part["Content-Transfer-Encoding"]
+        (encoders.encode_quopri if part.get_content_maintype() == "text" else encoders.encode_base64)(part)
+    return parsed.as_bytes(policy=email_policy.compat32.clone(linesep="\r\n"))
 
 
 def sign(entity: bytes, signer: Signer, settings: SmimeSettings) -> bytes:

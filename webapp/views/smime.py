@@ -7,6 +7,7 @@ from flask_login import login_required
 from werkzeug.datastructures import CombinedMultiDict
 
 from .. import mailservers, smime_certificates, smime_settings
+from ..crypto import SecretUnreadable
 from ..forms.server import ServerForm
 from ..forms.smime import SmimeSection, settings_of
 from ..forms.smime_certificate import SmimeCertificateForm
@@ -48,7 +49,12 @@ def verify(slug, server_id=None):
     section = SmimeSection(CombinedMultiDict([request.files, request.form]))
     if section.validate():
         values = smime_settings.SmimeValues(settings_of(section), section.signer)
-        report = smime_settings.verify(portal, server, values, request.form.get("from_address", "").strip())
+        try:
+            report = smime_settings.verify(portal, server, values, request.form.get("from_address", "").strip())
+        except SecretUnreadable:
+            report = Report(steps=[Step("Signing certificate", Outcome.FAILED, "the stored signing key cannot be "
+                                        "read with the configured keys", hint="choose the certificate file again "
+                                        "and save; or restore the key that encrypted it")])
     else:
         problems = [f"{field.label.text}: {error}" for field in section for error in field.errors]
         report = Report(steps=[Step("Signing certificate", Outcome.FAILED, "; ".join(problems),
