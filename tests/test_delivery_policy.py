@@ -72,6 +72,23 @@ def test_failover_sends_via_the_alternate_marks_the_portal_and_takes_the_primary
     assert sorted(primary_peer.message_ids()) == sorted([outbox.mail(third).message_id, ended.message_id])
 
 
+def test_the_failover_notice_names_the_alternate_as_it_is_called(outbox, make, smtp_peer):
+    """The notice's subject quotes the server's name in typographic quotes (non-ASCII, so encoded
+    words): the admin's mail client reads "“Alternate relay”", spaces and all."""
+    portal = _portal(make)
+    primary_peer, alternate_peer = smtp_peer("plain"), smtp_peer("plain")
+    primary_peer.stop()
+    make.server(portal, settings=smtp_settings(primary_peer), description="Primary relay")
+    make.server(portal, settings=smtp_settings(alternate_peer), description="Alternate relay")
+
+    outbox.run(outbox.queue(portal))
+
+    [(_, notice)] = outbox.notices(portal)
+    [received] = [m for m in alternate_peer.messages if m.rcpt_tos == [ADMIN]]
+    expected = "[Mailroom] Help Desk: mail goes via the alternate server “Alternate relay”"
+    assert str(received.message["Subject"]) == notice.subject == expected.replace("Help Desk", portal.name)
+
+
 def test_a_single_failing_server_makes_mail_wait_for_its_probe_without_trying_it(outbox, make, smtp_peer):
     portal = _portal(make)
     peer = smtp_peer("plain")
