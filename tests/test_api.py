@@ -2,11 +2,13 @@
 the 202; the Idempotency-Key; the key alone authorizes (no session, cookie, CSRF token or Origin
 check); keys are rate-limited and their use is remembered without a write per request."""
 import base64
+import json
 import hashlib
 import re
 import threading
 from datetime import timedelta
 from email import message_from_bytes, policy
+from pathlib import Path
 
 import pytest
 import redis
@@ -308,3 +310,19 @@ def test_with_redis_the_count_per_key_is_kept_there_for_every_host(app, key):
         for name in store.keys(counter):
             store.delete(name)
         host.extensions["mailroom.engine"].dispose()
+
+
+def test_the_readme_example_is_accepted_as_written(api):
+    """A new user's first try is the README's curl example: its body and headers, as they stand there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("curl -i https://mailroom.example.com/api/v1/portals/help/messages", 1)[1]
+    example = example.split("\n# HTTP/1.1", 1)[0]
+    body = json.loads(re.search(r"-d '(.*?)'", example, re.S).group(1))
+    headers = dict(h.split(": ", 1) for h in re.findall(r"-H '([^']*)'", example) if not h.startswith("Content-Type"))
+    assert "Idempotency-Key" in headers and body["attachments"]
+
+    response = api(body=body, headers=headers)
+
+    assert response.status_code == 202, response.get_json()
+    answer = api(method="GET", url=response.headers["Location"]).get_json()
+    assert answer["subject"] == body["subject"] and answer["status"] == "queued"
