@@ -2,8 +2,8 @@
 the 202; the Idempotency-Key; the key alone authorizes (no session, cookie, CSRF token or Origin
 check); keys are rate-limited and their use is remembered without a write per request."""
 import base64
-import json
 import hashlib
+import json
 import re
 import threading
 from datetime import timedelta
