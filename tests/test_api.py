@@ -233,7 +233,8 @@ def test_no_csrf_token_and_no_origin_check(api):
 def test_a_key_is_rate_limited(api, app):
     app.config["API_LIMIT_PER_KEY"] = "2 per minute"
     accepted = api()
-    assert accepted.status_code == 202
+    assert accepted.status_code == 202 and accepted.headers["X-RateLimit-Remaining"] == "1"
+    assert "Retry-After" not in accepted.headers  # "wait before the next request" only when refused
     assert api("GET", f"{URL}/{accepted.get_json()['id']}").status_code == 200
     response = api()
     assert error_of(response) == (429, "rate_limited", "Authorization")
