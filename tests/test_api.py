@@ -327,3 +327,20 @@ def test_the_readme_example_is_accepted_as_written(api):
     assert response.status_code == 202, response.get_json()
     answer = api(method="GET", url=response.headers["Location"]).get_json()
     assert answer["subject"] == body["subject"] and answer["status"] == "queued"
+
+
+def test_history_calls_a_created_and_revoked_key_an_api_key(app, admin, portal):
+    """The event's field is "key", as the Gmail form's service-account key is called: History names it
+    for what it is."""
+    created = admin.post("/p/help/api-keys", {"name": "Ticket system"})
+    plain = re.search(r'value="(mr_[^"]+)"', created.text).group(1)
+    with app.app_context():
+        stored = db.session().exec(select(ApiKey)).one()
+    assert admin.post(f"/p/help/api-keys/{stored.id}/revoke").status_code in (200, 303)
+
+    rows = re.findall(r"<tr>(.*?)</tr>", admin.get("/p/help/history").text, re.S)
+    created_row = next(r for r in rows if "Created the API key" in r)
+    revoked_row = next(r for r in rows if "Revoked the API key" in r)
+    for row in (created_row, revoked_row):
+        assert "API key:</span>" in row and "Service-account key" not in row
+    assert plain[:11] in created_row and plain not in created_row

@@ -156,7 +156,7 @@ def history(slug):
     labelled = []
     for event in events:
         protocol, auth_type = new_value_of(event.changes, "protocol"), new_value_of(event.changes, "auth_type")
-        labelled.append((event, field_labels(protocol, auth_type), protocol))
+        labelled.append((event, field_labels(protocol, auth_type, event.action), protocol))
     return render_template("portals/history.html", events=labelled, actions=audit.ACTIONS, describe=describe)
 
 
