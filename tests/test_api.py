@@ -3,10 +3,12 @@ the 202; the Idempotency-Key; the key alone authorizes (no session, cookie, CSRF
 check); keys are rate-limited and their use is remembered without a write per request."""
 import base64
 import hashlib
+import json
 import re
 import threading
 from datetime import timedelta
 from email import message_from_bytes, policy
+from pathlib import Path
 
 import pytest
 import redis
@@ -231,7 +233,8 @@ def test_no_csrf_token_and_no_origin_check(api):
 def test_a_key_is_rate_limited(api, app):
     app.config["API_LIMIT_PER_KEY"] = "2 per minute"
     accepted = api()
-    assert accepted.status_code == 202
+    assert accepted.status_code == 202 and accepted.headers["X-RateLimit-Remaining"] == "1"
+    assert "Retry-After" not in accepted.headers  # "wait before the next request" only when refused
     assert api("GET", f"{URL}/{accepted.get_json()['id']}").status_code == 200
     response = api()
     assert error_of(response) == (429, "rate_limited", "Authorization")
@@ -308,3 +311,36 @@ def test_with_redis_the_count_per_key_is_kept_there_for_every_host(app, key):
         for name in store.keys(counter):
             store.delete(name)
         host.extensions["mailroom.engine"].dispose()
+
+
+def test_the_readme_example_is_accepted_as_written(api):
+    """A new user's first try is the README's curl example: its body and headers, as they stand there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = readme.split("curl -i https://mailroom.example.com/api/v1/portals/help/messages", 1)[1]
+    example = example.split("\n# HTTP/1.1", 1)[0]
+    body = json.loads(re.search(r"-d '(.*?)'", example, re.S).group(1))
+    headers = dict(h.split(": ", 1) for h in re.findall(r"-H '([^']*)'", example) if not h.startswith("Content-Type"))
+    assert "Idempotency-Key" in headers and body["attachments"]
+
+    response = api(body=body, headers=headers)
+
+    assert response.status_code == 202, response.get_json()
+    answer = api(method="GET", url=response.headers["Location"]).get_json()
+    assert answer["subject"] == body["subject"] and answer["status"] == "queued"
+
+
+def test_history_calls_a_created_and_revoked_key_an_api_key(app, admin, portal):
+    """The event's field is "key", as the Gmail form's service-account key is called: History names it
+    for what it is."""
+    created = admin.post("/p/help/api-keys", {"name": "Ticket system"})
+    plain = re.search(r'value="(mr_[^"]+)"', created.text).group(1)
+    with app.app_context():
+        stored = db.session().exec(select(ApiKey)).one()
+    assert admin.post(f"/p/help/api-keys/{stored.id}/revoke").status_code in (200, 303)
+
+    rows = re.findall(r"<tr>(.*?)</tr>", admin.get("/p/help/history").text, re.S)
+    created_row = next(r for r in rows if "Created the API key" in r)
+    revoked_row = next(r for r in rows if "Revoked the API key" in r)
+    for row in (created_row, revoked_row):
+        assert "API key:</span>" in row and "Service-account key" not in row
+    assert plain[:11] in created_row and plain not in created_row

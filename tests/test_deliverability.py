@@ -108,6 +108,9 @@ def test_dkim_missing_at_the_services_selectors(zone):
     assert step.outcome == Outcome.WARNING
     assert "selector1._domainkey.example.com, selector2._domainkey.example.com" in step.summary
     assert "turn on DKIM for example.com at Microsoft 365" in step.hint
+    # the page that says how (Microsoft's DKIM set-up), not the preset's page on sending through Graph
+    assert "https://learn.microsoft.com/en-us/defender-office-365/email-authentication-dkim-configure" in step.hint
+    assert "user-sendmail" not in step.hint
     assert run(zone)["DKIM"].outcome == Outcome.SKIPPED  # an own server: no selector to know
 
 

@@ -1,7 +1,10 @@
 """Delivery through OAuth servers, against the real authorization server on loopback: a revoked
 grant holds the mail (attempts not counted, the admins told) and the mailbox owner's new
-consent sends it; Microsoft Graph's 429 with Retry-After is waited out, never sooner."""
+consent sends it; Microsoft Graph's 429 with Retry-After and the Gmail API's rate-limit 403s are
+waited out, never sooner than the service says."""
 from datetime import timedelta
+
+import pytest
 
 from webapp import db
 from webapp.mail.config import Sender
@@ -9,6 +12,7 @@ from webapp.models import MailState, NoticeKind, Portal, utcnow
 
 from .delivery_fixtures import outbox, wait_until  # noqa: F401  (fixtures)
 from .peers.graph import graph_peer  # noqa: F401  (fixture)
+from .test_gmail import gmail, gmail_form, key  # noqa: F401  (fixtures)
 from .test_graph import graph_form
 from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, an_hour_passes,
                          authorize, oauth_form, save)
@@ -82,3 +86,51 @@ def test_graph_throttling_is_waited_out_never_sooner_than_retry_after(app, outbo
     assert outbox.mail(mail_id).state == MailState.SENT
     [sent] = graph.sent
     assert sent.mime["Message-ID"] == deferred.message_id
+
+
+def _due(outbox, mail_id: int) -> bool:
+    return outbox.mail(mail_id).next_attempt_at.replace(tzinfo=None) <= utcnow().replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("reason", ["userRateLimitExceeded", "429"])
+def test_gmail_rate_limits_are_waited_out_never_sooner_than_googles_retry_time(app, outbox, admin, portal, gmail,  # noqa: F811
+                                                                               key, reason):  # noqa: F811
+    """Google answers a user over its rate with 403 userRateLimitExceeded (or 429 RESOURCE_EXHAUSTED) and
+    writes the time to retry in the message, not in a Retry-After header (Gmail API, "Resolve errors")."""
+    server = save(app, admin, gmail_form(gmail, key))
+    gmail.throttle(1, retry_after=3, reason=reason)  # far longer than the tests' first backoff (0.3 s)
+
+    mail_id = outbox.queue(portal, sender=outbox_sender())
+    outbox.run(mail_id)
+    deferred = outbox.mail(mail_id)
+    assert deferred.state == MailState.QUEUED and deferred.attempts == 1, deferred.last_error
+    assert deferred.last_code == (429 if reason == "429" else 403) and gmail.sent == []
+    assert "Google is limiting how fast" in deferred.last_error
+    assert deferred.next_attempt_at - deferred.last_attempt_at >= timedelta(seconds=2)  # Google's time, not 0.3 s
+    assert outbox.server(server.id).failing_since is None and outbox.server(server.id).held_since is None
+    outbox.run()
+    assert outbox.mail(mail_id).state == MailState.QUEUED and gmail.sent == []  # not before its time
+
+    wait_until(lambda: _due(outbox, mail_id), 30, "Google's retry time to pass")
+    outbox.run(mail_id)
+    sent = outbox.mail(mail_id)
+    assert sent.state == MailState.SENT and sent.attempts == 2
+    [delivered] = gmail.sent
+    assert delivered.mime["Message-ID"] == deferred.message_id
+
+
+def test_a_gmail_rate_limit_without_a_time_is_retried_after_the_backoff(app, outbox, admin, portal, gmail,  # noqa: F811
+                                                                        key):  # noqa: F811
+    """403 rateLimitExceeded (the project's per-minute quota) says no time: the backoff decides."""
+    save(app, admin, gmail_form(gmail, key))
+    gmail.throttle(1, reason="rateLimitExceeded")
+
+    mail_id = outbox.queue(portal, sender=outbox_sender())
+    outbox.run(mail_id)
+    deferred = outbox.mail(mail_id)
+    assert deferred.state == MailState.QUEUED and deferred.last_code == 403 and deferred.attempts == 1
+    assert "403 rateLimitExceeded" in deferred.last_error and gmail.sent == []
+
+    wait_until(lambda: _due(outbox, mail_id), 30, "the backoff to pass")
+    outbox.run(mail_id)
+    assert outbox.mail(mail_id).state == MailState.SENT and len(gmail.sent) == 1

@@ -1,5 +1,6 @@
 """Failover and spread, failing and held servers, probes, release of held mail and the admin
 notices, with the worker run in this process against real SMTP peers."""
+import re
 from datetime import timedelta
 
 from webapp import db, mailservers
@@ -70,6 +71,23 @@ def test_failover_sends_via_the_alternate_marks_the_portal_and_takes_the_primary
     outbox.run(third)
     ended = outbox.notices(portal)[1][1]
     assert sorted(primary_peer.message_ids()) == sorted([outbox.mail(third).message_id, ended.message_id])
+
+
+def test_the_failover_notice_names_the_alternate_as_it_is_called(outbox, make, smtp_peer):
+    """The notice's subject quotes the server's name in typographic quotes (non-ASCII, so encoded
+    words): the admin's mail client reads "“Alternate relay”", spaces and all."""
+    portal = _portal(make)
+    primary_peer, alternate_peer = smtp_peer("plain"), smtp_peer("plain")
+    primary_peer.stop()
+    make.server(portal, settings=smtp_settings(primary_peer), description="Primary relay")
+    make.server(portal, settings=smtp_settings(alternate_peer), description="Alternate relay")
+
+    outbox.run(outbox.queue(portal))
+
+    [(_, notice)] = outbox.notices(portal)
+    [received] = [m for m in alternate_peer.messages if m.rcpt_tos == [ADMIN]]
+    expected = "[Mailroom] Help Desk: mail goes via the alternate server “Alternate relay”"
+    assert str(received.message["Subject"]) == notice.subject == expected.replace("Help Desk", portal.name)
 
 
 def test_a_single_failing_server_makes_mail_wait_for_its_probe_without_trying_it(outbox, make, smtp_peer):
@@ -261,3 +279,34 @@ def test_the_sweep_gives_due_mail_without_a_job_one(outbox, portal):
     assert first["due"] == 3 and first["jobs"] == 3 and queue.waiting() == 3
     assert again["jobs"] == 0  # the jobs are still waiting: none added
     assert ids
+
+
+def test_the_server_list_says_which_server_is_failing_and_which_holds_its_mail(outbox, make, portal, admin,
+                                                                                smtp_peer):
+    """What the worker found out shows in the list, beside a last check that may be older: a server
+    that refuses its credentials says its mail is held, one that does not answer that it is failing."""
+    down, refusing = smtp_peer("plain"), smtp_peer("starttls")
+    down.stop()
+    make.server(portal, settings=smtp_settings(down), description="Office relay")
+    backup = make.server(portal, settings={"host": "localhost", "port": refusing.port, "security": "starttls"},
+                         credential={"kind": "password", "username": refusing.username}, description="Backup relay")
+    with outbox.app.app_context():  # a wrong password, sealed as the form saves it
+        from webapp.credentials import seal
+
+        row = db.session().get(MailServer, backup.id)
+        row.credential.secret = seal({"password": "wrong password"})
+        row.credential.bound_to = mailservers.settings_of("smtp", row.settings).destination()
+        row.last_check_at, row.last_check_ok, row.last_check_summary = utcnow(), True, "All checks passed"
+        db.session().commit()
+    page = admin.get("/p/help/servers/").text
+    assert "Mail held" not in page and "Failing" not in page
+
+    mail_id = outbox.queue(portal)
+    outbox.run(mail_id)
+
+    assert [a.outcome for a in outbox.attempts(mail_id)] == ["deferred", "held"]  # waits for the office relay
+    rows = dict(re.findall(r"<strong>(Office relay|Backup relay)</strong>(.*?)</tr>", admin.get("/p/help/servers/").text,
+                           re.S))
+    assert "Failing" in rows["Office relay"] and "Mail held" not in rows["Office relay"]
+    assert "Mail held" in rows["Backup relay"] and "refuses its credentials" in rows["Backup relay"]
+    assert "Failing" not in rows["Backup relay"]

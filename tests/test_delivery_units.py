@@ -76,9 +76,9 @@ def test_spread_starts_at_a_different_server_for_each_message():
     assert [s.id for s in route(DeliveryPolicy.SPREAD, servers, turn=1).candidates] == [2, 3, 1]
 
 
-def _error(step: str, code=None, retry_after=None, temporary=True) -> DeliveryError:
+def _error(step: str, code=None, retry_after=None, temporary=True, throttled=False) -> DeliveryError:
     return DeliveryError(Report(steps=[Step(step, Outcome.FAILED, "failed", code=code, retry_after=retry_after,
-                                            temporary=temporary)]))
+                                            temporary=temporary, throttled=throttled)]))
 
 
 @pytest.mark.parametrize("step, code, retry_after, server_down", [
@@ -94,6 +94,16 @@ def _error(step: str, code=None, retry_after=None, temporary=True) -> DeliveryEr
 ])
 def test_which_temporary_failures_say_the_server_is_out_of_order(step, code, retry_after, server_down):
     assert server_failed(_error(step, code, retry_after)) is server_down
+
+
+@pytest.mark.parametrize("step, code", [
+    ("messages.send", 403),  # Gmail's rateLimitExceeded / dailyLimitExceeded: no time in the message
+    ("sendMail", 429),  # Graph's 429 without a Retry-After
+    ("CreateItem", 500),  # Exchange's ErrorServerBusy without BackOffMilliseconds
+])
+def test_a_rate_limit_without_a_time_does_not_say_the_server_is_out_of_order(step, code):
+    assert server_failed(_error(step, code, None, throttled=True)) is False
+    assert server_failed(_error(step, code, None)) is True  # the same answer, not a rate limit
 
 
 def test_settings_come_from_the_configuration_with_their_units():

@@ -346,6 +346,7 @@ def test_throttling(app, admin, peer):
     peer.throttle(1, back_off_ms=30000)
     result = send_sample(app, server.id)
     assert result.error is not None and result.error.temporary
+    assert result.error.throttled and result.error.retry_after == 30  # BackOffMilliseconds, for the delivery queue
     assert send_sample(app, server.id).receipt is not None  # the next one goes
 
 

@@ -104,4 +104,13 @@ def init_app(app) -> None:
     app.config.setdefault("RATELIMIT_STORAGE_URI", config.get("REDIS_URL") or "mailroom+database://")
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "mailroom")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    app.after_request(retry_after_only_when_refused)  # registered first, so it runs after the limiter's
     limiter.init_app(app)
+
+
+def retry_after_only_when_refused(response):
+    """Flask-Limiter writes Retry-After into every response it counts (a 202 too), where a client may
+    read it as "wait before the next request" (RFC 9110 10.2.3); only a 429 or 503 means that."""
+    if response.status_code not in (429, 503):
+        response.headers.pop("Retry-After", None)
+    return response

@@ -16,6 +16,7 @@ from .models import Credential, MailServer, Portal, server_label
 ORDER = (MailServer.position, MailServer.id)  # the order of preference (position is unique per portal)
 COLUMNS = (MailServer.id, MailServer.position, MailServer.enabled, MailServer.description, MailServer.protocol,
            MailServer.from_address, MailServer.last_check_at, MailServer.last_check_ok, MailServer.last_check_summary,
+           MailServer.failing_since, MailServer.failing_reason, MailServer.held_since, MailServer.held_reason,
            Credential.kind, Credential.needs_reauthorization, Credential.consented_at,
            Credential.provider["provider"].label("oauth_provider"))
 
@@ -37,6 +38,10 @@ class ServerRow:
     last_check_summary: str
     credential_label: str
     oauth_step: str  # consent.next_step: "authorize", "reauthorize", "admin_consent" or ""
+    failing_since: datetime | None = None  # the worker found it failing (alternates take its mail)
+    failing_reason: str = ""
+    held_since: datetime | None = None  # it refuses its credentials: its mail is held
+    held_reason: str = ""
 
     @property
     def label(self) -> str:
@@ -121,7 +126,9 @@ def _row(row, keys: tuple[str, ...]) -> ServerRow:
         from_address=row.from_address, host=settings.get("host"), address=_address(row.protocol, settings),
         security=settings.get("security"), last_check_at=row.last_check_at, last_check_ok=row.last_check_ok,
         last_check_summary=row.last_check_summary,
-        credential_label=KIND_LABELS.get(kind, kind) if kind is not None else "None", oauth_step=step)
+        credential_label=KIND_LABELS.get(kind, kind) if kind is not None else "None", oauth_step=step,
+        failing_since=row.failing_since, failing_reason=row.failing_reason, held_since=row.held_since,
+        held_reason=row.held_reason)
 
 
 def _address(protocol: str, settings: dict) -> str:

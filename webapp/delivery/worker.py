@@ -65,7 +65,7 @@ def worker_name() -> str:
 def server_failed(error: DeliveryError) -> bool:
     """Whether a temporary failure says the server is out of order, rather than that this
     message may go later (a 4xx to it) or that the service asks to slow down (throttling)."""
-    if error.retry_after is not None:
+    if error.throttled or error.retry_after is not None:
         return False
     return error.step not in MESSAGE_STEPS or error.code == 421
 

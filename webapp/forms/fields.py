@@ -21,11 +21,18 @@ NOT_IN_FORMS = {"password": "Password", "order": "Order", "position": "Position 
                 "filter": "Filter", "count": "Messages"}
 
 
-def field_labels(protocol: str | None = None, auth_type: str | None = None) -> dict[str, str]:
+# Fields of events about something other than a mail server, named like a server form's field
+# ("key", the Gmail service-account key): what they are called there, by the event's kind.
+EVENT_FIELD_LABELS = {"api_key": {"key": "API key"}}
+
+
+def field_labels(protocol: str | None = None, auth_type: str | None = None, action: str = "") -> dict[str, str]:
     """Two sections may both have a field of one name ("mailbox" of two protocols, "username" of
     Basic and OAuth): it is called what the change's protocol and authentication call it, when
     the change says which."""
-    return _field_labels(tuple(SECTIONS), protocol if protocol in TRANSPORTS else None, auth_type or "")
+    labels = _field_labels(tuple(SECTIONS), protocol if protocol in TRANSPORTS else None, auth_type or "")
+    own = EVENT_FIELD_LABELS.get(action.partition(".")[0])
+    return {**labels, **own} if own else labels
 
 
 def new_value_of(changes: dict, name: str) -> str | None:

@@ -68,4 +68,5 @@ class Attempt:
 
 def failed_step(name: str, failure: StepFailed, elapsed: float = 0.0) -> Step:
     return Step(name, Outcome.FAILED, failure.summary, failure.details, failure.hint, elapsed, code=failure.code,
-                temporary=failure.temporary, retry_after=failure.retry_after, credentials=failure.credentials)
+                temporary=failure.temporary, retry_after=failure.retry_after, credentials=failure.credentials,
+                throttled=failure.throttled)

@@ -263,7 +263,7 @@ def _dkim(sending: Sending, resolver: Resolver, deadline: Deadline, steps: list[
     steps.append(Step("DKIM", Outcome.WARNING, f"no DKIM key for {name} at {looked}: it does not sign as {domain}",
                       details=[("Looked at", looked)],
                       hint=f"turn on DKIM for {domain} at {name} and publish the records it shows (see "
-                           f"{preset.docs})"))
+                           f"{preset.dkim_docs or preset.docs})"))
     return False
 
 

@@ -762,7 +762,8 @@ def _throttled(back_off, details, status) -> StepFailed:
     wait = f"{back_off:g} s" if isinstance(back_off, (int, float)) and back_off else ""
     return StepFailed(f"Exchange is throttling this account (ErrorServerBusy){' for ' + wait if wait else ''}",
                       f"try again {'after ' + wait if wait else 'in a few minutes'}: Exchange's throttling policy "
-                      "limits how many EWS requests one account may make", details, code=status or None)
+                      "limits how many EWS requests one account may make", details, code=status or None,
+                      retry_after=float(back_off) if wait else None, throttled=True)
 
 
 def _network_cause(error: BaseException) -> BaseException | None:

@@ -294,11 +294,12 @@ def explain(response, body: dict, mailbox: str) -> StepFailed:
         if reason == "dailyLimitExceeded":
             return StepFailed(f"the mailbox {mailbox} reached Google's daily sending limit ({status} {reason})",
                               "mail goes again when Google's daily limit resets (within 24 hours); Google Workspace "
-                              "allows about 2,000 messages a day per user", details, code=status, retry_after=wait)
+                              "allows about 2,000 messages a day per user", details, code=status, retry_after=wait,
+                              throttled=True)
         return StepFailed(f"Google is limiting how fast {mailbox} may send ({status} {reason})"
                           f"{', retry ' + when if wait is not None else ''}",
                           f"try again {when}: the Gmail API limits each mailbox's sending rate", details, code=status,
-                          retry_after=wait)
+                          retry_after=wait, throttled=True)
     if status == 401:
         return StepFailed(f"the Gmail API refused the token (401 {reason})",
                           "re-authorize, or check the service account's key", details, code=status, credentials=True)

@@ -261,7 +261,8 @@ def explain(response, body: dict, config, author: str = "") -> StepFailed:
         wait = retry_after(response)
         return StepFailed(f"Microsoft Graph is throttling this app (429){' for ' + wait if wait else ''}",
                           f"try again {'after ' + wait if wait else 'in a minute'}: Graph limits how fast one app "
-                          "may send from one mailbox", details, code=status, retry_after=retry_seconds(response))
+                          "may send from one mailbox", details, code=status, retry_after=retry_seconds(response),
+                          throttled=True)
     if status == 413:
         return StepFailed("the message is larger than Graph accepts (4 MB a request)", "send a smaller message",
                           details, code=status, temporary=False)

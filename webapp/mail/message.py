@@ -55,10 +55,7 @@ def build_message(
     for field, addresses in headers.items():
         if addresses:
             _set_addresses(message, field, addresses)
-    if LOOKS_ENCODED in subject:
-        message.set_raw("Subject", Header(subject, "utf-8", header_name="Subject").encode())
-    else:
-        message["Subject"] = subject
+    _set_unstructured(message, "Subject", subject)
     message["Date"] = format_datetime(_utc(now or datetime.now(timezone.utc)))
     message["Message-ID"] = make_msgid(domain=ascii_domain(message_id_domain or from_.domain))
     message.set_content(text, cte=None if text.isascii() else "quoted-printable")
@@ -280,8 +277,11 @@ def _reject_controls(*values: str) -> None:
 
 
 def _set_unstructured(message: EmailMessage, name: str, value: str) -> None:
-    """Text reaches mail clients as typed: text that looks like an RFC 2047 encoded word is itself encoded."""
-    if LOOKS_ENCODED in value:
+    """Text reaches mail clients as typed: text that looks like an RFC 2047 encoded word is itself
+    encoded, and so is non-ASCII text (unless the message is SMTPUTF8, which carries it as it is):
+    the email package folds it into encoded words with the space between two of them outside
+    both, where RFC 2047 decoders drop it ("“Alternate relay”" read as "“Alternaterelay”")."""
+    if LOOKS_ENCODED in value or not (value.isascii() or message.policy.utf8):
         message.set_raw(name, Header(value, "utf-8", header_name=name).encode())
     else:
         message[name] = value

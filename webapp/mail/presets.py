@@ -18,6 +18,8 @@ MICROSOFT_SMTP_DOCS = ("https://learn.microsoft.com/en-us/exchange/clients-and-m
                        "authenticated-client-smtp-submission")
 MICROSOFT_GRAPH_DOCS = "https://learn.microsoft.com/en-us/graph/api/user-sendmail"
 MICROSOFT_DKIM_DOCS = "https://learn.microsoft.com/en-us/defender-office-365/email-authentication-dkim-configure"
+GOOGLE_DKIM_DOCS = "https://support.google.com/a/answer/174124"
+SENDGRID_DKIM_DOCS = "https://www.twilio.com/docs/sendgrid/ui/account-and-settings/how-to-set-up-domain-authentication"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Preset:
     # deliverability
     spf_include: str = ""  # the domain whose SPF record lists the service's sending addresses
     dkim_selectors: tuple[str, ...] = ()  # selectors the service documents for signing as the customer's domain
+    dkim_docs: str = ""  # where the service says how to sign as the customer's domain (DKIM)
     own_return_path: bool = False  # the envelope sender is the service's own bounce domain unless set up otherwise
     mx_hosts: tuple[str, ...] = field(default=())  # MX host suffixes of domains whose mail the service hosts
     service_name: str = ""  # the service in a sentence ("Microsoft 365"); empty: the group's name
@@ -98,7 +101,7 @@ def _microsoft() -> list[Preset]:
             f"microsoft365-graph-{cloud.value}", f"Microsoft 365, {name}: Microsoft Graph", "Microsoft 365",
             MICROSOFT_GRAPH_DOCS, protocol="graph", auth=AuthType.OAUTH, provider=Provider.MICROSOFT, cloud=cloud,
             username="{address}", tenant="{domain}", flow=Flow.DELEGATED, spf_include=spf, dkim_selectors=("selector1", "selector2"),
-            mx_hosts=mx,
+            dkim_docs=MICROSOFT_DKIM_DOCS, mx_hosts=mx,
             note="Register Mailroom in Microsoft Entra ID (Mail.Send, delegated or application) and consent. "
                  "Graph needs no SMTP AUTH; Microsoft signs with DKIM as your domain once DKIM is enabled for "
                  "it in the Defender portal."))
@@ -109,7 +112,8 @@ def _microsoft() -> list[Preset]:
             f"microsoft365-smtp-{cloud.value}", f"Microsoft 365, {name}: SMTP with OAuth", "Microsoft 365",
             MICROSOFT_SMTP_DOCS, host=host, port=587, security=Security.STARTTLS, auth=AuthType.OAUTH,
             username="{address}", provider=Provider.MICROSOFT, cloud=cloud, tenant="{domain}", flow=Flow.DELEGATED,
-            spf_include=spf, dkim_selectors=("selector1", "selector2"), mx_hosts=mx,
+            spf_include=spf, dkim_selectors=("selector1", "selector2"),
+            dkim_docs=MICROSOFT_DKIM_DOCS, mx_hosts=mx,
             note="SMTP AUTH must be enabled for the mailbox (Exchange admin center → the mailbox → Email apps → "
                  "Authenticated SMTP) and not disabled for the tenant; Basic authentication is refused "
                  "(5.7.30), so sign in with OAuth."))
@@ -179,6 +183,7 @@ PRESETS: tuple[Preset, ...] = (
            "https://support.google.com/a/answer/176600", host="smtp.gmail.com", port=587,
            security=Security.STARTTLS, auth=AuthType.OAUTH, username="{address}", provider=Provider.GOOGLE,
            flow=Flow.DELEGATED, spf_include="_spf.google.com", dkim_selectors=("google",),
+           dkim_docs=GOOGLE_DKIM_DOCS,
            mx_hosts=("google.com", "googlemail.com"), service_name="Google Workspace",
            note="Sign in with OAuth (scope https://mail.google.com/); with Basic authentication Google accepts "
                 "only an app password (2-Step Verification on), never the account's password. Workspace sends "
@@ -186,7 +191,8 @@ PRESETS: tuple[Preset, ...] = (
     Preset("google-api", "Google Workspace / Gmail: Gmail API", "Google",
            "https://developers.google.com/workspace/gmail/api/guides/sending", protocol="gmail",
            auth=AuthType.OAUTH, username="{address}", provider=Provider.GOOGLE, flow=Flow.DELEGATED,
-           spf_include="_spf.google.com", dkim_selectors=("google",), mx_hosts=("google.com", "googlemail.com"),
+           spf_include="_spf.google.com", dkim_selectors=("google",),
+           dkim_docs=GOOGLE_DKIM_DOCS, mx_hosts=("google.com", "googlemail.com"),
            service_name="Google Workspace",
            note="Enable the Gmail API in your Google Cloud project and consent with the gmail.send scope; or use a "
                 "service-account key with domain-wide delegation (Workspace)."),
@@ -206,7 +212,8 @@ PRESETS: tuple[Preset, ...] = (
     Preset("sendgrid", "SendGrid (Twilio)", "Sending services",
            "https://www.twilio.com/docs/sendgrid/for-developers/sending-email/integrating-with-the-smtp-api",
            host="smtp.sendgrid.net", port=587, security=Security.STARTTLS, auth=AuthType.BASIC, username="apikey",
-           spf_include="sendgrid.net", dkim_selectors=("s1", "s2"), own_return_path=True,
+           spf_include="sendgrid.net", dkim_selectors=("s1", "s2"),
+           dkim_docs=SENDGRID_DKIM_DOCS, own_return_path=True,
            note="The username is the word apikey itself; the password is an API key with Mail Send permission. "
                 "The From address must be a verified sender or on an authenticated domain."),
     # Mailgun: smtp.mailgun.org (US) or smtp.eu.mailgun.org (EU), 587; SMTP credentials per sending domain,
@@ -234,7 +241,8 @@ PRESETS: tuple[Preset, ...] = (
     Preset("brevo", "Brevo (formerly Sendinblue)", "Sending services", "https://developers.brevo.com/docs/smtp-integration",
            host="smtp-relay.brevo.com", port=587, security=Security.STARTTLS, auth=AuthType.BASIC,
            username_hint="the SMTP login under SMTP & API → SMTP (not your Brevo sign-in)",
-           spf_include="spf.brevo.com", dkim_selectors=("brevo1", "brevo2"), own_return_path=True,
+           spf_include="spf.brevo.com", dkim_selectors=("brevo1", "brevo2"),
+           dkim_docs="https://help.brevo.com/hc/en-us/articles/12163873383186", own_return_path=True,
            note="The password is an SMTP key (SMTP & API → SMTP → Generate a new SMTP key), not an API key."),
     # A relay on this machine or the local network (Postfix, an Exchange receive connector): port 25, no TLS, no
     # sign-in (https://www.postfix.org/BASIC_CONFIGURATION_README.html, "What clients to relay mail from").

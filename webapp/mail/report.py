@@ -23,6 +23,7 @@ class Step:
     temporary: bool = True  # for a failed step: may the same message go through later or elsewhere?
     retry_after: float | None = None  # for a failed step: seconds the service asked us to wait, if it said
     credentials: bool = False  # for a failed step: the server refused its credentials or OAuth grant (hold the mail)
+    throttled: bool = False  # for a failed step: the service asks to slow down (a rate limit), with or without a time
 
 
 @dataclass
@@ -85,6 +86,8 @@ class DeliveryError(Exception):
     `retry_after`: seconds the service asked to wait (Retry-After, or the time in its message).
     `credentials`: the server refused its credentials or the OAuth grant is dead: the mail is
     held until an admin fixes them, rather than retried.
+    `throttled`: the service works but limits the rate (Graph's 429, Gmail's rate-limit 403s),
+    whether or not it said for how long: the server is not out of order.
     """
 
     def __init__(self, report: Report, recipients: list[RecipientOutcome] | None = None):
@@ -96,6 +99,7 @@ class DeliveryError(Exception):
         self.temporary = step.temporary if step else True
         self.retry_after = step.retry_after if step else None
         self.credentials = step.credentials if step else False
+        self.throttled = step.throttled if step else False
         super().__init__(f"{step.name}: {step.summary}" if step else "delivery failed")
 
     @property
@@ -109,11 +113,11 @@ class StepFailed(Exception):
 
     def __init__(self, summary: str, hint: str = "", details: list | None = None, *,
                  code: int | None = None, temporary: bool = True, retry_after: float | None = None,
-                 credentials: bool = False):
+                 credentials: bool = False, throttled: bool = False):
         super().__init__(summary)
         self.summary, self.hint, self.details = summary, hint, details or []
         self.code, self.temporary = code, temporary
-        self.retry_after, self.credentials = retry_after, credentials
+        self.retry_after, self.credentials, self.throttled = retry_after, credentials, throttled
 
 
 def step_result(summary: str, details=(), outcome: Outcome = Outcome.PASSED, hint: str = "") -> Step:

@@ -283,7 +283,7 @@ def history(slug):
         labelled = []
         for event in listing.rows:
             protocol, auth_type = new_value_of(event.changes, "protocol"), new_value_of(event.changes, "auth_type")
-            labelled.append((event, field_labels(protocol, auth_type), protocol))
+            labelled.append((event, field_labels(protocol, auth_type, event.action), protocol))
         listing.rows = labelled
     return page_or_fragment("portals/history.html", "portals/_history.html", 200 if listing is not None else 422,
                             form=form, listing=listing, base=url_for("portals.history", slug=slug),
