@@ -1318,6 +1318,7 @@ ID_ROUTES = {
     "/p/<slug>/servers/<id:server_id>/move/<any(up, down):direction>": ("admin", "POST", "server"),
     "/p/<slug>/servers/<id:server_id>/remove": ("admin", "GET POST", "server"),
     "/p/<slug>/servers/<id:server_id>/sample": ("admin", "GET POST", "server"),
+    "/p/<slug>/servers/<id:server_id>/sample/arrival": ("admin", "POST", "server"),
     "/p/<slug>/servers/<id:server_id>/transcripts": ("admin", "GET", "server"),
     "/p/<slug>/servers/<id:server_id>/oauth/authorize": ("admin", "POST", "server"),
     "/p/<slug>/servers/<id:server_id>/oauth/admin-consent": ("admin", "POST", "server"),
