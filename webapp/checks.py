@@ -16,7 +16,7 @@ from .audit import Actor
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, destination_for, saved_receiver,
                           side_password)
 from .forms.validators import normalize_address
-from .mail import deliverability, presets
+from .mail import presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
@@ -148,6 +148,8 @@ def addresses_to_check(portal: Portal, config: ServerConfig) -> list[tuple[str, 
 
 def _add_deliverability(report: Report, portal: Portal, config: ServerConfig, provider: dict) -> None:
     """The Deliverability section: what receivers will think of this server's mail (DNS only, nothing sent)."""
+    from .mail import deliverability  # checkdmarc, pyspf and dnspython: imported by the first Validate
+
     host = getattr(config.settings, "host", "") or ""
     preset = presets.for_server(config.protocol, host, provider.get("cloud", ""))
     sending = deliverability.Sending(config.sender.address, config.protocol, host, preset,

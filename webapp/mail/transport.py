@@ -16,7 +16,14 @@ and what the web layer needs to offer it: `protocol` (the stored value), `label`
 `oauth_flows` (the OAuth 2.0 flows it can use, when it accepts OAuth) and, optionally,
 `oauth_providers` (the providers whose tokens its service accepts; all of them when absent).
 A new protocol is a class decorated with @register; views and services find it here.
+
+A registered class may name its sending code instead of having it: `implementation =
+"package.module:Class"` (a subclass with check and send). That module, and the libraries it needs
+(exchangelib for EWS), is imported when a server of the protocol is first checked or used, not
+when the app starts: the form and the lists need only the registered class.
 """
+from functools import cache
+from importlib import import_module
 from typing import ClassVar, Protocol
 
 from .auth import AuthType
@@ -59,7 +66,15 @@ def unregister(protocol: str) -> None:
 
 def transport_for(protocol: str) -> Transport:
     """KeyError for a protocol nobody registered."""
-    return TRANSPORTS[protocol]()
+    registered = TRANSPORTS[protocol]
+    path = getattr(registered, "implementation", None)
+    return (_implementation(path) if path else registered)()
+
+
+@cache
+def _implementation(path: str) -> type[Transport]:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
 
 
 class _OneAtATime:
