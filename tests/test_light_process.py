@@ -117,7 +117,8 @@ def test_a_short_command_makes_the_app_without_pages_and_still_works(instance):
             "    return made[-1]\n"
             "original, webapp.create_app = webapp.create_app, spy\n"
             "atexit.register(lambda: print(json.dumps({'blueprints': sorted(made[0].blueprints),"
-            " 'commands': sorted(made[0].cli.commands), 'loaded': sorted(m for m in %r if m in sys.modules)})))\n"
+            " 'commands': sorted(made[0].cli.commands), 'views': 'webapp.views' in sys.modules,"
+            " 'loaded': sorted(m for m in %r if m in sys.modules)})))\n"
             "sys.argv = ['flask', '--app', 'webapp', 'egress', 'check', '127.0.0.1', '25']\n"
             "from flask.cli import main\n"
             "main()\n" % (HEAVY,))
@@ -132,6 +133,7 @@ def test_a_short_command_makes_the_app_without_pages_and_still_works(instance):
     assert "loopback" in "\n".join(output)  # the command's own answer: 127.0.0.1 is refused by default
     found = json.loads(last)
     assert found["blueprints"] == []
+    assert found["views"] is False  # the pages' modules (and their forms) are not even imported
     assert {"mail", "egress", "db", "init"} <= set(found["commands"])
     assert found["loaded"] == []
 

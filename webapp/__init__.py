@@ -9,7 +9,7 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, db, delivery, instance, limits, network, security, views
+from . import cli, config, db, delivery, instance, limits, network, security
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     delivery.init_app(app)
     network.init_app(app)
     if pages:
+        from . import views  # the pages (and their forms): not imported for a short command
+
         views.init_app(app)
     cli.init_app(app)
     if pages:
