@@ -18,8 +18,11 @@ median of the per-round ratios, the rounds follow in brackets):
 
 1. the lists (the URL as it is, so the first page once they paginate): server list, users, portals,
    History, large ÷ small in requests/s: `wrk -t1 -c4 -d2s`, small then large in each round; when
-   the large list answers fewer than 4 times in the run, that round's ratio is its time per request
-   ÷ the small one's instead (two requests each, one by one in turn: 1 ÷ requests/s on one connection);
+   the large list answers fewer than 4 times in a run, the list's ratios are its time per request
+   ÷ the small one's instead, in every round (two requests each, one by one in turn: 1 ÷ requests/s
+   on one connection).
+   After each wrk run the bench waits until that instance's workers are idle (they go on rendering
+   what wrk asked for after it left, which would weigh on the next measurement);
 2. a row action (Enable/Disable, `POST …/toggle` as htmx sends it) in "bench" with 1,000 servers ÷
    in "one" with 1, p50 of sequential requests, one by one in turn;
 3. a worker's memory: RSS (and PSS, which counts pages shared with the master once per sharer) of
@@ -43,6 +46,7 @@ per round, 3), BENCH_KEEP=1 (keep the temporary folder).
 import json
 import os
 import shutil
+import signal
 import smtplib
 import ssl
 import statistics
@@ -174,6 +178,20 @@ def server_ids(instance: Instance) -> dict:
     return ids
 
 
+def settle(instance: Instance, limit: float = 180) -> None:
+    """Wait until the instance's workers are idle: wrk leaves when its time is up, but a worker goes on
+    rendering the pages it was asked for, which would weigh on whatever is measured next."""
+    workers = harness.worker_pids(instance.proc.pid)
+    end = time.monotonic() + limit
+    before = sum(harness.cpu_seconds(workers))
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        now = sum(harness.cpu_seconds(workers))
+        if now - before < 0.05:
+            return
+        before = now
+
+
 # -- memory --------------------------------------------------------------------------------------------
 
 def memory(pid: int) -> dict:
@@ -297,21 +315,26 @@ class Scale:
                 for instance in (small, large):
                     headers = {"Cookie": instance.cookie, "User-Agent": mailroom.USER_AGENT}
                     figures, _ = self.wrk.run(instance.url + path, DURATION, headers=headers)
+                    settle(instance)
                     if figures["non_2xx_3xx"]:
                         self.notes.append(f"{name} on {instance.name}: {figures['non_2xx_3xx']} answers not 2xx/3xx")
                     pair[instance.name] = figures
                 rounds[name].append(pair)
         out = {}
         for name, pairs in rounds.items():
-            ratios, by_latency = [], []
-            for pair in pairs:
-                if pair["large"]["requests"] >= MIN_ANSWERS:
-                    ratios.append(pair["small"]["requests_per_s"] / pair["large"]["requests_per_s"])
-                else:  # too slow for a wrk run this short: one request after the other, in turn
+            by_latency = []
+            if all(pair["large"]["requests"] >= MIN_ANSWERS for pair in pairs):
+                ratios = [pair["small"]["requests_per_s"] / pair["large"]["requests_per_s"] for pair in pairs]
+            else:  # too slow for wrk runs this short: every round one request after the other, in turn
+                say(f"{name}: the large list is too slow for wrk -d{DURATION}s; {ROUNDS} rounds of 2 requests each "
+                    "in turn instead")
+                ratios = []
+                for _ in range(ROUNDS):
                     small_ms, large_ms = in_turn(self.fetch(small, LISTS[name]), self.fetch(large, LISTS[name]), 2)
                     ratios.append(large_ms / small_ms)
                     by_latency.append({"small_ms": round(small_ms, 1), "large_ms": round(large_ms, 1)})
-            out[name] = {**summary(ratios), "data": SIZES["large"][LIST_DATA[name]],
+            out[name] = {**summary(ratios), "data": SIZES["large"][LIST_DATA[name]], "method":
+                         "time per request, in turn" if by_latency else f"wrk -t1 -c4 -d{DURATION}s req/s",
                          "small_rps": [p["small"]["requests_per_s"] for p in pairs],
                          "large_rps": [p["large"]["requests_per_s"] for p in pairs],
                          "large_requests": [p["large"]["requests"] for p in pairs],
@@ -469,8 +492,7 @@ def print_report(record: dict) -> None:
               f"{verdict(figures['ratio'], GOALS[name])} {figures['rounds']}; "
               f"large {figures['large_rps']} req/s ({figures['large_requests']} answers), "
               f"{figures['bytes']['large']:,} B ÷ {figures['bytes']['small']:,} B"
-              + (f"; by time per request in {len(figures['by_latency'])} round(s): {figures['by_latency']}"
-                 if figures["by_latency"] else ""))
+              + (f"; by time per request: {figures['by_latency']}" if figures["by_latency"] else ""))
     row = record["row_action"]
     print(f"  row action, 1,000 servers ÷ 1, p50: {verdict(row['ratio'], GOALS['row action'])} {row['rounds']}; "
           f"{row['p50_ms_1000']} ms ÷ {row['p50_ms_1']} ms")
@@ -489,7 +511,12 @@ def print_report(record: dict) -> None:
         print(f"  note: {note}")
 
 
+def on_term(_signum, _frame):
+    raise KeyboardInterrupt  # the finally below stops what the bench started
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, on_term)
     if not shutil.which("wrk"):
         print("wrk is missing (make bench installs it)", file=sys.stderr)
         return 1
