@@ -15,11 +15,14 @@ VENDOR := webapp/static/vendor
 # land on the worker that wakes first and stay there while other cores idle (bench/README.md).
 # Beware: a second server started on the same port then does not fail with "address in use", it
 # silently takes a share of the connections.
+# --preload: the app is made once in the master and the workers are forked from it, sharing its
+# memory (copy-on-write). Safe here: create_app closes the database connections it opened, Huey is
+# made on first use, and Redis clients reconnect in a new process (webapp/db.py, delivery/queue.py).
 # --forwarded-allow-ips '': gunicorn itself trusts no X-Forwarded-* header (its default trusts them from
 # 127.0.0.1); the app alone does, and only as MAILROOM_TRUSTED_PROXIES says.
-GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --timeout 120 --forwarded-allow-ips ''
+GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --preload --timeout 120 --forwarded-allow-ips ''
 
-.PHONY: run test test-postgres serve assets venv test-deps bench lock clean
+.PHONY: run test test-postgres serve assets venv test-deps bench bench-scale lock clean
 
 # The access log shows paths without their query string: the OAuth callback's carries a code, and a
 # consent link's its token (/oauth/consent?link=...).
@@ -87,6 +90,12 @@ test-postgres: test-deps
 bench: venv assets
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/run.py
+
+# Issue 13's goals: lists with 1,000 servers, 10,000 users, 3,000 portals, 1,000,000 events; memory;
+# the command line; Validate and the sample mail against smtplib (bench/README.md). A few minutes.
+bench-scale: venv assets
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) node_modules $(VENDOR)

@@ -1,9 +1,11 @@
-"""Where the time goes: the server page, the section swap, Validate and the floor, in-process.
+"""Where the time goes: the server page, the section swap, Validate, the sample mail and the floor,
+in-process, next to smtplib doing Validate's steps and sending one mail to the same peer.
 
     .venv/bin/python bench/profile_app.py [N]        (N requests of each, default 200; Validate N/4)
 
 One thread, Flask's test client, no gunicorn and no network between client and app (Validate
-still talks to the STARTTLS + AUTH peer of bench/smtp_peer.py over loopback). A throwaway
+still talks to the STARTTLS + AUTH peer of bench/smtp_peer.py --accept over loopback, and its
+Deliverability section to a DNS server in this process on 127.0.0.1 that knows no name). A throwaway
 instance is set up through the CLI as bench/run.py does. For each request kind it prints the
 mean time per request without the profiler, then under cProfile the time by area (the package
 each function's own time is spent in) and the functions with the most cumulative time.
@@ -16,6 +18,8 @@ import os
 import pstats
 import re
 import shutil
+import smtplib
+import ssl
 import sys
 import tempfile
 import time
@@ -45,7 +49,7 @@ def area(filename: str, function: str) -> str:
     return "other"
 
 
-def profile(name: str, call, count: int, top: int = 12) -> dict:
+def profile(name: str, call, count: int, top: int = int(os.environ.get("BENCH_PROFILE_TOP", 12))) -> dict:
     call()  # caches warm
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(count):
@@ -89,16 +93,20 @@ def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     work = Path(tempfile.mkdtemp(prefix="mailroom-profile-"))
     processes = harness.Processes()
+    sys.path.insert(0, str(ROOT))
+    from tests.peers.dns import DnsPeer
+
+    dns = DnsPeer()
     try:
-        env = {**mailroom.env_for(work / "instance"), "MAILROOM_LOG_LEVEL": "WARNING"}
+        env = {**mailroom.env_for(work / "instance"), "MAILROOM_LOG_LEVEL": "WARNING",
+               "MAILROOM_DNS_RESOLVER": dns.address, "MAILROOM_SAMPLE_LIMIT_PER_USER": "100000 per minute"}
         mailroom.set_up_instance(env)
         mailroom.allow_loopback(env)
         log = work / "smtp-peer.log"
-        peer_proc = processes.start([sys.executable, str(BENCH / "smtp_peer.py"), str(work)], log)
+        peer_proc = processes.start([sys.executable, str(BENCH / "smtp_peer.py"), str(work), "--accept"], log)
         harness.wait_for_file(work / "peer.json", peer_proc, log)
         peer = json.loads((work / "peer.json").read_text())
         os.environ.update({k: v for k, v in env.items() if k.startswith("MAILROOM_")})
-        sys.path.insert(0, str(ROOT))
         from bench.app import create_app
 
         app = create_app()
@@ -135,6 +143,22 @@ def main() -> None:
         peer_page = client.get(f"/p/{mailroom.SLUG}/servers/{peer_id}/edit", headers=headers).get_data(as_text=True)
         validate_body = urlencode(mailroom.form_fields(peer_page))
         floor = f"/bench-floor/{mailroom.SLUG}"
+        sample_path = f"/p/{mailroom.SLUG}/servers/{peer_id}/sample"
+        sample_body = urlencode({"recipient": "someone@example.com", "csrf_token": token(sample_path)})
+
+        def bare_smtp(send: bool) -> None:
+            context = ssl.create_default_context(cadata=peer["ca_pem"])
+            with smtplib.SMTP("127.0.0.1", peer["port"], local_hostname="bench.example", timeout=10) as smtp:
+                smtp.ehlo()
+                smtp.starttls(context=context)
+                smtp.ehlo()
+                smtp.login(peer["username"], peer["password"])
+                if send:
+                    smtp.sendmail("helpdesk@example.com", ["someone@example.com"],
+                                  "From: helpdesk@example.com\r\nTo: someone@example.com\r\nSubject: sample\r\n\r\nA sample.\r\n")
+                else:
+                    smtp.mail("helpdesk@example.com")
+                    smtp.rset()
 
         def expect(response, text=None):
             body = response.get_data(as_text=True)
@@ -151,6 +175,10 @@ def main() -> None:
                                                          headers={**htmx, "HX-Target": "report"},
                                                          data=validate_body), "All checks passed"),
                               max(20, count // 4)),
+            "smtplib, Validate's steps": (lambda: bare_smtp(False), max(20, count // 4)),
+            "sample mail POST": (lambda: expect(client.post(sample_path, headers={**htmx, "HX-Target": "sample"},
+                                                            data=sample_body), "accepted"), max(20, count // 4)),
+            "smtplib, one mail": (lambda: bare_smtp(True), max(20, count // 4)),
         }
         results = {name: profile(name, call, n) for name, (call, n) in kinds.items()}
         out = BENCH / "results" / f"profile-{time.strftime('%Y%m%dT%H%M%S')}.json"
@@ -159,6 +187,7 @@ def main() -> None:
         print(f"\nWritten to {out.relative_to(ROOT)}")
     finally:
         processes.stop_all()
+        dns.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

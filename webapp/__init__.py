@@ -1,6 +1,7 @@
 """Mailroom: portal administrators configure how their portal sends mail."""
 import logging
 import os
+import sys
 from pathlib import Path
 
 from flask import Flask
@@ -8,7 +9,7 @@ from flask_wtf.csrf import CSRFProtect
 from htmx_flask import Htmx
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, db, delivery, instance, limits, network, security, views
+from . import cli, config, db, delivery, instance, limits, network, security
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +18,10 @@ htmx = Htmx()
 
 
 def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
+    """The app. For one of the short commands (`flask --app webapp mail check …`, see
+    cli.WITHOUT_PAGES) it has no pages: no blueprints (their routes take most of the start-up)
+    and no start-up warning about unreadable secrets (the command says so itself when it meets one)."""
+    pages = not _short_command()
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("MAILROOM_INSTANCE_PATH"))
     instance.private_folder(Path(app.instance_path))  # keys and, by default, the database
@@ -33,10 +38,26 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     db.init_app(app)
     delivery.init_app(app)
     network.init_app(app)
-    views.init_app(app)
+    if pages:
+        from . import views  # the pages (and their forms): not imported for a short command
+
+        views.init_app(app)
     cli.init_app(app)
-    _tell_about_unreadable_secrets(app)
+    if pages:
+        _tell_about_unreadable_secrets(app)
+    db.forget_connections(app)
     return app
+
+
+def _short_command() -> bool:
+    """Whether this process is `flask … <command>` for a command that needs no pages. (Flask sets
+    FLASK_RUN_FROM_CLI when its command line loads the app; the command is read from argv, as the
+    app is made before click knows which subcommand runs.)"""
+    import click
+
+    if os.environ.get("FLASK_RUN_FROM_CLI") != "true" or click.get_current_context(silent=True) is None:
+        return False
+    return cli.without_pages(sys.argv[1:])
 
 
 def _tell_about_unreadable_secrets(app) -> None:

@@ -5,6 +5,7 @@ everything is read first, the connection goes back to the pool (db.release), and
 outcome is written in a new, short transaction.
 """
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,10 +16,11 @@ from sqlmodel import select
 from . import audit, db, delivery, network, senders
 from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
+from .delivery.health import anything_to_release
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, client_cert_from, destination_for,
                           saved_client_cert, saved_receiver, side_password)
 from .forms.validators import normalize_address
-from .mail import arrival, deliverability, presets
+from .mail import arrival, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
@@ -108,8 +110,8 @@ def check(actor: Actor, portal: Portal, server: MailServer) -> Report:
     except SecretUnreadable:
         report = Report(steps=[UNREADABLE])
     else:
-        report = _run_check(config, portal, server.id, server.max_connections)
-        _add_deliverability(report, portal, config, (server.credential.provider if server.credential else {}) or {})
+        report = _run_check(config, portal, server.id, server.max_connections,
+                            (server.credential.provider if server.credential else {}) or {})
     _note_disabled(report, server.enabled)
     _log_check(actor, portal, server, report)
     remember(server, report, "validate")
@@ -125,8 +127,8 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
         report = Report(steps=[UNREADABLE])
     else:
         report = _run_check(config, portal, server.id if server else None,
-                            server.max_connections if server else columns.get("max_connections", 1))
-        _add_deliverability(report, portal, config, credential.provider or {})
+                            server.max_connections if server else columns.get("max_connections", 1),
+                            credential.provider or {})
     _note_disabled(report, columns.get("enabled", True))
     _log_check(actor, portal, server, report)
     if server is not None and credential.secret is None and not any(value.typed for value in side) \
@@ -135,11 +137,38 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
     return report
 
 
-def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limit: int) -> Report:
-    """Busy when too many checks run already; no database connection is held meanwhile."""
+def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limit: int, provider: dict) -> Report:
+    """The server's check, with the Deliverability section (DNS lookups) asked at the same time in a
+    thread of its own. Busy when too many checks run already; no database connection is held meanwhile."""
     with slots().hold(portal.id, server_id, limit):
+        addresses = addresses_to_check(portal, config)  # read here: the thread has no database
         db.release()
-        return transport_for(config.protocol).check(config)
+        deliverability = _Meanwhile(_deliverability, config, provider, resolver(), addresses)
+        report = transport_for(config.protocol).check(config)
+        report.sections.append(deliverability.result())
+        return report
+
+
+class _Meanwhile:
+    """A call run in a thread while this one goes on; result() waits for it (and raises what it raised)."""
+
+    def __init__(self, call, *args):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(call, *args), daemon=True,
+                                        name="mailroom-deliverability")
+        self._thread.start()
+
+    def _run(self, call, *args) -> None:
+        try:
+            self._value = call(*args)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller by result()
+            self._error = error
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 DELIVERABILITY_SECONDS = 10  # all the DNS lookups of the deliverability section together
@@ -172,15 +201,18 @@ def addresses_to_check(portal: Portal, config: ServerConfig) -> list[tuple[str, 
     return checked
 
 
-def _add_deliverability(report: Report, portal: Portal, config: ServerConfig, provider: dict) -> None:
-    """The Deliverability section: what receivers will think of this server's mail (DNS only, nothing sent)."""
+def _deliverability(config: ServerConfig, provider: dict, dns: Resolver,
+                    addresses: list[tuple[str, str, str]]) -> tuple[str, list[Step]]:
+    """The Deliverability section: what receivers will think of this server's mail (DNS only, nothing
+    sent). Runs in a thread of its own (_run_check): no app context, no database."""
+    from .mail import deliverability  # checkdmarc, pyspf and dnspython: imported by the first Validate
+
     host = getattr(config.settings, "host", "") or ""
     preset = presets.for_server(config.protocol, host, provider.get("cloud", ""))
     sending = deliverability.Sending(config.sender.address, config.protocol, host, preset,
                                      preset.service if preset else "")
-    steps = deliverability.check(sending, addresses_to_check(portal, config), resolver(),
-                                 Deadline(DELIVERABILITY_SECONDS))
-    report.sections.append((deliverability.SECTION, steps))
+    steps = deliverability.check(sending, addresses, dns, Deadline(DELIVERABILITY_SECONDS))
+    return deliverability.SECTION, steps
 
 
 def _same_as_saved(server: MailServer, columns: dict, config: ServerConfig) -> bool:
@@ -245,11 +277,12 @@ def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | N
         summary = f"Sample mail accepted: {receipt.reply}" if receipt else "Sample mail accepted"
     else:
         summary = "All checks passed"
+    release = report.ok and anything_to_release(server)  # read first: the write below is the one commit
     server.last_check_at, server.last_check_ok = utcnow(), report.ok
     server.last_check_kind, server.last_check_summary = kind, summary[:500]
     db.session().add(server)
     db.session().commit()
-    if report.ok:
+    if release:
         delivery.release_held(server, f"a {kind} of its settings passed")
 
 

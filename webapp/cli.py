@@ -14,6 +14,33 @@ from .crypto import KEY_FILE, SecretBox, configured_keys, prepend_new_key
 from .models import Credential, Portal, Role, User
 
 
+# The commands that need no pages: the app is made without its blueprints for them (create_app).
+# Not the long-running ones (`mail worker`, `mail relay`: start-up does not matter there), nor
+# Flask's own (`run`, `routes`, `shell`).
+WITHOUT_PAGES = {("mail", "check"), ("mail", "send-sample"), ("mail", "enqueue"), ("mail", "refresh-tokens"),
+                 ("mail", "purge"), ("db", "upgrade"), ("egress", "show"), ("egress", "allow"), ("egress", "deny"),
+                 ("egress", "check"), ("init", None), ("create-user", None), ("reset-password", None),
+                 ("create-portal", None), ("add-member", None), ("rotate-secrets", None)}
+_FLASK_OPTIONS_WITH_VALUE = ("--app", "-A", "--env-file", "-e")
+
+
+def without_pages(argv: list[str]) -> bool:
+    """Whether `flask <argv>` runs one of WITHOUT_PAGES (`--app webapp mail check x 1` → mail check)."""
+    words, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in _FLASK_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not word.startswith("-"):
+            words.append(word)
+        if len(words) == 2:
+            break
+    if not words:
+        return False
+    return (words[0], None) in WITHOUT_PAGES or tuple(words[:2]) in WITHOUT_PAGES
+
+
 def init_app(app) -> None:
     for command in (db_group, mail_group, egress_group, init, create_user, reset_password, create_portal,
                     add_member, rotate_secrets):

@@ -1,12 +1,12 @@
 """The engine, one session per request, and the migrations entry."""
 import os
+import re
+from functools import cache
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from flask import current_app, g
-from sqlalchemy import event, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy import event, make_url, text
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 from .instance import locked
@@ -18,7 +18,7 @@ def init_app(app) -> None:
     engine = make_engine(app.config["DATABASE_URL"], app.config["DATABASE_BUSY_TIMEOUT"])
     app.extensions["mailroom.engine"] = engine
     app.teardown_appcontext(_close_session)
-    if app.config["AUTO_MIGRATE"]:
+    if app.config["AUTO_MIGRATE"] and not at_head(engine):
         with locked(Path(app.instance_path) / "migrate.lock"):
             upgrade(engine)
 
@@ -89,6 +89,16 @@ class ReadOnlyConnections:
             context.is_disconnect = True
 
 
+def forget_connections(app) -> None:
+    """Close the connections the start-up opened (the migration check, the secrets check): gunicorn
+    --preload forks the workers after create_app, and a connection used by two processes corrupts
+    both sides' conversation with the database. Each worker opens its own on first use. (An
+    in-memory SQLite database lives only in its connection: that one is kept.)"""
+    engine_ = app.extensions["mailroom.engine"]
+    if engine_.url.database not in (None, "", ":memory:"):
+        engine_.dispose()
+
+
 def engine():
     return current_app.extensions["mailroom.engine"]
 
@@ -105,7 +115,9 @@ def _close_session(_exc=None):
         db_session.close()
 
 
-def alembic_config(engine_) -> AlembicConfig:
+def alembic_config(engine_):
+    from alembic.config import Config as AlembicConfig
+
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["engine"] = engine_
@@ -113,7 +125,43 @@ def alembic_config(engine_) -> AlembicConfig:
 
 
 def upgrade(engine_, revision: str = "head") -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(engine_), revision)
+
+
+def at_head(engine_) -> bool:
+    """Whether the database is at the newest migration, without loading alembic or the migrations
+    (a start of the app or of a command pays only one query). False when unsure: then upgrade()."""
+    head = _head_revision()
+    if head is None:
+        return False
+    try:
+        with engine_.connect() as connection:
+            versions = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except SQLAlchemyError:  # no alembic_version yet: a new database
+        return False
+    return versions == [head]
+
+
+_REVISION = re.compile(r"^revision\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+
+
+@cache
+def _head_revision() -> str | None:
+    """The one revision no other revises (the migrations are a linear chain); None if that is not
+    clear from the files (then alembic decides)."""
+    revisions, revised = set(), set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        found = _REVISION.search(source)
+        if found is None:
+            return None
+        revisions.add(found.group(1))
+        revised.update(_DOWN_REVISION.findall(source))
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
 
 
 def lock_portal(portal) -> None:

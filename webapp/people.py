@@ -15,10 +15,7 @@ from werkzeug.security import check_password_hash
 from . import audit, db, lists, pagination, sessions
 from .audit import Actor
 from .models import Membership, PasswordReset, Portal, Role, User, utcnow
-from .security import hash_password
-
-# A hash to check wrong emails against, so an unknown user costs as much as a wrong password.
-_NOBODY = hash_password(secrets.token_urlsafe(16))
+from .security import hash_password, unknown_user_hash
 
 
 class Conflict(Exception):
@@ -37,7 +34,7 @@ def authenticate(email: str, password: str) -> User | None:
     """The user, if the email and password match an active account. Takes as long for an
     unknown email as for a wrong password."""
     user = find_user(email)
-    if not check_password_hash(user.password_hash if user else _NOBODY, password):
+    if not check_password_hash(user.password_hash if user else unknown_user_hash(), password):
         return None
     return user if user is not None and user.is_active else None
 

@@ -154,6 +154,20 @@ def recovered(server: MailServer, portal: Portal) -> None:
     current_app.extensions["mailroom.delivery"].wake(woken)
 
 
+def anything_to_release(server: MailServer) -> bool:
+    """Whether release_held(server) would change anything: held mail in the portal, the server
+    marked failing or held, or the portal in failover. One query (after every passed Validate and
+    sample mail; release_held itself reads and commits three times to find out)."""
+    held = select(OutboundMail.id).where(OutboundMail.portal_id == server.portal_id,
+                                         OutboundMail.state == MailState.HELD).exists()
+    row = db.session().execute(select(MailServer.failing_since, MailServer.held_since, Portal.failover_since,
+                                      held.label("held"))
+                               .join(Portal, Portal.id == MailServer.portal_id)
+                               .where(MailServer.id == server.id)).first()
+    return row is None or row.failing_since is not None or row.held_since is not None \
+        or row.failover_since is not None or bool(row.held)
+
+
 def release_held(server: MailServer, why: str) -> list[int]:
     """Give `server` another go and send the portal's held mail again: its credentials were
     saved, its OAuth grant renewed, or a check of its saved settings passed. Mail that still

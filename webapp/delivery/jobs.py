@@ -2,12 +2,12 @@
 from .queue import DAY, Every
 
 
-def register(queue, app):
-    """Register the jobs on `queue.huey`; (deliver, probe) to enqueue with."""
+def register(queue, huey, app):
+    """Register the jobs on `huey` (queue's, being made); (deliver, probe) to enqueue with."""
     from ..grants import refresh_quiet_grants
     from . import health, notices, retention, sweep, worker
 
-    huey, settings = queue.huey, queue.settings
+    settings = queue.settings
 
     @huey.task(name="deliver")
     def deliver(mail_id: int | None = None) -> None:

@@ -4,8 +4,10 @@ that worker is killed, which is why a job only says "there is mail": whoever run
 what is due, and the sweep makes new jobs for due mail that has none.
 
 Storage: SQLite in instance/huey.sqlite3 (one host), or Redis when REDIS_URL is set (workers
-on several hosts share the queue), under DELIVERY_QUEUE_NAME. Built by the app factory; the
-jobs run inside an app context.
+on several hosts share the queue), under DELIVERY_QUEUE_NAME. The app factory makes the
+DeliveryQueue; Huey itself (and its storage: a file or a Redis connection) is made on first use,
+so a process that never queues mail never imports it, and nothing is opened before gunicorn forks
+its workers (`--preload`). The jobs run inside an app context.
 
 Jobs: deliver(mail_id) (a Run: worker.py), probe(server_id), and the periodic sweep (every
 DELIVERY_SWEEP_SECONDS), summary (daily at DELIVERY_SUMMARY_HOUR UTC), purge and
@@ -13,15 +15,10 @@ refresh_tokens (daily).
 """
 import logging
 import math
-import signal
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from time import monotonic
-
-from huey import RedisHuey, SqliteHuey
-from huey.consumer import Consumer
 
 from .settings import DeliverySettings
 
@@ -52,67 +49,57 @@ class DeliveryQueue:
     def __init__(self, app, settings: DeliverySettings):
         self.settings = settings
         self.stopping = threading.Event()  # set when the worker shuts down: runs stop after their message
-        redis_url = app.config.get("REDIS_URL")
-        if redis_url:
-            self.huey = RedisHuey(settings.queue_name, url=redis_url, results=False)
-        else:
-            self.huey = SqliteHuey(settings.queue_name, filename=str(Path(app.instance_path) / "huey.sqlite3"),
-                                   results=False)
+        self._app = app
+        self._huey = None
+        self._making = threading.Lock()
+
+    @property
+    def huey(self):
+        if self._huey is None:
+            with self._making:
+                if self._huey is None:  # else another thread made it while this one waited
+                    self._huey = self._make_huey()
+        return self._huey
+
+    def _make_huey(self):
+        from huey import RedisHuey, SqliteHuey
+
         from . import jobs
 
-        self._deliver, self._probe = jobs.register(self, app)
+        redis_url = self._app.config.get("REDIS_URL")
+        if redis_url:
+            huey = RedisHuey(self.settings.queue_name, url=redis_url, results=False)
+        else:
+            huey = SqliteHuey(self.settings.queue_name, filename=str(Path(self._app.instance_path) / "huey.sqlite3"),
+                              results=False)
+        self._deliver, self._probe = jobs.register(self, huey, self._app)
+        return huey
 
     def wake(self, mail_ids: Iterable[int | None]) -> None:
         """Jobs for mail just committed (queued, released): the one call after new mail. Never
         raises: if the queue cannot be reached, the sweep finds the mail (the log says so)."""
         ids = list(mail_ids)[:self.WAKE_MAX]
+        if not ids:
+            return
         try:
+            self.huey  # noqa: B018  (made here, so a failure to make it is caught too)
             for mail_id in ids:
                 self._deliver(mail_id)
         except Exception as error:  # noqa: BLE001 - Redis down, a locked file: the rows are safe all the same
             log.warning("could not wake the delivery worker (%s): the next sweep sends the mail", error)
 
     def probe(self, server_id: int) -> None:
+        self.huey  # noqa: B018  (registers the jobs)
         self._probe(server_id)
 
     def waiting(self) -> int:
         """Jobs in the queue that no worker took yet."""
         return self.huey.pending_count()
 
-    def consumer(self, workers: int | None = None) -> Consumer:
+    def consumer(self, workers: int | None = None):
+        from .consumer import Consumer
+
         tick = max(1, min(60, int(self.settings.sweep)))
-        return _Consumer(self.huey, tick=tick, workers=workers or self.settings.workers, worker_type="thread",
-                         periodic=True, initial_delay=0.1, max_delay=1.0, scheduler_interval=1,
-                         check_worker_health=True)
-
-
-class _Consumer(Consumer):
-    """Huey's consumer, asking the periodic jobs every `tick` seconds instead of every minute,
-    and stopping the same way on SIGINT and SIGTERM: gracefully (the messages under way are
-    finished). The same stop request often arrives twice (Ctrl-C reaches the worker, and `make
-    run` passes it on): a second signal within SAME_STOP seconds is that one again; a later one
-    stops at once. SIGHUP restarts, as in Huey."""
-
-    SAME_STOP = 2.0
-
-    def __init__(self, huey, tick: int, **options):
-        self.tick = tick
-        self._first_stop: float | None = None
-        super().__init__(huey, **options)
-
-    def _create_scheduler(self):
-        scheduler = super()._create_scheduler()
-        scheduler.periodic_task_seconds = self.tick
-        return scheduler
-
-    def _set_signal_handlers(self):
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, self._handle_signal)
-
-    def _handle_signal(self, signum, frame):
-        if self._first_stop is not None:
-            if monotonic() - self._first_stop < self.SAME_STOP:
-                return
-            raise KeyboardInterrupt  # asked again: stop now
-        self._first_stop = monotonic()
-        self._signum, self._restart, self._graceful = signum, signum == signal.SIGHUP, True
+        return Consumer(self.huey, tick=tick, workers=workers or self.settings.workers, worker_type="thread",
+                        periodic=True, initial_delay=0.1, max_delay=1.0, scheduler_interval=1,
+                        check_worker_health=True)

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from wtforms import BooleanField, EmailField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length, Optional, ValidationError
 
-from ..mail.ews import AUTO, VERSIONS, online_warning
+from ..mail.ews_protocol import AUTO, VERSIONS, online_warning
 from .server import PARTIALS, Section, register_section
 from .validators import email_address, pem_certificates, tls_only_url
 

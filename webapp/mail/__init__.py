@@ -4,7 +4,7 @@ See transport.py for the interface every protocol implements, and the registry. 
 protocols register in the order the form offers them.
 """
 from . import smtp  # noqa: F401,I001  (SMTP/SMTPS first)
-from . import ews  # noqa: F401
+from . import ews_protocol  # noqa: F401  (EWS's sending code, ews.py, is imported on first use)
 from . import graph  # noqa: F401
 from . import gmail  # noqa: F401
 from .transport import TRANSPORTS, Transport, register, transport_for, unregister

@@ -5,16 +5,13 @@ e.g. "192.0.2.53, [2001:db8::53]:5353"; empty: the system's, /etc/resolv.conf), 
 domain's own name servers, and each query gets only the time left of the caller's Deadline.
 A name that does not exist, or has no record of that type, is an empty answer; a resolver
 that does not answer (timeout, SERVFAIL, refused) is `DnsFailure`, in words.
+
+dnspython is imported at the first lookup, not with this module (the configuration reads
+`parse_nameservers` at every start).
 """
 import ipaddress
 import socket
 from dataclasses import dataclass
-
-import dns.exception
-import dns.name
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
 
 from .deadline import Deadline, DeadlineExceeded
 
@@ -75,9 +72,12 @@ class Resolver:
             return "the system's resolver"
         return ", ".join(f"{host}:{port}" if port != 53 else host for host, port in self.nameservers)
 
-    def dnspython(self, deadline: Deadline) -> dns.resolver.Resolver:
+    def dnspython(self, deadline: Deadline):
         """A dnspython resolver asking the configured servers within the deadline (for libraries that
         take one, such as checkdmarc)."""
+        import dns.nameserver
+        import dns.resolver
+
         try:
             resolver = dns.resolver.Resolver(configure=not self.nameservers)
         except dns.resolver.NoResolverConfiguration:
@@ -91,6 +91,10 @@ class Resolver:
 
     def query(self, name: str, rdtype: str, deadline: Deadline) -> list:
         """The records of that type ([] when the name or the type does not exist)."""
+        import dns.exception
+        import dns.name
+        import dns.resolver
+
         try:
             answer = self.dnspython(deadline).resolve(name, rdtype, search=False, raise_on_no_answer=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -116,6 +120,8 @@ class Resolver:
         return sorted((pref, "" if host in ("", ".") else host) for pref, host in records)
 
     def srv(self, name: str, deadline: Deadline) -> list[Srv]:
+        import dns.name
+
         records = [Srv(r.priority, r.weight, r.port,
                        "" if r.target == dns.name.root else r.target.to_text(omit_final_dot=True).lower())
                    for r in self.query(name, "SRV", deadline)]

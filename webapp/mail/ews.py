@@ -31,13 +31,11 @@ HTTP request (the SOAP operation) and one per answer (status and EWS response co
 header or a body. exchangelib's own log lines carry request headers and bodies: its logger is
 kept quiet unless someone configured it.
 """
-import hashlib
 import logging
 import re
 import socket
 import ssl
 from contextlib import suppress
-from dataclasses import asdict, dataclass, fields
 from urllib.parse import urlsplit
 
 import requests
@@ -49,46 +47,22 @@ from exchangelib.transport import DEFAULT_HEADERS
 
 from . import http, proxy, smime
 from .api import ApiCall, accepted_all
-from .auth import AuthType, BearerAuth, PasswordAuth, token_step
+from .auth import BearerAuth, PasswordAuth, token_step
 from .deadline import DeadlineExceeded
 from .egress import EgressRefused
 from .envelope import Envelope
-from .oauth import Flow, Provider
+from .ews_protocol import AUTO, GRAPH_HINT, ONLINE_WARNING, Ews, EwsSettings, is_exchange_online, online_warning
 from .options import MessageOptions, ews_fields
 from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
 from .tls import handshake_result, tls_context
-from .transport import register
 
 _quiet = logging.getLogger("exchangelib")  # its DEBUG lines hold request headers (Authorization), its ERRORs bodies
 if _quiet.level == logging.NOTSET:
     _quiet.setLevel(logging.CRITICAL)
 
-AUTO = "auto"
-# the form's choices: exchangelib's API version names (what RequestServerVersion says), newest first
-VERSIONS = {
-    AUTO: "Automatic (ask the server)",
-    "Exchange2019": "Exchange Server 2019 / Subscription Edition",
-    "Exchange2016": "Exchange Server 2016",
-    "Exchange2013_SP1": "Exchange Server 2013 SP1",
-    "Exchange2013": "Exchange Server 2013",
-    "Exchange2010_SP2": "Exchange Server 2010 SP2 / SP3",
-    "Exchange2010_SP1": "Exchange Server 2010 SP1",
-    "Exchange2010": "Exchange Server 2010",
-}
 BUILDS = {"Exchange2019": Build(15, 2), "Exchange2016": Build(15, 1), "Exchange2013_SP1": Build(15, 0, 847),
           "Exchange2013": Build(15, 0), "Exchange2010_SP2": Build(14, 2), "Exchange2010_SP1": Build(14, 1),
           "Exchange2010": Build(14, 0)}
-MECHANISMS = {"auto": "Automatic (Basic, or NTLM when the server asks)", "basic": "Basic", "ntlm": "NTLM"}
-# Exchange Online's EWS hosts (global, GCC High, DoD, China): EWS is being switched off there. The government
-# hosts: https://learn.microsoft.com/microsoft-365/enterprise/microsoft-365-u-s-government-gcc-high-endpoints and
-# .../microsoft-365-u-s-government-dod-endpoints (DoD: outlook-dod.office365.us, webmail.apps.mil)
-ONLINE_HOSTS = ("outlook.office365.com", "outlook.office.com", "outlook.office365.us", "outlook-dod.office365.us",
-                "webmail.apps.mil", "partner.outlook.cn")
-ONLINE_SUFFIXES = (".outlook.com",)
-ONLINE_WARNING = ("this is Exchange Online: Microsoft has been blocking EWS there since October 2026 (it is "
-                  "switched off by April 2027), so mail through this URL will stop")
-GRAPH_HINT = ("for Exchange Online choose the protocol “Microsoft Graph” (sendMail); EWS in Mailroom is for "
-              "Exchange Server on premises")
 TEXT_LIMIT = 300  # of a server's message quoted in a report
 
 _OPERATION = re.compile(rb"<(?:[\w.-]+:)?Body\b[^>]*>\s*<(?:[\w.-]+:)?(\w+)")
@@ -96,64 +70,8 @@ _RESPONSE_CODE = re.compile(rb"<(?:[\w.-]+:)?ResponseCode>\s*(\w+)\s*<")
 _FAULT_CODE = re.compile(rb"<faultcode\b[^>]*>(?:[\w.-]+:)?(\w+)<")
 
 
-@dataclass(frozen=True)
-class EwsSettings:
-    LISTED = ("ews_url",)  # the keys the server list reads (for `address`), not the whole settings
-    ews_url: str = ""  # https://host/EWS/Exchange.asmx
-    ews_version: str = AUTO  # AUTO or a key of BUILDS
-    mailbox: str = ""  # the mailbox to send from (app-only: the one impersonated); empty: the From address
-    save_copy: bool = True  # SendAndSaveCopy (Sent Items) instead of SendOnly
-    ews_ca_cert: str = ""  # PEM: the server's own CA, trusted besides the system's and EXTRA_CA_CERTS
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "EwsSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def destination(self) -> dict:
-        ca = self.ews_ca_cert.strip()
-        return {"protocol": "ews", "url": normal_url(self.ews_url),
-                "ca_cert": hashlib.sha256(ca.encode()).hexdigest() if ca else ""}
-
-    @property
-    def address(self) -> str:
-        return self.ews_url
-
-
-def normal_url(url: str) -> str:
-    parts = urlsplit((url or "").strip())
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path}{query}"
-
-
-def is_exchange_online(url: str) -> bool:
-    try:
-        host = (urlsplit((url or "").strip()).hostname or "").rstrip(".").lower()
-    except ValueError:  # not an address at all (the form says so)
-        return False
-    return host in ONLINE_HOSTS or host.endswith(ONLINE_SUFFIXES)
-
-
-def online_warning(url: str) -> str:
-    """What the form and the report say about an Exchange Online URL ("" for any other)."""
-    if not is_exchange_online(url):
-        return ""
-    return f"{ONLINE_WARNING[:1].upper()}{ONLINE_WARNING[1:]}. Use Microsoft Graph for Exchange Online mailboxes."
-
-
-@register
-class EwsTransport:
-    protocol = "ews"
-    label = "Exchange Web Services (EWS)"
-    settings_type = EwsSettings
-    auth_types = (AuthType.BASIC, AuthType.OAUTH)
-    mechanisms = MECHANISMS
-    oauth_flows = (Flow.DELEGATED, Flow.APP)
-    oauth_providers = (Provider.MICROSOFT, Provider.OTHER)
-    transcript_name = "EWS requests"
+class EwsTransport(Ews):
+    """Ews's sending code (the registry imports this module when an EWS server is first checked or used)."""
 
     def check(self, config) -> Report:
         call = EwsCall(config)

@@ -96,8 +96,11 @@ class Redactor:
         """Where a form of a secret is, white space between its characters allowed; merged."""
         if not self._needles or not text:
             return []
+        squeezed = "".join(text.split())  # str.split() splits where str.isspace() is true, as `kept` below
+        squeezed = squeezed.lower() if squeezed.isascii() else _fold(squeezed)  # ASCII folds one for one
+        if not any(needle in squeezed for needle in self._needles):
+            return []  # the usual case, found without a step per character
         kept = [i for i, ch in enumerate(text) if not ch.isspace()]
-        squeezed = "".join(_fold(text[i]) for i in kept)
         spans = []
         for needle, whole_word in self._needles.items():
             found = squeezed.find(needle)

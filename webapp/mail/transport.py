@@ -21,7 +21,14 @@ Every message leaves through send_message() or open_connection(): the one place 
 message is made what this server sends, its message options (mail/options.py) written into its
 head (outgoing()); a transport reads `config.options` for what its protocol carries apart from
 the headers (SMTP's DSN parameters, EWS's item fields).
+
+A registered class may name its sending code instead of having it: `implementation =
+"package.module:Class"` (a subclass with check and send). That module, and the libraries it needs
+(exchangelib for EWS), is imported when a server of the protocol is first checked or used, not
+when the app starts: the form and the lists need only the registered class.
 """
+from functools import cache
+from importlib import import_module
 from typing import ClassVar, Protocol
 
 from .auth import AuthType
@@ -65,7 +72,15 @@ def unregister(protocol: str) -> None:
 
 def transport_for(protocol: str) -> Transport:
     """KeyError for a protocol nobody registered."""
-    return TRANSPORTS[protocol]()
+    registered = TRANSPORTS[protocol]
+    path = getattr(registered, "implementation", None)
+    return (_implementation(path) if path else registered)()
+
+
+@cache
+def _implementation(path: str) -> type[Transport]:
+    module, _, name = path.partition(":")
+    return getattr(import_module(module), name)
 
 
 def outgoing(config: ServerConfig, envelope: Envelope) -> Envelope:

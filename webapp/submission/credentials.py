@@ -22,10 +22,10 @@ from werkzeug.security import check_password_hash
 from .. import audit, db
 from ..audit import Actor
 from ..models import MAX_ID, FromPolicy, Portal, SmtpCredential, utcnow
-from ..security import hash_password
+from ..security import hash_password, unknown_user_hash
 
 MIB = 1024 * 1024
-_NOBODY = hash_password(secrets.token_urlsafe(16))  # an unknown username costs what a wrong password does
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -198,7 +198,7 @@ def sign_in(username: str, password: str, client: str, encrypted: bool) -> tuple
     credential = db.session().exec(select(SmtpCredential).where(
         SmtpCredential.username == username, SmtpCredential.revoked_at.is_(None))).first()
     db.session().rollback()  # nothing to write: give the connection back before the slow hash
-    if not check_password_hash(credential.password_hash if credential else _NOBODY, password):
+    if not check_password_hash(credential.password_hash if credential else unknown_user_hash(), password):
         return None, "unknown username or wrong password"
     if credential.client_networks.strip() and not _within(client, credential.client_networks):
         return None, f"the right password for {username}, but from {client}, outside its client networks"
