@@ -9,8 +9,6 @@ Mailroom does not manage.
 import base64
 import binascii
 
-import spnego
-from spnego.exceptions import SpnegoError
 
 from ..auth import PasswordAuth
 from ..report import StepFailed
@@ -22,6 +20,9 @@ MECHANISM = "NTLM"
 def sign_in(s: Session, auth: PasswordAuth) -> tuple[int, bytes]:
     """The whole exchange; returns the server's last reply (235 on success). The client's lines are
     recorded as redacted (client.py: every line answering a 334)."""
+    import spnego  # pyspnego: imported by the first NTLM sign-in, not with the app
+    from spnego.exceptions import SpnegoError
+
     code, text = s.client.docmd("AUTH", MECHANISM)
     if code != 334:
         return code, text
