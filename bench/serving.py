@@ -3,7 +3,10 @@
 `make` itself expands the Makefile's GUNICORN variable (so WORKERS / THREADS from the
 environment, `$(shell nproc)` and the like work exactly as for `make run` / `make serve`):
 
-    make -s --eval "bench-print-%: ; @echo '\$(\$*)'" bench-print-GUNICORN
+    make -s --eval "bench-print-%: ; @printf '%s\\n' \"\$(\$*)\"" bench-print-GUNICORN
+
+(printed in double quotes, so that the line's own single quotes, as in --forwarded-allow-ips '',
+reach shlex as the shell would read them)
 
 PROPOSED is the change to the Makefile this bench argues for (goals 4 and 5, bench/README.md):
 the same lines, written as they would go into the Makefile. `proposed_options()` expands
@@ -34,7 +37,7 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 def makefile_options(makefile: Path = MAKEFILE) -> list[str]:
     """gunicorn's options as the Makefile's GUNICORN variable expands here and now (binary left out)."""
     command = ["make", "-s", "--no-print-directory", "-f", str(makefile),
-               "--eval", "bench-print-%: ; @echo '$($*)'", "bench-print-GUNICORN"]
+               "--eval", "bench-print-%: ; @printf '%s\\n' \"$($*)\"", "bench-print-GUNICORN"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=30)
     words = shlex.split(result.stdout.strip())
     if result.returncode or not words or not words[0].endswith("gunicorn"):
