@@ -55,16 +55,13 @@ def claim(owner: str, lease_seconds: float, mail_id: int | None = None,
 
 
 def _take(owner: str, now: datetime, lease_seconds: float, which) -> OutboundMail | None:
+    """One statement: the row claimed and read back as it is now (RETURNING the whole row)."""
     session = db.session()
-    taken = session.execute(
+    mail = session.execute(
         update(OutboundMail).where(which, OutboundMail.state == MailState.QUEUED, OutboundMail.next_attempt_at <= now)
         .values(state=MailState.SENDING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
                 updated_at=now)
-        .returning(OutboundMail.id).execution_options(synchronize_session=False)).scalar()
-    session.commit()
-    if taken is None:
-        return None
-    mail = session.get(OutboundMail, taken, populate_existing=True)
+        .returning(OutboundMail).execution_options(synchronize_session=False, populate_existing=True)).scalar()
     session.commit()
     return mail
 
