@@ -88,6 +88,7 @@ class Bench:
     def __init__(self, work: Path):
         self.work = work
         self.processes = Processes()
+        self.notes: list[str] = []
         self.env = mailroom.env_for(work / "instance")
         # the API's per-key limit (600 per minute) would answer 429 to wrk within a second; the limiter
         # still counts every request, for the floor and the API alike
@@ -252,9 +253,10 @@ class Bench:
             figures = {}
             for name, url in targets.items():
                 result, output = wrk.run(url, API_DURATION, script=script, env=env, master=self.gunicorn.pid)
-                if result["non_2xx_3xx"] or any(result["socket_errors"].values()):
-                    raise RuntimeError(f"{name}: {result['non_2xx_3xx']} answers other than 2xx, socket errors "
-                                       f"{result['socket_errors']}:\n{output}")
+                if result["non_2xx_3xx"]:
+                    raise RuntimeError(f"{name}: {result['non_2xx_3xx']} answers other than 2xx:\n{output}")
+                if any(result["socket_errors"].values()):  # wrk gives up on an answer after 2 s: slow, not wrong
+                    self.notes.append(f"{name}, round {number + 1}: socket errors {result['socket_errors']}")
                 figures[name] = result
                 raw.append(output)
             rounds.append(figures)
@@ -354,6 +356,7 @@ def main() -> int:
         status = 1
     finally:
         bench.processes.stop_all()
+        record["notes"] = bench.notes
         record["load_average"]["end"] = os.getloadavg()
         record["code_after"] = code_version()
         if not os.environ.get("BENCH_KEEP"):
@@ -364,6 +367,8 @@ def main() -> int:
     out = RESULTS / f"delivery-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(record, indent=1, default=str))
     summary(record)
+    for note in bench.notes:
+        say(f"note: {note}")
     say(f"record: {out}")
     return status
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from time import monotonic
 
 from huey import RedisHuey, SqliteHuey
+from huey.storage import SqliteStorage
 from huey.consumer import Consumer
 
 from .settings import DeliverySettings
@@ -44,6 +45,24 @@ class Every:
         return last is not None and period > last
 
 
+class _JobStorage(SqliteStorage):
+    """Huey's SQLite storage as the app's database is set up (db.py): WAL with synchronous=NORMAL.
+    Huey's default (synchronous=FULL) waits for the disk at every commit, holding the file's write
+    lock meanwhile, so every message handed in and every job taken waited for an fsync and all of
+    them queued behind each other (bench/README.md, the API and the drain). A crash may lose the
+    last jobs, never the file; jobs only wake workers up, the outbox row is the record, and the
+    sweep makes a job for due mail that has none."""
+
+    def _create_connection(self):
+        connection = super()._create_connection()
+        connection.execute("pragma synchronous=NORMAL")
+        return connection
+
+
+class _SqliteHuey(SqliteHuey):
+    storage_class = _JobStorage
+
+
 class DeliveryQueue:
     """The app's Huey with the delivery jobs registered on it."""
 
@@ -56,8 +75,8 @@ class DeliveryQueue:
         if redis_url:
             self.huey = RedisHuey(settings.queue_name, url=redis_url, results=False)
         else:
-            self.huey = SqliteHuey(settings.queue_name, filename=str(Path(app.instance_path) / "huey.sqlite3"),
-                                   results=False)
+            self.huey = _SqliteHuey(settings.queue_name, filename=str(Path(app.instance_path) / "huey.sqlite3"),
+                                    results=False)
         from . import jobs
 
         self._deliver, self._probe = jobs.register(self, app)
