@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.exc import InternalError, OperationalError
 
 from .. import db
@@ -92,8 +92,11 @@ def _attempt(tried: Tried, mail_id: int, owner: str) -> None:
         session.execute(update(DeliveryAttempt).where(DeliveryAttempt.id == tried.reservation).values(**columns)
                         .execution_options(synchronize_session=False))
         return
-    session.add(DeliveryAttempt(mail_id=mail_id, at=tried.at, server_id=tried.server_id,
-                                server_label=tried.server_label[:200], worker=owner, **columns))
+    session.execute(_NEW_ATTEMPT, dict(mail_id=mail_id, at=tried.at, server_id=tried.server_id,
+                                       server_label=tried.server_label[:200], worker=owner, **columns))
+
+
+_NEW_ATTEMPT = insert(DeliveryAttempt.__table__)  # one INSERT, no unit of work: nothing reads the object back
 
 
 def recipients_pending(mail: OutboundMail) -> list[str]:
