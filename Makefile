@@ -22,7 +22,7 @@ VENDOR := webapp/static/vendor
 # 127.0.0.1); the app alone does, and only as MAILROOM_TRUSTED_PROXIES says.
 GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --preload --timeout 120 --forwarded-allow-ips ''
 
-.PHONY: run test test-postgres serve assets venv test-deps bench bench-scale lock clean
+.PHONY: run test test-postgres serve assets venv test-deps bench bench-scale bench-delivery lock clean
 
 # The access log shows paths without their query string: the OAuth callback's carries a code, and a
 # consent link's its token (/oauth/consent?link=...).
@@ -96,6 +96,12 @@ bench: venv assets
 bench-scale: venv assets
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/scale.py
+
+# Delivery, API enqueue and SMTP submission against Postfix's smtp-sink / smtp-source (bench/README.md);
+# bench/postfix_tools.py fetches Debian's postfix package into bench/tools/ (nothing is installed).
+bench-delivery: venv assets
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/delivery.py
 
 clean:
 	rm -rf $(VENV) node_modules $(VENDOR)

@@ -16,18 +16,37 @@ The product is `webapp.create_app()` unchanged; this adds, for the bench only:
   from the WSGI call into the app to its answer's status line (everything the app does for the
   request, the session saved; not gunicorn's parsing nor the network). Goal 3 reads it: "Validate
   in the app".
+- POST /api/v1/bench-floor/<slug> (bench/delivery.py, the API's floor): the cheapest
+  authenticated API route there could be. It stands where the API's routes stand (the
+  sessionless /api/ path: no session, no cookie, no CSRF), runs the API's own key check
+  (`api._authorize`: the Bearer key looked up by its hash, its portal, its use noted) and the
+  API's per-key rate limit (`api.per_key`), reads the body as the API reads it (`api._body`,
+  size-limited), and answers 202 with an empty JSON object. What POST .../messages costs above
+  it is validating, building, storing, committing and queueing the message.
 """
 import os
 import time
 
-from flask import Blueprint, request
+from flask import Blueprint, current_app, request
 from flask_login import login_required
 
 import webapp
 from webapp.models import Role
 from webapp.security import load_portal
+from webapp.sessions import SESSIONLESS_PATH
+from webapp.views import api
 
 floor = Blueprint("bench_floor", __name__)
+api_floor = Blueprint("bench_api_floor", __name__, url_prefix=SESSIONLESS_PATH + "v1")
+api_floor.before_request(api._authorize)
+api_floor.register_error_handler(api.ApiError, api._api_error)
+
+
+@api_floor.post("/bench-floor/<slug>")
+@api.per_key
+def api_portal_floor(slug):
+    api._body()
+    return current_app.response_class("{}", status=202, mimetype="application/json")
 
 
 @floor.route("/bench-floor/<slug>", methods=["GET", "POST"])
@@ -64,5 +83,7 @@ class _AppTime:
 def create_app():
     app = webapp.create_app()
     app.register_blueprint(floor)
+    app.register_blueprint(api_floor)
+    app.extensions["csrf"].exempt(api_floor)  # as the API's blueprint is: the key authorizes, not a session
     app.wsgi_app = _AppTime(app.wsgi_app)
     return app

@@ -102,6 +102,17 @@ def wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float 
         time.sleep(0.1)
 
 
+def wait_for_text(log: Path, text: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until `text` appears in the process's log (case-insensitive): it is ready."""
+    deadline = time.monotonic() + timeout
+    while text.lower() not in (log.read_text(errors="replace").lower() if log.exists() else ""):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[1:6]} exited ({proc.returncode}):\n{tail(log)}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"“{text}” did not appear in {log.name} within {timeout}s:\n{tail(log)}")
+        time.sleep(0.1)
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -210,6 +210,34 @@ def test_no_free_connection_delays_the_message_without_counting_an_attempt(outbo
     assert outbox.mail(mail_id).state == MailState.SENT
 
 
+def test_mail_waiting_for_a_connection_gets_a_job_of_its_own_for_when_it_is_due(outbox, make, portal, smtp_peer):
+    """The runs holding the server's connections may end before it is due: it must not wait for the sweep."""
+    peer = smtp_peer("plain")
+    server = make.server(portal, settings=smtp_settings(peer), max_connections=1)
+    with outbox.app.app_context():
+        db.session().add(ConnectionLease(server_id=server.id, owner="elsewhere",
+                                         expires_at=utcnow() + timedelta(minutes=5)))
+        db.session().commit()
+    huey = outbox.app.extensions["mailroom.delivery"].huey
+    huey.flush()
+    mail_id = outbox.queue(portal)
+    outbox.run(mail_id)
+
+    waiting = outbox.mail(mail_id)
+    assert waiting.state == MailState.QUEUED and peer.messages == []
+    [job] = huey.pending()  # Huey queues it with its time; the consumer keeps it aside until then
+    assert job.name == "deliver" and job.args == (mail_id,)
+    due = waiting.next_attempt_at.replace(tzinfo=None)  # Huey's times are naive UTC
+    assert abs((job.eta - due).total_seconds()) < 1
+
+
+def test_the_job_queue_on_sqlite_commits_without_waiting_for_the_disk(outbox):
+    """synchronous=NORMAL with WAL, as the app's database (FULL: an fsync at every job added or taken)."""
+    storage = outbox.app.extensions["mailroom.delivery"].huey.storage
+    assert storage.conn.execute("pragma journal_mode").fetchone()[0] == "wal"
+    assert storage.conn.execute("pragma synchronous").fetchone()[0] == 1  # NORMAL
+
+
 def test_a_send_rate_delays_mail_to_a_later_slot_instead_of_failing_it(outbox, make, portal, smtp_peer):
     peer = smtp_peer("plain")
     make.server(portal, settings=smtp_settings(peer), rate_per_minute=2)

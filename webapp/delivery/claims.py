@@ -13,9 +13,10 @@ A worker that dies leaves its messages in sending; when their lease runs out, th
 them back (counting the attempt): they are sent again, at least once in all.
 """
 import itertools
+from functools import cache
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import db
@@ -33,38 +34,49 @@ def claim(owner: str, lease_seconds: float, mail_id: int | None = None,
           portal_id: int | None = None) -> OutboundMail | None:
     """Claim `mail_id` if it is due, else the next due message (of `portal_id`, if given)."""
     now = utcnow()
+    # (the names of bound parameters are not columns: in an UPDATE, such a parameter would be written)
+    values = {"claim_now": now, "claim_owner": owner, "claim_until": now + timedelta(seconds=lease_seconds)}
     if mail_id is not None:
-        claimed = _take(owner, now, lease_seconds, OutboundMail.id == mail_id)
+        claimed = _take(_BY_ID, {**values, "claim_id": mail_id})
         if claimed is not None:
             return claimed
     lanes = (True, False) if next(_turns) % RETRY_TURN else (False, True)
     for fresh in lanes:
-        conditions = [_candidate.c.state == MailState.QUEUED, _candidate.c.next_attempt_at <= now]
-        if fresh:
-            conditions.append(_candidate.c.attempts == 0)
-        else:
-            conditions.append(_candidate.c.attempts > 0)
-        if portal_id is not None:
-            conditions.append(_candidate.c.portal_id == portal_id)
-        candidate = (select(_candidate.c.id).where(*conditions).order_by(_candidate.c.next_attempt_at).limit(1)
-                     .with_for_update(skip_locked=True).scalar_subquery())
-        claimed = _take(owner, now, lease_seconds, OutboundMail.id == candidate)
+        of_portal = {"claim_portal": portal_id} if portal_id is not None else {}
+        claimed = _take(_next_due(fresh, portal_id is not None), {**values, **of_portal})
         if claimed is not None:
             return claimed
     return None
 
 
-def _take(owner: str, now: datetime, lease_seconds: float, which) -> OutboundMail | None:
+# The claim's statements are built once, with bound parameters: a worker runs one per message.
+def _claim_statement(which):
+    return (update(OutboundMail).where(which, OutboundMail.state == MailState.QUEUED,
+                                       OutboundMail.next_attempt_at <= bindparam("claim_now"))
+            .values(state=MailState.SENDING, lease_owner=bindparam("claim_owner"), lease_until=bindparam("claim_until"),
+                    updated_at=bindparam("claim_now"))
+            .returning(OutboundMail).execution_options(synchronize_session=False, populate_existing=True))
+
+
+_BY_ID = _claim_statement(OutboundMail.id == bindparam("claim_id"))
+
+
+@cache
+def _next_due(fresh: bool, of_portal: bool):
+    """The oldest due message, new mail (no attempt yet) or retries, of one portal or any."""
+    conditions = [_candidate.c.state == MailState.QUEUED, _candidate.c.next_attempt_at <= bindparam("claim_now"),
+                  _candidate.c.attempts == 0 if fresh else _candidate.c.attempts > 0]
+    if of_portal:
+        conditions.append(_candidate.c.portal_id == bindparam("claim_portal"))
+    candidate = (select(_candidate.c.id).where(*conditions).order_by(_candidate.c.next_attempt_at).limit(1)
+                 .with_for_update(skip_locked=True).scalar_subquery())
+    return _claim_statement(OutboundMail.id == candidate)
+
+
+def _take(statement, values: dict) -> OutboundMail | None:
+    """One statement: the row claimed and read back as it is now (RETURNING the whole row)."""
     session = db.session()
-    taken = session.execute(
-        update(OutboundMail).where(which, OutboundMail.state == MailState.QUEUED, OutboundMail.next_attempt_at <= now)
-        .values(state=MailState.SENDING, lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds),
-                updated_at=now)
-        .returning(OutboundMail.id).execution_options(synchronize_session=False)).scalar()
-    session.commit()
-    if taken is None:
-        return None
-    mail = session.get(OutboundMail, taken, populate_existing=True)
+    mail = session.execute(statement, values).scalar()
     session.commit()
     return mail
 

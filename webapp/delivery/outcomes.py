@@ -9,8 +9,9 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, update
 from sqlalchemy.exc import InternalError, OperationalError
 
 from .. import db
@@ -55,19 +56,33 @@ def _finish(mail: OutboundMail, owner: str, tried: list[Tried], values: dict) ->
     session = db.session()
     now = utcnow()
     values.update(lease_owner="", lease_until=None, updated_at=now)
-    written = session.execute(
-        update(OutboundMail).where(OutboundMail.id == mail.id, OutboundMail.state == MailState.SENDING,
-                                   OutboundMail.lease_owner == owner)
-        .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+    columns = tuple(sorted(values))
+    parameters = {"outcome_id": mail.id, "outcome_owner": owner, **{f"new_{name}": value for name, value in values.items()}}
+    written = session.execute(_by_its_worker(columns), parameters).rowcount == 1
     if not written and values.get("state") == MailState.SENT:
-        written = session.execute(
-            update(OutboundMail).where(OutboundMail.id == mail.id, OutboundMail.state.in_(
-                (MailState.QUEUED, MailState.SENDING, MailState.HELD)))
-            .values(**values).execution_options(synchronize_session=False)).rowcount == 1
+        written = session.execute(_sent_all_the_same(columns), parameters).rowcount == 1
     for each in tried:
         _attempt(each, mail.id, owner)
     session.commit()
     return written
+
+
+# Built once per set of columns written, with bound parameters: a worker writes one outcome per message.
+def _outcome_statement(columns: tuple[str, ...], *where):
+    return (update(OutboundMail).where(OutboundMail.id == bindparam("outcome_id"), *where)
+            .values({name: bindparam(f"new_{name}") for name in columns})
+            .execution_options(synchronize_session=False))
+
+
+@cache
+def _by_its_worker(columns: tuple[str, ...]):
+    return _outcome_statement(columns, OutboundMail.state == MailState.SENDING,
+                              OutboundMail.lease_owner == bindparam("outcome_owner"))
+
+
+@cache
+def _sent_all_the_same(columns: tuple[str, ...]):
+    return _outcome_statement(columns, OutboundMail.state.in_((MailState.QUEUED, MailState.SENDING, MailState.HELD)))
 
 
 def _attempt(tried: Tried, mail_id: int, owner: str) -> None:
@@ -77,8 +92,11 @@ def _attempt(tried: Tried, mail_id: int, owner: str) -> None:
         session.execute(update(DeliveryAttempt).where(DeliveryAttempt.id == tried.reservation).values(**columns)
                         .execution_options(synchronize_session=False))
         return
-    session.add(DeliveryAttempt(mail_id=mail_id, at=tried.at, server_id=tried.server_id,
-                                server_label=tried.server_label[:200], worker=owner, **columns))
+    session.execute(_NEW_ATTEMPT, dict(mail_id=mail_id, at=tried.at, server_id=tried.server_id,
+                                       server_label=tried.server_label[:200], worker=owner, **columns))
+
+
+_NEW_ATTEMPT = insert(DeliveryAttempt.__table__)  # one INSERT, no unit of work: nothing reads the object back
 
 
 def recipients_pending(mail: OutboundMail) -> list[str]:

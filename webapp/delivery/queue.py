@@ -62,7 +62,9 @@ class DeliveryQueue:
         return self._huey
 
     def _make_huey(self):
-        from huey import RedisHuey, SqliteHuey
+        from huey import RedisHuey
+
+        from .job_storage import SqliteHuey
 
         from . import jobs
 
@@ -87,6 +89,16 @@ class DeliveryQueue:
                 self._deliver(mail_id)
         except Exception as error:  # noqa: BLE001 - Redis down, a locked file: the rows are safe all the same
             log.warning("could not wake the delivery worker (%s): the next sweep sends the mail", error)
+
+    def wake_at(self, mail_id: int, at: datetime) -> None:
+        """A job for one message put back until `at` (its server had no free connection or send slot):
+        it is tried when it is due, not at the next sweep, when no run of its portal is left to take
+        it. Never raises, as wake()."""
+        delay = max(0.0, (at - datetime.now(UTC)).total_seconds())
+        try:
+            self._deliver.schedule(args=(mail_id,), delay=delay)
+        except Exception as error:  # noqa: BLE001 - as in wake(): the sweep finds the mail
+            log.warning("could not schedule the delivery of mail %s (%s): the next sweep sends it", mail_id, error)
 
     def probe(self, server_id: int) -> None:
         self.huey  # noqa: B018  (registers the jobs)

@@ -22,8 +22,8 @@ asked, never past its lifetime), waits for a slot, waits for a failing server's 
 held (attempts not counted) until the credentials are fixed. Past its lifetime it fails.
 
 Nothing is sent inside a database transaction, and nothing is sent without the claim: the
-claim is extended before each server is tried, and a message whose claim was lost is left to
-the worker that has it now.
+claim is confirmed before each server is tried (extended when it might not outlast the send),
+and a message whose claim was lost is left to the worker that has it now.
 """
 import logging
 import os
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from time import monotonic
 
+from flask import current_app
 from sqlalchemy import select
 
 from .. import db
@@ -217,8 +218,15 @@ class Run:
             capacity.give_back(opened.lease_id)
 
     def _keep_claim(self, mail: OutboundMail, server: MailServer) -> bool:
-        """Confirm the claim right before a server is tried, and make it outlast the send."""
-        return claims.extend(mail, self.owner, utcnow() + timedelta(seconds=self._lease_for(server)))
+        """Confirm the claim right before a server is tried, and make it outlast the send. A lease
+        this run took that outlasts a send to `server` already (the first server of a message
+        just claimed) needs no write: nobody takes a message from its worker before the lease
+        runs out (the sweep; an admin's actions leave messages being sent alone)."""
+        now = utcnow()
+        if (mail.lease_owner == self.owner and mail.lease_until is not None
+                and aware(mail.lease_until) >= now + timedelta(seconds=server.timeout + capacity.LEASE_MARGIN)):
+            return True
+        return claims.extend(mail, self.owner, now + timedelta(seconds=self._lease_for(server)))
 
     def _lease_for(self, server: MailServer) -> float:
         return capacity.lease_seconds(server, self.settings.lease)
@@ -362,9 +370,11 @@ class _Attempt:
             at = min(self.busy_until(), self.expires)
             if self.tried:  # a server refused the credentials, another one was busy
                 values.update(state=MailState.QUEUED, next_attempt_at=at, last_error=self.busy[0].reason)
-                outcomes.finish(mail, owner, self.tried, **values)
+                waiting = outcomes.finish(mail, owner, self.tried, **values)
             else:
-                claims.put_back(mail, owner, at, last_error=f"waiting: {self.busy[0].reason}"[:1000])
+                waiting = claims.put_back(mail, owner, at, last_error=f"waiting: {self.busy[0].reason}"[:1000])
+            if waiting:  # the runs holding the connections may end before it is due
+                delivery_queue().wake_at(mail.id, aware(at))
             return
         reason = self.held_reason or "no server can take it"
         values.pop("attempts", None)  # held mail keeps its attempts
@@ -378,6 +388,10 @@ class _Attempt:
     def _refused_for_now(self) -> str:
         later = [r for r in self.recipients if r.get("state", PENDING) == PENDING]
         return f"{len(later)} recipient(s) refused for now: {later[0].get('reply', '')}" if later else ""
+
+
+def delivery_queue():
+    return current_app.extensions["mailroom.delivery"]
 
 
 def _out_of_order(server: MailServer) -> str:
