@@ -98,7 +98,10 @@ def test_a_member_is_assigned_one_and_removing_it_falls_back_to_the_servers_from
     assert membership_of(app, portal, member).sender_id == sender_id(app, portal, "alerts@customer-a.example")
     page = admin.get("/p/help/members").text
     assert re.search(r'<option value="\d+" selected>alerts@customer-a.example</option>', page)
-    assert "Changed the mail sender of" in admin.get("/p/help/history").text
+    history = " ".join(re.sub(r"<[^>]+>", " ", admin.get("/p/help/history").text).split())
+    assert "Changed the mail sender of" in history
+    assert "Mail sender: the server&#39;s From → alerts@customer-a.example" in history
+    assert "Sender ID: alerts@customer-a.example" in history and "address:" not in history
 
     response = admin.post(f"/p/help/sender-ids/{sender_id(app, portal, 'alerts@customer-a.example')}/remove")
     assert response.status_code == 303

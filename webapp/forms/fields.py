@@ -18,12 +18,12 @@ NOT_IN_FORMS = {"password": "Password", "order": "Order", "position": "Position 
                 "active": "Active", "role": "Role", "auth_type": "Authentication",
                 "egress_allow": "Egress allow list", "egress_deny": "Egress deny list", "reason": "Reason",
                 "consented_by": "Consented by", "tenant": "Tenant", "client_secret": "Client secret",
-                "filter": "Filter", "count": "Messages"}
+                "filter": "Filter", "count": "Messages", "mail_sender": "Mail sender"}
 
 
 # Fields of events about something other than a mail server, named like a server form's field
 # ("key", the Gmail service-account key): what they are called there, by the event's kind.
-EVENT_FIELD_LABELS = {"api_key": {"key": "API key"}}
+EVENT_FIELD_LABELS = {"api_key": {"key": "API key"}, "sender_id": {"address": "Sender ID"}}
 
 
 def field_labels(protocol: str | None = None, auth_type: str | None = None, action: str = "") -> dict[str, str]:
