@@ -11,6 +11,7 @@ with Postfix's libraries on LD_LIBRARY_PATH.
 """
 import glob
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -47,7 +48,6 @@ def start_sink(processes: Processes, port: int, log: Path):
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     proc = processes.start([str(SINK), *user, f"{HOST}:{port}", "256"], log, env=_env())
     deadline = time.monotonic() + 10
-    import socket
     while time.monotonic() < deadline:
         try:
             with socket.create_connection((HOST, port), timeout=1) as probe:

@@ -57,7 +57,8 @@ def _finish(mail: OutboundMail, owner: str, tried: list[Tried], values: dict) ->
     now = utcnow()
     values.update(lease_owner="", lease_until=None, updated_at=now)
     columns = tuple(sorted(values))
-    parameters = {"outcome_id": mail.id, "outcome_owner": owner, **{f"new_{name}": value for name, value in values.items()}}
+    parameters = {"outcome_id": mail.id, "outcome_owner": owner,
+                  **{f"new_{name}": value for name, value in values.items()}}
     written = session.execute(_by_its_worker(columns), parameters).rowcount == 1
     if not written and values.get("state") == MailState.SENT:
         written = session.execute(_sent_all_the_same(columns), parameters).rowcount == 1
