@@ -331,3 +331,12 @@ def test_a_move_changes_two_rows_and_history_says_which_places(app, admin, porta
     history = admin.get("/p/help/history").text
     assert "Moved the server “Relay 0150”" in history
     assert '<span class="muted">Position in the list:</span>' in history and "151 → 150" in history
+
+
+@pytest.mark.parametrize("url", ["/users/?q=a%00b", "/?q=a%00b", "/p/help/members?q=a%00b",
+                                 "/p/help/history?q=a%00b", "/p/help/history?actor=a%00b"])
+def test_a_nul_in_any_search_is_refused_before_the_database_sees_it(app, root, make, portal, url):
+    """PostgreSQL refuses NUL in a text parameter: neither the page nor its counts may send it one."""
+    make.member(portal, "root-member@example.com")
+    response = root.get(url)
+    assert response.status_code == 422, response.status_code

@@ -25,7 +25,9 @@ class ListSearchForm(PartForm):
 
     @property
     def text(self) -> str:
-        return self.q.data or ""
+        """What to search for; "" while the search has errors (a NUL, say: PostgreSQL refuses it
+        in a query, so nothing that counts or lists may use it)."""
+        return "" if self.q.errors else self.q.data or ""
 
     @property
     def page_size(self) -> int:
