@@ -68,12 +68,11 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_duplicates_at_most_what_it_
     [victim] = workers.start(threads=4)
     ids = [outbox.queue(portal, subject=f"Message {n}") for n in range(24)]
     _wake(outbox, ids)
-    wait_until(lambda: len(peer.messages) >= 4, DRAIN, "the first messages to arrive")
+    # killed while it holds a message (under load a thread may be between two messages for a moment)
+    wait_until(lambda: len(peer.messages) >= 4 and _held_by(outbox, victim), DRAIN, "the victim to hold a message")
 
     workers.kill(victim)
-    with outbox.app.app_context():
-        owned = {m.message_id for m in db.session().exec(select(OutboundMail).where(
-            OutboundMail.state == MailState.SENDING, OutboundMail.lease_owner.contains(f":{victim.pid}:")))}
+    owned = _held_by(outbox, victim)
     assert owned, "the victim held messages when it was killed"
 
     workers.start(threads=4)
@@ -139,3 +138,10 @@ def test_failover_and_the_probe_end_to_end(outbox, workers, make, smtp_peer):
     _wake(outbox, after)
     wait_until(lambda: _all_sent(outbox, after), DRAIN, "the mail to go via the primary")
     assert {m.message["Subject"] for m in primary_peer.messages} == {"After 0", "After 1", "After 2"}
+
+
+def _held_by(outbox, worker) -> set[str]:
+    """The Message-IDs of the mail a worker process has claimed and is sending."""
+    with outbox.app.app_context():
+        return {m.message_id for m in db.session().exec(select(OutboundMail).where(
+            OutboundMail.state == MailState.SENDING, OutboundMail.lease_owner.contains(f":{worker.pid}:")))}
