@@ -77,6 +77,8 @@ DURATION = int(os.environ.get("BENCH_SCALE_DURATION", 2))
 EVENTS = int(os.environ.get("BENCH_SCALE_EVENTS", 1_000_000))
 REQUESTS = int(os.environ.get("BENCH_SCALE_REQUESTS", 10))
 CLI_RUNS = int(os.environ.get("BENCH_SCALE_CLI", 3))
+PARTS = ("lists", "row", "memory", "cli", "validate", "sample")
+ONLY = set(os.environ.get("BENCH_SCALE_ONLY", ",".join(PARTS)).split(","))
 MIN_ANSWERS = 4  # a wrk run of the large list with fewer answers is replaced by timed requests in turn
 SIZES = {"small": {"servers": 10, "users": 10, "portals": 10, "events": 10},
          "large": {"servers": 1_000, "users": 10_000, "portals": 3_000, "events": EVENTS}}
@@ -284,15 +286,18 @@ class Scale:
             instance.ids = server_ids(instance)
             say(f"{name}: data inserted in {time.perf_counter() - started:.0f} s: {SIZES[name]}")
             record.setdefault("insert_seconds", {})[name] = round(time.perf_counter() - started, 1)
-        record["lists"] = self.lists()
-        record["row_action"] = self.row_action()
-        requests.get(f"http://{HOST}:{hello_port}/", timeout=10)
-        record["memory_after_lists"] = {"hello": workers_memory(self.hello.pid),
-                                        "mailroom": workers_memory(self.instances["large"].proc.pid)}
-        record["worker_memory"] = self.memory_ratios(record)
-        record["cli"] = self.cli()
-        record["validate"] = self.validate()
-        record["sample"] = self.sample()
+        if "lists" in ONLY:
+            record["lists"] = self.lists()
+        if "row" in ONLY:
+            record["row_action"] = self.row_action()
+        if "memory" in ONLY:
+            requests.get(f"http://{HOST}:{hello_port}/", timeout=10)
+            record["memory_after_lists"] = {"hello": workers_memory(self.hello.pid),
+                                            "mailroom": workers_memory(self.instances["large"].proc.pid)}
+            record["worker_memory"] = self.memory_ratios(record)
+        for part, measure in (("cli", self.cli), ("validate", self.validate), ("sample", self.sample)):
+            if part in ONLY:
+                record[part] = measure()
         record["notes"] = self.notes
         return record
 
@@ -487,24 +492,25 @@ def verdict(value: float, goal: float) -> str:
 
 def print_report(record: dict) -> None:
     print("\nIssue 13's goals (ratio: median of the rounds' ratios; the rounds in brackets)")
-    for name, figures in record["lists"].items():
+    for name, figures in record.get("lists", {}).items():
         print(f"  {name}, {figures['data']:,} ÷ {SIZES['small'][LIST_DATA[name]]}, req/s: "
               f"{verdict(figures['ratio'], GOALS[name])} {figures['rounds']}; "
               f"large {figures['large_rps']} req/s ({figures['large_requests']} answers), "
               f"{figures['bytes']['large']:,} B ÷ {figures['bytes']['small']:,} B"
               + (f"; by time per request: {figures['by_latency']}" if figures["by_latency"] else ""))
-    row = record["row_action"]
-    print(f"  row action, 1,000 servers ÷ 1, p50: {verdict(row['ratio'], GOALS['row action'])} {row['rounds']}; "
-          f"{row['p50_ms_1000']} ms ÷ {row['p50_ms_1']} ms")
-    for moment, figures in record["worker_memory"].items():
+    if row := record.get("row_action"):
+        print(f"  row action, 1,000 servers ÷ 1, p50: {verdict(row['ratio'], GOALS['row action'])} {row['rounds']}; "
+              f"{row['p50_ms_1000']} ms ÷ {row['p50_ms_1']} ms")
+    for moment, figures in record.get("worker_memory", {}).items():
         print(f"  worker RSS {moment.removeprefix('memory_')} ÷ hello: {verdict(figures['rss_ratio'], GOALS['worker RSS'])}; "
               f"{figures['mailroom_rss_mib']} MiB ÷ {figures['hello_rss_mib']} MiB (PSS ratio {figures['pss_ratio']}: "
               f"{figures['mailroom_pss_mib']} ÷ {figures['hello_pss_mib']} MiB)")
-    cli = record["cli"]
-    print(f"  flask mail check ÷ in-process: {verdict(cli['ratio'], GOALS['mail check CLI'])} {cli['rounds']}; "
-          f"{cli['cli_ms']} ms ÷ {cli['in_process_ms']} ms")
+    if cli := record.get("cli"):
+        print(f"  flask mail check ÷ in-process: {verdict(cli['ratio'], GOALS['mail check CLI'])} {cli['rounds']}; "
+              f"{cli['cli_ms']} ms ÷ {cli['in_process_ms']} ms")
     for key, name in (("validate", "Validate"), ("sample", "sample mail")):
-        figures = record[key]
+        if not (figures := record.get(key)):
+            continue
         print(f"  {name} over HTTP ÷ smtplib, p50: {verdict(figures['ratio'], GOALS[name])} {figures['rounds']}; "
               f"{figures['http_p50_ms']} ms ÷ {figures['smtplib_p50_ms']} ms")
     for note in record["notes"]:
