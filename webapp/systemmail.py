@@ -86,17 +86,20 @@ def server_problems() -> list[str]:
     return []
 
 
-def queue(to: str, subject: str, text: str, expires_at=None) -> OutboundMail:
+def queue(to: str, subject: str, text: str, expires_at=None, secret: bool = False) -> OutboundMail:
     """A message from Mailroom through the system-mail server, in that server's portal's outbox: added to
-    the session (the caller commits, then wakes a worker). Unavailable when there is no usable server."""
+    the session (the caller commits, then wakes a worker). Unavailable when there is no usable server.
+    `secret`: the text carries one (a recovery link): its body is purged as soon as it is sent or failed."""
     reasons = server_problems()
     if reasons:
         raise Unavailable(reasons[0])
     server = designated()
     portal = db.session().get(Portal, server.portal_id)
     envelope = Envelope.of(build_message(Sender(server.from_address, SENDER_NAME), [to], subject, text))
-    return add(portal, envelope, Submitter(Source.SYSTEM, SENDER_NAME), pinned_server_id=server.id,
+    mail = add(portal, envelope, Submitter(Source.SYSTEM, SENDER_NAME), pinned_server_id=server.id,
                expires_at=expires_at)
+    mail.purge_when_done = secret
+    return mail
 
 
 def fallback_for(portal: Portal, usable: list[MailServer]) -> MailServer | None:
