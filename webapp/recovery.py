@@ -77,6 +77,11 @@ def answer(request_id: int) -> None:
         log.info("password recovery asked for %s from %s: no active account or too old, nothing sent", email,
                  client)
         return
+    reasons = available()
+    if reasons:
+        session.rollback()
+        log.warning("password recovery asked for %s: %s; the sweep tries again", email, reasons[0])
+        return
     token = secrets.token_urlsafe(32)
     expires = utcnow() + lifetime()
     session.add(PasswordReset(id=_hash(token), user_id=user.id, created_at=utcnow(), expires_at=expires,
@@ -86,12 +91,7 @@ def answer(request_id: int) -> None:
     text = (f"Hello,\n\nsomeone (from the address {client or 'unknown'}) asked to reset the Mailroom password of "
             f"{user.email}. To choose a new password, open this link within {minutes} minutes:\n\n  {link}\n\n"
             "The link works once. If you did not ask for it, ignore this mail: your password stays as it is.\n")
-    try:
-        mail = systemmail.queue(user.email, SUBJECT, text, expires_at=expires, secret=True)
-    except systemmail.Unavailable as why:
-        session.rollback()
-        log.warning("password recovery asked for %s: %s; the sweep tries again", email, why)
-        return
+    mail = systemmail.queue(user.email, SUBJECT, text, expires_at=expires, secret=True)
     audit.record(Actor(client or "unknown client"), "user.password_recovery_sent", user.email)
     session.commit()
     delivery.wake([mail.id])
