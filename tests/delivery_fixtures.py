@@ -85,6 +85,14 @@ class Outbox:
         with self.app.app_context():
             return Run(self.settings, owner).run(mail_id)
 
+    def run_jobs(self, name: str) -> None:
+        """Run the jobs of this name waiting in the app's Huey queue, here, as a worker would (the others
+        are dropped: `run` delivers the mail)."""
+        huey = self.app.extensions["mailroom.delivery"].huey
+        while (task := huey.dequeue()) is not None:
+            if task.name == name:
+                huey.execute(task)
+
     def mail(self, mail_id: int) -> OutboundMail:
         with self.app.app_context():
             return db.session().get(OutboundMail, mail_id)

@@ -149,6 +149,38 @@ def root(make, client):
     return client.login("root@example.com")
 
 
+SYSTEM_CHOICE = re.compile(r'name="server" value="(\d+)"')  # a "Use this server" button
+
+
+def test_the_system_mail_page_searches_every_portals_servers_a_page_at_a_time(app, root, make, portal):
+    ids = list_factory.servers(app, portal, 120)
+    operations = make.portal(slug="ops", name="Operations", base_url="")
+    relay = make.server(operations, from_address="mailroom@example.com", description="System relay")
+    pages, last = walk(root, "/settings/system-mail?size=50", SYSTEM_CHOICE)
+    assert [len(p) for p in pages] == [50, 50, 21]
+    assert [int(i) for p in pages for i in p] == [*ids, relay.id]  # by portal, in each portal's order, none twice
+
+    htmx = {"HX-Request": "true"}
+    by_portal = root.get("/settings/system-mail?q=operat", headers=htmx)
+    assert by_portal.status_code == 200 and "<html" not in by_portal.text
+    assert SYSTEM_CHOICE.findall(by_portal.text) == [str(relay.id)]
+    assert "1 server match" in by_portal.text and "Operations — System relay (mailroom@example.com)" in by_portal.text
+    assert SYSTEM_CHOICE.findall(root.get("/settings/system-mail?q=Relay 0042").text) == [str(ids[42])]
+    assert SYSTEM_CHOICE.findall(root.get("/settings/system-mail?q=relay7.example").text) == [str(ids[7])]
+
+    assert root.post("/settings/system-mail", {"server": str(relay.id)}).status_code == 303
+    elsewhere = root.get("/settings/system-mail?q=Relay 0001").text  # the choice is shown beside any search
+    assert re.search(r'id="system-mail-current">System mail goes through <strong>Operations — System relay '
+                     r'\(mailroom@example.com\)</strong>', elsewhere)
+    assert SYSTEM_CHOICE.findall(elsewhere) == [str(ids[1])]
+    chosen = root.get("/settings/system-mail?q=operations").text
+    assert SYSTEM_CHOICE.findall(chosen) == [] and "Chosen" in chosen
+    assert root.post("/settings/system-mail", {"server": ""}).status_code == 303
+    assert "No server is\nchosen" in root.get("/settings/system-mail").text
+    refused = root.post("/settings/system-mail", {"server": "the first"})
+    assert refused.status_code == 422 and "Choose a server from the list." in refused.text
+
+
 def test_the_users_index_pages_and_finds_a_user_by_email_or_name(app, root):
     ids = list_factory.users(app, 140, name="Person {i}")
     pages, last = walk(root, "/users/?size=50", USER_ROW)
@@ -334,7 +366,8 @@ def test_a_move_changes_two_rows_and_history_says_which_places(app, admin, porta
 
 
 @pytest.mark.parametrize("url", ["/users/?q=a%00b", "/?q=a%00b", "/p/help/members?q=a%00b",
-                                 "/p/help/history?q=a%00b", "/p/help/history?actor=a%00b"])
+                                 "/p/help/history?q=a%00b", "/p/help/history?actor=a%00b",
+                                 "/settings/system-mail?q=a%00b"])
 def test_a_nul_in_any_search_is_refused_before_the_database_sees_it(app, root, make, portal, url):
     """PostgreSQL refuses NUL in a text parameter: neither the page nor its counts may send it one."""
     make.member(portal, "root-member@example.com")

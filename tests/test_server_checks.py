@@ -140,3 +140,25 @@ def test_staff_validate_a_saved_server_from_the_list_and_the_row_keeps_the_resul
     listing = staff.get("/p/help/servers/").text
     assert "Failed" in listing and "Authenticate" in listing
     assert peer.password not in response.text + listing
+
+
+def _last_check(app, server_id):
+    with app.app_context():
+        server = db.session().get(MailServer, server_id)
+        return server.last_check_at, server.last_check_ok, server.last_check_summary
+
+
+def test_validate_of_the_saved_values_with_the_password_typed_again_is_remembered_and_other_values_are_not(
+        app, admin, smtp_peer):
+    peer = smtp_peer("tls")
+    server = saved_server(app, admin, peer_form(peer, security="tls"))
+    retyped = peer_form(peer, security="tls", version=str(server.version))  # or filled in by the browser
+    assert "All checks passed" in admin.post(f"/p/help/servers/{server.id}/validate", retyped, htmx=True).text
+    remembered = _last_check(app, server.id)
+    assert remembered[0] is not None and remembered[1:] == (True, "All checks passed")
+
+    for other in ({"username": "someone-else@example.test", "password": "", "confirm_password": ""},
+                  {"password": "another password", "confirm_password": "another password"},
+                  {"mechanism": "LOGIN", "password": "", "confirm_password": ""}):
+        admin.post(f"/p/help/servers/{server.id}/validate", {**retyped, **other}, htmx=True)
+        assert _last_check(app, server.id) == remembered, other

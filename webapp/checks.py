@@ -32,7 +32,7 @@ from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
 from .mail.options import MessageOptions
 from .mail.transport import send_message, transport_for
-from .mailservers import settings_of
+from .mailservers import same_credential, settings_of
 from .models import MailServer, Portal, SecretPurpose, SenderId, utcnow
 from .smime_settings import saved_smime
 
@@ -131,8 +131,7 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
                             credential.provider or {})
     _note_disabled(report, columns.get("enabled", True))
     _log_check(actor, portal, server, report)
-    if server is not None and credential.secret is None and not any(value.typed for value in side) \
-            and _same_as_saved(server, columns, config):
+    if server is not None and same_credential(server, credential, side) and _same_as_saved(server, columns, config):
         remember(server, report, "validate")
     return report
 

@@ -97,6 +97,24 @@ def secret_typed(credential: Credential | None, values: CredentialValues) -> str
     return field if any(stored.get(name) != typed for name, typed in values.secret.items()) else None
 
 
+
+def same_credential(server: MailServer, values: CredentialValues, side: list[credentials.SidePassword]) -> bool:
+    """The form's credential and side passwords are the saved ones: the same kind, username and
+    mechanism, each secret left blank or typed the same (a browser may fill in the password)."""
+    saved = server.credential
+    if values.kind != (saved.kind if saved else CredentialKind.NONE):
+        return False
+    if saved is not None and (saved.username != values.username or (
+            saved.kind == CredentialKind.PASSWORD and saved.mechanism != values.mechanism)):
+        return False
+    if secret_typed(saved, values) is not None:
+        return False
+    for value in side:
+        stored = credentials.side_secret(server, value.purpose) if value.typed else None
+        if value.typed and (stored is None or credentials.unseal_quietly(stored.secret) != value.typed):
+            return False
+    return True
+
 def save(actor: Actor, portal: Portal, server: MailServer | None, opened_version: str | None,
          columns: dict, settings: dict, credential_values: CredentialValues,
          side: list[credentials.SidePassword] = (), smime: SmimeValues | None = None) -> MailServer:

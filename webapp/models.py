@@ -355,6 +355,8 @@ class OutboundMail(SQLModel, table=True):
     last_code: int | None = None
     sent_at: datetime | None = _timestamp(default=None)
     purged_at: datetime | None = _timestamp(default=None)
+    # its body carries a secret (a password-recovery link): purged as soon as it is sent or failed
+    purge_when_done: bool = False
 
 
 class DeliveryAttempt(SQLModel, table=True):
@@ -487,3 +489,14 @@ class PasswordReset(SQLModel, table=True):
     expires_at: datetime = _timestamp()
     used_at: datetime | None = _timestamp(default=None)
     client_address: str = Field(default="", max_length=64)  # who asked for it
+
+
+class RecoveryRequest(SQLModel, table=True):
+    """"Forgot your password?" asked for an address, known or not: the request only records it, and a
+    job of the delivery queue answers it (recovery.answer), so every address costs the request the same."""
+
+    __tablename__ = "recovery_request"
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320)  # as typed
+    client_address: str = Field(default="", max_length=64)
+    asked_at: datetime = _timestamp(default_factory=utcnow)

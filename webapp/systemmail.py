@@ -10,15 +10,16 @@ in the designated server's portal; a notice stays in its own portal's queue.
 from dataclasses import dataclass
 
 from flask import current_app
+from sqlalchemy import or_
 from sqlmodel import select
 
-from . import audit, db
+from . import audit, db, lists, pagination
 from .audit import Actor
 from .delivery.routing import is_held
 from .mail.config import Sender
 from .mail.envelope import Envelope
 from .mail.message import build_message
-from .models import MAX_ID, AppSetting, MailServer, OutboundMail, Portal
+from .models import MAX_ID, AppSetting, MailServer, OutboundMail, Portal, server_label
 from .outbox import Source, Submitter, add
 
 SETTING = "system_mail"
@@ -41,10 +42,46 @@ def designated() -> MailServer | None:
     return db.session().get(MailServer, server_id) if isinstance(server_id, int) else None
 
 
-def choices() -> list[Choice]:
-    rows = db.session().exec(select(MailServer, Portal).join(Portal, Portal.id == MailServer.portal_id)
-                             .order_by(Portal.name, MailServer.position, MailServer.id)).unique().all()
-    return [Choice(server.id, f"{portal.name} — {server.label} ({server.from_address})") for server, portal in rows]
+# The servers one can choose, by portal and then in each portal's order: a search, a page at a time.
+CHOICE_ORDER = (Portal.name, Portal.id, MailServer.position, MailServer.id)
+_HOST = MailServer.settings["host"].as_string()
+CHOICE_COLUMNS = (Portal.name.label("portal"), Portal.id.label("portal_id"), MailServer.position, MailServer.id,
+                  MailServer.description, _HOST.label("host"), MailServer.from_address)
+
+
+def _label(portal: str, server_id: int, description: str, host: str | None, from_address: str) -> str:
+    return f"{portal} — {server_label(server_id, description, host)} ({from_address})"
+
+
+def _choices(text: str):
+    query = select(*CHOICE_COLUMNS).join(Portal, Portal.id == MailServer.portal_id)
+    if text:
+        query = query.where(or_(lists.contains(Portal.name, text), lists.contains(MailServer.description, text),
+                                lists.contains(_HOST, text), lists.contains(MailServer.from_address, text)))
+    return query
+
+
+def choices_page(text: str, size: int, bookmark: str | None) -> pagination.Page:
+    """A page of the servers (of every portal) whose portal name, description, host or From address
+    contains `text`, as Choices."""
+    page = pagination.paginate(_choices(text), CHOICE_ORDER, size, bookmark)
+    page.rows = [Choice(row.id, _label(row.portal, row.id, row.description, row.host, row.from_address))
+                 for row in page.rows]
+    return page
+
+
+def choices_total(text: str = "") -> lists.Total:
+    return lists.total(_choices(text))
+
+
+def current_choice() -> Choice | None:
+    """The designated server as the page shows it."""
+    server = designated()
+    if server is None:
+        return None
+    portal = db.session().get(Portal, server.portal_id)
+    return Choice(server.id, _label(portal.name, server.id, server.description, server.settings.get("host"),
+                                    server.from_address))
 
 
 def designate(actor: Actor, server_id: int | None) -> None:
@@ -86,17 +123,20 @@ def server_problems() -> list[str]:
     return []
 
 
-def queue(to: str, subject: str, text: str, expires_at=None) -> OutboundMail:
+def queue(to: str, subject: str, text: str, expires_at=None, secret: bool = False) -> OutboundMail:
     """A message from Mailroom through the system-mail server, in that server's portal's outbox: added to
-    the session (the caller commits, then wakes a worker). Unavailable when there is no usable server."""
+    the session (the caller commits, then wakes a worker). Unavailable when there is no usable server.
+    `secret`: the text carries one (a recovery link): its body is purged as soon as it is sent or failed."""
     reasons = server_problems()
     if reasons:
         raise Unavailable(reasons[0])
     server = designated()
     portal = db.session().get(Portal, server.portal_id)
     envelope = Envelope.of(build_message(Sender(server.from_address, SENDER_NAME), [to], subject, text))
-    return add(portal, envelope, Submitter(Source.SYSTEM, SENDER_NAME), pinned_server_id=server.id,
+    mail = add(portal, envelope, Submitter(Source.SYSTEM, SENDER_NAME), pinned_server_id=server.id,
                expires_at=expires_at)
+    mail.purge_when_done = secret
+    return mail
 
 
 def fallback_for(portal: Portal, usable: list[MailServer]) -> MailServer | None:

@@ -1,7 +1,7 @@
 """The lists that grow in a real browser, under the app's real CSP: paging through a long server
 list and back, finding a server by search, a row action that swaps only its row; the users index
-found by search; a member made admin from their row; and the same row action with JavaScript
-off (the page's one form and token)."""
+found by search; a member made admin from their row; the same row action with JavaScript
+off (the page's one form and token); the system-mail server chosen from a search."""
 import re
 
 from playwright.sync_api import Page, expect
@@ -122,3 +122,26 @@ def test_make_a_member_admin_from_a_long_members_list(page, app, help_desk):
     with app.app_context():
         role = db.session().exec(select(Membership.role).where(Membership.user_id == users[64])).one()
     assert role == Role.ADMIN
+
+
+def test_choose_the_system_mail_server_from_a_search_of_every_portals_servers(page, app, make, help_desk):
+    list_factory.servers(app, help_desk, 130)
+    operations = make.portal(slug="ops", name="Operations")
+    make.server(operations, from_address="mailroom@example.com", description="System relay")
+    make.user("root@example.com", superadmin=True)
+    sign_in(page, "root@example.com")
+    page.goto("/settings/system-mail")
+    htmx_ready(page)
+    choices = page.locator("table.system-mail-choices tbody tr")
+    expect(choices).to_have_count(50)
+    expect(page.locator("#system-mail-current")).to_contain_text("No server is chosen")
+
+    page.get_by_label("Portal or server").fill("operations")
+    page.get_by_role("button", name="Search").click()
+    expect(choices).to_have_count(1)
+    expect(page).to_have_url(re.compile(r"q=operations"))
+    htmx_settled(page)
+    choices.first.get_by_role("button", name="Use Operations — System relay (mailroom@example.com)").click()
+    expect(page.get_by_role("status").filter(has_text="Saved the system-mail server.")).to_be_visible()
+    expect(page.locator("#system-mail-current")).to_contain_text("Operations — System relay (mailroom@example.com)")
+    expect(choices).to_have_count(50)  # the whole list again, the choice shown above it

@@ -1,4 +1,5 @@
-"""Forgot your password? in a real browser under the app's CSP: ask for the link, the worker delivers it
+"""Forgot your password? in a real browser under the app's CSP: ask for the link, the worker answers the
+request and delivers the link
 to a real SMTP peer, open the link from the mail, choose a new password, sign in with it; the link is
 dead afterwards."""
 import re
@@ -29,6 +30,7 @@ def test_forgot_password_mail_link_new_password(page, page_problems, app, make, 
     expect(page.locator("#recovery-sent")).to_contain_text("If an account has this address")
     page.screenshot(path=str(tmp_path / "recovery-sent.png"), full_page=True)
 
+    outbox.run_jobs("recover")  # the job that answers the request
     [mail] = outbox.all(operations)
     outbox.run(mail.id)
     [received] = peer.messages

@@ -2,6 +2,7 @@
 
     init_app(app)              the app factory: Huey from the configuration (queue.py)
     wake(mail_ids)             after committing new or released mail: jobs to send it
+    recover(request_id)        after committing a password-recovery request: the job that answers it
     release_held(server, why)  after credentials were fixed: the portal's held mail goes again
     run_worker(workers)        `flask mail worker`: Huey's consumer with the delivery jobs
 
@@ -25,6 +26,10 @@ def queue() -> DeliveryQueue:
 
 def wake(mail_ids) -> None:
     queue().wake(mail_ids)
+
+
+def recover(request_id: int) -> None:
+    queue().recover(request_id)
 
 
 def run_worker(workers: int | None = None) -> None:

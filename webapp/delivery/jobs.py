@@ -3,7 +3,8 @@ from .queue import DAY, Every
 
 
 def register(queue, huey, app):
-    """Register the jobs on `huey` (queue's, being made); (deliver, probe) to enqueue with."""
+    """Register the jobs on `huey` (queue's, being made); (deliver, probe, recover) to enqueue with."""
+    from .. import recovery
     from ..grants import refresh_quiet_grants
     from . import health, notices, retention, sweep, worker
 
@@ -20,6 +21,11 @@ def register(queue, huey, app):
     def probe(server_id: int) -> None:
         with app.app_context():
             health.probe(server_id, worker.worker_name(), settings)
+
+    @huey.task(name="recover")
+    def recover(request_id: int) -> None:
+        with app.app_context():
+            recovery.answer(request_id)
 
     @huey.periodic_task(Every(settings.sweep), name="sweep")
     def sweep_job() -> None:
@@ -41,4 +47,4 @@ def register(queue, huey, app):
         with app.app_context():
             refresh_quiet_grants(24)
 
-    return deliver, probe
+    return deliver, probe, recover

@@ -9,7 +9,9 @@ DeliveryQueue; Huey itself (and its storage: a file or a Redis connection) is ma
 so a process that never queues mail never imports it, and nothing is opened before gunicorn forks
 its workers (`--preload`). The jobs run inside an app context.
 
-Jobs: deliver(mail_id) (a Run: worker.py), probe(server_id), and the periodic sweep (every
+Jobs: deliver(mail_id) (a Run: worker.py), probe(server_id), recover(request_id) (recovery.answer: a
+password-recovery link, made here so that the web request does the same work for every address),
+and the periodic sweep (every
 DELIVERY_SWEEP_SECONDS), summary (daily at DELIVERY_SUMMARY_HOUR UTC), purge and
 refresh_tokens (daily).
 """
@@ -74,7 +76,7 @@ class DeliveryQueue:
         else:
             huey = SqliteHuey(self.settings.queue_name, filename=str(Path(self._app.instance_path) / "huey.sqlite3"),
                               results=False)
-        self._deliver, self._probe = jobs.register(self, huey, self._app)
+        self._deliver, self._probe, self._recover = jobs.register(self, huey, self._app)
         return huey
 
     def wake(self, mail_ids: Iterable[int | None]) -> None:
@@ -99,6 +101,16 @@ class DeliveryQueue:
             self._deliver.schedule(args=(mail_id,), delay=delay)
         except Exception as error:  # noqa: BLE001 - as in wake(): the sweep finds the mail
             log.warning("could not schedule the delivery of mail %s (%s): the next sweep sends it", mail_id, error)
+
+    def recover(self, request_id: int) -> None:
+        """The job that answers a password-recovery request just committed. Never raises, as wake(): the
+        sweep answers the request when its job cannot be queued."""
+        try:
+            self.huey  # noqa: B018  (registers the jobs)
+            self._recover(request_id)
+        except Exception as error:  # noqa: BLE001 - as in wake(): the row is the record
+            log.warning("could not queue the answer to recovery request %s (%s): the next sweep answers it",
+                        request_id, error)
 
     def probe(self, server_id: int) -> None:
         self.huey  # noqa: B018  (registers the jobs)

@@ -2,20 +2,22 @@
 itself.
 
 - messages whose worker died (their claim's lease ran out) are queued again, the attempt counted;
-- held mail past its lifetime fails (with a notice);
+- held mail past its lifetime fails (with a notice; a body that carries a secret is purged);
 - expired connection leases are dropped;
 - a portal in failover whose primary works again (checked, disabled, moved) gets it back;
 - failing servers due for a probe get one (a job each);
 - due messages without a job get one: as many jobs as due messages (at most WAKE_MAX) beyond
-  those already waiting in Huey's queue.
+  those already waiting in Huey's queue;
+- password-recovery requests still there (their job was lost, or no system mail could go out) are
+  answered (recovery.answer_waiting).
 """
 import logging
 from collections import Counter
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 
-from .. import db
+from .. import db, recovery
 from ..models import MailServer, MailState, OutboundMail, Portal, utcnow
 from . import capacity, claims, health, notices
 
@@ -43,7 +45,9 @@ def sweep(queue, now: datetime | None = None) -> dict:
     due = claims.due_count(now)
     jobs = max(0, min(due, queue.WAKE_MAX) - queue.waiting())
     queue.wake([None] * jobs)
-    return {"rescued": len(rescued), "expired": expired, "probes": len(due_probes), "due": due, "jobs": jobs}
+    recovery_requests = recovery.answer_waiting()
+    return {"rescued": len(rescued), "expired": expired, "probes": len(due_probes), "due": due, "jobs": jobs,
+            "recovery_requests": recovery_requests}
 
 
 def expire_held(lifetime: timedelta, now: datetime) -> int:
@@ -54,7 +58,9 @@ def expire_held(lifetime: timedelta, now: datetime) -> int:
         or_(OutboundMail.expires_at < now,
             and_(OutboundMail.expires_at.is_(None), OutboundMail.created_at < now - lifetime)))
         .values(state=MailState.FAILED, updated_at=now,
-                last_error=func.substr("held until the end of its lifetime: " + OutboundMail.last_error, 1, 1000))
+                last_error=func.substr("held until the end of its lifetime: " + OutboundMail.last_error, 1, 1000),
+                raw=case((OutboundMail.purge_when_done, None), else_=OutboundMail.raw),
+                purged_at=case((OutboundMail.purge_when_done, now), else_=OutboundMail.purged_at))
         .returning(OutboundMail.portal_id).execution_options(synchronize_session=False)).scalars().all()
     session.commit()
     for portal_id, count in Counter(gone).items():

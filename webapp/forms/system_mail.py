@@ -1,15 +1,11 @@
-from wtforms import SelectChoice, SelectField
+from wtforms import StringField
+from wtforms.validators import Regexp
 
 from .base import BaseForm
 
 
 class SystemMailForm(BaseForm):
-    server = SelectField("System-mail server", choices=[], validate_choice=True,
-                         description="Any portal's server. It sends password-recovery links, and the admin notices "
-                                     "of a portal none of whose servers works. Its From address is the From of "
-                                     "that mail (named “Mailroom”).")
-
-    def offer(self, choices) -> "SystemMailForm":
-        self.server.choices = [SelectChoice("", "None: no system mail")] + [
-            SelectChoice(str(choice.server_id), choice.label) for choice in choices]
-        return self
+    """The server chosen from the page's search ("" for none); whether it exists is systemmail.designate's
+    to say."""
+    server = StringField("System-mail server",
+                         validators=[Regexp(r"^\d{0,10}$", message="Choose a server from the list.")])

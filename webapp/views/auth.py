@@ -71,13 +71,13 @@ SENT = ("If an account has this address, a link to choose a new password is on i
 @limiter.limit(lambda: current_app.config["PASSWORD_RESET_LIMIT_PER_CLIENT"], key_func=recovery_client,
                methods=["POST"])
 def forgot():
-    """The same answer whether an account has the address or not."""
+    """The same answer, and the same work, whether an account has the address or not (recovery.ask)."""
     if recovery.available():
         return render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE), 503
     form = ForgotForm()
     if form.validate_on_submit():
         try:
-            recovery.send_link(form.email.data, request.remote_addr or "")
+            recovery.ask(form.email.data, request.remote_addr or "")
         except recovery.Unavailable:  # the server went away since the check above
             return render_template("auth/forgot.html", form=None, unavailable=UNAVAILABLE), 503
         sent = SENT.format(minutes=current_app.config["PASSWORD_RESET_MINUTES"])

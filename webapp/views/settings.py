@@ -2,10 +2,12 @@
 from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
 from flask_login import login_required
 
-from .. import network, systemmail
+from .. import lists, network, systemmail
 from ..forms.egress import EgressForm, EgressProbeForm
+from ..forms.lists import ListSearchForm
 from ..forms.system_mail import SystemMailForm
 from ..security import current_actor, require_superadmin
+from .render import page_or_fragment
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -38,10 +40,9 @@ def probe():
 
 @bp.route("/system-mail", methods=["GET", "POST"])
 def system_mail():
-    """Which server sends Mailroom's own mail (password recovery; notices of a portal without a working server)."""
-    server = systemmail.designated()
-    form = SystemMailForm(data={"server": str(server.id) if server else ""} if request.method == "GET" else None)
-    form.offer(systemmail.choices())
+    """Which server sends Mailroom's own mail (password recovery; notices of a portal without a working
+    server): the current one, and a search through every portal's servers, a page at a time."""
+    form = SystemMailForm()
     if form.validate_on_submit():
         try:
             systemmail.designate(current_actor(), int(form.server.data) if form.server.data else None)
@@ -50,6 +51,15 @@ def system_mail():
         else:
             flash("Saved the system-mail server.")
             return redirect(url_for("settings.system_mail"), 303)
-    return render_template("settings/system_mail.html", form=form, problems=systemmail.problems(),
-                           public_url=current_app.config.get("PUBLIC_URL"), server=server,
-                           minutes=current_app.config["PASSWORD_RESET_MINUTES"]), 422 if form.is_submitted() else 200
+    search = ListSearchForm(request.args, "Portal or server",
+                            "A portal's name, or a server's description, host or From address.")
+    listing = systemmail.choices_page(search.text, search.page_size, request.args.get("page")) \
+        if search.validate() else None
+    status = 422 if form.is_submitted() or listing is None else 200
+    return page_or_fragment(
+        "settings/system_mail.html", "settings/_system_mail_choices.html", status, form=form, search=search,
+        listing=listing, base=url_for("settings.system_mail"),
+        links=lists.page_links("settings.system_mail", listing, search.query_args()),
+        found=systemmail.choices_total(search.text) if search.text else None, current=systemmail.current_choice(),
+        problems=systemmail.problems(), public_url=current_app.config.get("PUBLIC_URL"),
+        minutes=current_app.config["PASSWORD_RESET_MINUTES"])
