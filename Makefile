@@ -28,12 +28,16 @@ GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers
 # consent link's its token (/oauth/consent?link=...).
 ACCESS_LOG := --access-logfile - --access-logformat '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms'
 
+# Mailroom's commands (the `mailroom` script; `python -m webapp` is the same without depending on the script
+# being installed yet): `flask --app webapp` runs them too, after loading every Flask extension's commands.
+MAILROOM := $(BIN)/python -m webapp
+
 # The delivery worker and the SMTP submission listener run beside gunicorn; Ctrl-C stops all three
 # (the worker finishes the messages under way, the listener the one it is storing).
 run: venv assets
-	$(BIN)/flask --app webapp init --url http://$(HOST):$(PORT)
-	@$(BIN)/flask --app webapp mail worker & worker=$$!; \
-	$(BIN)/flask --app webapp mail relay & relay=$$!; \
+	$(MAILROOM) init --url http://$(HOST):$(PORT)
+	@$(MAILROOM) mail worker & worker=$$!; \
+	$(MAILROOM) mail relay & relay=$$!; \
 	trap 'kill -TERM $$worker $$relay 2>/dev/null; wait $$worker $$relay' EXIT INT TERM; \
 	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 

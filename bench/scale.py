@@ -27,8 +27,10 @@ median of the per-round ratios, the rounds follow in brackets):
    in "one" with 1, p50 of sequential requests, one by one in turn;
 3. a worker's memory: RSS (and PSS, which counts pages shared with the master once per sharer) of
    each gunicorn worker of the large instance ÷ hello-world's, after start and after the lists;
-4. `flask --app webapp mail check bench <id>` (a new process, wall time) ÷ the same check in this
-   process (`checks.check`, the app warm) on the large instance, in turn;
+4. `flask --app webapp mail check bench <id>`, and the same through `python -m webapp` (what the
+   `mailroom` script runs), each a new process, wall time ÷ the same check in this process
+   (`checks.check`, the app warm) on the large instance, in turn; beside it the new process's CPU
+   time, which the load of a shared machine disturbs less than its wall time;
 5. Validate over HTTP (`POST …/validate` with the server page's fields, as htmx) ÷ smtplib doing the
    same steps (connect, EHLO, STARTTLS, EHLO, AUTH, MAIL FROM, RSET, QUIT), p50, one by one in turn;
 6. the sample mail over HTTP (`POST …/sample`) ÷ smtplib sending one mail (… AUTH, MAIL, RCPT, DATA,
@@ -45,6 +47,7 @@ per round, 3), BENCH_KEEP=1 (keep the temporary folder).
 """
 import json
 import os
+import resource
 import shutil
 import signal
 import smtplib
@@ -398,6 +401,8 @@ class Scale:
     # -- 4. the command line ---------------------------------------------------------------------------
 
     def cli(self) -> dict:
+        """`flask --app webapp mail check` and `python -m webapp mail check` (what the `mailroom` script
+        runs), each ÷ the check in this process, in turn within each round."""
         from webapp import checks, db
         from webapp.audit import COMMAND_LINE
         from webapp.mailservers import get_server
@@ -406,7 +411,9 @@ class Scale:
         large = self.instances["large"]
         server_id = large.peer_id
         app = large.app()
-        command = [sys.executable, "-m", "flask", "--app", "webapp", "mail", "check", "bench", str(server_id)]
+        arguments = ["mail", "check", "bench", str(server_id)]
+        commands = {"flask": [sys.executable, "-m", "flask", "--app", "webapp", *arguments],
+                    "mailroom": [sys.executable, "-m", "webapp", *arguments]}
 
         def in_process():
             with app.app_context():
@@ -415,19 +422,29 @@ class Scale:
                 if not report.ok:
                     raise RuntimeError("the in-process check failed")
 
-        def new_process():
-            result = subprocess.run(command, cwd=ROOT, env=large.env, capture_output=True, text=True, timeout=120)
-            if result.returncode:
-                raise RuntimeError(f"flask mail check failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+        cpu = {name: [] for name in commands}  # each new process's CPU time (user + system), ms: steadier under load
+
+        def new_process(name):
+            def run():
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                result = subprocess.run(commands[name], cwd=ROOT, env=large.env, capture_output=True, text=True,
+                                        timeout=120)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                if result.returncode:
+                    raise RuntimeError(f"{name} mail check failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+                cpu[name].append(1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime))
+            return run
 
         in_process()  # warm: the first check imports what checks need
-        say(f"flask mail check: {ROUNDS} rounds of {CLI_RUNS} runs, in this process then a new one, in turn")
-        rounds = []
+        say(f"mail check: {ROUNDS} rounds of {CLI_RUNS} runs of each command, in this process then a new one, in turn")
+        rounds = {name: [] for name in commands}
         for _ in range(ROUNDS):
-            base, measured = in_turn(in_process, new_process, CLI_RUNS)
-            rounds.append((measured, base))
-        return {**summary([m / b for m, b in rounds]), "cli_ms": [round(m) for m, _ in rounds],
-                "in_process_ms": [round(b, 1) for _, b in rounds]}
+            for name in commands:
+                base, measured = in_turn(in_process, new_process(name), CLI_RUNS)
+                rounds[name].append((measured, base))
+        return {name: {**summary([m / b for m, b in pairs]), "cli_ms": [round(m) for m, _ in pairs],
+                       "in_process_ms": [round(b, 1) for _, b in pairs],
+                       "cli_cpu_ms": round(statistics.median(cpu[name]))} for name, pairs in rounds.items()}
 
     # -- 5. and 6. Validate and the sample mail against smtplib ---------------------------------------------
 
@@ -505,9 +522,9 @@ def print_report(record: dict) -> None:
         print(f"  worker RSS {moment.removeprefix('memory_')} ÷ hello: {verdict(figures['rss_ratio'], GOALS['worker RSS'])}; "
               f"{figures['mailroom_rss_mib']} MiB ÷ {figures['hello_rss_mib']} MiB (PSS ratio {figures['pss_ratio']}: "
               f"{figures['mailroom_pss_mib']} ÷ {figures['hello_pss_mib']} MiB)")
-    if cli := record.get("cli"):
-        print(f"  flask mail check ÷ in-process: {verdict(cli['ratio'], GOALS['mail check CLI'])} {cli['rounds']}; "
-              f"{cli['cli_ms']} ms ÷ {cli['in_process_ms']} ms")
+    for name, cli in record.get("cli", {}).items():
+        print(f"  {name} mail check ÷ in-process: {verdict(cli['ratio'], GOALS['mail check CLI'])} {cli['rounds']}; "
+              f"{cli['cli_ms']} ms ÷ {cli['in_process_ms']} ms; CPU of the new process {cli['cli_cpu_ms']} ms (median)")
     for key, name in (("validate", "Validate"), ("sample", "sample mail")):
         if not (figures := record.get(key)):
             continue

@@ -5,23 +5,20 @@ import sys
 from pathlib import Path
 
 from flask import Flask
-from flask_wtf.csrf import CSRFProtect
-from htmx_flask import Htmx
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import cli, config, db, delivery, instance, limits, network, security
+from . import cli, config, db, delivery, instance, network, security, slots
 
 log = logging.getLogger(__name__)
 
-csrf = CSRFProtect()
-htmx = Htmx()
 
-
-def create_app(test_config: dict | None = None, instance_path: str | None = None) -> Flask:
-    """The app. For one of the short commands (`flask --app webapp mail check …`, see
-    cli.WITHOUT_PAGES) it has no pages: no blueprints (their routes take most of the start-up)
-    and no start-up warning about unreadable secrets (the command says so itself when it meets one)."""
-    pages = not _short_command()
+def create_app(test_config: dict | None = None, instance_path: str | None = None, *, pages: bool | None = None) -> Flask:
+    """The app. Without `pages` (by default: when this process is `flask … <command>` for one of the
+    short commands, `flask --app webapp mail check …`, see cli.WITHOUT_PAGES) it has no blueprints
+    (their routes take most of the start-up) and no start-up warning about unreadable secrets (the
+    command says so itself when it meets one)."""
+    if pages is None:
+        pages = not _short_command()
     app = Flask(__name__, instance_relative_config=True,
                 instance_path=instance_path or os.environ.get("MAILROOM_INSTANCE_PATH"))
     instance.private_folder(Path(app.instance_path))  # keys and, by default, the database
@@ -31,15 +28,15 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
     if app.config["TRUSTED_PROXIES"]:
         hops = int(app.config["TRUSTED_PROXIES"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
-    csrf.init_app(app)
-    htmx.init_app(app)
+    if pages:
+        _guard_pages(app)
     security.init_app(app)
-    limits.init_app(app)
+    slots.init_app(app)
     db.init_app(app)
     delivery.init_app(app)
     network.init_app(app)
     if pages:
-        from . import views  # the pages (and their forms): not imported for a short command
+        from . import views  # the pages, their forms and templates
 
         views.init_app(app)
     cli.init_app(app)
@@ -47,6 +44,19 @@ def create_app(test_config: dict | None = None, instance_path: str | None = None
         _tell_about_unreadable_secrets(app)
     db.forget_connections(app)
     return app
+
+
+def _guard_pages(app: Flask) -> None:
+    """What only the pages and the API use: CSRF tokens, htmx, rate limits (their request hooks run
+    before security's). Neither they nor the pages are imported for a short command."""
+    from flask_wtf.csrf import CSRFProtect
+    from htmx_flask import Htmx
+
+    from . import limits
+
+    CSRFProtect(app)
+    Htmx(app)
+    limits.init_app(app)
 
 
 def _short_command() -> bool:

@@ -14,12 +14,12 @@ from sqlalchemy.exc import InternalError, OperationalError
 from sqlmodel import select
 
 from . import audit, db, delivery, network, senders
-from .limits import Busy, slots  # noqa: F401  (Busy: what the views catch)
+from .slots import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
 from .delivery.health import anything_to_release
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, client_cert_from, destination_for,
                           saved_client_cert, saved_receiver, side_password)
-from .forms.validators import normalize_address
+from .addresses import normalize_address
 from .mail import arrival, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver

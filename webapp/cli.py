@@ -42,8 +42,7 @@ def without_pages(argv: list[str]) -> bool:
 
 
 def init_app(app) -> None:
-    for command in (db_group, mail_group, egress_group, init, create_user, reset_password, create_portal,
-                    add_member, rotate_secrets):
+    for command in commands.commands.values():
         app.cli.add_command(command)
 
 
@@ -383,6 +382,10 @@ def rotate_secrets():
         db.session().add(credential)
     db.session().commit()
     click.echo(f"Re-encrypted {len(stored)} secret(s). Older keys can be removed now.")
+
+
+commands = click.Group("mailroom", help="Mailroom's administration: the commands of `flask --app webapp`.", commands=[
+    db_group, mail_group, egress_group, init, create_user, reset_password, create_portal, add_member, rotate_secrets])
 
 
 def _portal(slug: str) -> Portal:

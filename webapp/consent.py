@@ -29,7 +29,7 @@ from . import audit, db, delivery, network
 from .audit import Actor
 from .credentials import OAUTH_DESTINATION, OAUTH_KINDS, seal, unseal
 from .grants import client_for
-from .limits import Busy, slots
+from .slots import Busy, slots
 from .mail import oauth
 from .mail.deadline import Deadline, DeadlineExceeded
 from .mail.egress import EgressRefused

@@ -1,18 +1,10 @@
-"""Bounds, so that slow servers or eager users cannot starve the app.
-
-- Checks and sample mails running at once, per app process: in all, per portal, and per
-  server (its "Max. concurrent connections"). Beyond that the answer is an immediate
-  "busy, try again" (Busy), never a wait.
-- Rate limits (Flask-Limiter), counted in Redis when REDIS_URL is configured, else in the
-  database (limit_storage.py): either way every process of every host counts together.
-  Failed sign-ins per account and client address together first (a flood of wrong passwords
-  from one address does not lock the owner out elsewhere), per client address, and per
-  account only at a much higher count; sample mails per user.
+"""Rate limits of the pages and the API (Flask-Limiter), so that eager users cannot starve the app
+(checks and sample mails running at once are bounded by slots.py). Counted in Redis when REDIS_URL
+is configured, else in the database (limit_storage.py): either way every process of every host
+counts together. Failed sign-ins per account and client address together first (a flood of wrong
+passwords from one address does not lock the owner out elsewhere), per client address, and per
+account only at a much higher count; sample mails per user.
 """
-import threading
-from collections import Counter
-from contextlib import contextmanager
-
 from flask import request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -21,49 +13,6 @@ from flask_login import current_user
 from . import limit_storage  # noqa: F401  (registers the mailroom+database:// storage with `limits`)
 
 limiter = Limiter(key_func=get_remote_address)
-
-
-class Busy(Exception):
-    """Too many checks or sample mails at once; str() says which bound, in words."""
-
-
-class Slots:
-    def __init__(self, per_process: int, per_portal: int):
-        self.per_process, self.per_portal = per_process, per_portal
-        self._lock = threading.Lock()
-        self._running = 0
-        self._portals: Counter = Counter()
-        self._servers: Counter = Counter()
-
-    @contextmanager
-    def hold(self, portal_id: int, server_id: int | None, server_limit: int):
-        with self._lock:
-            if self._running >= self.per_process:
-                raise Busy(f"Mailroom is already talking to {self._running} mail servers; try again in a moment.")
-            if self._portals[portal_id] >= self.per_portal:
-                raise Busy(f"This portal already has {self._portals[portal_id]} checks or sample mails running; "
-                           "try again when they are done.")
-            if server_id is not None and self._servers[server_id] >= server_limit:
-                raise Busy(f"This server already has {self._servers[server_id]} connection(s) open, its "
-                           "“Max. concurrent connections”; try again in a moment.")
-            self._running += 1
-            self._portals[portal_id] += 1
-            if server_id is not None:
-                self._servers[server_id] += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running -= 1
-                self._portals[portal_id] -= 1
-                if server_id is not None:
-                    self._servers[server_id] -= 1
-
-
-def slots() -> Slots:
-    from flask import current_app
-
-    return current_app.extensions["mailroom.slots"]
 
 
 def _sign_in_email() -> str:
@@ -99,9 +48,7 @@ def failed_sign_in(response) -> bool:
 
 
 def init_app(app) -> None:
-    config = app.config
-    app.extensions["mailroom.slots"] = Slots(config["CHECKS_PER_PROCESS"], config["CHECKS_PER_PORTAL"])
-    app.config.setdefault("RATELIMIT_STORAGE_URI", config.get("REDIS_URL") or "mailroom+database://")
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config.get("REDIS_URL") or "mailroom+database://")
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "mailroom")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     app.after_request(retry_after_only_when_refused)  # registered first, so it runs after the limiter's

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from . import db, delivery, senders
-from .forms.validators import normalize_address
+from .addresses import normalize_address
 from .mail.envelope import Envelope
 from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
                            control_character_problem, header_name_problem)

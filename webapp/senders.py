@@ -20,7 +20,7 @@ from sqlmodel import func, select
 
 from . import audit, db
 from .audit import Actor
-from .forms.validators import normalize_address
+from .addresses import normalize_address
 from .models import MAX_ID, MailServer, Membership, Portal, SenderId, User
 from .pagination import Page, paginate
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from .credentials import SecretNeeded, seal, side_secret, unseal
-from .forms.validators import normalize_address
+from .addresses import normalize_address
 from .mail.attempt import Attempt
 from .mail.config import Sender
 from .mail.envelope import Envelope

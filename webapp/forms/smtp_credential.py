@@ -5,10 +5,10 @@ from flask import current_app
 from wtforms import IntegerField, SelectChoice, SelectField, StringField, TextAreaField
 from wtforms.validators import InputRequired, Length, NumberRange, Optional, ValidationError
 
+from ..addresses import is_host_name, normalize_address
 from ..models import FromPolicy
 from ..submission.credentials import MIB, CredentialValues, parse_networks
 from .base import BaseForm
-from .validators import is_host_name, normalize_address
 
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
 FROM_POLICIES = [SelectChoice(FromPolicy.LISTED.value, "Only the From addresses listed below"),

@@ -4,11 +4,9 @@ import re
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from email_validator import EmailNotValidError, validate_email
 from wtforms.validators import ValidationError
+from ..addresses import LABEL, normalize_address
 from ..mail.http import url_problem
-
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
 def hostname(_form, field) -> None:
@@ -31,7 +29,7 @@ def hostname(_form, field) -> None:
         raise ValidationError("This is not a valid server name.") from None
     if ":" in value:
         raise ValidationError("Enter the port in the Port field, not after the server name.")
-    if not all(_LABEL.match(label) for label in ascii_name.split(".")):
+    if not all(LABEL.match(label) for label in ascii_name.split(".")):
         raise ValidationError("This is not a valid server name: use letters, digits, hyphens and dots.")
 
 
@@ -52,30 +50,6 @@ def email_address(_form, field) -> None:
         field.data = normalize_address(field.data)
     except ValueError as error:
         raise ValidationError(str(error)) from None
-
-
-def normalize_address(value: str) -> str:
-    """ValueError with the reason when `value` cannot be an email address."""
-    try:
-        return validate_email(value, check_deliverability=False, allow_smtputf8=True,
-                              globally_deliverable=False).normalized
-    except EmailNotValidError as error:
-        local, at, domain = value.rpartition("@")
-        if not (local and at and domain) or not is_host_name(domain):
-            raise ValueError(str(error)) from None
-    try:  # a domain email-validator refuses only for being special-use: check the local part alone
-        checked = validate_email(f"{local}@example.com", check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as error:
-        raise ValueError(str(error)) from None
-    return f"{checked.local_part}@{domain.rstrip('.').lower()}"
-
-
-def is_host_name(value: str) -> bool:
-    try:
-        ascii_name = value.rstrip(".").encode("idna").decode()
-    except UnicodeError:
-        return False
-    return 0 < len(ascii_name) <= 253 and all(_LABEL.match(label) for label in ascii_name.split("."))
 
 
 def slug(_form, field) -> None:

@@ -16,7 +16,7 @@ from werkzeug.datastructures import CombinedMultiDict
 
 from .. import consent, db, mailservers, network
 from ..forms.server import ServerForm
-from ..limits import Busy, slots
+from ..slots import Busy, slots
 from ..mail import oauth
 from ..mail.deadline import Deadline, DeadlineExceeded
 from ..mail.egress import REFUSED_HINT, EgressRefused, egress_details

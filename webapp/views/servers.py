@@ -11,12 +11,13 @@ from werkzeug.datastructures import CombinedMultiDict, MultiDict
 from .. import checks, consent, db, lists, mailservers, network, server_list
 from ..forms.lists import ListSearchForm
 from ..credentials import SecretNeeded, SecretUnreadable
-from ..limits import Busy, current_user_key, limiter, slots
+from ..limits import current_user_key, limiter
+from ..slots import Busy, slots
 from ..forms.options import edit_rows
 from ..forms.sample import SampleForm
 from ..forms.server import PARTIALS, ServerForm
 from ..forms.smime import smime_values
-from ..forms.validators import normalize_address
+from ..addresses import normalize_address
 from ..mail import discover_settings, presets
 from ..mail.arrival import valid_message_id
 from ..mail.auth import AUTH_LABELS
