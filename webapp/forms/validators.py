@@ -1,6 +1,7 @@
 """Field validators shared by the forms."""
 import ipaddress
 import re
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -54,8 +55,10 @@ def email_address(_form, field) -> None:
         raise ValidationError(str(error)) from None
 
 
+@lru_cache(maxsize=4096)
 def normalize_address(value: str) -> str:
-    """ValueError with the reason when `value` cannot be an email address."""
+    """ValueError with the reason when `value` cannot be an email address. (Addresses recur: each is
+    read once per process.)"""
     try:
         return validate_email(value, check_deliverability=False, allow_smtputf8=True,
                               globally_deliverable=False).normalized
@@ -91,15 +94,21 @@ def base_url(_form, field) -> None:
 
 def pem_certificates(_form, field) -> None:
     """One or more certificates, stored as clean PEM (anything around the blocks dropped)."""
-    if not field.data:
-        return
+    if field.data:
+        field.data = _clean_pem(field.data)
+
+
+@lru_cache(maxsize=256)
+def _clean_pem(text: str) -> str:
+    """The certificates of `text` as clean PEM, read once per process (a server's CA certificate comes
+    with every Validate and section swap); ValidationError when they cannot be read."""
     try:
-        certificates = x509.load_pem_x509_certificates(field.data.encode())
+        certificates = x509.load_pem_x509_certificates(text.encode())
     except ValueError:
         raise ValidationError("Paste one or more certificates in PEM form (-----BEGIN CERTIFICATE-----).") from None
-    if len(certificates) != field.data.count("-----BEGIN CERTIFICATE-----"):
+    if len(certificates) != text.count("-----BEGIN CERTIFICATE-----"):
         raise ValidationError("One of the certificates is cut off or damaged: paste each one whole.")
-    field.data = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates).strip()
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates).strip()
 
 
 def https_url(_form, field) -> None:
