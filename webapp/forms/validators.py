@@ -98,7 +98,7 @@ def pem_certificates(_form, field) -> None:
         field.data = _clean_pem(field.data)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=32)  # a pasted CA bundle may be large: a few kept
 def _clean_pem(text: str) -> str:
     """The certificates of `text` as clean PEM, read once per process (a server's CA certificate comes
     with every Validate and section swap); ValidationError when they cannot be read."""
