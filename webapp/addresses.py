@@ -1,14 +1,17 @@
 """Email addresses and host names as Mailroom accepts them, for the forms and for the code that takes
 addresses from elsewhere (the API, the command line, checks)."""
 import re
+from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
 
 LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
 def normalize_address(value: str) -> str:
-    """ValueError with the reason when `value` cannot be an email address."""
+    """ValueError with the reason when `value` cannot be an email address. (Addresses recur: each is
+    read once per process.)"""
     try:
         return validate_email(value, check_deliverability=False, allow_smtputf8=True,
                               globally_deliverable=False).normalized
