@@ -234,7 +234,8 @@ def _windows(now: float) -> tuple[int, int]:
     return int(now // 60), int(now // 86400)
 
 
-def _exceeded(credential: SmtpCredential, now: float) -> str:
+def _exceeded(credential, now: float) -> str:
+    """Which limit the credential (an object or its row) has reached in the windows of `now`, or ""."""
     minute, day = _windows(now)
     if credential.per_minute is not None and credential.minute_window == minute \
             and credential.minute_count >= credential.per_minute:
