@@ -570,3 +570,9 @@ def test_behind_a_load_balancer_the_proxy_protocol_gives_the_devices_address(app
     if not implicit:  # (a wait of aiosmtpd's PROXY timeout, 10 s: once is enough)
         with pytest.raises(smtplib.SMTPServerDisconnected):  # no PROXY header: not a balancer's connection
             smtplib.SMTP("127.0.0.1", listener.settings.starttls_port, timeout=15)
+
+
+@pytest.mark.parametrize("option", ["--starttls-port", "--tls-port"])
+def test_the_relay_refuses_a_port_it_cannot_listen_on_before_starting(app, option):
+    result = app.test_cli_runner().invoke(args=["mail", "relay", option, "0"])
+    assert result.exit_code == 2 and "0 is not in the range 1<=x<=65535" in result.output
