@@ -36,6 +36,11 @@ Kinds (see KINDS):
                  "501 5.5.4" as Postfix does; each ReceivedMail's `dsn` holds them ({"mail": {...},
                  "rcpt": {address: {...}}}). Every other kind offers no DSN, and aiosmtpd refuses the
                  parameters there ("555 MAIL FROM parameters not recognized"), as RFC 3461 4 lets it
+  pipelining     plain; offers PIPELINING (RFC 2920) in its EHLO answer: the client may send MAIL FROM, RCPT TO
+                 and DATA in one write (aiosmtpd answers them in order). No other kind offers it
+  pipelining_refuse_sender, pipelining_refuse_recipients   refuse_sender and refuse_recipients offering
+                 PIPELINING: aiosmtpd answers the commands after a refused MAIL FROM, and DATA after every
+                 RCPT TO was refused, with "503" (as RFC 2920 3.1 wants)
   silent         a TCP listener that accepts and never greets
   closed         nothing listens on the port (connection refused)
 
@@ -200,6 +205,15 @@ class SlowRecorder(Recorder):
         return await super().handle_DATA(server, session, envelope)
 
 
+class _OffersPipelining:
+    """Names PIPELINING in its EHLO answer (RFC 2920); aiosmtpd reads commands line by line, so it
+    takes a client's pipelined commands and answers each in order."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class SenderRefuser(Recorder):
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         return "550 5.7.1 Sender not allowed"
@@ -213,6 +227,18 @@ class RecipientRefuser(Recorder):
             return "450 4.2.1 Mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
+
+
+class PipeliningRecorder(_OffersPipelining, Recorder):
+    pass
+
+
+class PipeliningSenderRefuser(_OffersPipelining, SenderRefuser):
+    pass
+
+
+class PipeliningRecipientRefuser(_OffersPipelining, RecipientRefuser):
+    pass
 
 
 # --- certificates ---------------------------------------------------------------
@@ -369,7 +395,9 @@ class _QuietController(_CountingController):
 
 PLAIN_HANDLERS = {"plain": Recorder, "refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser,
                   "refuse_message": MessageRefuser, "greylist": Greylister, "idle_close": Recorder,
-                  "message_limit": Recorder, "dsn": DsnRecorder}
+                  "message_limit": Recorder, "dsn": DsnRecorder, "pipelining": PipeliningRecorder,
+                  "pipelining_refuse_sender": PipeliningSenderRefuser,
+                  "pipelining_refuse_recipients": PipeliningRecipientRefuser}
 PLAIN_KINDS = (*PLAIN_HANDLERS, "slow")  # no TLS, no AUTH
 
 
