@@ -91,9 +91,12 @@ def _next_due(fresh: bool, of_portal: bool):
                   _candidate.c.attempts == 0 if fresh else _candidate.c.attempts > 0]
     if of_portal:
         conditions.append(_candidate.c.portal_id == bindparam("claim_portal"))
+    # Chosen once, before the UPDATE (PostgreSQL may run an IN (subquery) again for each row it looks at,
+    # locking and so claiming more than the limit): a CTE materialized
     candidates = (select(_candidate.c.id).where(*conditions).order_by(_candidate.c.next_attempt_at)
-                  .limit(bindparam("claim_limit")).with_for_update(skip_locked=True))
-    return _claim_statement(OutboundMail.id.in_(candidates))
+                  .limit(bindparam("claim_limit")).with_for_update(skip_locked=True)
+                  .cte("candidates").prefix_with("MATERIALIZED", dialect="postgresql"))
+    return _claim_statement(OutboundMail.id.in_(select(candidates.c.id)))
 
 
 def extend(mail: OutboundMail, owner: str, until: datetime) -> bool:

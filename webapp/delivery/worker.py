@@ -1,7 +1,7 @@
 """Delivering claimed messages: the one place where queued mail leaves Mailroom.
 
-One delivery job (a Run) claims a batch of due messages of one portal (its message first, up to
-CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
+One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 2,
+4, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
 batch of the same portal over the connections it opened, up to DELIVERY_BATCH messages:
 consecutive messages to a server share one connection. The portal and its servers are read once
 per batch. Messages claimed and not tried when the run ends early (stopping, no connection left
@@ -91,12 +91,15 @@ class Run:
         self.open: dict[int, _Open] = {}  # server id -> its connection
         self.waiting: list[OutboundMail] = []  # claimed in the current batch, not tried yet
         self.claimed_at = 0.0  # monotonic(): when the waiting messages' lease was last written
+        self.claim_size = 1  # doubled at each batch up to CLAIM_BATCH
         self.servers: dict[tuple, tuple[Portal, list[MailServer]]] = {}  # read once per batch
 
     def run(self, mail_id: int | None = None) -> bool:
         """Deliver `mail_id` (or else the next due message), then more of its portal over the
-        same connections, claimed CLAIM_BATCH at a time. True when the run's DELIVERY_BATCH was
-        full (more may be due: go on in a new job)."""
+        same connections, claimed in batches of 1, 2, 4, ... up to CLAIM_BATCH (so that a few
+        messages due at once are shared among the worker's threads, and a long drain costs one
+        claim per CLAIM_BATCH). True when the run's DELIVERY_BATCH was full (more may be due: go
+        on in a new job)."""
         self._claim(self.settings.batch, mail_id=mail_id)
         done = 0
         try:
@@ -123,8 +126,10 @@ class Run:
     def _claim(self, room: int, mail_id: int | None = None, portal_id: int | None = None) -> None:
         """The next batch: its messages, and the portal and its servers read again for it (an
         admin's change to them takes effect here, or at a connection's version check)."""
-        self.waiting = claims.claim_batch(self.owner, self.settings.lease, min(CLAIM_BATCH, room), mail_id, portal_id)
+        self.waiting = claims.claim_batch(self.owner, self.settings.lease, min(self.claim_size, room), mail_id,
+                                          portal_id)
         self.claimed_at = monotonic()
+        self.claim_size = min(self.claim_size * 2, CLAIM_BATCH)
         self.servers.clear()
 
     def _keep_waiting(self) -> None:
