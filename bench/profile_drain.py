@@ -1,7 +1,9 @@
 """Where one delivery thread's time goes: N queued messages drained in this process, one Run
 after the other (as the worker's jobs run them), into Postfix's smtp-sink, under cProfile.
 
-    .venv/bin/python bench/profile_drain.py          (BENCH_PROFILE_MESSAGES: 1000; BENCH_PROFILE_TOP: 25)
+    .venv/bin/python bench/profile_drain.py
+    (BENCH_PROFILE_MESSAGES: 1000; BENCH_PROFILE_TOP: 25; BENCH_PROFILE_THREADS: 1, else a drain by that
+    many threads first, unprofiled, as the worker's thread pool runs them)
 
 A throwaway instance on SQLite set up through the CLI (bench/mailroom.py), loopback allowed, one
 server to smtp-sink (security None, no sign-in, the model's defaults otherwise). First the drain
@@ -15,6 +17,7 @@ import pstats
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from harness import HOST, Processes
 
 MESSAGES = int(os.environ.get("BENCH_PROFILE_MESSAGES", 1000))
 TOP = int(os.environ.get("BENCH_PROFILE_TOP", 25))
+THREADS = int(os.environ.get("BENCH_PROFILE_THREADS", 1))  # > 1: first a drain by that many threads, unprofiled
 RECIPIENT = "to@example.org"
 
 
@@ -45,13 +49,15 @@ def main() -> None:
         app = create_app()
         with app.app_context():
             portal = add_server(port)
-        for label, profiler in (("without the profiler", None), ("under cProfile", cProfile.Profile())):
+        rounds = [(f"{THREADS} threads", None, THREADS)] if THREADS > 1 else []
+        rounds += [("without the profiler", None, 1), ("under cProfile", cProfile.Profile(), 1)]
+        for label, profiler, threads in rounds:
             with app.app_context():
                 store(portal)
             started, cpu = time.perf_counter(), time.process_time()
             if profiler is not None:
                 profiler.enable()
-            drain(app)
+            drain(app, threads)
             if profiler is not None:
                 profiler.disable()
             seconds, used = time.perf_counter() - started, time.process_time() - cpu
@@ -93,13 +99,22 @@ def store(portal) -> None:
     db.session().commit()
 
 
-def drain(app) -> None:
+def drain(app, threads: int = 1) -> None:
+    """Runs one after the other, as the worker's jobs run them; with `threads`, that many threads at once."""
     from webapp.delivery.worker import Run
     settings = app.extensions["mailroom.delivery"].settings
-    while True:
-        with app.app_context():
-            if not Run(settings, "profile").run():
-                return
+
+    def runs(owner: str) -> None:
+        while True:
+            with app.app_context():
+                if not Run(settings, owner).run():
+                    return
+
+    workers = [threading.Thread(target=runs, args=(f"profile-{n}",)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 if __name__ == "__main__":
