@@ -110,6 +110,8 @@ def drain(app, threads: int = 1) -> None:
                 if not Run(settings, owner).run():
                     return
 
+    if threads == 1:  # in this thread: cProfile sees it
+        return runs("profile")
     workers = [threading.Thread(target=runs, args=(f"profile-{n}",)) for n in range(threads)]
     for worker in workers:
         worker.start()
