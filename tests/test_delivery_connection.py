@@ -181,3 +181,20 @@ def test_a_session_that_failed_midway_is_not_reused(smtp_peer):
     assert "Connect" in [s.name for s in again.report.steps]  # a new session, not the one in doubt
     assert [m.message["Subject"] for m in peer.messages] == ["In time"]  # the first went with its session
     assert peer.sessions == 2
+
+
+def test_a_server_taking_data_after_every_recipient_was_refused_gets_a_lone_dot(smtp_peer):
+    peer = smtp_peer("pipelining_data_anyway")
+    connection = open_connection(config_for(peer))
+    try:
+        with pytest.raises(DeliveryError) as refused:
+            connection.send(envelope(to="nobody@example.org"))
+        accepted = connection.send(envelope(to="someone@example.org"))
+    finally:
+        connection.close()
+    assert (refused.value.step, refused.value.code, refused.value.temporary) == ("RCPT TO", 550, False)
+    transcript = refused.value.report.transcript
+    assert transcript[transcript.index("S: 354 End data with <CR><LF>.<CR><LF>") + 1:] == [
+        "C: <message, 3 bytes>", "C: .", "S: 554 5.5.1 Error: no valid recipients"]  # ".\r\n" alone: no message
+    assert accepted.recipients[0].accepted and peer.sessions == 1
+    assert [m.rcpt_tos for m in peer.messages] == [["someone@example.org"]]
