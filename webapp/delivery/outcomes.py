@@ -56,7 +56,7 @@ def _finish(mail: OutboundMail, owner: str, tried: list[Tried], values: dict) ->
     session = db.session()
     now = utcnow()
     values.update(lease_owner="", lease_until=None, updated_at=now)
-    if mail.purge_when_done and values["state"] in (MailState.SENT, MailState.FAILED):
+    if mail.purge_when_done and values.get("state") in (MailState.SENT, MailState.FAILED):
         values.update(raw=None, purged_at=now)  # it carried a secret (a recovery link): not kept a moment longer
     columns = tuple(sorted(values))
     parameters = {"outcome_id": mail.id, "outcome_owner": owner,
