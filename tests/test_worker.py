@@ -82,7 +82,7 @@ def test_a_worker_killed_mid_drain_loses_nothing_and_duplicates_at_most_what_it_
     duplicates = {message_id for message_id, count in arrived.items() if count > 1}
     assert duplicates <= owned, workers.logs()  # only what the dead worker had claimed
     assert all(count <= 2 for count in arrived.values())
-    rescued = [i for i in ids if any("stopped during the attempt" in a.reply for a in outbox.attempts(i))]
+    rescued = [i for i in ids if any("stopped while it held the message" in a.reply for a in outbox.attempts(i))]
     assert rescued and {outbox.mail(i).message_id for i in rescued} == owned
 
 

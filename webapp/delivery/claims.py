@@ -30,8 +30,8 @@ _turns = itertools.count(1)
 _outbox = OutboundMail.__table__
 _candidate = _outbox.alias("candidate")
 
-INTERRUPTED = ("the worker {owner} stopped during the attempt (its lease ran out): the message is sent again, "
-               "so the recipients may get it twice if the server had taken it")
+INTERRUPTED = ("the worker {owner} stopped while it held the message (its lease ran out): the message is sent "
+               "again, so if that worker was sending it and the server had taken it, the recipients may get it twice")
 
 
 def claim(owner: str, lease_seconds: float, mail_id: int | None = None,
