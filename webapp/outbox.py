@@ -32,8 +32,8 @@ from sqlmodel import select
 from . import db, delivery, senders
 from .addresses import normalize_address
 from .mail.envelope import Envelope
-from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
-                           control_character_problem, header_name_problem)
+from .mail.message import (Attachment as MessageAttachment, Mailbox, content_type_problem, control_character_problem,
+                           header_name_problem)
 from .models import MailServer, MailState, OutboundMail, Portal, utcnow
 from .one_writer import one_writer
 
@@ -278,12 +278,11 @@ def _build(portal: Portal, submission: Submission, submitter: Submitter, idempot
         raise TooLarge("attachments", f"the attachments have {_size(files)} together; at most "
                                       f"{_size(config['ATTACHMENTS_MAX_BYTES'])} are accepted")
     try:
-        message = compose(sender, recipients["to"], submission.subject, text=submission.text, html=submission.html,
-                          cc=recipients["cc"], bcc=recipients["bcc"], reply_to=reply_to,
-                          headers=list(submission.headers.items()),
-                          attachments=[MessageAttachment(a.filename, a.mime_type, a.content)
-                                       for a in submission.attachments])
-        envelope = Envelope.of(message)
+        envelope = Envelope.composed(sender, recipients["to"], submission.subject, text=submission.text,
+                                     html=submission.html, cc=recipients["cc"], bcc=recipients["bcc"],
+                                     reply_to=reply_to, headers=list(submission.headers.items()),
+                                     attachments=[MessageAttachment(a.filename, a.mime_type, a.content)
+                                                  for a in submission.attachments])
     except ValueError as error:  # Submission checked every field: what is left concerns the whole message
         raise Refused("message", str(error)) from None
     if len(envelope.raw) > config["MESSAGE_MAX_BYTES"]:
