@@ -94,13 +94,18 @@ def test_many_recipients_fold_only_through_the_email_package():
         direct_is_reference(Mailbox("a@example.org"), to, "s", text="t", cc=to[:2], bcc=to[-1:])
 
 
-def test_random_messages():
+@pytest.mark.parametrize("alphabet", [
+    "abcXYZ09 .,;:\"'()<>@=?!#~-_\\\tüé€",  # much that the email package quotes, encodes or folds
+    "abcXYZ  .'-",  # mostly what simple_mime writes itself, up to its limits and just beyond
+])
+def test_random_messages(alphabet):
     rng = random.Random(12)
+
+    def text(limit):
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(limit)))
+
     written = []
-    alphabet = "abcXYZ09 .,;:\"'()<>@=?!#~-_\\\tüé€"
     for _ in range(400):
-        def text(limit):
-            return "".join(rng.choice(alphabet) for _ in range(rng.randrange(limit)))
         names = [rng.choice(NAMES + [text(12)]) for _ in range(3)]
         to = [Mailbox(rng.choice(ADDRESSES), names[0])]
         written.append(direct_is_reference(
