@@ -12,7 +12,6 @@ from the copy it transmits (see smtp_steps.prepare); the caller's message is nev
 changed.
 """
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -300,10 +299,14 @@ def _composed(from_, reply, addresses, subject, text, html, headers, attachments
     return message
 
 
+# Unicode's categories Cc (C0, DEL, C1), Zl (U+2028) and Zp (U+2029), tab excepted
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def control_character_problem(value: str) -> str | None:
     """Header text may not hold control characters or what some software takes for a line end
     (VT, FF, NEL, U+2028, U+2029), tab excepted."""
-    if any(ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+    if CONTROL_CHARACTER.search(value):
         return "line breaks and control characters are not allowed in a header"
     return None
 
