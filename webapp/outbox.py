@@ -253,7 +253,7 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
                 raise
             return earlier
         delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
-    return OutboundMail(id=mail_id, **values)  # as stored (not in the session: the row is read when needed)
+    return OutboundMail(id=mail_id, **values)  # the stored row, outside the session: it has nothing left to write
 
 
 # One statement, compiled once: no unit of work for a row that is only inserted
