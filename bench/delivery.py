@@ -145,13 +145,14 @@ class Bench:
     def _build(self, count: int, first: int = 0) -> list:
         """Rows as outbox.submit() builds them (checked, MIME composed, a Message-ID each), not yet stored."""
         from webapp import outbox
+        from webapp.models import OutboundMail
         submitter = outbox.Submitter(outbox.Source.PYTHON, "bench")
         rows = []
         for number in range(first, first + count):
             submission = outbox.Submission(to=[RECIPIENT], subject=f"Ticket #{number} was updated",
                                            text=f"Hello,\n\nthe ticket #{number} was updated by the help desk.\n"
                                                 "\nRegards\n")
-            rows.append(outbox._build(self.portal, submission, submitter, None))
+            rows.append(OutboundMail(**outbox._build(self.portal, submission, submitter, None)))
         return rows
 
     # -- 1. drain ----------------------------------------------------------------------------------

@@ -1,3 +1,4 @@
+import unicodedata
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
 from email.header import decode_header, make_header
@@ -6,7 +7,8 @@ from email.utils import getaddresses
 import pytest
 
 from webapp.mail.config import Sender
-from webapp.mail.message import Mailbox, build_message, compose, envelope_address, sample_message
+from webapp.mail.message import (Mailbox, build_message, compose, control_character_problem, envelope_address,
+                                 sample_message)
 
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 
@@ -220,3 +222,10 @@ def test_an_smtputf8_message_carries_its_subject_as_it_is():
     raw = as_sent(message, "\r\n")
     assert ("Subject: " + typed).encode() in raw.replace(b":\r\n ", b": ")
     assert b"=?utf-8?" not in raw  # UTF-8 as it is, no encoded words
+
+
+def test_control_characters_are_unicode_s_categories_cc_zl_and_zp_but_tab():
+    for code in range(0x110000):
+        ch = chr(code)
+        expected = ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+        assert (control_character_problem(f"a{ch}b") is not None) == expected, hex(code)

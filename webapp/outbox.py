@@ -32,8 +32,8 @@ from sqlmodel import select
 from . import db, delivery, senders
 from .addresses import normalize_address
 from .mail.envelope import Envelope
-from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
-                           control_character_problem, header_name_problem)
+from .mail.message import (Attachment as MessageAttachment, Mailbox, content_type_problem, control_character_problem,
+                           header_name_problem)
 from .models import MailServer, MailState, OutboundMail, Portal, utcnow
 from .one_writer import one_writer
 
@@ -241,10 +241,10 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
         earlier = _earlier(portal, submission, idempotency_key)
         if earlier is not None:
             return earlier
-    mail = _build(portal, submission, submitter, idempotency_key)
+    values = _build(portal, submission, submitter, idempotency_key)
     with one_writer(db.engine()):  # the row and its job: the process's other writers wait on a lock, not on SQLite
-        session.add(mail)
         try:
+            mail_id = session.execute(_INSERT, values).scalar_one()
             session.commit()
         except IntegrityError:
             session.rollback()
@@ -252,8 +252,12 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
             if earlier is None:
                 raise
             return earlier
-        delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
-    return mail
+        delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
+    return OutboundMail(id=mail_id, **values)  # the stored row, outside the session: it has nothing left to write
+
+
+# One statement, compiled once: no unit of work for a row that is only inserted
+_INSERT = OutboundMail.__table__.insert().returning(OutboundMail.__table__.c.id)
 
 
 def _earlier(portal: Portal, submission: Submission, idempotency_key: str) -> OutboundMail | None:
@@ -265,7 +269,8 @@ def _earlier(portal: Portal, submission: Submission, idempotency_key: str) -> Ou
     return mail
 
 
-def _build(portal: Portal, submission: Submission, submitter: Submitter, idempotency_key: str | None) -> OutboundMail:
+def _build(portal: Portal, submission: Submission, submitter: Submitter, idempotency_key: str | None) -> dict:
+    """The queued row's column values."""
     config = current_app.config
     sender, reply_to = _sender(portal, submission, submitter.owner_id)
     recipients = {field: [parse_mailbox(text) for text in getattr(submission, field)] for field in ("to", "cc", "bcc")}
@@ -278,19 +283,18 @@ def _build(portal: Portal, submission: Submission, submitter: Submitter, idempot
         raise TooLarge("attachments", f"the attachments have {_size(files)} together; at most "
                                       f"{_size(config['ATTACHMENTS_MAX_BYTES'])} are accepted")
     try:
-        message = compose(sender, recipients["to"], submission.subject, text=submission.text, html=submission.html,
-                          cc=recipients["cc"], bcc=recipients["bcc"], reply_to=reply_to,
-                          headers=list(submission.headers.items()),
-                          attachments=[MessageAttachment(a.filename, a.mime_type, a.content)
-                                       for a in submission.attachments])
-        envelope = Envelope.of(message)
+        envelope = Envelope.composed(sender, recipients["to"], submission.subject, text=submission.text,
+                                     html=submission.html, cc=recipients["cc"], bcc=recipients["bcc"],
+                                     reply_to=reply_to, headers=list(submission.headers.items()),
+                                     attachments=[MessageAttachment(a.filename, a.mime_type, a.content)
+                                                  for a in submission.attachments])
     except ValueError as error:  # Submission checked every field: what is left concerns the whole message
         raise Refused("message", str(error)) from None
     if len(envelope.raw) > config["MESSAGE_MAX_BYTES"]:
         raise TooLarge("message", f"the message has {_size(len(envelope.raw))} as sent; at most "
                                   f"{_size(config['MESSAGE_MAX_BYTES'])} are accepted")
-    return _row(portal, envelope, submitter, submission.subject, idempotency_key,
-                submission.fingerprint() if idempotency_key else "")
+    return _values(portal, envelope, submitter, submission.subject, idempotency_key,
+                   submission.fingerprint() if idempotency_key else "")
 
 
 def store(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str | None = None) -> OutboundMail:
@@ -312,7 +316,7 @@ def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_
     caller has it already (else the message is parsed for it)."""
     if subject is None:
         subject = str(envelope.message()["Subject"] or "")
-    mail = _row(portal, envelope, submitter, subject)
+    mail = OutboundMail(**_values(portal, envelope, submitter, subject))
     mail.pinned_server_id = pinned_server_id
     if expires_at is not None:
         mail.expires_at = min(mail.expires_at, expires_at)
@@ -320,10 +324,11 @@ def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_
     return mail
 
 
-def _row(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str, idempotency_key: str | None = None,
-         request_hash: str = "") -> OutboundMail:
+def _values(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str,
+            idempotency_key: str | None = None, request_hash: str = "") -> dict:
+    """A queued row's columns (the others keep their defaults)."""
     now = utcnow()
-    return OutboundMail(
+    return dict(
         portal_id=portal.id, state=MailState.QUEUED, source=submitter.source.value,
         submitted_by=submitter.name[:320], client_address=submitter.client_address[:64],
         api_key_id=submitter.api_key_id, idempotency_key=idempotency_key, request_hash=request_hash,

@@ -11,7 +11,7 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import getaddresses, make_msgid
 
-from .message import RECIPIENT_HEADERS, envelope_address
+from .message import RECIPIENT_HEADERS, compose, compose_simple, envelope_address
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,16 @@ class Envelope:
         raw = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
         return cls(mail_from=envelope_address(mail_from or _first(message, "From")), recipients=recipients,
                    raw=raw, message_id=str(message["Message-ID"]))
+
+    @classmethod
+    def composed(cls, *args, **options) -> "Envelope":
+        """The envelope of compose(*args, **options)'s message (ValueError as compose()): a simple
+        one written directly (compose_simple, the same bytes), any other built by compose()."""
+        simple = compose_simple(*args, **options)
+        if simple is None:
+            return cls.of(compose(*args, **options))
+        raw, mail_from, recipients, message_id = simple
+        return cls(mail_from=mail_from, recipients=recipients, raw=raw, message_id=message_id)
 
     @property
     def needs_utf8(self) -> bool:

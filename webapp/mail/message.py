@@ -12,7 +12,6 @@ from the copy it transmits (see smtp_steps.prepare); the caller's message is nev
 changed.
 """
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +21,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
 
+from . import simple_mime
 from .config import Sender
 
 RECIPIENT_HEADERS = ("To", "Cc", "Bcc")
@@ -222,6 +222,40 @@ def compose(
     """A message as submitted: text/plain, text/html, or both as multipart/alternative; with
     attachments, multipart/mixed. ValueError for a line break in a header, a header Mailroom sets
     itself, something that is not an address, or neither text nor html."""
+    from_, reply, addresses = _checked(sender, to, cc, bcc, reply_to, subject, text, html, headers, attachments)
+    return _composed(from_, reply, addresses, subject, text, html, headers, attachments, now)
+
+
+def compose_simple(
+    sender: Mailbox,
+    to: Sequence[Mailbox],
+    subject: str,
+    *,
+    text: str | None = None,
+    html: str | None = None,
+    cc: Sequence[Mailbox] = (),
+    bcc: Sequence[Mailbox] = (),
+    reply_to: Mailbox | None = None,
+    headers: Sequence[tuple[str, str]] = (),
+    attachments: Sequence[Attachment] = (),
+    now: datetime | None = None,
+) -> tuple[bytes, str, tuple[str, ...], str] | None:
+    """compose()'s message written directly when it is simple enough (simple_mime.writable): its bytes
+    (CRLF line ends, Bcc kept, the very bytes the email package writes), the envelope sender, the
+    envelope recipients and the Message-ID; None for any other message. ValueError as compose()."""
+    from_, reply, addresses = _checked(sender, to, cc, bcc, reply_to, subject, text, html, headers, attachments)
+    if attachments or not simple_mime.writable(from_, reply, addresses, subject, headers, text, html):
+        return None
+    date = format_datetime(_utc(now or datetime.now(timezone.utc)))
+    message_id = make_msgid(domain=ascii_domain(from_.domain))
+    raw = simple_mime.write(from_, reply, addresses, subject, date, message_id, headers, text, html)
+    recipients = tuple(dict.fromkeys(address.addr_spec for field in RECIPIENT_HEADERS for address in addresses[field]))
+    return raw, from_.addr_spec, recipients, message_id
+
+
+def _checked(sender, to, cc, bcc, reply_to, subject, text, html, headers, attachments):
+    """The From, Reply-To and recipients as Addresses, once every header value, name and attachment
+    is known to be acceptable (else ValueError)."""
     if text is None and html is None:
         raise ValueError("a message needs a text or an html body")
     people = {"To": list(to), "Cc": list(cc), "Bcc": list(bcc)}
@@ -237,7 +271,14 @@ def compose(
     from_ = parse_address(sender.address, sender.name)
     reply = parse_address(reply_to.address, reply_to.name) if reply_to else None
     addresses = {field: [parse_address(m.address, m.name) for m in mailboxes] for field, mailboxes in people.items()}
+    for attachment in attachments:
+        problem = content_type_problem(attachment.content_type)
+        if problem or "\r" in attachment.filename or "\n" in attachment.filename:
+            raise ValueError(problem or "a file name may not contain line breaks")
+    return from_, reply, addresses
 
+
+def _composed(from_, reply, addresses, subject, text, html, headers, attachments, now) -> EmailMessage:
     message = EmailMessage(policy=_policy_for([from_, *([reply] if reply else []), *sum(addresses.values(), [])]))
     _set_addresses(message, "From", [from_])
     if reply:
@@ -252,19 +293,20 @@ def compose(
         _set_unstructured(message, name, value)
     _set_body(message, text, html)
     for attachment in attachments:
-        problem = content_type_problem(attachment.content_type)
-        if problem or "\r" in attachment.filename or "\n" in attachment.filename:
-            raise ValueError(problem or "a file name may not contain line breaks")
         maintype, _, subtype = attachment.content_type.partition("/")
         message.add_attachment(attachment.content, maintype=maintype.lower(), subtype=subtype.lower(),
                                filename=attachment.filename)
     return message
 
 
+# Unicode's categories Cc (C0, DEL, C1), Zl (U+2028) and Zp (U+2029), tab excepted
+CONTROL_CHARACTER = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def control_character_problem(value: str) -> str | None:
     """Header text may not hold control characters or what some software takes for a line end
     (VT, FF, NEL, U+2028, U+2029), tab excepted."""
-    if any(ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+    if CONTROL_CHARACTER.search(value):
         return "line breaks and control characters are not allowed in a header"
     return None
 
