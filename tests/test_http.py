@@ -26,7 +26,8 @@ from webapp.mail.config import Sender, ServerConfig
 from webapp.mail.deadline import Deadline
 from webapp.mail.egress import EgressRefused, Network, Policy, parse_rules
 from webapp.mail.ews import EwsSettings, EwsTransport
-from webapp.mail.graph import GraphSettings, GraphTransport
+from webapp.mail.graph import GraphTransport
+from webapp.mail.graph_protocol import GraphSettings
 from webapp.mail.report import Outcome
 
 LOOPBACK_ALLOWED = Policy(global_allow=tuple(parse_rules("127.0.0.0/8\n::1", "the global allow list")))

@@ -5,6 +5,10 @@ Every request goes through mail/http.py (the egress policy, one deadline). Token
 are RFC 6749 form posts with client_secret_post; errors come back as OAuthFailure, whose
 words say what the provider's error usually means. Never call a token endpoint without a
 code for a code exchange (authlib's fetch_token would silently do client credentials).
+
+The providers, clouds, scopes and URLs are read by every protocol's registration and the forms; the
+functions that make requests import requests and mail/http.py (urllib3, python-socks) themselves, so
+a process that never talks OAuth never loads them.
 """
 import base64
 import json
@@ -15,10 +19,6 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import quote, urlencode, urlsplit
 
-import requests
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-
-from . import http
 from .deadline import Deadline, DeadlineExceeded
 from .egress import EgressRefused, Network
 from .oauth_errors import SERVICE_ACCOUNT, explain
@@ -173,6 +173,8 @@ def new_verifier() -> str:
 
 
 def authorization_url(client: Client, state: str, verifier: str, login_hint: str = "") -> str:
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
     scope = client.scope
     if client.provider in (Provider.MICROSOFT, Provider.GOOGLE):
         scope = " ".join(dict.fromkeys([*scope.split(), *SIGN_IN_SCOPES.split()]))
@@ -253,6 +255,10 @@ def _client_authentication(client: Client, form: dict, method: str) -> tuple[dic
 def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
     """The authorization server's metadata (RFC 8414, then OpenID discovery); its issuer must
     be the one asked for."""
+    import requests
+
+    from . import http
+
     issuer = issuer.rstrip("/")
     last: Exception | None = None
     for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
@@ -297,6 +303,10 @@ def as_failure(error: Exception, provider: str) -> "OAuthFailure":
 
 def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str,
           headers: dict | None = None, grant: str = ""):
+    import requests
+
+    from . import http
+
     host = http.host_of(url)
     try:
         response = http.session(network, deadline).post(url, data=form,
@@ -347,6 +357,8 @@ def check_service_account_key(key: dict) -> str:
     """Why `key` is not a usable service-account key, in words; "" when it is."""
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from . import http
 
     if key.get("type") != "service_account":
         return "this is not a service-account key (its type is not “service_account”)"
