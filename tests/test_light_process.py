@@ -15,9 +15,12 @@ from cryptography.fernet import Fernet
 from webapp import create_app, db
 
 ROOT = Path(__file__).resolve().parent.parent
-# exchangelib and what only it needs (NTLM), the deliverability checks' libraries, Huey (and the Redis
-# and PostgreSQL clients its storage module loads) and the migrations' library
-HEAVY = ("exchangelib", "spnego", "requests_ntlm", "checkdmarc", "spf", "dns", "huey", "alembic")
+# exchangelib and what only it needs (NTLM), the HTTP client of Graph, Gmail, OAuth and Find settings,
+# python-socks (a proxy's handshake), email-validator (the first address checked), the deliverability
+# checks' libraries, Huey (and the Redis and PostgreSQL clients its storage module loads) and the
+# migrations' library
+HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks", "email_validator",
+         "checkdmarc", "spf", "dns", "huey", "alembic")
 
 
 def _run(code: str, instance: Path, **env) -> dict:
@@ -69,7 +72,7 @@ def test_a_protocols_sending_code_is_imported_when_a_server_of_it_is_first_used(
     module = implementation.partition(":")[0]
     code = ("from webapp import create_app\n"
             "from webapp.mail.transport import TRANSPORTS, transport_for\n"
-            "app = create_app(pages=False)\n"
+            "app = create_app()\n"
             f"label = TRANSPORTS[{protocol!r}].label\n"  # the form and the lists need only this
             f"before = sorted(m for m in ({module!r}, {library!r}) if m in sys.modules)\n"
             f"transport = transport_for({protocol!r})\n"

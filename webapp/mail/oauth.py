@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from .deadline import Deadline, DeadlineExceeded
 from .egress import EgressRefused, Network
 from .oauth_errors import SERVICE_ACCOUNT, explain
+from .urls import url_problem
 
 
 class Provider(StrEnum):
@@ -358,8 +359,6 @@ def check_service_account_key(key: dict) -> str:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    from . import http
-
     if key.get("type") != "service_account":
         return "this is not a service-account key (its type is not “service_account”)"
     for name in ("client_email", "private_key", "token_uri"):
@@ -369,7 +368,7 @@ def check_service_account_key(key: dict) -> str:
             return f"the key's {name} is not text"
     if not re.fullmatch(r"[^@\s]+@[^@\s]+", key["client_email"]):
         return "the key's client_email is not an address"
-    problem = http.url_problem(key["token_uri"])
+    problem = url_problem(key["token_uri"])
     if problem:
         return f"the key's token_uri is not an https:// address that can be used ({problem})"
     try:
