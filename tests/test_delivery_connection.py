@@ -1,6 +1,7 @@
 """SMTP connection reuse (SmtpTransport.open): consecutive messages share one session, RSET
-between them, a session the server closed is established again, each message has its own
-deadline and report. Against real aiosmtpd peers that count their sessions."""
+only after a failed transaction, a session the server closed is established again, each message
+has its own deadline and report; PIPELINING (RFC 2920) where the server offers it, with each
+recipient's outcome exact. Against real aiosmtpd peers that count their sessions."""
 import time
 
 import pytest
@@ -39,7 +40,7 @@ def wait_until(condition, seconds=10.0):
         time.sleep(0.02)
 
 
-def test_consecutive_messages_share_one_session_with_rset_between(smtp_peer):
+def test_consecutive_messages_share_one_session_without_rset_between(smtp_peer):
     peer = smtp_peer("plain")
     connection = open_connection(config_for(peer))
     try:
@@ -51,7 +52,8 @@ def test_consecutive_messages_share_one_session_with_rset_between(smtp_peer):
     first, second = receipts[0].report, receipts[1].report
     assert [s.name for s in first.steps][:3] == ["Message", "Resolve host", "Connect"]
     assert [s.name for s in second.steps] == ["Message", "MAIL FROM", "RCPT TO", "DATA"]
-    assert second.transcript[:2] == ["C: rset", "S: 250 OK"]
+    assert second.transcript[0].startswith("C: mail FROM:<mailer@example.test>")  # the last one went: no RSET
+    assert second.transcript[1].startswith("S: 250")  # no PIPELINING offered: one command, one reply
     assert not any("quit" in line.lower() for line in first.transcript + second.transcript)
     wait_until(lambda: peer.active == 0)  # close() said QUIT and the server let go
 
@@ -80,7 +82,7 @@ def test_a_session_the_server_closed_while_idle_is_established_again(smtp_peer):
         connection.close()
     assert [m.message["Subject"] for m in peer.messages] == ["Before the pause", "After the pause"]
     assert peer.sessions == 2
-    assert "C: rset" in later.report.transcript and "Connect" in [s.name for s in later.report.steps]
+    assert "Connect" in [s.name for s in later.report.steps]  # its report is the new session's
 
 
 def test_a_session_the_server_ends_with_421_before_the_message_goes_on_over_a_new_one(smtp_peer):
@@ -95,8 +97,9 @@ def test_a_session_the_server_ends_with_421_before_the_message_goes_on_over_a_ne
     assert "Connect" in [s.name for s in receipts[-1].report.steps]  # its report is the new session's
 
 
-def test_a_message_the_server_refuses_keeps_the_session_for_the_next(smtp_peer):
-    peer = smtp_peer("refuse_recipients")
+@pytest.mark.parametrize("kind", ["refuse_recipients", "pipelining_refuse_recipients"])
+def test_a_message_the_server_refuses_keeps_the_session_for_the_next(smtp_peer, kind):
+    peer = smtp_peer(kind)
     connection = open_connection(config_for(peer))
     try:
         with pytest.raises(DeliveryError) as refused:
@@ -104,9 +107,63 @@ def test_a_message_the_server_refuses_keeps_the_session_for_the_next(smtp_peer):
         accepted = connection.send(envelope(to="someone@example.org"))
     finally:
         connection.close()
-    assert refused.value.code == 550 and not refused.value.temporary
+    assert refused.value.code == 550 and not refused.value.temporary and refused.value.step == "RCPT TO"
     assert accepted.recipients[0].accepted and peer.sessions == 1
+    assert accepted.report.transcript[:2] == ["C: rset", "S: 250 OK"]  # after a failed transaction
     assert [m.rcpt_tos for m in peer.messages] == [["someone@example.org"]]
+
+
+def test_a_server_offering_pipelining_gets_the_envelope_and_data_in_one_write(smtp_peer):
+    peer = smtp_peer("pipelining")
+    connection = open_connection(config_for(peer))
+    try:
+        receipts = [connection.send(envelope(subject=f"Message {n}")) for n in range(3)]
+    finally:
+        connection.close()
+    assert peer.message_ids() == [r.message_id for r in receipts] and peer.sessions == 1
+    later = receipts[1].report
+    assert [s.name for s in later.steps] == ["Message", "MAIL FROM", "RCPT TO", "DATA"]
+    assert [line[:9] for line in later.transcript[:3]] == ["C: mail F", "C: rcpt T", "C: data"]
+    assert [line[:6] for line in later.transcript[3:6]] == ["S: 250", "S: 250", "S: 354"]  # then read in order
+    assert later.transcript[6].startswith("C: <message, ") and later.transcript[7:9] == ["C: .", later.transcript[8]]
+    assert later.transcript[8].startswith("S: 250") and len(later.transcript) == 9
+    assert "S: 250-PIPELINING" in receipts[0].report.transcript
+
+
+def test_pipelined_recipients_each_get_their_own_outcome(smtp_peer):
+    peer = smtp_peer("pipelining_refuse_recipients")
+    connection = open_connection(config_for(peer))
+    message = Envelope.of(build_message(SENDER, ["someone@example.org", "nobody@example.org", "later@example.org"],
+                                        "Three", "Body\n"))
+    try:
+        receipt = connection.send(message)
+        again = connection.send(envelope(to="someone@example.org", subject="Next"))
+    finally:
+        connection.close()
+    outcomes = {r.address: (r.accepted, r.code, r.temporary) for r in receipt.recipients}
+    assert outcomes == {"someone@example.org": (True, 250, True), "nobody@example.org": (False, 550, False),
+                        "later@example.org": (False, 450, True)}
+    assert receipt.report.step("RCPT TO").outcome == "warning"
+    assert [m.rcpt_tos for m in peer.messages] == [["someone@example.org"], ["someone@example.org"]]
+    assert again.recipients[0].accepted and peer.sessions == 1
+
+
+@pytest.mark.parametrize("kind", ["refuse_sender", "pipelining_refuse_sender"])
+def test_a_refused_sender_fails_the_message_and_the_session_stays_in_step(smtp_peer, kind):
+    peer = smtp_peer(kind)
+    connection = open_connection(config_for(peer))
+    try:
+        refusals = []
+        for n in range(2):
+            with pytest.raises(DeliveryError) as refused:
+                connection.send(envelope(subject=f"Message {n}"))
+            refusals.append(refused.value)
+    finally:
+        connection.close()
+    assert [(r.step, r.code, r.temporary) for r in refusals] == [("MAIL FROM", 550, False)] * 2
+    assert peer.messages == [] and peer.sessions == 1
+    if kind.startswith("pipelining"):  # the replies to RCPT TO and DATA were read before the next message
+        assert sum(line.startswith("S: 503") for line in refusals[0].report.transcript) == 2
 
 
 def test_a_session_that_failed_midway_is_not_reused(smtp_peer):
@@ -124,3 +181,20 @@ def test_a_session_that_failed_midway_is_not_reused(smtp_peer):
     assert "Connect" in [s.name for s in again.report.steps]  # a new session, not the one in doubt
     assert [m.message["Subject"] for m in peer.messages] == ["In time"]  # the first went with its session
     assert peer.sessions == 2
+
+
+def test_a_server_taking_data_after_every_recipient_was_refused_gets_a_lone_dot(smtp_peer):
+    peer = smtp_peer("pipelining_data_anyway")
+    connection = open_connection(config_for(peer))
+    try:
+        with pytest.raises(DeliveryError) as refused:
+            connection.send(envelope(to="nobody@example.org"))
+        accepted = connection.send(envelope(to="someone@example.org"))
+    finally:
+        connection.close()
+    assert (refused.value.step, refused.value.code, refused.value.temporary) == ("RCPT TO", 550, False)
+    transcript = refused.value.report.transcript
+    assert transcript[transcript.index("S: 354 End data with <CR><LF>.<CR><LF>") + 1:] == [
+        "C: <message, 3 bytes>", "C: .", "S: 554 5.5.1 Error: no valid recipients"]  # ".\r\n" alone: no message
+    assert accepted.recipients[0].accepted and peer.sessions == 1
+    assert [m.rcpt_tos for m in peer.messages] == [["someone@example.org"]]

@@ -222,3 +222,67 @@ def test_failed_sign_ins_are_counted_by_every_process_together(two_processes):
     browser = requests.Session()  # the same attacker, alternating between the two processes
     answers = [failed_sign_in(browser, two_processes[n % 2]) for n in range(12)]
     assert answers[:10] == [422] * 10 and answers[10:] == [429, 429]
+
+
+class Clock:
+    """limit_storage's clock, moved on by the test."""
+
+    def __init__(self):
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def storage(app, monkeypatch):
+    from webapp import limit_storage
+
+    clock = Clock()
+    monkeypatch.setattr(limit_storage, "time", clock)
+    with app.app_context():
+        limit_storage.DatabaseStorage().reset()
+        yield limit_storage.DatabaseStorage(), clock
+
+
+def test_a_counted_window_ends_and_the_next_hit_starts_it_anew(storage):
+    store, clock = storage
+    started = clock.now
+    assert [store.incr("sample:1", 60) for _ in range(3)] == [1, 2, 3]
+    assert (store.get("sample:1"), store.get_expiry("sample:1")) == (3, started + 60)
+    clock.now += 61
+    assert (store.get("sample:1"), store.get_expiry("sample:1")) == (0, clock.now)
+    assert store.incr("sample:1", 60) == 1
+    assert store.get_expiry("sample:1") == clock.now + 60
+
+
+def test_ended_windows_are_cleared_away_when_a_key_starts_one(app, storage):
+    from webapp.models import RateCount
+
+    store, clock = storage
+    store.incr("sign-in:a", 60)
+    store.incr("sign-in:b", 600)
+    clock.now += 61
+    store.incr("sign-in:b", 600)  # a window under way: nothing is cleared
+    assert len(db.session().exec(select(RateCount)).all()) == 2
+    store.incr("sign-in:c", 60)
+    assert len(db.session().exec(select(RateCount)).all()) == 2  # "a" went, "b" and "c" are left
+
+
+def test_a_request_reads_what_it_counted_without_asking_the_database(app, storage):
+    from sqlalchemy import event
+
+    store, _ = storage
+    store.incr("user:7", 60)  # another request's hit
+    statements = []
+    engine = db.engine()
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with app.test_request_context("/"):
+            count = store.incr("user:7", 60)
+            windows = [(store.get("user:7"), store.get_expiry("user:7")) for _ in range(2)]
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert count == 2 and windows[0] == windows[1] and windows[0][0] == 2
+    assert len(statements) == 1  # the upsert alone

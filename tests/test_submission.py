@@ -391,12 +391,20 @@ def test_a_minute_and_a_day_are_windows_of_the_clock(app, login):
     account = login(per_minute=2, per_day=3)
     minute = 29_000_000 * 60 + 10  # ten seconds into a minute (and well inside its UTC day)
     with app.app_context():
-        snapshot = credentials.account(account.id)
-        assert [credentials.count_message(snapshot, "192.0.2.7", minute + s) for s in (0, 1, 2)] == [True, True, False]
+        snapshot, over = credentials.standing(account.id, minute)
+        assert over == ""
+
+        def count(now: float) -> bool:  # committed, as the listener commits it with the message
+            counted = credentials.count_message(snapshot, "192.0.2.7", now)
+            db.session().commit()
+            return counted
+
+        assert [count(minute + s) for s in (0, 1, 2)] == [True, True, False]
         assert credentials.over_limit(snapshot, minute + 3) == "2 per minute"
+        assert credentials.standing(account.id, minute + 3) == (snapshot, "2 per minute")
         assert credentials.over_limit(snapshot, minute + 60) == ""
-        assert credentials.count_message(snapshot, "192.0.2.7", minute + 60)  # the next minute
-        assert not credentials.count_message(snapshot, "192.0.2.7", minute + 120)
+        assert count(minute + 60)  # the next minute
+        assert not count(minute + 120)
         assert credentials.over_limit(snapshot, minute + 120) == "3 per day"
         assert credentials.over_limit(snapshot, minute + 86_400) == ""  # the next day
 
@@ -562,3 +570,9 @@ def test_behind_a_load_balancer_the_proxy_protocol_gives_the_devices_address(app
     if not implicit:  # (a wait of aiosmtpd's PROXY timeout, 10 s: once is enough)
         with pytest.raises(smtplib.SMTPServerDisconnected):  # no PROXY header: not a balancer's connection
             smtplib.SMTP("127.0.0.1", listener.settings.starttls_port, timeout=15)
+
+
+@pytest.mark.parametrize("option", ["--starttls-port", "--tls-port"])
+def test_the_relay_refuses_a_port_it_cannot_listen_on_before_starting(app, option):
+    result = app.test_cli_runner().invoke(args=["mail", "relay", option, "0"])
+    assert result.exit_code == 2 and "0 is not in the range 1<=x<=65535" in result.output

@@ -17,6 +17,8 @@ import pytest
 
 from tests.conftest import SECRET_KEYS
 from tests.peers.smtp import free_port
+from webapp import db
+from webapp.models import SmtpCredential
 
 from .test_submission import SCAN, login, stored, submit  # noqa: F401  (login: a fixture)
 
@@ -137,3 +139,5 @@ def test_killed_before_the_commit_nothing_is_stored_and_the_client_was_not_told(
     outcome["thread"].join(timeout=60)
     assert "reply" not in outcome and isinstance(outcome["error"], smtplib.SMTPServerDisconnected)
     assert stored(app) == []
+    with app.app_context():  # the message was counted in the transaction that would have stored it: not kept
+        assert db.session().get(SmtpCredential, account.id).day_count == 0

@@ -2,12 +2,15 @@
 addresses from elsewhere (the API, the command line, checks). email-validator (whose import compiles its
 grammar's regular expressions) is imported by the first address checked, not by the commands that check none."""
 import re
+from functools import lru_cache
 
 LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
+@lru_cache(maxsize=4096)
 def normalize_address(value: str) -> str:
-    """ValueError with the reason when `value` cannot be an email address."""
+    """ValueError with the reason when `value` cannot be an email address. (Addresses recur: each is
+    read once per process.)"""
     from email_validator import EmailNotValidError, validate_email
 
     try:

@@ -9,6 +9,7 @@ import secrets
 from datetime import timedelta
 
 from sqlalchemy import bindparam, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import select
 
 from . import audit, db
@@ -76,4 +77,6 @@ def note_use(key: ApiKey) -> None:
         return
     with db.engine().begin() as connection:
         connection.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
-    key.last_used_at = now
+    # as stored: not a change of the request's session, which would write it again (and hold SQLite's
+    # write lock from its next query on)
+    set_committed_value(key, "last_used_at", now)

@@ -5,7 +5,9 @@ everything is read first, the connection goes back to the pool (db.release), and
 outcome is written in a new, short transaction.
 """
 import logging
+import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -137,37 +139,32 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
 
 
 def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limit: int, provider: dict) -> Report:
-    """The server's check, with the Deliverability section (DNS lookups) asked at the same time in a
-    thread of its own. Busy when too many checks run already; no database connection is held meanwhile."""
+    """The server's check, with the Deliverability section (DNS lookups) asked at the same time in
+    another thread (_meanwhile). Busy when too many checks run already; no database connection is
+    held meanwhile."""
     with slots().hold(portal.id, server_id, limit):
         addresses = addresses_to_check(portal, config)  # read here: the thread has no database
         db.release()
-        deliverability = _Meanwhile(_deliverability, config, provider, resolver(), addresses)
+        deliverability = _meanwhile(_deliverability, config, provider, resolver(), addresses)
         report = transport_for(config.protocol).check(config)
         report.sections.append(deliverability.result())
         return report
 
 
-class _Meanwhile:
-    """A call run in a thread while this one goes on; result() waits for it (and raises what it raised)."""
+def _meanwhile(call, *args) -> Future:
+    """`call` run in a thread of this app process's pool while the caller goes on; result() waits for
+    it (and raises what it raised). The pool keeps its threads (at most one per check the process may
+    run, Slots), so a check starts no thread of its own and does not wait for one to start. Made in
+    each process at its first check: a pool's threads do not survive a fork (gunicorn --preload)."""
+    with _POOL_LOCK:
+        pid, pool = current_app.extensions.get("mailroom.meanwhile", (None, None))
+        if pid != os.getpid():
+            pool = ThreadPoolExecutor(current_app.config["CHECKS_PER_PROCESS"], "mailroom-deliverability")
+            current_app.extensions["mailroom.meanwhile"] = (os.getpid(), pool)
+    return pool.submit(call, *args)
 
-    def __init__(self, call, *args):
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(call, *args), daemon=True,
-                                        name="mailroom-deliverability")
-        self._thread.start()
 
-    def _run(self, call, *args) -> None:
-        try:
-            self._value = call(*args)
-        except BaseException as error:  # noqa: BLE001 - handed to the caller by result()
-            self._error = error
-
-    def result(self):
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+_POOL_LOCK = threading.Lock()
 
 
 DELIVERABILITY_SECONDS = 10  # all the DNS lookups of the deliverability section together
@@ -203,7 +200,7 @@ def addresses_to_check(portal: Portal, config: ServerConfig) -> list[tuple[str, 
 def _deliverability(config: ServerConfig, provider: dict, dns: Resolver,
                     addresses: list[tuple[str, str, str]]) -> tuple[str, list[Step]]:
     """The Deliverability section: what receivers will think of this server's mail (DNS only, nothing
-    sent). Runs in a thread of its own (_run_check): no app context, no database."""
+    sent). Runs in another thread (_run_check): no app context, no database."""
     from .mail import deliverability  # checkdmarc, pyspf and dnspython: imported by the first Validate
 
     host = getattr(config.settings, "host", "") or ""

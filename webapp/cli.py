@@ -302,8 +302,10 @@ def mail_refresh_tokens(older_than_hours):
 
 @mail_group.command("relay")
 @click.option("--host", help="Bind address (default: SUBMISSION_HOST, 127.0.0.1).")
-@click.option("--starttls-port", type=int, help="Port with STARTTLS (default: SUBMISSION_STARTTLS_PORT, 2587).")
-@click.option("--tls-port", type=int, help="Port with implicit TLS (default: SUBMISSION_TLS_PORT, 2465).")
+@click.option("--starttls-port", type=click.IntRange(1, 65535),
+              help="Port with STARTTLS (default: SUBMISSION_STARTTLS_PORT, 2587).")
+@click.option("--tls-port", type=click.IntRange(1, 65535),
+              help="Port with implicit TLS (default: SUBMISSION_TLS_PORT, 2465).")
 def mail_relay(host, starttls_port, tls_port):
     """Run the SMTP submission listener until Ctrl-C or SIGTERM: devices sign in with a portal's SMTP
     credential and their mail is stored in that portal's outbox."""

@@ -6,14 +6,18 @@ Registered with the `limits` library under the scheme `mailroom+database://`, th
 `limits.init_app` configures when REDIS_URL is not set. Fixed windows, as Flask-Limiter's
 default strategy uses them: a key's count lives until its window ends. A key names an account
 or an address, so only its sha256 is stored. Each call is a short transaction of its own on the
-engine of the app handling the request, never the request's session.
+engine of the app handling the request, never the request's session: one statement (the
+count and its window's end, an ended window started anew), and the clearing away of every ended
+window only when a key starts a new one. What a request counted answers the same request's reads
+(the limiter reads the count and the window's end again for its headers) without a query.
 """
 import hashlib
 import logging
 import time
 
+from flask import has_request_context, request
 from limits.storage import Storage
-from sqlalchemy import delete, select
+from sqlalchemy import case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -33,34 +37,43 @@ class DatabaseStorage(Storage):
         return SQLAlchemyError
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        """Count `amount` more in the key's window (a new window of `expiry` seconds if it has none).
-        A database that refuses the write (locked, read-only) costs the count, not the request."""
+        """Count `amount` more in the key's window (a new window of `expiry` seconds if it has none
+        or its window ended). A database that refuses the write (locked, read-only) costs the count,
+        not the request."""
         now = time.time()
         try:
             with db.engine().begin() as connection:
-                connection.execute(delete(TABLE).where(TABLE.c.expires_at <= now))  # every ended window
                 insert = INSERTS[connection.dialect.name](TABLE).values(key=_hashed(key), count=amount,
                                                                         expires_at=now + expiry)
-                upsert = insert.on_conflict_do_update(index_elements=[TABLE.c.key],
-                                                      set_={"count": TABLE.c.count + amount})
-                return connection.execute(upsert.returning(TABLE.c.count)).scalar_one()
+                ended = TABLE.c.expires_at <= now
+                upsert = insert.on_conflict_do_update(index_elements=[TABLE.c.key], set_={
+                    "count": case((ended, amount), else_=TABLE.c.count + amount),
+                    "expires_at": case((ended, now + expiry), else_=TABLE.c.expires_at)})
+                count, expires_at = connection.execute(upsert.returning(TABLE.c.count, TABLE.c.expires_at)).one()
+                if count == amount:  # this key starts a window: the moment to clear away every ended one
+                    connection.execute(delete(TABLE).where(TABLE.c.expires_at <= now))
         except OperationalError as error:
             log.warning("a rate limit could not be counted (the database refused the write): %s",
                         str(error.orig).splitlines()[0] if error.orig else error)
             return 0
+        _counted_in_this_request()[key] = (count, expires_at)
+        return count
 
     def get(self, key: str) -> int:
-        row = self._row(key)
-        return row.count if row else 0
+        return self._window(key)[0]
 
     def get_expiry(self, key: str) -> float:
-        row = self._row(key)
-        return row.expires_at if row else time.time()
+        return self._window(key)[1] or time.time()
 
-    def _row(self, key: str):
+    def _window(self, key: str) -> tuple[int, float]:
+        """(count, window's end) as this request counted it, else as stored; (0, 0.0): no window."""
+        counted = _counted_in_this_request().get(key)
+        if counted is not None:
+            return counted
         with db.engine().connect() as connection:
-            return connection.execute(select(TABLE.c.count, TABLE.c.expires_at).where(
+            row = connection.execute(select(TABLE.c.count, TABLE.c.expires_at).where(
                 TABLE.c.key == _hashed(key), TABLE.c.expires_at > time.time())).first()
+        return (row.count, row.expires_at) if row else (0, 0.0)
 
     def check(self) -> bool:
         try:
@@ -71,12 +84,21 @@ class DatabaseStorage(Storage):
         return True
 
     def reset(self) -> int | None:
+        _counted_in_this_request().clear()
         with db.engine().begin() as connection:
             return connection.execute(delete(TABLE)).rowcount
 
     def clear(self, key: str) -> None:
+        _counted_in_this_request().pop(key, None)
         with db.engine().begin() as connection:
             connection.execute(delete(TABLE).where(TABLE.c.key == _hashed(key)))
+
+
+def _counted_in_this_request() -> dict[str, tuple[int, float]]:
+    """The keys this request counted, kept with the request itself (outside one, nothing is kept)."""
+    if not has_request_context():
+        return {}
+    return request.environ.setdefault("mailroom.rate_counts", {})
 
 
 def _hashed(key: str) -> str:

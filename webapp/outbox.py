@@ -25,6 +25,7 @@ from flask import current_app
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer,
                       WithJsonSchema, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
@@ -34,6 +35,7 @@ from .mail.envelope import Envelope
 from .mail.message import (Attachment as MessageAttachment, Mailbox, compose, content_type_problem,
                            control_character_problem, header_name_problem)
 from .models import MailServer, MailState, OutboundMail, Portal, utcnow
+from .one_writer import one_writer
 
 
 class Source(StrEnum):
@@ -240,16 +242,17 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
         if earlier is not None:
             return earlier
     mail = _build(portal, submission, submitter, idempotency_key)
-    session.add(mail)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        earlier = _earlier(portal, submission, idempotency_key) if idempotency_key else None
-        if earlier is None:
-            raise
-        return earlier
-    delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
+    with one_writer(db.engine()):  # the row and its job: the process's other writers wait on a lock, not on SQLite
+        session.add(mail)
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            earlier = _earlier(portal, submission, idempotency_key) if idempotency_key else None
+            if earlier is None:
+                raise
+            return earlier
+        delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
     return mail
 
 
@@ -290,22 +293,26 @@ def _build(portal: Portal, submission: Submission, submitter: Submitter, idempot
                 submission.fingerprint() if idempotency_key else "")
 
 
-def store(portal: Portal, envelope: Envelope, submitter: Submitter) -> OutboundMail:
+def store(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str | None = None) -> OutboundMail:
     """Store a message that is complete already (raw MIME with its Bcc field, and its envelope: what
-    the SMTP submission listener received) as queued and commit; the caller answers "accepted" only
-    after this returns. Nothing is sent here."""
-    mail = add(portal, envelope, submitter)
+    the SMTP submission listener received) as queued and commit, together with whatever the caller's
+    transaction holds (the listener's count of the message); the caller answers "accepted" only after
+    this returns. Nothing is sent here. `subject`: as add() takes it."""
+    mail = add(portal, envelope, submitter, subject=subject)
     db.session().commit()
     delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
     return mail
 
 
 def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_id: int | None = None,
-        expires_at=None) -> OutboundMail:
+        expires_at=None, subject: str | None = None) -> OutboundMail:
     """The queued row for a complete message, added to the session (the caller commits, then wakes a
     worker). `pinned_server_id`: only that server may send it (system mail); `expires_at`: an earlier
-    end of its lifetime (a recovery link that expires)."""
-    mail = _row(portal, envelope, submitter, str(envelope.message()["Subject"] or ""))
+    end of its lifetime (a recovery link that expires); `subject`: the decoded Subject field when the
+    caller has it already (else the message is parsed for it)."""
+    if subject is None:
+        subject = str(envelope.message()["Subject"] or "")
+    mail = _row(portal, envelope, submitter, subject)
     mail.pinned_server_id = pinned_server_id
     if expires_at is not None:
         mail.expires_at = min(mail.expires_at, expires_at)
@@ -328,13 +335,17 @@ def _row(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str,
         expires_at=now + timedelta(hours=current_app.config["DELIVERY_LIFETIME_HOURS"]))
 
 
+# What _sender needs of the portal's servers with a From address, in the list's order (columns, not servers)
+_SENDING_SERVERS = select(MailServer.from_address, MailServer.sender_name, MailServer.reply_to, MailServer.enabled) \
+    .where(MailServer.portal_id == bindparam("portal_id"), MailServer.from_address != "") \
+    .order_by(MailServer.position, MailServer.id)
+
+
 def _sender(portal: Portal, submission: Submission, owner_id: int | None = None) -> tuple[Mailbox, Mailbox | None]:
     """The From and the Reply-To. From: the submission's, if the portal allows it (a server's From or a
     sender ID); else the sender ID of the owner (an API key's), else the first enabled server's. Reply-To:
     the submission's, else that of the server whose From it is (a sender ID: the first enabled server's)."""
-    servers = [s for s in db.session().exec(
-        select(MailServer).where(MailServer.portal_id == portal.id).order_by(MailServer.position, MailServer.id)
-    ).unique() if s.from_address]
+    servers = db.session().execute(_SENDING_SERVERS, {"portal_id": portal.id}).all()
     if not servers:
         raise Refused("from", "this portal has no mail server with a From address yet: an admin adds one under "
                               "Mail servers")

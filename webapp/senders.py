@@ -14,7 +14,7 @@ account or one of its "Send mail as" aliases; Graph and EWS: the mailbox or an a
 provider may still refuse or rewrite an address it does not allow (eG's note: the IDs are not
 validated against the server; a wrong one makes delivery fail).
 """
-from sqlalchemy import update
+from sqlalchemy import bindparam, union_all, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import func, select
 
@@ -114,6 +114,19 @@ def sender_of(portal: Portal, user_id: int | None) -> str | None:
         return None
     return db.session().exec(select(SenderId.address).join(Membership, Membership.sender_id == SenderId.id).where(
         Membership.portal_id == portal.id, Membership.user_id == user_id)).first()
+
+
+_ALLOWED_ADDRESSES = union_all(
+    select(SenderId.__table__.c.address).where(SenderId.__table__.c.portal_id == bindparam("portal_id")),
+    select(MailServer.__table__.c.from_address).where(MailServer.__table__.c.portal_id == bindparam("portal_id"),
+                                                      MailServer.__table__.c.from_address != ""))
+
+
+def allowed_addresses(portal_id: int) -> set[str]:
+    """The addresses of allowed_from() alone, lower case, in one query of two columns (the SMTP
+    submission listener asks for every message: no server is loaded)."""
+    rows = db.session().connection().execute(_ALLOWED_ADDRESSES, {"portal_id": portal_id}).scalars()
+    return {address.lower() for address in rows}
 
 
 def allowed_from(portal: Portal) -> dict[str, MailServer | None]:

@@ -36,6 +36,13 @@ Kinds (see KINDS):
                  "501 5.5.4" as Postfix does; each ReceivedMail's `dsn` holds them ({"mail": {...},
                  "rcpt": {address: {...}}}). Every other kind offers no DSN, and aiosmtpd refuses the
                  parameters there ("555 MAIL FROM parameters not recognized"), as RFC 3461 4 lets it
+  pipelining     plain; offers PIPELINING (RFC 2920) in its EHLO answer: the client may send MAIL FROM, RCPT TO
+                 and DATA in one write (aiosmtpd answers them in order). No other kind offers it
+  pipelining_refuse_sender, pipelining_refuse_recipients   refuse_sender and refuse_recipients offering
+                 PIPELINING: aiosmtpd answers the commands after a refused MAIL FROM, and DATA after every
+                 RCPT TO was refused, with "503" (as RFC 2920 3.1 wants)
+  pipelining_data_anyway  pipelining_refuse_recipients, but DATA is answered 354 even when every RCPT TO was
+                 refused (RFC 2920 3.1: the client then sends a lone "."); the empty message gets "554"
   silent         a TCP listener that accepts and never greets
   closed         nothing listens on the port (connection refused)
 
@@ -200,6 +207,15 @@ class SlowRecorder(Recorder):
         return await super().handle_DATA(server, session, envelope)
 
 
+class _OffersPipelining:
+    """Names PIPELINING in its EHLO answer (RFC 2920); aiosmtpd reads commands line by line, so it
+    takes a client's pipelined commands and answers each in order."""
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class SenderRefuser(Recorder):
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         return "550 5.7.1 Sender not allowed"
@@ -213,6 +229,18 @@ class RecipientRefuser(Recorder):
             return "450 4.2.1 Mailbox busy, try again later"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
+
+
+class PipeliningRecorder(_OffersPipelining, Recorder):
+    pass
+
+
+class PipeliningSenderRefuser(_OffersPipelining, SenderRefuser):
+    pass
+
+
+class PipeliningRecipientRefuser(_OffersPipelining, RecipientRefuser):
+    pass
 
 
 # --- certificates ---------------------------------------------------------------
@@ -293,6 +321,19 @@ class _MessageLimitSMTP(_CountingSMTP):
         self._messages += 1
 
 
+class _DataWithoutRecipientsSMTP(_CountingSMTP):
+    """Answers DATA with 354 even when no recipient was accepted (RFC 2920 3.1 says a server should not,
+    and tells the client what to do if it does); the data is read and refused with 554."""
+
+    async def smtp_DATA(self, arg):
+        if self.envelope.rcpt_tos:
+            return await super().smtp_DATA(arg)
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        while await self._reader.readuntil(b"\r\n") != b".\r\n":
+            pass
+        await self.push("554 5.5.1 Error: no valid recipients")
+
+
 DSN_MAIL = {"RET": re.compile(r"FULL|HDRS"), "ENVID": re.compile(r"[!-~]{1,100}")}
 DSN_RCPT = {"NOTIFY": re.compile(r"NEVER|(SUCCESS|FAILURE|DELAY)(,(SUCCESS|FAILURE|DELAY)){0,2}"),
             "ORCPT": re.compile(r"[A-Za-z0-9-]+;[!-~]+")}
@@ -369,7 +410,10 @@ class _QuietController(_CountingController):
 
 PLAIN_HANDLERS = {"plain": Recorder, "refuse_sender": SenderRefuser, "refuse_recipients": RecipientRefuser,
                   "refuse_message": MessageRefuser, "greylist": Greylister, "idle_close": Recorder,
-                  "message_limit": Recorder, "dsn": DsnRecorder}
+                  "message_limit": Recorder, "dsn": DsnRecorder, "pipelining": PipeliningRecorder,
+                  "pipelining_refuse_sender": PipeliningSenderRefuser,
+                  "pipelining_refuse_recipients": PipeliningRecipientRefuser,
+                  "pipelining_data_anyway": PipeliningRecipientRefuser}
 PLAIN_KINDS = (*PLAIN_HANDLERS, "slow")  # no TLS, no AUTH
 
 
@@ -380,7 +424,8 @@ def _start_aiosmtpd(kind: str, ca: trustme.CA, peer: "Peer", port: int) -> objec
         common["timeout"] = IDLE_TIMEOUT
     if kind in PLAIN_KINDS:
         handler = SlowRecorder(messages, peer) if kind == "slow" else PLAIN_HANDLERS[kind](messages)
-        smtp_class = {"message_limit": _MessageLimitSMTP, "dsn": _DsnSMTP}.get(kind, _CountingSMTP)
+        smtp_class = {"message_limit": _MessageLimitSMTP, "dsn": _DsnSMTP,
+                      "pipelining_data_anyway": _DataWithoutRecipientsSMTP}.get(kind, _CountingSMTP)
         controller = _CountingController(handler, peer, smtp_class=smtp_class, **common)
     elif kind == "tls":
         handler = Recorder(messages)

@@ -56,7 +56,7 @@ def _finish(mail: OutboundMail, owner: str, tried: list[Tried], values: dict) ->
     session = db.session()
     now = utcnow()
     values.update(lease_owner="", lease_until=None, updated_at=now)
-    if mail.purge_when_done and values["state"] in (MailState.SENT, MailState.FAILED):
+    if mail.purge_when_done and values.get("state") in (MailState.SENT, MailState.FAILED):
         values.update(raw=None, purged_at=now)  # it carried a secret (a recovery link): not kept a moment longer
     columns = tuple(sorted(values))
     parameters = {"outcome_id": mail.id, "outcome_owner": owner,
@@ -70,22 +70,25 @@ def _finish(mail: OutboundMail, owner: str, tried: list[Tried], values: dict) ->
     return written
 
 
-# Built once per set of columns written, with bound parameters: a worker writes one outcome per message.
+# Built once per set of columns written, with bound parameters, on the table (Core: no ORM bookkeeping
+# for a row nobody reads back here): a worker writes one outcome per message.
+_outbox = OutboundMail.__table__
+
+
 def _outcome_statement(columns: tuple[str, ...], *where):
-    return (update(OutboundMail).where(OutboundMail.id == bindparam("outcome_id"), *where)
-            .values({name: bindparam(f"new_{name}") for name in columns})
-            .execution_options(synchronize_session=False))
+    return (update(_outbox).where(_outbox.c.id == bindparam("outcome_id"), *where)
+            .values({name: bindparam(f"new_{name}") for name in columns}))
 
 
 @cache
 def _by_its_worker(columns: tuple[str, ...]):
-    return _outcome_statement(columns, OutboundMail.state == MailState.SENDING,
-                              OutboundMail.lease_owner == bindparam("outcome_owner"))
+    return _outcome_statement(columns, _outbox.c.state == MailState.SENDING,
+                              _outbox.c.lease_owner == bindparam("outcome_owner"))
 
 
 @cache
 def _sent_all_the_same(columns: tuple[str, ...]):
-    return _outcome_statement(columns, OutboundMail.state.in_((MailState.QUEUED, MailState.SENDING, MailState.HELD)))
+    return _outcome_statement(columns, _outbox.c.state.in_((MailState.QUEUED, MailState.SENDING, MailState.HELD)))
 
 
 def _attempt(tried: Tried, mail_id: int, owner: str) -> None:

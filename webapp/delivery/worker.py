@@ -1,8 +1,11 @@
 """Delivering claimed messages: the one place where queued mail leaves Mailroom.
 
-One delivery job (a Run) claims a message, sends it, records the outcome, and goes on with
-the next due message of the same portal over the connections it opened, up to
-DELIVERY_BATCH messages: consecutive messages to a server share one connection.
+One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 2,
+4, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
+batch of the same portal over the connections it opened, up to DELIVERY_BATCH messages:
+consecutive messages to a server share one connection. The portal and its servers are read once
+per batch. Messages claimed and not tried when the run ends early (stopping, no connection left
+open) are given back at once; while they wait, their lease is renewed.
 
 For each message, the servers of its route (routing.py) are tried in order, within the same
 attempt, until one takes it:
@@ -54,6 +57,7 @@ from .times import aware
 
 log = logging.getLogger(__name__)
 
+CLAIM_BATCH = 20  # messages a run claims in one statement (their lease renewed while they wait)
 MESSAGE_STEPS = frozenset({"Message", "MAIL FROM", "RCPT TO", "DATA"})  # failures there concern the message
 UNREADABLE = "the stored secret cannot be read with the configured keys: enter it again and save"
 
@@ -85,24 +89,56 @@ class Run:
         self.owner = owner or worker_name()
         self.stopping = stopping
         self.open: dict[int, _Open] = {}  # server id -> its connection
+        self.waiting: list[OutboundMail] = []  # claimed in the current batch, not tried yet
+        self.claimed_at = 0.0  # monotonic(): when the waiting messages' lease was last written
+        self.claim_size = 1  # doubled at each batch up to CLAIM_BATCH
+        self.servers: dict[tuple, tuple[Portal, list[MailServer]]] = {}  # read once per batch
 
     def run(self, mail_id: int | None = None) -> bool:
         """Deliver `mail_id` (or else the next due message), then more of its portal over the
-        same connections. True when the batch was full (more may be due: go on in a new job)."""
-        mail = claims.claim(self.owner, self.settings.lease, mail_id)
+        same connections, claimed in batches of 1, 2, 4, ... up to CLAIM_BATCH (so that a few
+        messages due at once are shared among the worker's threads, and a long drain costs one
+        claim per CLAIM_BATCH). True when the run's DELIVERY_BATCH was full (more may be due: go
+        on in a new job)."""
+        self._claim(self.settings.batch, mail_id=mail_id)
         done = 0
         try:
-            while mail is not None:
+            while self.waiting:
+                mail = self.waiting.pop(0)
                 self.deliver(mail)
                 done += 1
                 if not self.open or (self.stopping is not None and self.stopping.is_set()):
                     return False
                 if done >= self.settings.batch:
                     return True
-                mail = claims.claim(self.owner, self.settings.lease, portal_id=mail.portal_id)
+                if self.waiting:
+                    self._keep_waiting()
+                else:
+                    self._claim(self.settings.batch - done, portal_id=mail.portal_id)
         finally:
+            if self.waiting:
+                db.session().rollback()  # what an error left half done (every outcome commits where it is written)
+                claims.give_back(self.waiting, self.owner)
+                self.waiting = []
             self.close()
         return False
+
+    def _claim(self, room: int, mail_id: int | None = None, portal_id: int | None = None) -> None:
+        """The next batch: its messages, and the portal and its servers read again for it (an
+        admin's change to them takes effect here, or at a connection's version check)."""
+        self.waiting = claims.claim_batch(self.owner, self.settings.lease, min(self.claim_size, room), mail_id,
+                                          portal_id)
+        self.claimed_at = monotonic()
+        self.claim_size = min(self.claim_size * 2, CLAIM_BATCH)
+        self.servers.clear()
+
+    def _keep_waiting(self) -> None:
+        """Renew the lease of the messages waiting in the batch before a third of it has passed, so
+        that no sweep takes them from a worker that is alive."""
+        if monotonic() - self.claimed_at < self.settings.lease / 3:
+            return
+        self.waiting = claims.extend_all(self.waiting, self.owner, utcnow() + timedelta(seconds=self.settings.lease))
+        self.claimed_at = monotonic()
 
     def close(self) -> None:
         for server_id in list(self.open):
@@ -116,16 +152,7 @@ class Run:
         if attempt.now >= attempt.expires:
             return attempt.fail(self.owner, f"its lifetime of {_words(self.settings.lifetime)} ran out"
                                 + (f"; the last error: {mail.last_error}" if mail.last_error else ""))
-        session = db.session()
-        portal = session.get(Portal, mail.portal_id, populate_existing=True)
-        which = (MailServer.id == mail.pinned_server_id) if mail.pinned_server_id is not None \
-            else (MailServer.portal_id == mail.portal_id)  # system mail: only the system-mail server
-        servers = list(session.execute(select(MailServer).where(which)
-                                       .order_by(MailServer.position, MailServer.id)
-                                       .execution_options(populate_existing=True)).unique().scalars())
-        if mail.pinned_server_id is not None and servers and servers[0].portal_id != portal.id:
-            portal = session.get(Portal, servers[0].portal_id, populate_existing=True)  # its network, its notices
-        db.release()
+        portal, servers = self._servers_for(mail)
         way = route(portal.delivery_policy, servers, turn=mail.id)
         if not way.candidates:
             return self._wait(attempt, portal, way)
@@ -147,6 +174,24 @@ class Run:
             reason = attempt.down.get(primary.id) or _out_of_order(primary)
             if reason:
                 health.start_failover(portal, primary, attempt.via, reason)
+
+    def _servers_for(self, mail: OutboundMail) -> tuple[Portal, list[MailServer]]:
+        """The message's portal and the servers it may go through, read once per batch (this run's
+        own marks, failing or held, are written into them as it makes them: health._known)."""
+        key = (mail.portal_id, mail.pinned_server_id)
+        if key not in self.servers:
+            session = db.session()
+            portal = session.get(Portal, mail.portal_id, populate_existing=True)
+            which = (MailServer.id == mail.pinned_server_id) if mail.pinned_server_id is not None \
+                else (MailServer.portal_id == mail.portal_id)  # system mail: only the system-mail server
+            servers = list(session.execute(select(MailServer).where(which)
+                                           .order_by(MailServer.position, MailServer.id)
+                                           .execution_options(populate_existing=True)).unique().scalars())
+            if mail.pinned_server_id is not None and servers and servers[0].portal_id != portal.id:
+                portal = session.get(Portal, servers[0].portal_id, populate_existing=True)  # its network, its notices
+            db.release()
+            self.servers[key] = portal, servers
+        return self.servers[key]
 
     def _try(self, attempt: "_Attempt", portal: Portal, server: MailServer) -> Receipt | None:
         try:

@@ -1,6 +1,6 @@
 """The base forms: text is trimmed, one-line fields refuse control characters and line
 separators, and a password refuses what no protocol can carry (NUL, CR, LF)."""
-import unicodedata
+import re
 
 from flask_wtf import FlaskForm
 from wtforms import FieldList, Form, FormField, PasswordField, StringField, TextAreaField
@@ -9,7 +9,9 @@ from .render import focus_first_error
 
 ONE_LINE_ERROR = "Control characters and line breaks are not allowed here."
 PASSWORD_ERROR = "A password cannot contain line breaks or NUL characters."
-_BREAKING = {"Cc", "Zl", "Zp"}  # controls (NUL, CR, LF, VT, FF, NEL, ...), U+2028, U+2029
+# The characters of the categories Cc (controls: NUL, CR, LF, VT, FF, NEL, ...), Zl (U+2028) and Zp
+# (U+2029); Unicode never changes which characters these categories hold.
+_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _strip(value):
@@ -17,7 +19,7 @@ def _strip(value):
 
 
 def breaks_a_line(text: str) -> bool:
-    return any(unicodedata.category(ch) in _BREAKING for ch in text)
+    return _BREAKING.search(text) is not None
 
 
 def check_lines(form) -> bool:

@@ -1,10 +1,12 @@
 """Field validators shared by the forms."""
 import ipaddress
 import re
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from wtforms.validators import ValidationError
+
 from ..addresses import LABEL, normalize_address
 from ..mail.urls import url_problem
 
@@ -65,15 +67,21 @@ def base_url(_form, field) -> None:
 
 def pem_certificates(_form, field) -> None:
     """One or more certificates, stored as clean PEM (anything around the blocks dropped)."""
-    if not field.data:
-        return
+    if field.data:
+        field.data = _clean_pem(field.data)
+
+
+@lru_cache(maxsize=32)  # a pasted CA bundle may be large: a few kept
+def _clean_pem(text: str) -> str:
+    """The certificates of `text` as clean PEM, read once per process (a server's CA certificate comes
+    with every Validate and section swap); ValidationError when they cannot be read."""
     try:
-        certificates = x509.load_pem_x509_certificates(field.data.encode())
+        certificates = x509.load_pem_x509_certificates(text.encode())
     except ValueError:
         raise ValidationError("Paste one or more certificates in PEM form (-----BEGIN CERTIFICATE-----).") from None
-    if len(certificates) != field.data.count("-----BEGIN CERTIFICATE-----"):
+    if len(certificates) != text.count("-----BEGIN CERTIFICATE-----"):
         raise ValidationError("One of the certificates is cut off or damaged: paste each one whole.")
-    field.data = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates).strip()
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates).strip()
 
 
 def https_url(_form, field) -> None:

@@ -61,9 +61,7 @@ def _build(verify: bool, ca_pem: str, extra_ca_pem: str, watched: bool) -> ssl.S
 def handshake_result(sock: ssl.SSLSocket, verified: bool) -> Step:
     name, _, bits = sock.cipher()
     details = [("TLS version", sock.version()), ("Cipher", f"{name} ({bits} bits)")]
-    der = sock.getpeercert(binary_form=True)
-    cert = x509.load_der_x509_certificate(der) if der else None
-    details += certificate_details(cert)
+    details += _details_of_der(sock.getpeercert(binary_form=True) or b"")
     if verified:
         details.append(("Verification", "verified: trusted issuer, name matches"))
         return step_result(f"encrypted with {sock.version()}; the certificate is valid", details)
@@ -72,6 +70,12 @@ def handshake_result(sock: ssl.SSLSocket, verified: bool) -> Step:
                        details, Outcome.WARNING,
                        hint="turn verification on (add the CA certificate if needed): "
                             "without it, anyone in between can read the password")
+
+
+@lru_cache(maxsize=256)
+def _details_of_der(der: bytes) -> tuple[tuple[str, str], ...]:
+    """A server's certificate read once per process, not at every handshake."""
+    return tuple(certificate_details(x509.load_der_x509_certificate(der) if der else None))
 
 
 def certificate_details(cert: x509.Certificate | None) -> list[tuple[str, str]]:

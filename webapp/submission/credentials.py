@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import case, or_, update
+from sqlalchemy import bindparam, case, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from werkzeug.security import check_password_hash
@@ -216,25 +216,27 @@ def plain_allowed_from(client: str) -> bool:
     return any(_within(client, networks) for networks in rows)
 
 
-def account(account_id: int) -> Account | None:
-    """The account as it is now; None once it is revoked."""
-    credential = db.session().get(SmtpCredential, account_id)
+# the credential's row as it is now (a row, not an object: MAIL FROM reads it for every message)
+_CREDENTIAL = select(SmtpCredential.__table__).where(SmtpCredential.__table__.c.id == bindparam("id"))
+
+
+def standing(account_id: int, now: float | None = None) -> tuple[Account | None, str]:
+    """The account as it is now (None once it is revoked) and which rate limit its next message would
+    exceed ("30 per minute", or ""): one read, what MAIL FROM needs. `now`: seconds since the epoch."""
+    credential = db.session().connection().execute(_CREDENTIAL, {"id": account_id}).first()
     db.session().rollback()
-    return Account.of(credential) if credential is not None and credential.revoked_at is None else None
+    if credential is None or credential.revoked_at is not None:
+        return None, ""
+    return Account.of(credential), _exceeded(credential, time.time() if now is None else now)
 
 
 def _windows(now: float) -> tuple[int, int]:
     return int(now // 60), int(now // 86400)
 
 
-def over_limit(account_: Account, now: float | None = None) -> str:
-    """Which rate limit the next message would exceed ("30 per minute"), or "" (read only).
-    `now`: seconds since the epoch (default: the clock)."""
-    credential = db.session().get(SmtpCredential, account_.id)
-    db.session().rollback()
-    minute, day = _windows(time.time() if now is None else now)
-    if credential is None:
-        return ""
+def _exceeded(credential, now: float) -> str:
+    """Which limit the credential (an object or its row) has reached in the windows of `now`, or ""."""
+    minute, day = _windows(now)
     if credential.per_minute is not None and credential.minute_window == minute \
             and credential.minute_count >= credential.per_minute:
         return f"{credential.per_minute} per minute"
@@ -243,22 +245,39 @@ def over_limit(account_: Account, now: float | None = None) -> str:
     return ""
 
 
-def count_message(account_: Account, client: str, now: float | None = None) -> bool:
-    """Count one accepted message, atomically and only if it is within both limits (one UPDATE,
-    committed at once: another process sees it). False when a limit is reached or the credential
-    was revoked meanwhile. `now`: seconds since the epoch (default: the clock)."""
-    now = time.time() if now is None else now
-    minute, day = _windows(now)
+def over_limit(account_: Account, now: float | None = None) -> str:
+    """Which rate limit the next message would exceed ("30 per minute"), or "" (read only).
+    `now`: seconds since the epoch (default: the clock)."""
+    credential = db.session().get(SmtpCredential, account_.id)
+    db.session().rollback()
+    return "" if credential is None else _exceeded(credential, time.time() if now is None else now)
+
+
+def _count_statement():
     c = SmtpCredential
-    statement = (update(c).where(
-        c.id == account_.id, c.revoked_at.is_(None),
+    minute, day = bindparam("minute"), bindparam("day")
+    return update(c).where(
+        c.id == bindparam("account_id"), c.revoked_at.is_(None),
         or_(c.per_minute.is_(None), c.minute_window != minute, c.minute_count < c.per_minute),
         or_(c.per_day.is_(None), c.day_window != day, c.day_count < c.per_day),
     ).values(
         minute_count=case((c.minute_window == minute, c.minute_count + 1), else_=1), minute_window=minute,
         day_count=case((c.day_window == day, c.day_count + 1), else_=1), day_window=day,
-        last_used_at=datetime.fromtimestamp(now, UTC), last_client=client[:64],
-    ).execution_options(synchronize_session=False))
-    counted = db.session().execute(statement).rowcount == 1
-    db.session().commit()
-    return counted
+        last_used_at=bindparam("at", type_=c.__table__.c.last_used_at.type), last_client=bindparam("client"),
+    )
+
+
+_COUNT = _count_statement()  # built once: only its parameters change per message
+
+
+def count_message(account_: Account, client: str, now: float | None = None) -> bool:
+    """Count one message, atomically and only if it is within both limits (one UPDATE), in the
+    caller's transaction: the caller commits it with the message it counts (or rolls both back), so
+    a message that is not stored is not counted. False when a limit is reached or the credential
+    was revoked meanwhile. `now`: seconds since the epoch (default: the clock)."""
+    now = time.time() if now is None else now
+    minute, day = _windows(now)
+    result = db.session().connection().execute(_COUNT, {
+        "account_id": account_.id, "minute": minute, "day": day, "at": datetime.fromtimestamp(now, UTC),
+        "client": client[:64]})
+    return result.rowcount == 1

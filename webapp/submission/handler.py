@@ -37,6 +37,7 @@ from sqlmodel import select
 from .. import db, outbox, senders
 from ..mail.config import Sender
 from ..models import FromPolicy, MailServer, Portal, utcnow
+from ..one_writer import one_writer
 from . import credentials
 from .credentials import Account
 from .message import Refused, Submission, prepare
@@ -187,8 +188,7 @@ class SubmissionHandler:
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
         try:
-            account = await self._run(credentials.account, session.auth_data.id)
-            over = account and await self._run(credentials.over_limit, account)
+            account, over = await self._run(credentials.standing, session.auth_data.id)
         except SQLAlchemyError as error:
             log.error("SMTP MAIL from %s: cannot read the SMTP credentials: %s", self.client(server),
                       _first_line(error))
@@ -226,27 +226,33 @@ class SubmissionHandler:
             return _hang_up(server, "421 4.3.0 Mailroom cannot store the message right now: try again later")
 
     def _accept(self, account: Account, submission: Submission) -> str:
-        """Runs in a thread with an app context: check, count, store and commit; the reply."""
+        """Runs in a thread with an app context: check, then count and store in one transaction and
+        commit it; the reply."""
         portal = db.session().get(Portal, account.portal_id)
         if portal is None:  # removed since MAIL FROM, and its credentials with it
             return REVOKED_AT_DATA
         sender = _rewritten_from(portal, account) if account.from_policy == FromPolicy.REWRITE else None
-        allowed = senders.allowed_from(portal)
         try:
-            envelope = prepare(submission, account, sender, utcnow(), allowed)
+            prepared = prepare(submission, account, sender, utcnow(), senders.allowed_addresses(portal.id))
         except Refused as refused:
             log.info("SMTP DATA from %s (%s) refused: %s", submission.client, account.username, refused.reply)
             return refused.reply
-        db.session().rollback()
-        if not credentials.count_message(account, submission.client):
+        db.session().rollback()  # the write below starts from a fresh snapshot (SQLite refuses a stale one)
+        with one_writer(db.engine()):
+            counted = credentials.count_message(account, submission.client)
+            if counted:
+                _test_pause("before-commit")
+                mail = outbox.store(portal, prepared.envelope, outbox.Submitter(
+                    outbox.Source.SMTP, account.name, submission.client), prepared.subject)
+            else:
+                db.session().rollback()
+        if not counted:
             over = credentials.over_limit(account)
             if over:
                 return f"450 4.7.1 This SMTP credential may send {over}: try again later"
             return REVOKED_AT_DATA
-        _test_pause("before-commit")
-        mail = outbox.store(portal, envelope, outbox.Submitter(outbox.Source.SMTP, account.name, submission.client))
         log.info("SMTP DATA from %s (%s): queued as %s for %d recipient(s)", submission.client, account.username,
-                 mail.id, len(envelope.recipients))
+                 mail.id, len(prepared.envelope.recipients))
         _test_pause("after-commit")
         return f"250 2.0.0 Ok: queued as {mail.id}"
 

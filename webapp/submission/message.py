@@ -60,10 +60,16 @@ class Submission:
     listener: str  # this host's name, for the Received field
 
 
+@dataclass(frozen=True)
+class Prepared:
+    envelope: Envelope  # what is stored and sent
+    subject: str  # the Subject field, decoded (the queue page's column)
+
+
 def prepare(submission: Submission, account: Account, portal_sender: Sender | None, now: datetime,
-            allowed: Collection[str] | None = None) -> Envelope:
-    """The Envelope to store: Refused with the reply when the message cannot be accepted. `allowed`:
-    the From addresses the portal allows, lower case (None: not checked)."""
+            allowed: Collection[str] | None = None) -> Prepared:
+    """The message to store: Refused with the reply when it cannot be accepted. `allowed`: the From
+    addresses the portal allows, lower case (None: not checked)."""
     raw = _LINE_END.sub(b"\r\n", submission.data)
     if raw.startswith(b"\r\n"):  # no header field at all: only the text
         head, body = b"", raw[2:]
@@ -107,8 +113,9 @@ def prepare(submission: Submission, account: Account, portal_sender: Sender | No
         added.append(_fold("Bcc", ", ".join(blind)))
     front = "".join([_received(submission, now), *added]).encode()
     stored = front + b"".join(line + b"\r\n" for line in _without(lines, dropped)) + b"\r\n" + body
-    return Envelope(mail_from=mail_from, recipients=tuple(dict.fromkeys(submission.recipients)), raw=stored,
-                    message_id=message_id)
+    envelope = Envelope(mail_from=mail_from, recipients=tuple(dict.fromkeys(submission.recipients)), raw=stored,
+                        message_id=message_id)
+    return Prepared(envelope, str(message["Subject"] or ""))  # prepare changes no Subject field
 
 
 def _check_allowed(address: str, allowed: Collection[str] | None) -> None:

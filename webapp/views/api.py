@@ -77,9 +77,10 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
-def _status(mail: OutboundMail) -> MessageStatus:
+def _status(mail: OutboundMail, read_attempts: bool = True) -> MessageStatus:
+    """`read_attempts=False`: a message this request stored has none yet (no read)."""
     attempts = db.session().exec(select(DeliveryAttempt).where(DeliveryAttempt.mail_id == mail.id)
-                                 .order_by(DeliveryAttempt.at, DeliveryAttempt.id)).all()
+                                 .order_by(DeliveryAttempt.at, DeliveryAttempt.id)).all() if read_attempts else []
     return MessageStatus(
         id=mail.id, status=mail.state, message_id=mail.message_id, mail_from=mail.mail_from, subject=mail.subject,
         created_at=_utc(mail.created_at), sent_at=_utc(mail.sent_at), expires_at=_utc(mail.expires_at),
@@ -154,12 +155,14 @@ def submit(slug):
         raise _invalid(error) from None
     key, portal = g.api_key, g.api_portal
     submitter = Submitter(Source.API, key.name, request.remote_addr or "", key.id, key.owner_id)
+    idempotency_key = _idempotency_key()
     try:
-        mail = outbox.submit(portal, submission, submitter, _idempotency_key())
+        mail = outbox.submit(portal, submission, submitter, idempotency_key)
     except Refused as refused:
         raise ApiError(refused.status, refused.code, refused.message, refused.field) from None
     location = url_for("api.message", slug=slug, message_id=mail.id)
-    return _answer(_status(mail), 202, Location=location)
+    # without an Idempotency-Key the message is the one just stored: its status as committed, no attempt yet
+    return _answer(_status(mail, read_attempts=idempotency_key is not None), 202, Location=location)
 
 
 @bp.get("/portals/<slug>/messages/<id:message_id>")

@@ -75,6 +75,13 @@ class Client(SMTP):
             code, text = self.docmd(b64(authobject(base64.decodebytes(text))))
         return code, text
 
+    def pipeline(self, commands: list[str]) -> None:
+        """RFC 2920: several commands in one write; the caller reads their replies in order."""
+        for command in commands:
+            if "\r" in command or "\n" in command:
+                raise ValueError(f"command contains prohibited newline characters: {command!r}")
+        self.send("".join(f"{command}\r\n" for command in commands))
+
     def rebind(self, deadline: Deadline, transcript: list[str], redactor: Redactor) -> None:
         """Go on with another message: its deadline, its transcript, its secrets."""
         self._deadline, self._transcript, self._redactor = deadline, transcript, redactor

@@ -1,9 +1,10 @@
 """The steps of an SMTP conversation. Each does one thing with the Session and returns
 its Step, or raises: StepFailed, Rejected, or whatever the network or smtplib raised."""
+import re
 import socket
 import ssl
 from dataclasses import replace
-from smtplib import SMTPDataError
+from smtplib import SMTPDataError, quoteaddr
 
 from cryptography import x509
 
@@ -25,6 +26,7 @@ PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of 
 # Automatic takes NTLM only where the server offers nothing else Mailroom can use: NTLM wants the username
 # in Windows' form (DOMAIN\user), which a mailbox address given for PLAIN or LOGIN often is not.
 LAST_RESORT = ("NTLM",)
+LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
 def protect(s: Session) -> None:
@@ -228,10 +230,84 @@ def _sasl(s: Session, auth: PasswordAuth, mechanism: str) -> tuple[int, bytes]:
 
 
 def mail_from(s: Session) -> Step:
+    sender, options = _sender(s)
+    code, text = s.client.mail(sender, options)
+    return _sender_reply(s, sender, code, text)
+
+
+def rcpt_to(s: Session) -> Step:
+    notify = _notify(s)
+    return _recipient_replies(s, [s.client.rcpt(recipient, notify) for recipient in s.outgoing.recipients])
+
+
+def data(s: Session) -> Step:
+    try:
+        code, text = s.client.data(s.outgoing.payload)
+    except SMTPDataError as exc:  # DATA itself was refused (no 354)
+        raise Rejected(exc.smtp_code, exc.smtp_error) from None
+    return _message_reply(s, code, text)
+
+
+# RFC 2920 (PIPELINING, when the server offers it): MAIL FROM, every RCPT TO and DATA go in one write,
+# and the three steps below read their replies in order. A step that fails reads the replies still due
+# first (and ends a DATA the server took anyway with a lone "."), so the session stays in step with the
+# server for the next message.
+
+def pipelines(s: Session) -> bool:
+    return s.client.has_extn("pipelining")
+
+
+def pipelined_mail_from(s: Session) -> Step:
+    sender, options = _sender(s)
+    if "SMTPUTF8" in options:
+        s.client.command_encoding = "utf-8"  # as smtplib's mail() does
+    notify = "".join(f" {option}" for option in _notify(s))
+    s.client.pipeline([f"mail FROM:{quoteaddr(sender)}{''.join(f' {o}' for o in options)}",
+                       *(f"rcpt TO:{quoteaddr(r)}{notify}" for r in s.outgoing.recipients), "data"])
+    code, text = s.client.getreply()
+    if code != 250:
+        _read_refused_transaction(s, len(s.outgoing.recipients))
+    return _sender_reply(s, sender, code, text)
+
+
+def pipelined_rcpt_to(s: Session) -> Step:
+    replies = [s.client.getreply() for _ in s.outgoing.recipients]
+    if not any(code in (250, 251) for code, _ in replies):
+        _read_refused_transaction(s, 0)
+    return _recipient_replies(s, replies)
+
+
+def pipelined_data(s: Session) -> Step:
+    code, text = s.client.getreply()
+    if code != 354:
+        raise Rejected(code, text)
+    s.client.send(_dot_stuffed(s.outgoing.payload))
+    code, text = s.client.getreply()
+    return _message_reply(s, code, text)
+
+
+def _read_refused_transaction(s: Session, recipients_due: int) -> None:
+    """After a refused MAIL FROM, or every RCPT TO refused: the replies still due, DATA's last. A server
+    that takes DATA all the same (354) gets an empty message, a lone "." (RFC 2920 3.1), whose
+    reply is read and ignored; the transaction is reset before the next message (a failed one)."""
+    try:
+        for _ in range(recipients_due):
+            s.client.getreply()
+        code, _ = s.client.getreply()
+        if code == 354:
+            s.client.send(b".\r\n")
+            s.client.getreply()
+    except EXPECTED:
+        s.client.close()  # out of step with the server: not to be reused
+
+
+def _sender(s: Session) -> tuple[str, list[str]]:
     sender = s.outgoing.mail_from if s.outgoing else envelope_address(s.config.sender.address)
     needs_utf8 = not sender.isascii() or bool(s.outgoing and s.outgoing.needs_utf8)
-    options = _mail_options(s, needs_utf8)
-    code, text = s.client.mail(sender, options)
+    return sender, _mail_options(s, needs_utf8)
+
+
+def _sender_reply(s: Session, sender: str, code: int, text: bytes) -> Step:
     if code != 250:
         raise Rejected(code, text, sender)
     details = [("Reply", f"{code} {one_line(text)}")]
@@ -241,11 +317,14 @@ def mail_from(s: Session) -> Step:
     return step_result(f"the server accepts {sender} as sender", details)
 
 
-def rcpt_to(s: Session) -> Step:
+def _notify(s: Session) -> list[str]:
+    return ["NOTIFY=SUCCESS,FAILURE"] if _wants_dsn(s) and _offers_dsn(s) else []
+
+
+def _recipient_replies(s: Session, replies: list[tuple[int, bytes]]) -> Step:
+    """Each recipient's answer to RCPT TO is its outcome; the step fails only when none was accepted."""
     accepted, refused = [], []
-    notify = ["NOTIFY=SUCCESS,FAILURE"] if _wants_dsn(s) and _offers_dsn(s) else []
-    for recipient in s.outgoing.recipients:
-        code, text = s.client.rcpt(recipient, notify)
+    for recipient, (code, text) in zip(s.outgoing.recipients, replies):
         s.outgoing.outcomes.append(RecipientOutcome(recipient, code in (250, 251), code, f"{code} {one_line(text)}",
                                                     temporary=code // 100 != 5))
         if code in (250, 251):
@@ -263,17 +342,19 @@ def rcpt_to(s: Session) -> Step:
     return step_result(f"the server accepts {len(accepted)} recipient(s)", details)
 
 
-def data(s: Session) -> Step:
-    try:
-        code, text = s.client.data(s.outgoing.payload)
-    except SMTPDataError as exc:  # DATA itself was refused (no 354)
-        raise Rejected(exc.smtp_code, exc.smtp_error) from None
+def _message_reply(s: Session, code: int, text: bytes) -> Step:
     if code != 250:
         raise Rejected(code, text)
     s.outgoing.reply = f"{code} {one_line(text)}"
     return step_result(f"the server accepted the message: {s.outgoing.reply}",
                        [("Reply", s.outgoing.reply), ("Message-ID", s.outgoing.message_id),
                         ("Size", f"{len(s.outgoing.payload)} bytes")])
+
+
+def _dot_stuffed(payload: bytes) -> bytes:
+    """The message as DATA transmits it, as smtplib's data() makes it: leading dots doubled, ended by "."."""
+    stuffed = LEADING_DOT.sub(b"..", payload)
+    return stuffed + (b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
 def _peek_certificate(s: Session) -> x509.Certificate | None:

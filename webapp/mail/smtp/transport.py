@@ -7,12 +7,17 @@ Both walk the same conversation and record one Step per stage in a Report:
     -> [STARTTLS -> TLS -> EHLO again] -> Authenticate -> MAIL FROM
     check(): RSET, QUIT            send(): RCPT TO -> DATA -> QUIT
 
+A send's MAIL FROM, RCPT TO and DATA go in one write when the server offers PIPELINING (RFC
+2920); their replies are read in order and recorded in the same three steps, each recipient's
+answer its outcome.
+
 The first failed step ends the conversation; later steps are not added. A failed
 step says in plain words what happened (summary) and what to try (hint).
 
 open() gives an SmtpConnection for several messages in one session: the first message
-establishes it, later ones start with RSET (and establish it again when the server
-closed it meanwhile); each message has its own deadline and report.
+establishes it, later ones go on with MAIL FROM (RSET first only after a failed transaction;
+the session is established again when the server closed it meanwhile); each message has its
+own deadline and report.
 
 Time: config.timeout bounds the WHOLE conversation, the token included (deadline.py).
 Network: every address comes from config.network, which applies the egress policy; with a proxy
@@ -76,9 +81,7 @@ class SmtpTransport:
             _step(session, "Message", lambda s: steps.prepare(s, envelope))
             steps.protect(session)
             _establish(session)
-            _step(session, "MAIL FROM", steps.mail_from)
-            _step(session, "RCPT TO", steps.rcpt_to)
-            _step(session, "DATA", steps.data)
+            _transaction(session)
             _goodbye(session)
         return _receipt(session)
 
@@ -91,16 +94,19 @@ class SmtpConnection:
     """One SMTP session for consecutive messages (mail.transport.Connection).
 
     The first message walks the whole conversation up to DATA and leaves the session open;
-    each later one starts with RSET and sends MAIL FROM, RCPT TO and DATA again, under a
-    deadline of its own. A session the server closed meanwhile (an idle timeout, a 421) is
-    established again before anything of the message is sent. After a failure the session
-    is kept only where the server refused that one message (a reply to MAIL FROM, RCPT TO or
-    DATA other than 421): anything else may have left it in an unknown state.
+    each later one sends MAIL FROM, RCPT TO and DATA again (pipelined when the server offers
+    it), under a deadline of its own, after RSET only when the previous transaction failed
+    (after a 250 to the message the server is ready for the next MAIL FROM, RFC 5321 4.1.4).
+    A session the server closed meanwhile (an idle timeout, a 421) is established again and
+    the message sent over it, when the server had not taken it (_worth_a_new_session). After
+    a failure the session is kept only where the server refused that one message (a reply to
+    MAIL FROM, RCPT TO or DATA other than 421): anything else may have left it in an unknown state.
     """
 
     def __init__(self, config):
         self.config = config
         self._session: Session | None = None  # established, between two messages
+        self._clean = False  # the kept session's last transaction ended with the server taking the message
         self.messages = 0  # sent over the current session
 
     def send(self, envelope: Envelope) -> Receipt:
@@ -118,9 +124,7 @@ class SmtpConnection:
             if not self._resume(session):
                 _establish(session)
                 self.messages = 0
-            _step(session, "MAIL FROM", steps.mail_from)
-            _step(session, "RCPT TO", steps.rcpt_to)
-            _step(session, "DATA", steps.data)
+            _transaction(session)
         self._keep_or_drop(session)
         if session.report.ok:
             self.messages += 1
@@ -135,11 +139,14 @@ class SmtpConnection:
             session.client.close()
 
     def _resume(self, session: Session) -> bool:
-        """Carry on the open session with this message's deadline and report, after RSET."""
+        """Carry on the open session with this message's deadline and report (after RSET when the
+        last transaction failed)."""
         previous, self._session = self._session, None
         if previous is None:
             return False
         session.resume(previous)
+        if self._clean:
+            return True
         try:
             code, _ = session.client.rset()
         except EXPECTED:
@@ -156,7 +163,7 @@ class SmtpConnection:
             failure is None or (failure.name in MESSAGE_STEPS and failure.code is not None
                                 and failure.code != 421))
         if reusable:
-            self._session = session
+            self._session, self._clean = session, failure is None
         elif session.client is not None:
             session.client.close()
 
@@ -176,6 +183,18 @@ def _receipt(session: Session) -> Receipt:
         raise DeliveryError(session.report, session.outgoing.outcomes if session.outgoing else None)
     return Receipt(reply=session.redactor.clean(session.outgoing.reply), message_id=session.outgoing.message_id,
                    report=session.report, recipients=session.outgoing.outcomes)
+
+
+def _transaction(session: Session) -> None:
+    """MAIL FROM, RCPT TO and DATA: pipelined (RFC 2920) when the server offers it, else one by one."""
+    if steps.pipelines(session):
+        _step(session, "MAIL FROM", steps.pipelined_mail_from)
+        _step(session, "RCPT TO", steps.pipelined_rcpt_to)
+        _step(session, "DATA", steps.pipelined_data)
+    else:
+        _step(session, "MAIL FROM", steps.mail_from)
+        _step(session, "RCPT TO", steps.rcpt_to)
+        _step(session, "DATA", steps.data)
 
 
 def _step(session: Session, name: str, action) -> None:
