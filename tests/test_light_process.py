@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # python-socks (a proxy's handshake), email-validator (the first address checked), the deliverability
 # checks' libraries, Huey (and the Redis and PostgreSQL clients its storage module loads) and the
 # migrations' library
-HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks", "email_validator",
-         "checkdmarc", "spf", "dns", "huey", "alembic")
+HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks",
+         "email_validator", "checkdmarc", "spf", "dns", "huey", "alembic")
 
 
 def _run(code: str, instance: Path, **env) -> dict:

@@ -11,9 +11,10 @@ opens a TCP connection, directly or through the proxy:
   is on). With that option the proxy resolves the name: the egress policy then checks the name and port
   (its rules on host names, the metadata names) but cannot check the address the proxy reaches;
 - python-socks speaks the proxy's protocol over the socket Mailroom connected itself (its `forward`
-  hop; imported by the handshake, so a process whose servers use no proxy never loads it); a watchdog shuts that socket down when the deadline is over, so a proxy that trickles its
-  answer cannot outlast it. What is read is bounded: SOCKS replies have fixed sizes, and python-socks
-  reads an HTTP proxy's answer to CONNECT with one receive of at most 64 KB;
+  hop; imported by the handshake, so a process whose servers use no proxy never loads it); a watchdog
+  shuts that socket down when the deadline is over, so a proxy that trickles its answer cannot outlast it.
+  What is read is bounded: SOCKS replies have fixed sizes, and python-socks reads an HTTP proxy's answer
+  to CONNECT with one receive of at most 64 KB;
 - a refusal comes back in words (ProxyFailed, a StepFailed): 407, 403, the SOCKS reply codes. Nothing
   the proxy wrote is shown (its reason phrase could repeat a password): only its codes, in our words.
 """
@@ -253,7 +254,8 @@ def _handshake(proxy: Proxy, sock: socket.socket, sockaddr: tuple, target_host: 
     watchdog = Watchdog(sock, deadline)
     first_hop = _Connected(_HeadersOnly(sock) if settings.kind == ProxyKind.HTTP else sock)
     try:
-        socks = SocksProxy(ProxyType[settings.kind.upper()], sockaddr[0], sockaddr[1], username=settings.username or None,
+        socks = SocksProxy(ProxyType[settings.kind.upper()], sockaddr[0], sockaddr[1],
+                           username=settings.username or None,
                            password=proxy.password if settings.takes_password and settings.username else None,
                            rdns=settings.remote_dns, forward=first_hop)
         sock.settimeout(deadline.left())
