@@ -26,8 +26,10 @@ from webapp.mail.config import Sender, ServerConfig
 from webapp.mail.deadline import Deadline
 from webapp.mail.egress import EgressRefused, Network, Policy, parse_rules
 from webapp.mail.ews import EwsSettings, EwsTransport
-from webapp.mail.graph import GraphSettings, GraphTransport
+from webapp.mail.graph import GraphTransport
+from webapp.mail.graph_protocol import GraphSettings
 from webapp.mail.report import Outcome
+from webapp.mail.urls import url_problem
 
 LOOPBACK_ALLOWED = Policy(global_allow=tuple(parse_rules("127.0.0.0/8\n::1", "the global allow list")))
 
@@ -35,13 +37,13 @@ LOOPBACK_ALLOWED = Policy(global_allow=tuple(parse_rules("127.0.0.0/8\n::1", "th
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/token", "http://localhost/realms/test", "http://[::1]:9000/t",
                                  "http://auth.localhost:8080/token", "http://127.10.0.1/token", "https://login.example.com/t"])
 def test_an_address_on_this_machine_may_be_plain_http(url):
-    assert http.url_problem(url) == ""
+    assert url_problem(url) == ""
 
 
 @pytest.mark.parametrize("url", ["http://login.example.com/token", "http://10.0.0.5/token", "http://127.0.0.1.nip.io/t",
                                  "http://localhost.example.com/t", "http://[::ffff:10.0.0.5]/t", "http://2130706433/t"])
 def test_plain_http_anywhere_else_is_refused(url):
-    assert http.url_problem(url) == ("the address must start with https:// (http:// only for this machine: localhost, "
+    assert url_problem(url) == ("the address must start with https:// (http:// only for this machine: localhost, "
                                      "127.0.0.1, [::1])")
 
 

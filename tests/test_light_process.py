@@ -15,9 +15,12 @@ from cryptography.fernet import Fernet
 from webapp import create_app, db
 
 ROOT = Path(__file__).resolve().parent.parent
-# exchangelib and what only it needs (NTLM), the deliverability checks' libraries, Huey (and the Redis
-# and PostgreSQL clients its storage module loads) and the migrations' library
-HEAVY = ("exchangelib", "spnego", "requests_ntlm", "checkdmarc", "spf", "dns", "huey", "alembic")
+# exchangelib and what only it needs (NTLM), the HTTP client of Graph, Gmail, OAuth and Find settings,
+# python-socks (a proxy's handshake), email-validator (the first address checked), the deliverability
+# checks' libraries, Huey (and the Redis and PostgreSQL clients its storage module loads) and the
+# migrations' library
+HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks",
+         "email_validator", "checkdmarc", "spf", "dns", "huey", "alembic")
 
 
 def _run(code: str, instance: Path, **env) -> dict:
@@ -59,21 +62,29 @@ def test_create_app_on_a_migrated_database_loads_none_of_them_and_keeps_no_conne
     assert (found["idle"], found["in_use"]) == (0, 0)
 
 
-def test_ews_code_is_imported_when_an_ews_server_is_first_used(instance):
+@pytest.mark.parametrize(("protocol", "label", "implementation", "library"), [
+    ("ews", "Exchange Web Services (EWS)", "webapp.mail.ews:EwsTransport", "exchangelib"),
+    ("graph", "Microsoft Graph", "webapp.mail.graph:GraphTransport", "requests"),
+    ("gmail", "Gmail API", "webapp.mail.gmail:GmailTransport", "requests"),
+])
+def test_a_protocols_sending_code_is_imported_when_a_server_of_it_is_first_used(instance, protocol, label,
+                                                                                implementation, library):
+    module = implementation.partition(":")[0]
     code = ("from webapp import create_app\n"
             "from webapp.mail.transport import TRANSPORTS, transport_for\n"
             "app = create_app()\n"
-            "label = TRANSPORTS['ews'].label\n"  # the form and the lists need only this
-            "before = 'exchangelib' in sys.modules\n"
-            "transport = transport_for('ews')\n"
-            "extra = {'label': label, 'before': before, 'class': type(transport).__module__ + ':' +"
+            f"label = TRANSPORTS[{protocol!r}].label\n"  # the form and the lists need only this
+            f"before = sorted(m for m in ({module!r}, {library!r}) if m in sys.modules)\n"
+            f"transport = transport_for({protocol!r})\n"
+            f"after = sorted(m for m in ({module!r}, {library!r}) if m in sys.modules)\n"
+            "extra = {'label': label, 'before': before, 'after': after, 'class': type(transport).__module__ + ':' +"
             " type(transport).__qualname__, 'has_check': callable(transport.check)}\n" + LOADED)
     found = _run("import sys\n" + code, instance)
-    assert found["label"] == "Exchange Web Services (EWS)"
-    assert found["before"] is False
-    assert found["class"] == "webapp.mail.ews:EwsTransport"
+    assert found["label"] == label
+    assert found["before"] == []
+    assert found["class"] == implementation
     assert found["has_check"] is True
-    assert "exchangelib" in found["loaded"]
+    assert found["after"] == sorted((module, library))
 
 
 def test_huey_is_made_when_mail_is_first_woken_for(instance):

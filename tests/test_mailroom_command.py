@@ -14,6 +14,10 @@ from tests.conftest import SECRET_KEYS
 ROOT = Path(__file__).resolve().parent.parent
 # what only the pages use, and what Flask's command line would load (Flask-Limiter's commands pull in rich)
 PAGES_ONLY = ("flask_limiter", "flask_wtf", "wtforms", "htmx_flask", "rich", "webapp.views", "webapp.forms")
+# what no command that takes no address and talks to no server needs: the other protocols' sending code, the
+# HTTP clients, python-socks, email-validator
+NOT_FOR_EGRESS = ("webapp.mail.ews", "webapp.mail.graph", "webapp.mail.gmail", "requests", "urllib3", "authlib",
+                  "python_socks", "email_validator")
 
 
 def _environment(instance: Path, database_url: str, **more) -> dict:
@@ -58,13 +62,50 @@ def test_mail_check_through_the_mailroom_command_talks_to_the_server(app, make, 
     assert "FAILED   Connect" in failed.stdout
 
 
-def test_a_short_command_loads_neither_the_pages_nor_flasks_command_line(tmp_path):
+# what an SMTP check does not use: the other protocols' sending code and the HTTP clients it needs, OAuth's
+# PKCE library, python-socks for a server without a proxy, and checkdmarc (with httpx and the command line
+# httpx imports) when there is no DMARC record
+NOT_FOR_AN_SMTP_CHECK = ("webapp.mail.graph", "webapp.mail.gmail", "webapp.mail.ews", "webapp.mail.http", "requests",
+                         "urllib3", "authlib", "python_socks", "checkdmarc", "httpx", "rich", "pygments")
+
+
+def test_an_smtp_check_with_a_password_loads_only_what_smtp_and_the_dns_checks_need(app, make, portal, smtp_peer,
+                                                                                  dns_zone, database_url, tmp_path):
+    from webapp import db, mailservers
+    from webapp.credentials import seal
+    from webapp.models import MailServer
+
+    peer = smtp_peer("starttls")
+    server = make.server(portal, settings={"port": peer.port, "security": "starttls", "ca_cert": peer.ca_pem},
+                         credential={"kind": "password", "username": peer.username})
+    with app.app_context():
+        row = db.session().get(MailServer, server.id)
+        row.credential.secret = seal({"password": peer.password})
+        row.credential.bound_to = mailservers.settings_of("smtp", row.settings).destination()
+        db.session().commit()
+    environment = _environment(tmp_path / "instance", database_url, MAILROOM_DNS_RESOLVER=dns_zone.address)
+    watched = (*NOT_FOR_AN_SMTP_CHECK, "spf", "dns.resolver")
+    code = ("import atexit, json, runpy, sys\n"
+            "atexit.register(lambda: print(json.dumps(sorted(m for m in %r if m in sys.modules))))\n"
+            "sys.argv = ['mailroom', 'mail', 'check', 'help', '%d']\n"
+            "runpy.run_module('webapp', run_name='__main__')\n" % (watched, server.id))
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    *output, loaded = result.stdout.strip().splitlines()
+    report = "\n".join(output)
+    assert f"PASSED   Authenticate: signed in as {peer.username}" in report
+    assert "example.com has no DMARC record" in report  # the Deliverability section ran, its DNS through pyspf
+    assert json.loads(loaded) == ["dns.resolver", "spf"]
+
+
+def test_a_short_command_loads_neither_the_pages_nor_flasks_command_line_nor_what_it_does_not_use(tmp_path):
     environment = _environment(tmp_path / "instance", f"sqlite:///{tmp_path / 'mailroom.sqlite3'}")
     assert mailroom(environment, "init").returncode == 0
     code = ("import atexit, json, runpy, sys\n"
             "atexit.register(lambda: print(json.dumps(sorted(m for m in %r if m in sys.modules))))\n"
             "sys.argv = ['mailroom', 'egress', 'show']\n"
-            "runpy.run_module('webapp', run_name='__main__')\n" % (PAGES_ONLY,))
+            "runpy.run_module('webapp', run_name='__main__')\n" % ((*PAGES_ONLY, *NOT_FOR_EGRESS),))
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr

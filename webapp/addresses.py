@@ -1,9 +1,8 @@
 """Email addresses and host names as Mailroom accepts them, for the forms and for the code that takes
-addresses from elsewhere (the API, the command line, checks)."""
+addresses from elsewhere (the API, the command line, checks). email-validator (whose import compiles its
+grammar's regular expressions) is imported by the first address checked, not by the commands that check none."""
 import re
 from functools import lru_cache
-
-from email_validator import EmailNotValidError, validate_email
 
 LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
 
@@ -12,6 +11,8 @@ LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
 def normalize_address(value: str) -> str:
     """ValueError with the reason when `value` cannot be an email address. (Addresses recur: each is
     read once per process.)"""
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         return validate_email(value, check_deliverability=False, allow_smtputf8=True,
                               globally_deliverable=False).normalized

@@ -5,7 +5,7 @@ from wtforms import FileField, StringField
 from wtforms.validators import InputRequired, Length, ValidationError
 
 from ..mail.auth import AuthType
-from ..mail.gmail import ENDPOINT
+from ..mail.gmail_protocol import ENDPOINT
 from ..mail.oauth import GMAIL_SEND, check_service_account_key
 from .server import Section, register_section
 from .validators import email_address, https_url

@@ -2,7 +2,7 @@
 from wtforms import EmailField, StringField
 from wtforms.validators import InputRequired, Length, Optional
 
-from ..mail.graph import GLOBAL_ENDPOINT
+from ..mail.graph_protocol import GLOBAL_ENDPOINT
 from .server import Section, register_section
 from .validators import email_address, https_url
 

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from wtforms.validators import ValidationError
 
 from ..addresses import LABEL, normalize_address
-from ..mail.http import url_problem
+from ..mail.urls import url_problem
 
 
 def hostname(_form, field) -> None:

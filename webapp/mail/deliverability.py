@@ -6,9 +6,10 @@
   temperror, in words, with the record to publish.
 - **DKIM**: whether the service signs as the From domain, where its documented selectors say it
   (`<selector>._domainkey.<domain>` has a key).
-- **DMARC** (RFC 7489): the policy (checkdmarc reads and checks the record), and whether the From
-  would align: SPF through the envelope sender (Mailroom's is the From address, unless the service
-  uses a bounce domain of its own), DKIM through the service's signature.
+- **DMARC** (RFC 7489): the policy (checkdmarc reads and checks the record; it is imported, with the
+  HTTP client and the command line it loads, only when there is a record to read), and whether the
+  From would align: SPF through the envelope sender (Mailroom's is the From address, unless the
+  service uses a bounce domain of its own), DKIM through the service's signature.
 - **Addresses** (From, Reply-To, the admin address, ...): their domain receives mail (MX, or an
   address record, RFC 5321 5.1); a null MX (RFC 7505) says it never does.
 
@@ -20,10 +21,9 @@ import ipaddress
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-import checkdmarc.dmarc
-import checkdmarc.utils
 import dns.exception
 import spf
+from publicsuffixlist import PublicSuffixList
 
 from .deadline import Deadline, DeadlineExceeded
 from .dns import DnsFailure, Resolver
@@ -34,6 +34,7 @@ SECTION = "Deliverability"
 MAX_INCLUDE_DEPTH = 5  # looking for one sending address of a service through its SPF includes
 
 _lookup: ContextVar[tuple[Resolver, Deadline]] = ContextVar("mailroom_spf_lookup")
+_public_suffixes = PublicSuffixList()  # the list the package ships (checkdmarc's base domain is the same)
 
 
 def _spf_dns(name, qtype, strict=True, timeout=None):
@@ -272,7 +273,7 @@ def _dkim(sending: Sending, resolver: Resolver, deadline: Deadline, steps: list[
 def _dmarc(sending: Sending, spf_result: SpfResult, dkim_signs: bool | None, resolver: Resolver,
            deadline: Deadline, steps: list[Step]) -> None:
     domain = sending.domain
-    base = checkdmarc.utils.get_base_domain(domain)
+    base = _public_suffixes.privatesuffix(domain) or domain
     location, records = domain, _dmarc_records(domain, resolver, deadline)
     if not records and base != domain:
         location, records = base, _dmarc_records(base, resolver, deadline)
@@ -290,6 +291,9 @@ def _dmarc(sending: Sending, spf_result: SpfResult, dkim_signs: bool | None, res
                                                     "ignore them all", details=[("Records", " | ".join(records))],
                           hint="keep one"))
         return
+    import checkdmarc.dmarc
+    import checkdmarc.utils
+
     try:
         parsed = checkdmarc.dmarc.parse_dmarc_record(records[0], location, resolver=resolver.dnspython(deadline),
                                                      timeout=max(min(deadline.left(), 5), 0.5))

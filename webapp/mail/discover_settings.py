@@ -13,19 +13,18 @@ In order, the first that answers wins:
    service's preset (presets.for_mx).
 
 The HTTP fetches go through mail/http.py (the portal's egress policy, https:// only, no redirect,
-at most DOCUMENT_LIMIT bytes), their host names resolved by the configured resolver; the XML is
-parsed by defusedxml (no DTD, no entities). DNS goes to the configured resolver only. Nothing is
+at most DOCUMENT_LIMIT bytes; requests and http.py are imported by the first autoconfig fetch, so the
+pages that import this module do not load the HTTP client), their host names resolved by the configured
+resolver; the XML is parsed by defusedxml (no DTD, no entities). DNS goes to the configured resolver only. Nothing is
 saved: the caller fills the form and says where each value came from.
 """
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 import defusedxml.ElementTree
-import requests
 from defusedxml import DefusedXmlException
 from xml.etree.ElementTree import ParseError
 
-from . import http
 from .auth import AuthType
 from .deadline import Deadline, DeadlineExceeded
 from .dns import DnsFailure, Resolver
@@ -82,6 +81,10 @@ def autoconfig_urls(address: str, domain: str) -> list[str]:
 
 
 def _autoconfig(found: Found, resolver: Resolver, network: Network, deadline: Deadline) -> bool:
+    import requests
+
+    from . import http
+
     checked = replace(network, resolver=resolver.getaddrinfo_within(deadline))
     for url in autoconfig_urls(found.address, found.domain):
         where = url.split("?", 1)[0]

@@ -28,7 +28,7 @@ the time to retry in the message ("Retry after 2026-12-06T10:00:00.000Z"), not i
 """
 import base64
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import getaddresses
 from urllib.parse import quote
@@ -37,15 +37,12 @@ import requests
 
 from . import proxy, smime
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
-from .auth import AuthType
 from .deadline import DeadlineExceeded
 from .egress import EgressRefused
 from .envelope import Envelope
-from .oauth import Flow, Provider
+from .gmail_protocol import Gmail
 from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
-from .transport import register
 
-ENDPOINT = "https://gmail.googleapis.com"
 JSON_LIMIT = 5 * 1024 * 1024  # bytes of a JSON request Google takes
 UPLOAD_LIMIT = 35 * 1024 * 1024  # bytes of a message through the upload endpoint
 GMAIL = "https://www.googleapis.com/auth/gmail."
@@ -54,27 +51,6 @@ SEND_AS_SCOPES = frozenset({MAIL, GMAIL + "modify", GMAIL + "readonly", GMAIL + 
 METADATA_SCOPES = frozenset({MAIL, GMAIL + "modify", GMAIL + "readonly", GMAIL + "metadata"})
 RATE_LIMITS = frozenset({"userRateLimitExceeded", "rateLimitExceeded", "dailyLimitExceeded"})
 RETRY_AT = re.compile(r"Retry after (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)")
-
-
-@dataclass(frozen=True)
-class GmailSettings:
-    LISTED = ("gmail_endpoint",)  # the keys the server list reads (for `address`), not the whole settings
-    gmail_endpoint: str = ENDPOINT
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GmailSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known and v})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def destination(self) -> dict:
-        return {"protocol": "gmail", "endpoint": self.gmail_endpoint.strip().rstrip("/").lower()}
-
-    @property
-    def address(self) -> str:
-        return self.gmail_endpoint
 
 
 class GmailCall(ApiCall):
@@ -88,15 +64,8 @@ class GmailCall(ApiCall):
         return step
 
 
-@register
-class GmailTransport:
-    protocol = "gmail"
-    label = "Gmail API"
-    settings_type = GmailSettings
-    auth_types = (AuthType.SERVICE_ACCOUNT, AuthType.OAUTH)
-    mechanisms: dict = {}
-    oauth_flows = (Flow.DELEGATED,)
-    oauth_providers = (Provider.GOOGLE, Provider.OTHER)
+class GmailTransport(Gmail):
+    """Gmail's sending code (the registry imports this module when a Gmail server is first checked or used)."""
 
     def check(self, config) -> Report:
         call = GmailCall(config)

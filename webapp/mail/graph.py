@@ -28,53 +28,21 @@ every header go as they do over SMTP, EWS and the Gmail API. What the MIME form 
   (X- names, at most five) are the JSON form's and do not apply to MIME.
 """
 import base64
-from dataclasses import asdict, dataclass, fields
 from email.utils import getaddresses
 from urllib.parse import quote
 
 from . import proxy, smime
 from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
-from .auth import AuthType, BearerAuth
+from .auth import BearerAuth
 from .envelope import Envelope
-from .oauth import CLOUDS, Cloud, Flow, Provider
+from .graph_protocol import Graph
 from .report import DeliveryError, Outcome, Receipt, Report, Step, StepFailed, step_result
-from .transport import register
 
-GLOBAL_ENDPOINT = CLOUDS[Cloud.GLOBAL][1]
 MAX_REQUEST = 4 * 1024 * 1024  # bytes of one Graph request
 
 
-@dataclass(frozen=True)
-class GraphSettings:
-    LISTED = ("graph_endpoint",)  # the keys the server list reads (for `address`), not the whole settings
-    graph_endpoint: str = GLOBAL_ENDPOINT  # the Graph root of the Microsoft cloud
-    shared_mailbox: str = ""  # send from this mailbox instead of the OAuth mailbox (Mail.Send.Shared / app-only)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GraphSettings":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known and v is not None})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def destination(self) -> dict:
-        return {"protocol": "graph", "endpoint": self.graph_endpoint.strip().rstrip("/").lower()}
-
-    @property
-    def address(self) -> str:
-        return self.graph_endpoint
-
-
-@register
-class GraphTransport:
-    protocol = "graph"
-    label = "Microsoft Graph"
-    settings_type = GraphSettings
-    auth_types = (AuthType.OAUTH,)
-    mechanisms: dict = {}
-    oauth_flows = (Flow.DELEGATED, Flow.APP)
-    oauth_providers = (Provider.MICROSOFT, Provider.OTHER)
+class GraphTransport(Graph):
+    """Graph's sending code (the registry imports this module when a Graph server is first checked or used)."""
 
     def check(self, config) -> Report:
         call = ApiCall(config)

@@ -5,6 +5,10 @@ Every request goes through mail/http.py (the egress policy, one deadline). Token
 are RFC 6749 form posts with client_secret_post; errors come back as OAuthFailure, whose
 words say what the provider's error usually means. Never call a token endpoint without a
 code for a code exchange (authlib's fetch_token would silently do client credentials).
+
+The providers, clouds, scopes and URLs are read by every protocol's registration and the forms; the
+functions that make requests import requests and mail/http.py (urllib3, python-socks) themselves, so
+a process that never talks OAuth never loads them.
 """
 import base64
 import json
@@ -15,13 +19,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from urllib.parse import quote, urlencode, urlsplit
 
-import requests
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-
-from . import http
 from .deadline import Deadline, DeadlineExceeded
 from .egress import EgressRefused, Network
 from .oauth_errors import SERVICE_ACCOUNT, explain
+from .urls import url_problem
 
 
 class Provider(StrEnum):
@@ -173,6 +174,8 @@ def new_verifier() -> str:
 
 
 def authorization_url(client: Client, state: str, verifier: str, login_hint: str = "") -> str:
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
     scope = client.scope
     if client.provider in (Provider.MICROSOFT, Provider.GOOGLE):
         scope = " ".join(dict.fromkeys([*scope.split(), *SIGN_IN_SCOPES.split()]))
@@ -253,6 +256,10 @@ def _client_authentication(client: Client, form: dict, method: str) -> tuple[dic
 def discover(issuer: str, network: Network, deadline: Deadline) -> dict:
     """The authorization server's metadata (RFC 8414, then OpenID discovery); its issuer must
     be the one asked for."""
+    import requests
+
+    from . import http
+
     issuer = issuer.rstrip("/")
     last: Exception | None = None
     for path in ("/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"):
@@ -297,6 +304,10 @@ def as_failure(error: Exception, provider: str) -> "OAuthFailure":
 
 def _post(url: str, form: dict, network: Network, deadline: Deadline, transcript, what: str, provider: str,
           headers: dict | None = None, grant: str = ""):
+    import requests
+
+    from . import http
+
     host = http.host_of(url)
     try:
         response = http.session(network, deadline).post(url, data=form,
@@ -357,7 +368,7 @@ def check_service_account_key(key: dict) -> str:
             return f"the key's {name} is not text"
     if not re.fullmatch(r"[^@\s]+@[^@\s]+", key["client_email"]):
         return "the key's client_email is not an address"
-    problem = http.url_problem(key["token_uri"])
+    problem = url_problem(key["token_uri"])
     if problem:
         return f"the key's token_uri is not an https:// address that can be used ({problem})"
     try:

@@ -11,9 +11,10 @@ opens a TCP connection, directly or through the proxy:
   is on). With that option the proxy resolves the name: the egress policy then checks the name and port
   (its rules on host names, the metadata names) but cannot check the address the proxy reaches;
 - python-socks speaks the proxy's protocol over the socket Mailroom connected itself (its `forward`
-  hop); a watchdog shuts that socket down when the deadline is over, so a proxy that trickles its
-  answer cannot outlast it. What is read is bounded: SOCKS replies have fixed sizes, and python-socks
-  reads an HTTP proxy's answer to CONNECT with one receive of at most 64 KB;
+  hop; imported by the handshake, so a process whose servers use no proxy never loads it); a watchdog
+  shuts that socket down when the deadline is over, so a proxy that trickles its answer cannot outlast it.
+  What is read is bounded: SOCKS replies have fixed sizes, and python-socks reads an HTTP proxy's answer
+  to CONNECT with one receive of at most 64 KB;
 - a refusal comes back in words (ProxyFailed, a StepFailed): 407, 403, the SOCKS reply codes. Nothing
   the proxy wrote is shown (its reason phrase could repeat a password): only its codes, in our words.
 """
@@ -24,9 +25,6 @@ from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from http import HTTPStatus
 from urllib.parse import urlsplit
-
-from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
-from python_socks.sync import Proxy as SocksProxy
 
 from .deadline import Deadline, DeadlineExceeded, connect_within
 from .egress import Network
@@ -48,7 +46,6 @@ KIND_LABELS = {
 }
 _A_PROXY = {ProxyKind.HTTP: "an HTTP proxy", ProxyKind.SOCKS4: "a SOCKS4 proxy", ProxyKind.SOCKS5: "a SOCKS5 proxy"}
 DEFAULT_PORTS = {ProxyKind.HTTP: 8080, ProxyKind.SOCKS4: 1080, ProxyKind.SOCKS5: 1080}
-_TYPES = {ProxyKind.HTTP: ProxyType.HTTP, ProxyKind.SOCKS4: ProxyType.SOCKS4, ProxyKind.SOCKS5: ProxyType.SOCKS5}
 
 
 def default_port(kind: str) -> int:
@@ -250,11 +247,15 @@ def _through(proxy: Proxy, proxy_addresses: list[tuple], target_host: str, port:
 def _handshake(proxy: Proxy, sock: socket.socket, sockaddr: tuple, target_host: str, port: int,
                deadline: Deadline) -> Exception | None:
     """python-socks speaks the proxy's protocol on our socket; the refusal in words, or None."""
+    from python_socks import ProxyTimeoutError, ProxyType
+    from python_socks.sync import Proxy as SocksProxy
+
     settings, used = proxy.settings, _endpoint(sockaddr)
     watchdog = Watchdog(sock, deadline)
     first_hop = _Connected(_HeadersOnly(sock) if settings.kind == ProxyKind.HTTP else sock)
     try:
-        socks = SocksProxy(_TYPES[settings.kind], sockaddr[0], sockaddr[1], username=settings.username or None,
+        socks = SocksProxy(ProxyType[settings.kind.upper()], sockaddr[0], sockaddr[1],
+                           username=settings.username or None,
                            password=proxy.password if settings.takes_password and settings.username else None,
                            rdns=settings.remote_dns, forward=first_hop)
         sock.settimeout(deadline.left())
@@ -328,6 +329,8 @@ class Watchdog:
 
 def _refusal(error: Exception, settings: ProxySettings, used: str, target: str) -> Exception:
     """python-socks' error in words: a ProxyFailed, or _TargetUnreached when another address may do."""
+    from python_socks import ProxyConnectionError, ProxyError
+
     code = getattr(error, "error_code", None)
     text = str(error)
     kind = settings.kind
