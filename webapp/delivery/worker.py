@@ -3,8 +3,9 @@
 One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 2,
 4, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
 batch of the same portal over the connections it opened, up to DELIVERY_BATCH messages:
-consecutive messages to a server share one connection. The portal and its servers are read once
-per batch. Messages claimed and not tried when the run ends early (stopping, no connection left
+consecutive messages to a server share one connection, and so do the thread's consecutive jobs
+(kept.py: its connections are kept for its next job, a few seconds). The portal and its servers
+are read once per batch. Messages claimed and not tried when the run ends early (stopping, no connection left
 open) are given back at once; while they wait, their lease is renewed.
 
 For each message, the servers of its route (routing.py) are tried in order, within the same
