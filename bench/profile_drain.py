@@ -100,23 +100,26 @@ def store(portal) -> None:
 
 
 def drain(app, threads: int = 1) -> None:
-    """Runs one after the other, as the worker's jobs run them; with `threads`, that many threads at once."""
+    """Runs one after the other, as the worker's jobs run them (each thread's connections kept from one
+    run to the next); with `threads`, that many threads at once."""
     from webapp.delivery.worker import Run
-    settings = app.extensions["mailroom.delivery"].settings
+    queue = app.extensions["mailroom.delivery"]
 
     def runs(owner: str) -> None:
         while True:
             with app.app_context():
-                if not Run(settings, owner).run():
+                if not Run(queue.settings, owner, kept=queue.connections).run():
                     return
 
     if threads == 1:  # in this thread: cProfile sees it
-        return runs("profile")
-    workers = [threading.Thread(target=runs, args=(f"profile-{n}",)) for n in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+        runs("profile")
+    else:
+        workers = [threading.Thread(target=runs, args=(f"profile-{n}",)) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+    queue.connections.close_all()
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ class Defaults:
     DELIVERY_SWEEP_SECONDS = 30  # how often leases of dead workers and mail without a job are looked for
     DELIVERY_PROBE_SECONDS = 60  # how often a failing server is checked, to take it back when it works
     DELIVERY_BUSY_RETRY_SECONDS = 5  # a message whose server has no free connection waits about this long
-    DELIVERY_BATCH = 100  # messages one worker sends over its connections before letting them go
+    DELIVERY_BATCH = 100  # messages one delivery job sends before the next job goes on
+    DELIVERY_KEEP_CONNECTION_SECONDS = 3  # a thread's connections stay open this long after its job, for the next
     DELIVERY_NOTICE_MINUTES = 60  # at most one admin notice of each kind per portal this often
     DELIVERY_SUMMARY_HOUR = 6  # the hour (UTC) of the daily summary of failed mail
     DELIVERY_PURGE_BODY_DAYS = 7  # message bodies are deleted this long after delivery or failure

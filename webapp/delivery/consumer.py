@@ -10,14 +10,20 @@ class Consumer(HueyConsumer):
     and stopping the same way on SIGINT and SIGTERM: gracefully (the messages under way are
     finished). The same stop request often arrives twice (Ctrl-C reaches the worker, and `make
     run` passes it on): a second signal within SAME_STOP seconds is that one again; a later one
-    stops at once. SIGHUP restarts, as in Huey."""
+    stops at once. SIGHUP restarts, as in Huey. Once the workers stopped, `stopped` is called
+    (the connections they kept are closed)."""
 
     SAME_STOP = 2.0
 
-    def __init__(self, huey, tick: int, **options):
+    def __init__(self, huey, tick: int, stopped, **options):
         self.tick = tick
+        self._stopped = stopped
         self._first_stop: float | None = None
         super().__init__(huey, **options)
+
+    def stop(self, graceful=False):
+        super().stop(graceful)
+        self._stopped()
 
     def _create_scheduler(self):
         scheduler = super()._create_scheduler()

@@ -13,7 +13,7 @@ def register(queue, huey, app):
     @huey.task(name="deliver")
     def deliver(mail_id: int | None = None) -> None:
         with app.app_context():
-            more = worker.Run(settings, stopping=queue.stopping).run(mail_id)
+            more = worker.Run(settings, stopping=queue.stopping, kept=queue.connections).run(mail_id)
         if more:
             deliver(None)  # the batch was full: carry on in a new job, after the others waiting
 

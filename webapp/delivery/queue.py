@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .kept import KeptConnections
 from .settings import DeliverySettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class DeliveryQueue:
     def __init__(self, app, settings: DeliverySettings):
         self.settings = settings
         self.stopping = threading.Event()  # set when the worker shuts down: runs stop after their message
+        # a worker thread's connections between its jobs; idle no longer than a third of a lease (kept.py)
+        self.connections = KeptConnections(app, min(settings.keep_connections, settings.lease / 3))
         self._app = app
         self._huey = None
         self._making = threading.Lock()
@@ -124,6 +127,7 @@ class DeliveryQueue:
         from .consumer import Consumer
 
         tick = max(1, min(60, int(self.settings.sweep)))
-        return Consumer(self.huey, tick=tick, workers=workers or self.settings.workers, worker_type="thread",
+        return Consumer(self.huey, tick=tick, stopped=self.connections.close_all,
+                        workers=workers or self.settings.workers, worker_type="thread",
                         periodic=True, initial_delay=0.1, max_delay=1.0, scheduler_interval=1,
                         check_worker_health=True)

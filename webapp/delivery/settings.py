@@ -16,6 +16,7 @@ class DeliverySettings:
     probe: float = 60.0
     busy_retry: float = 5.0
     batch: int = 100
+    keep_connections: float = 3.0  # seconds a worker thread keeps an idle connection for its next job
     notice_interval: timedelta = timedelta(hours=1)
     summary_hour: int = 6
     purge_body: timedelta = timedelta(days=7)
@@ -35,6 +36,7 @@ class DeliverySettings:
             probe=float(config["DELIVERY_PROBE_SECONDS"]),
             busy_retry=float(config["DELIVERY_BUSY_RETRY_SECONDS"]),
             batch=int(config["DELIVERY_BATCH"]),
+            keep_connections=float(config["DELIVERY_KEEP_CONNECTION_SECONDS"]),
             notice_interval=timedelta(minutes=float(config["DELIVERY_NOTICE_MINUTES"])),
             summary_hour=int(config["DELIVERY_SUMMARY_HOUR"]),
             purge_body=timedelta(days=float(config["DELIVERY_PURGE_BODY_DAYS"])),

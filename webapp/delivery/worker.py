@@ -3,8 +3,9 @@
 One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 2,
 4, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
 batch of the same portal over the connections it opened, up to DELIVERY_BATCH messages:
-consecutive messages to a server share one connection. The portal and its servers are read once
-per batch. Messages claimed and not tried when the run ends early (stopping, no connection left
+consecutive messages to a server share one connection, and so do the thread's consecutive jobs
+(kept.py: its connections are kept for its next job, a few seconds). The portal and its servers
+are read once per batch. Messages claimed and not tried when the run ends early (stopping, no connection left
 open) are given back at once; while they wait, their lease is renewed.
 
 For each message, the servers of its route (routing.py) are tried in order, within the same
@@ -33,7 +34,6 @@ import os
 import re
 import socket
 import threading
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from time import monotonic
 
@@ -45,11 +45,12 @@ from ..checks import config_for
 from ..credentials import SecretUnreadable
 from ..mail.envelope import Envelope
 from ..mail.report import DeliveryError, Receipt
-from ..mail.transport import Connection, open_connection
+from ..mail.transport import open_connection
 from ..models import DeliveryPolicy, MailServer, MailState, OutboundMail, Portal, utcnow
 from . import capacity, claims, health, notices, outcomes
 from .backoff import retry_delay
 from .capacity import Busy
+from .kept import KeptConnections, OpenConnection, close
 from .outcomes import FAILED, PENDING, SENT, Tried
 from .routing import Route, held_reason, is_held, route
 from .settings import DeliverySettings
@@ -75,20 +76,15 @@ def server_failed(error: DeliveryError) -> bool:
     return error.step not in MESSAGE_STEPS or error.code == 421
 
 
-@dataclass
-class _Open:
-    connection: Connection
-    lease_id: int
-    version: tuple  # the server's settings it was opened with
-    renewed: float = field(default_factory=monotonic)
-
-
 class Run:
-    def __init__(self, settings: DeliverySettings, owner: str | None = None, stopping: threading.Event | None = None):
+    def __init__(self, settings: DeliverySettings, owner: str | None = None, stopping: threading.Event | None = None,
+                 kept: KeptConnections | None = None):
         self.settings = settings
         self.owner = owner or worker_name()
         self.stopping = stopping
-        self.open: dict[int, _Open] = {}  # server id -> its connection
+        self.kept = kept  # where the connections go when the run ends (None: closed)
+        self.idle: dict[int, OpenConnection] = kept.take() if kept is not None else {}  # kept, not used yet
+        self.open: dict[int, OpenConnection] = {}  # server id -> its connection
         self.waiting: list[OutboundMail] = []  # claimed in the current batch, not tried yet
         self.claimed_at = 0.0  # monotonic(): when the waiting messages' lease was last written
         self.claim_size = 1  # doubled at each batch up to CLAIM_BATCH
@@ -120,7 +116,7 @@ class Run:
                 db.session().rollback()  # what an error left half done (every outcome commits where it is written)
                 claims.give_back(self.waiting, self.owner)
                 self.waiting = []
-            self.close()
+            self._let_go()
         return False
 
     def _claim(self, room: int, mail_id: int | None = None, portal_id: int | None = None) -> None:
@@ -143,6 +139,22 @@ class Run:
     def close(self) -> None:
         for server_id in list(self.open):
             self._drop(server_id)
+        for server_id in list(self.idle):
+            close(self.idle.pop(server_id))
+
+    def _let_go(self) -> None:
+        """The run ends: its connections are kept for the thread's next run (their leases renewed
+        when a third has passed), or closed when nothing keeps them or the worker stops."""
+        if self.kept is None or (self.stopping is not None and self.stopping.is_set()):
+            return self.close()
+        for server_id, opened in list(self.open.items()):
+            if monotonic() - opened.renewed > opened.lease_seconds / 3:
+                if not capacity.renew_connection(opened.lease_id, opened.lease_seconds):
+                    self._drop(server_id)
+                    continue
+                opened.renewed = monotonic()
+        self.kept.keep(self.idle | self.open)
+        self.idle, self.open = {}, {}
 
     def deliver(self, mail: OutboundMail) -> None:
         """One attempt for one claimed message: its outcome is recorded before this returns."""
@@ -214,6 +226,7 @@ class Run:
         try:
             receipt = opened.connection.send(envelope)
         except DeliveryError as error:
+            opened.used = monotonic()
             db.release()  # a token step may have read the credential
             attempt.refused(server, error, started, monotonic() - clock, reservation)
             if error.credentials:
@@ -223,12 +236,15 @@ class Run:
                 self._drop(server.id)
                 health.mark_failing(server, str(error))
             return None
+        opened.used = monotonic()
         db.release()
         attempt.accepted(server, receipt, started, monotonic() - clock, reservation)
         return receipt
 
-    def _connection(self, portal: Portal, server: MailServer) -> _Open | Busy:
+    def _connection(self, portal: Portal, server: MailServer) -> OpenConnection | Busy:
         version = (server.version, server.credential.revision if server.credential else 0)
+        if server.id in self.idle:
+            self.open[server.id] = self.idle.pop(server.id)  # kept from the thread's last run
         opened = self.open.get(server.id)
         if opened is not None and opened.version != version:
             self._drop(server.id)  # an admin changed the server meanwhile
@@ -250,17 +266,13 @@ class Run:
             capacity.give_back(lease)
             raise
         db.release()
-        opened = self.open[server.id] = _Open(open_connection(config), lease, version)
+        opened = self.open[server.id] = OpenConnection(open_connection(config), lease, seconds, version)
         return opened
 
     def _drop(self, server_id: int) -> None:
         opened = self.open.pop(server_id, None)
-        if opened is None:
-            return
-        try:
-            opened.connection.close()
-        finally:
-            capacity.give_back(opened.lease_id)
+        if opened is not None:
+            close(opened)
 
     def _keep_claim(self, mail: OutboundMail, server: MailServer) -> bool:
         """Confirm the claim right before a server is tried, and make it outlast the send. A lease
