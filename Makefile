@@ -34,6 +34,8 @@ MAILROOM := $(BIN)/python -m webapp
 
 # The delivery worker and the SMTP submission listener run beside gunicorn; Ctrl-C stops all three
 # (the worker finishes the messages under way, the listener the one it is storing).
+# Recovery links of this local run point to where it serves, unless MAILROOM_PUBLIC_URL says otherwise.
+run: export MAILROOM_PUBLIC_URL ?= http://$(HOST):$(PORT)
 run: venv assets
 	$(MAILROOM) init --url http://$(HOST):$(PORT)
 	@$(MAILROOM) mail worker & worker=$$!; \
