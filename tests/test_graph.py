@@ -187,6 +187,27 @@ def test_app_only_before_and_after_admin_consent(app, admin, authority, graph, t
     assert credential(app, server.id).consented_by.startswith("a tenant administrator")
 
 
+def test_validate_of_the_form_is_remembered_only_with_the_saved_oauth_settings(app, admin, authority, graph,
+                                                                                 test_ca_file):
+    form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="")
+    server = save(app, admin, form)
+    start = to_the_provider(admin, f"/p/help/servers/{server.id}/oauth/admin-consent")
+    back_at_mailroom(admin, at_the_provider(start, test_ca_file, action="accept"))
+    saved = {**form, "client_secret": "", "version": str(server.version)}
+    assert "All checks passed." in admin.post(f"/p/help/servers/{server.id}/validate", saved, htmx=True).text
+    with app.app_context():
+        remembered = db.session().get(MailServer, server.id).last_check_at
+    assert remembered is not None
+
+    other_scope = {**saved, "scope": "https://graph.microsoft.com/Mail.Send"}  # the token endpoint refuses it
+    report = admin.post(f"/p/help/servers/{server.id}/validate", other_scope, htmx=True).text
+    assert "Validation failed at “Token”" in report and "/.default" in report  # a new token was asked for
+    with app.app_context():
+        row = db.session().get(MailServer, server.id)
+        assert (row.last_check_at, row.last_check_ok, row.last_check_summary) == (remembered, True,
+                                                                                   "All checks passed")
+
+
 def test_graph_errors_are_said_in_words(app, admin, authority, graph, test_ca_file):
     server = save(app, admin, graph_form(authority, graph, shared_mailbox="nobody@example.test"))
     authorize(admin, server, test_ca_file)

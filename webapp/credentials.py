@@ -114,13 +114,19 @@ def check_secret(credential: Credential | None, values: CredentialValues, destin
         raise SecretNeeded(refusal)
 
 
+def tokens_serve(credential: Credential | None, values: CredentialValues, destination: dict) -> bool:
+    """The stored OAuth tokens may serve these values: the same kind, destination, mailbox and scope."""
+    return bool(values.kind in TOKEN_KINDS and credential is not None and credential.kind == values.kind
+                and credential.secret and credential.bound_to == destination
+                and credential.username == values.username
+                and credential.provider.get("scope") == values.provider.get("scope"))
+
+
 def apply(credential: Credential, values: CredentialValues, destination: dict) -> bool:
     """Write the values into the credential row; True when its secret changed. The caller
     has run check_secret(). For OAuth, the tokens stay only while the kind, the mailbox,
     the destination and the scope stay: anything else needs a new consent."""
-    keep_tokens = (values.kind in TOKEN_KINDS and credential.kind == values.kind and credential.secret
-                   and credential.bound_to == destination and credential.username == values.username
-                   and credential.provider.get("scope") == values.provider.get("scope"))
+    keep_tokens = tokens_serve(credential, values, destination)
     old = unseal(credential.secret) if keep_tokens else {}
     facts = _key_facts(values) if values.kind == CredentialKind.SERVICE_ACCOUNT else {}
     credential.kind, credential.username, credential.mechanism = values.kind, values.username, values.mechanism
@@ -179,6 +185,8 @@ def auth_for(credential: Credential | None, values: CredentialValues | None = No
         check_secret(credential, values, destination)
         stored = unseal(credential.secret) if values.kind in SECRET_NAMES and credential and credential.secret \
             and credential.bound_to == destination else {}
+        if not tokens_serve(credential, values, destination):  # another mailbox or scope needs its own tokens
+            stored = {part: value for part, value in stored.items() if part not in TOKEN_PARTS}
         secret = {**stored, **(values.secret or {})}
     if values.kind == CredentialKind.PASSWORD:
         return PasswordAuth(values.username, secret.get("password", ""), values.mechanism)
@@ -186,7 +194,7 @@ def auth_for(credential: Credential | None, values: CredentialValues | None = No
         from .grants import grant_for  # grants store refreshed tokens through this module
 
         same_grant = credential is not None and credential.kind == values.kind and credential.secret and (
-            saved or credential.bound_to == destination)
+            saved or tokens_serve(credential, values, destination))
         return BearerAuth(values.username, grant_for(credential if same_grant else None, values, secret, network),
                           app_only=values.kind == CredentialKind.OAUTH_APP)
     return NoAuth()

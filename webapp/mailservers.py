@@ -99,13 +99,19 @@ def secret_typed(credential: Credential | None, values: CredentialValues) -> str
 
 
 def same_credential(server: MailServer, values: CredentialValues, side: list[credentials.SidePassword]) -> bool:
-    """The form's credential and side passwords are the saved ones: the same kind, username and
-    mechanism, each secret left blank or typed the same (a browser may fill in the password)."""
+    """The form's credential and side passwords are the saved ones: the same kind, username,
+    mechanism and OAuth settings, each secret left blank or typed the same (a browser may fill in
+    the password)."""
     saved = server.credential
     if values.kind != (saved.kind if saved else CredentialKind.NONE):
         return False
     if saved is not None and (saved.username != values.username or (
             saved.kind == CredentialKind.PASSWORD and saved.mechanism != values.mechanism)):
+        return False
+    if saved is not None and saved.kind in credentials.OAUTH_KINDS and saved.provider != values.provider:
+        return False  # another tenant, app, flow, endpoint or scope
+    if saved is not None and saved.kind == CredentialKind.SERVICE_ACCOUNT and (
+            saved.provider.get("scope", "") != values.provider.get("scope", "")):
         return False
     if secret_typed(saved, values) is not None:
         return False
