@@ -164,13 +164,13 @@ def test_the_system_mail_page_searches_every_portals_servers_a_page_at_a_time(ap
     by_portal = root.get("/settings/system-mail?q=operat", headers=htmx)
     assert by_portal.status_code == 200 and "<html" not in by_portal.text
     assert SYSTEM_CHOICE.findall(by_portal.text) == [str(relay.id)]
-    assert "1 server match" in by_portal.text and "Operations — System relay (mailroom@example.com)" in by_portal.text
+    assert "1 server match" in by_portal.text and "Operations — #1 System relay (mailroom@example.com)" in by_portal.text
     assert SYSTEM_CHOICE.findall(root.get("/settings/system-mail?q=Relay 0042").text) == [str(ids[42])]
     assert SYSTEM_CHOICE.findall(root.get("/settings/system-mail?q=relay7.example").text) == [str(ids[7])]
 
     assert root.post("/settings/system-mail", {"server": str(relay.id)}).status_code == 303
     elsewhere = root.get("/settings/system-mail?q=Relay 0001").text  # the choice is shown beside any search
-    assert re.search(r'id="system-mail-current">System mail goes through <strong>Operations — System relay '
+    assert re.search(r'id="system-mail-current">System mail goes through <strong>Operations — #1 System relay '
                      r'\(mailroom@example.com\)</strong>', elsewhere)
     assert SYSTEM_CHOICE.findall(elsewhere) == [str(ids[1])]
     chosen = root.get("/settings/system-mail?q=operations").text

@@ -189,7 +189,7 @@ def test_without_a_public_url_or_a_server_nothing_is_sent_and_the_super_admin_is
     assert root.post("/settings/system-mail", {"server": str(system_peer.server_id)}).status_code == 303
     ready = root.get("/settings/system-mail").text
     assert "Password recovery by mail works" in ready and PUBLIC in ready
-    assert "Operations — System relay (mailroom@example.com)" in ready
+    assert "Operations — #2 System relay (mailroom@example.com)" in ready
     assert client.get(FORGOT).status_code == 200
 
 

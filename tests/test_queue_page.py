@@ -134,6 +134,18 @@ def test_filter_by_state_server_and_arrival(admin, make, portal, outbox):
     assert ids_in(admin.get(QUEUE + "?state=queued&since=2026-11-01T10:05").text) == newest_first(queued[5:])
 
 
+def test_servers_called_alike_are_told_apart_by_their_place_in_the_list(app, admin, make, portal, outbox):
+    first, second = make.server(portal, description="Relay"), make.server(portal, description="Relay")
+    other = make.server(portal, description="Backup")
+    with app.app_context():
+        labels = mailqueue.server_labels(db.session().merge(portal))
+    assert labels == {first.id: f"#{first.position} Relay", second.id: f"#{second.position} Relay",
+                      other.id: "Backup"}
+    outbox.mail(state=MailState.SENT, server_id=second.id)
+    page = admin.get(QUEUE).text
+    assert f'<option value="{second.id}">#{second.position} Relay</option>' in page
+
+
 def test_filter_by_recipient_address_or_domain(admin, outbox):
     ann = outbox.mail(to=("ann_x@example.com",))
     outbox.mail(to=("annax@example.com",))  # "_" is not a wildcard

@@ -9,6 +9,7 @@ the receivers) cannot use one: they look through at most SEARCH_WINDOW messages 
 then offer to search older ones, so no page costs more than that.
 """
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email import policy
@@ -152,11 +153,16 @@ def _window_edge(portal: Portal, chosen: QueueFilter, place: pagination.Place) -
 
 def server_labels(portal: Portal) -> dict[int, str]:
     """{id: label} of the portal's servers, in their order (for the filter and the rows)."""
-    rows = db.session().exec(_SERVER_LABELS, params={"portal_id": portal.id})
-    return {id_: server_label(id_, description, host) for id_, description, host in rows}
+    rows = db.session().exec(_SERVER_LABELS, params={"portal_id": portal.id}).all()
+    labels = {id_: server_label(id_, description, host) for id_, _, description, host in rows}
+    named = Counter(labels.values())
+    # two servers called alike are told apart by their place in the list (the "#" column of the servers page)
+    return {id_: f"#{position} {labels[id_]}" if named[labels[id_]] > 1 else labels[id_]
+            for id_, position, _, _ in rows}
 
 
-_SERVER_LABELS = (select(MailServer.id, MailServer.description, MailServer.settings["host"].as_string())
+_SERVER_LABELS = (select(MailServer.id, MailServer.position, MailServer.description,
+                         MailServer.settings["host"].as_string())
                   .where(MailServer.portal_id == bindparam("portal_id")).order_by(MailServer.position))
 
 

@@ -49,8 +49,10 @@ CHOICE_COLUMNS = (Portal.name.label("portal"), Portal.id.label("portal_id"), Mai
                   MailServer.description, _HOST.label("host"), MailServer.from_address)
 
 
-def _label(portal: str, server_id: int, description: str, host: str | None, from_address: str) -> str:
-    return f"{portal} — {server_label(server_id, description, host)} ({from_address})"
+def _label(portal: str, position: int, server_id: int, description: str, host: str | None,
+           from_address: str) -> str:
+    """The place in the portal's list ("#" on its servers page) tells apart two servers called alike."""
+    return f"{portal} — #{position} {server_label(server_id, description, host)} ({from_address})"
 
 
 def _choices(text: str):
@@ -65,7 +67,7 @@ def choices_page(text: str, size: int, bookmark: str | None) -> pagination.Page:
     """A page of the servers (of every portal) whose portal name, description, host or From address
     contains `text`, as Choices."""
     page = pagination.paginate(_choices(text), CHOICE_ORDER, size, bookmark)
-    page.rows = [Choice(row.id, _label(row.portal, row.id, row.description, row.host, row.from_address))
+    page.rows = [Choice(row.id, _label(row.portal, row.position, row.id, row.description, row.host, row.from_address))
                  for row in page.rows]
     return page
 
@@ -80,8 +82,8 @@ def current_choice() -> Choice | None:
     if server is None:
         return None
     portal = db.session().get(Portal, server.portal_id)
-    return Choice(server.id, _label(portal.name, server.id, server.description, server.settings.get("host"),
-                                    server.from_address))
+    return Choice(server.id, _label(portal.name, server.position, server.id, server.description,
+                                    server.settings.get("host"), server.from_address))
 
 
 def designate(actor: Actor, server_id: int | None) -> None:

@@ -141,7 +141,7 @@ def test_choose_the_system_mail_server_from_a_search_of_every_portals_servers(pa
     expect(choices).to_have_count(1)
     expect(page).to_have_url(re.compile(r"q=operations"))
     htmx_settled(page)
-    choices.first.get_by_role("button", name="Use Operations — System relay (mailroom@example.com)").click()
+    choices.first.get_by_role("button", name="Use Operations — #1 System relay (mailroom@example.com)").click()
     expect(page.get_by_role("status").filter(has_text="Saved the system-mail server.")).to_be_visible()
-    expect(page.locator("#system-mail-current")).to_contain_text("Operations — System relay (mailroom@example.com)")
+    expect(page.locator("#system-mail-current")).to_contain_text("Operations — #1 System relay (mailroom@example.com)")
     expect(choices).to_have_count(50)  # the whole list again, the choice shown above it
