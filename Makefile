@@ -41,9 +41,11 @@ run: venv assets
 	@$(MAILROOM) mail worker & worker=$$!; \
 	$(MAILROOM) mail relay & relay=$$!; \
 	trap 'kill -TERM $$worker $$relay 2>/dev/null; wait $$worker $$relay' EXIT INT TERM; \
+	echo "Mailroom serves on http://$(HOST):$(PORT)/ (gunicorn's own \"Listening at:\" line is blank with --reuse-port)"; \
 	$(GUNICORN) --bind $(HOST):$(PORT) $(ACCESS_LOG) 'webapp:create_app()'
 
 serve: venv assets
+	@echo "Mailroom serves on http://$(HOST):$(PORT)/"
 	$(GUNICORN) --bind $(HOST):$(PORT) 'webapp:create_app()'
 
 venv: $(VENV)/.installed
