@@ -14,7 +14,8 @@ from webapp.sessions import SESSIONLESS_PATH
 from webapp.submission import credentials as smtp_credentials
 
 # Endpoints a staff member may use; every other portal route is for admins only.
-STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.arrival", "servers.check", "portals.history", "queue.index", "queue.message"}
+STAFF_ENDPOINTS = {"servers.index", "servers.sample", "servers.arrival", "servers.check", "portals.history", "queue.index",
+                   "queue.message", "portals.home"}
 # Reached without signing in: sign-in, assets, and the OAuth pages a mailbox owner uses.
 PUBLIC_ENDPOINTS = {"auth.login", "static", "oauth.callback", "oauth.result", "oauth.link", "oauth.follow_link",
                     "auth.forgot", "auth.reset"}
@@ -100,11 +101,18 @@ def test_non_members_get_404_on_every_portal_route(app, make, client, world):
         assert response.status_code == 404, (method, rule.rule, response.status_code)
 
 
+def test_a_portals_own_address_leads_its_members_to_its_servers(staff, world):
+    answer = staff.get("/p/help/")
+    assert answer.status_code == 302 and answer.headers["Location"] == "/p/help/servers/"
+    assert staff.get("/p/help").status_code == 308  # Flask's slash, then the same
+
+
 def test_staff_may_not_change_anything_but_send_samples(app, staff, world):
     for rule, method in portal_routes(app):
         response = staff.post(url(rule, world)) if method == "POST" else staff.get(url(rule, world))
         if rule.endpoint in STAFF_ENDPOINTS:
-            assert response.status_code in (200, 422), (method, rule.rule, response.status_code)
+            assert response.status_code in ((302,) if rule.endpoint == "portals.home" else (200, 422)), \
+                (method, rule.rule, response.status_code)
         else:
             assert response.status_code == 403, (method, rule.rule, response.status_code)
 

@@ -1,6 +1,5 @@
 """Command-line administration: flask --app webapp <command>. Every change is recorded in
 History as done by "command line"."""
-import secrets
 from pathlib import Path
 
 import click
@@ -10,6 +9,7 @@ from sqlmodel import select
 
 from . import checks, db, mailservers, network, people
 from .audit import COMMAND_LINE
+from .passwords import new_password
 from .crypto import KEY_FILE, SecretBox, configured_keys, prepend_new_key
 from .models import Credential, Portal, Role, User
 
@@ -66,7 +66,7 @@ def init(email, url):
     if db.session().exec(select(User)).first():
         click.echo(f"Mailroom is ready: sign in at {url}")
         return
-    password = secrets.token_urlsafe(12)
+    password = new_password(16)
     people.create_user(COMMAND_LINE, email, password, name="Administrator", superadmin=True)
     click.echo(f"\nCreated the first super-admin. Sign in at {url}\n  email:    {email}\n  password: {password}\n"
                "You will be asked to choose your own password at the first sign-in.\n")

@@ -4,7 +4,6 @@ Invariants kept here, under a lock so two people acting at once cannot break the
 every portal keeps an admin, and Mailroom keeps an active super-admin. A duplicate
 email, slug or membership is a Conflict (the form shows it), never a database error.
 """
-import secrets
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +14,7 @@ from werkzeug.security import check_password_hash
 from . import audit, db, lists, pagination, sessions
 from .audit import Actor
 from .models import Membership, PasswordReset, Portal, Role, User, utcnow
+from .passwords import new_password
 from .security import hash_password, unknown_user_hash
 
 
@@ -131,7 +131,7 @@ def change_password(actor: Actor, user: User, password: str, keep_session: str |
 def reset_password(actor: Actor, user: User) -> str:
     """A new one-time password, to hand over; the user must choose their own at sign-in.
     Every session of theirs ends."""
-    password = secrets.token_urlsafe(12)
+    password = new_password(16)
     user.password_hash = hash_password(password)
     user.must_change_password = True
     db.session().add(user)

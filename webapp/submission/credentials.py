@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from werkzeug.security import check_password_hash
 
-from .. import audit, db
+from .. import audit, db, passwords
 from ..audit import Actor
 from ..models import MAX_ID, FromPolicy, Portal, SmtpCredential, utcnow
 from ..security import hash_password, unknown_user_hash
@@ -97,7 +97,7 @@ def new_username(portal: Portal) -> str:
 
 
 def new_password() -> str:
-    return secrets.token_urlsafe(18)  # 24 characters, 144 bits: within what old devices let one type in
+    return passwords.new_password(24)  # 142 bits: within what old devices let one type in
 
 
 def _recorded(values: CredentialValues) -> dict:

@@ -51,6 +51,14 @@ def new():
     return render_template("portals/new.html", form=form), 422 if form.is_submitted() else 200
 
 
+@bp.get("/p/<slug>/")
+@login_required
+def home(slug):
+    """A portal's own address leads to its mail servers."""
+    portal = load_portal(slug)
+    return redirect(url_for("servers.index", slug=portal.slug))
+
+
 @bp.route("/p/<slug>/settings", methods=["GET", "POST"])
 @login_required
 def settings(slug):
