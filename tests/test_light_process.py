@@ -17,10 +17,11 @@ from webapp import create_app, db
 ROOT = Path(__file__).resolve().parent.parent
 # exchangelib and what only it needs (NTLM), the HTTP client of Graph, Gmail, OAuth and Find settings,
 # python-socks (a proxy's handshake), email-validator (the first address checked), the deliverability
-# checks' libraries, Huey (and the Redis and PostgreSQL clients its storage module loads), the migrations'
-# library and, on SQLite, SQLAlchemy's PostgreSQL dialects
+# checks' libraries, Find settings' XML parser, Huey (and the Redis and PostgreSQL clients its storage module
+# loads), the migrations' library and, on SQLite, SQLAlchemy's PostgreSQL dialects
 HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks",
-         "email_validator", "checkdmarc", "spf", "dns", "huey", "alembic", "sqlalchemy.dialects.postgresql")
+         "email_validator", "checkdmarc", "spf", "dns", "defusedxml", "xml.etree.ElementTree", "huey", "alembic",
+         "sqlalchemy.dialects.postgresql")
 
 
 def _run(code: str, instance: Path, **env) -> dict:
