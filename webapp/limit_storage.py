@@ -43,7 +43,7 @@ class DatabaseStorage(Storage):
         try:
             with db.engine().begin() as connection:
                 insert = _insert(connection.dialect.name).values(key=_hashed(key), count=amount,
-                                                                        expires_at=now + expiry)
+                                                                 expires_at=now + expiry)
                 ended = TABLE.c.expires_at <= now
                 upsert = insert.on_conflict_do_update(index_elements=[TABLE.c.key], set_={
                     "count": case((ended, amount), else_=TABLE.c.count + amount),
@@ -106,5 +106,6 @@ def _hashed(key: str) -> str:
 
 def _insert(dialect: str):
     """An INSERT into the table that can say ON CONFLICT: SQLite's or PostgreSQL's, from the dialect the engine
-    already loaded (importing PostgreSQL's package, with every driver's dialect, cost a SQLite worker 50 ms and 2 MiB)."""
+    already loaded (importing PostgreSQL's package, with every driver's dialect, cost a SQLite worker 50 ms and
+    2 MiB)."""
     return importlib.import_module(f"sqlalchemy.dialects.{dialect}").insert(TABLE)

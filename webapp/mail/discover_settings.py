@@ -15,8 +15,8 @@ In order, the first that answers wins:
 The HTTP fetches go through mail/http.py (the portal's egress policy, https:// only, no redirect,
 at most DOCUMENT_LIMIT bytes; requests and http.py are imported by the first autoconfig fetch, so the
 pages that import this module do not load the HTTP client), their host names resolved by the configured
-resolver; the XML is parsed by defusedxml (no DTD, no entities; imported with the first document). DNS goes to the configured resolver only. Nothing is
-saved: the caller fills the form and says where each value came from.
+resolver; the XML is parsed by defusedxml (no DTD, no entities; imported with the first document). DNS goes to
+the configured resolver only. Nothing is saved: the caller fills the form and says where each value came from.
 """
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
