@@ -2,7 +2,7 @@
 import gc
 
 # Importing the stack below makes some 160,000 objects the collector tracks and no garbage; its full passes
-# over them took about a fifth of a short command's CPU. So no collection while it is imported, and what it
+# over them took about a quarter of a short command's CPU. So no collection while it is imported, and what it
 # made is left out of every later one (gc.freeze: also what a forked gunicorn worker then shares).
 _collecting = gc.isenabled()
 gc.disable()
