@@ -17,10 +17,11 @@ from webapp import create_app, db
 ROOT = Path(__file__).resolve().parent.parent
 # exchangelib and what only it needs (NTLM), the HTTP client of Graph, Gmail, OAuth and Find settings,
 # python-socks (a proxy's handshake), email-validator (the first address checked), the deliverability
-# checks' libraries, Huey (and the Redis and PostgreSQL clients its storage module loads) and the
-# migrations' library
+# checks' libraries, Find settings' XML parser, Huey (and the Redis and PostgreSQL clients its storage module
+# loads), the migrations' library and, on SQLite, SQLAlchemy's PostgreSQL dialects
 HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks",
-         "email_validator", "checkdmarc", "spf", "dns", "huey", "alembic")
+         "email_validator", "checkdmarc", "spf", "dns", "defusedxml", "xml.etree.ElementTree", "huey", "alembic",
+         "sqlalchemy.dialects.postgresql")
 
 
 def _run(code: str, instance: Path, **env) -> dict:
@@ -50,6 +51,13 @@ def instance(tmp_path):
 def test_import_webapp_loads_no_protocol_library_huey_or_alembic(instance):
     found = _run("import webapp; extra = {}\n" + LOADED, instance)
     assert found["loaded"] == []
+
+
+def test_import_webapp_leaves_the_garbage_collector_on_and_what_it_imported_out_of_its_passes(instance):
+    found = _run("import gc, webapp; extra = {'enabled': gc.isenabled(), 'frozen': gc.get_freeze_count()}\n" + LOADED,
+                 instance)
+    assert found["enabled"] is True
+    assert found["frozen"] > 10_000
 
 
 def test_create_app_on_a_migrated_database_loads_none_of_them_and_keeps_no_connection(instance):

@@ -63,10 +63,11 @@ def test_mail_check_through_the_mailroom_command_talks_to_the_server(app, make, 
 
 
 # what an SMTP check does not use: the other protocols' sending code and the HTTP clients it needs, OAuth's
-# PKCE library, python-socks for a server without a proxy, and checkdmarc (with httpx and the command line
-# httpx imports) when there is no DMARC record
+# PKCE library, python-socks for a server without a proxy, checkdmarc (with httpx and the command line
+# httpx imports) when there is no DMARC record, and dnspython's DNS-over-HTTPS client
 NOT_FOR_AN_SMTP_CHECK = ("webapp.mail.graph", "webapp.mail.gmail", "webapp.mail.ews", "webapp.mail.http", "requests",
-                         "urllib3", "authlib", "python_socks", "checkdmarc", "httpx", "rich", "pygments")
+                         "urllib3", "authlib", "python_socks", "checkdmarc", "httpx", "rich", "pygments", "httpx2",
+                         "httpcore2", "h2")
 
 
 def test_an_smtp_check_with_a_password_loads_only_what_smtp_and_the_dns_checks_need(app, make, portal, smtp_peer,

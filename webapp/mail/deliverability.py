@@ -17,6 +17,8 @@ Every lookup asks the configured resolver only (mail/dns.py) within one Deadline
 lookup function is replaced, once, by one that asks the resolver of the check running in this
 context (a ContextVar), so pyspf never asks anything else.
 """
+from . import plain_dns  # noqa: F401, I001 (first: pyspf imports dnspython's resolver)
+
 import ipaddress
 from contextvars import ContextVar
 from dataclasses import dataclass

@@ -15,15 +15,11 @@ In order, the first that answers wins:
 The HTTP fetches go through mail/http.py (the portal's egress policy, https:// only, no redirect,
 at most DOCUMENT_LIMIT bytes; requests and http.py are imported by the first autoconfig fetch, so the
 pages that import this module do not load the HTTP client), their host names resolved by the configured
-resolver; the XML is parsed by defusedxml (no DTD, no entities). DNS goes to the configured resolver only. Nothing is
-saved: the caller fills the form and says where each value came from.
+resolver; the XML is parsed by defusedxml (no DTD, no entities; imported with the first document). DNS goes to
+the configured resolver only. Nothing is saved: the caller fills the form and says where each value came from.
 """
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
-
-import defusedxml.ElementTree
-from defusedxml import DefusedXmlException
-from xml.etree.ElementTree import ParseError
 
 from .auth import AuthType
 from .deadline import Deadline, DeadlineExceeded
@@ -117,6 +113,11 @@ def _autoconfig(found: Found, resolver: Resolver, network: Network, deadline: De
 
 def _read_document(found: Found, text: bytes, where: str) -> str:
     """Fill `found` from an autoconfig document; the reason in words when it cannot be used."""
+    from xml.etree.ElementTree import ParseError  # the XML parser with the first document, not with every page
+
+    import defusedxml.ElementTree
+    from defusedxml import DefusedXmlException
+
     try:
         root = defusedxml.ElementTree.fromstring(text, forbid_dtd=True)
     except (ParseError, DefusedXmlException, ValueError):

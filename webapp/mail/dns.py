@@ -7,7 +7,7 @@ A name that does not exist, or has no record of that type, is an empty answer; a
 that does not answer (timeout, SERVFAIL, refused) is `DnsFailure`, in words.
 
 dnspython is imported at the first lookup, not with this module (the configuration reads
-`parse_nameservers` at every start).
+`parse_nameservers` at every start), and without its DNS-over-HTTPS client (plain_dns.py).
 """
 import ipaddress
 import socket
@@ -75,6 +75,7 @@ class Resolver:
     def dnspython(self, deadline: Deadline):
         """A dnspython resolver asking the configured servers within the deadline (for libraries that
         take one, such as checkdmarc)."""
+        from . import plain_dns  # noqa: F401 (before dnspython's resolver)
         import dns.nameserver
         import dns.resolver
 
@@ -91,6 +92,7 @@ class Resolver:
 
     def query(self, name: str, rdtype: str, deadline: Deadline) -> list:
         """The records of that type ([] when the name or the type does not exist)."""
+        from . import plain_dns  # noqa: F401 (before dnspython's resolver)
         import dns.exception
         import dns.name
         import dns.resolver
