@@ -34,6 +34,7 @@ from email import policy as email_policy
 from email.headerregistry import BaseHeader
 from email.headerregistry import Address
 from email.utils import format_datetime, getaddresses, make_msgid
+from functools import lru_cache
 
 from ..mail.config import Sender
 from ..mail.envelope import Envelope
@@ -173,12 +174,8 @@ def _header(name: str, value: str) -> BaseHeader:
     return kind(name, value)
 
 
-def _all(fields: list[tuple[str, str]], name: str) -> list[BaseHeader]:
-    """The fields called `name` (lower case), as message.get_all(name) gives them."""
-    return [_header(field, value) for field, value in fields if field.lower() == name]
-
-
 def _first(fields: list[tuple[str, str]], name: str) -> BaseHeader | None:
+    """The first field called `name` (lower case), as message[name] gives it."""
     return next((_header(field, value) for field, value in fields if field.lower() == name), None)
 
 
@@ -207,19 +204,26 @@ def _check_structure(raw: bytes, fields: list[tuple[str, str]]) -> None:
 
 def _single_address(fields: list[tuple[str, str]]) -> tuple[str, str] | None:
     """(display name, address) of the From field; None without one; Refused unless it names one mailbox."""
-    values = _all(fields, "from")
+    values = tuple(value for name, value in fields if name.lower() == "from")
     if not values:
         return None
-    found = [(name, address) for name, address in getaddresses([str(v) for v in values]) if address]
+    found = [(name, address) for name, address in _addresses("from", values) if address]
     if len(found) != 1 or "@" not in found[0][1]:
         raise Refused("554 5.6.0 The message's From field must hold exactly one address (name@domain)")
     return found[0]
 
 
 def _blind(fields: list[tuple[str, str]], recipients: tuple[str, ...]) -> list[str]:
-    shown = {address.lower() for _, address in getaddresses(
-        [str(value) for name in ("to", "cc") for value in _all(fields, name)]) if address}
+    shown = {address.lower() for _, address in _addresses("to", tuple(
+        value for name in ("to", "cc") for field, value in fields if field.lower() == name)) if address}
     return [address for address in dict.fromkeys(recipients) if address.lower() not in shown]
+
+
+@lru_cache(maxsize=1024)  # a device writes the same From (and often To) in every message
+def _addresses(name: str, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """(display name, address) of each address in these values of an address field, as getaddresses()
+    reads the fields email.policy.default made of them (To and Cc are the same kind of field)."""
+    return tuple(getaddresses([str(_header(name, value)) for value in values]))
 
 
 def _fold(name: str, value: str) -> str:
