@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes
 from email import policy as email_policy
-from email.headerregistry import BaseHeader
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader
 from email.utils import format_datetime, getaddresses, make_msgid
 from functools import lru_cache
 
