@@ -317,6 +317,25 @@ def test_a_sender_the_credential_may_not_use_gets_553_and_a_from_field_550(app, 
     assert len(stored(app)) == 1
 
 
+@pytest.mark.parametrize("head", [
+    b"X-Printer : 4711\r\nFrom: Boss <boss@example.com>",  # a space before the colon (RFC 5322's obsolete syntax)
+    b"Subject: Scan 42\rFrom: Boss <boss@example.com>",  # a bare CR, which ends a line for many readers
+])
+def test_every_from_field_of_the_header_section_is_checked(app, relay, login, head):
+    """The email package ends the header section at a field with a space before its colon, but the
+    fields after it stay in the stored message; a bare CR ends a line for it. Neither hides a From."""
+    listener, account = relay(), login()
+    with starttls(listener) as client:
+        client.login(account.username, account.password)
+        client.mail("scanner@example.com")
+        client.rcpt("ann@example.org")
+        assert client.docmd("DATA")[0] == 354
+        client.send(head + b"\r\nTo: Ann <ann@example.org>\r\n\r\nThe scan.\r\n.\r\n")  # as written, bare CR too
+        code, reply = client.getreply()
+    assert code == 550 and reply.startswith(b"5.7.1 The From address boss@example.com"), reply
+    assert stored(app) == []
+
+
 def test_rewrite_from_puts_the_portals_from_in_place_of_the_devices(app, relay, login, make, portal):
     make.server(portal, from_address="helpdesk@example.com", sender_name="Help Desk", enabled=False)
     make.server(portal, from_address="noreply@example.com", sender_name="Example")

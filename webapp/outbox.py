@@ -293,19 +293,22 @@ def _build(portal: Portal, submission: Submission, submitter: Submitter, idempot
     if len(envelope.raw) > config["MESSAGE_MAX_BYTES"]:
         raise TooLarge("message", f"the message has {_size(len(envelope.raw))} as sent; at most "
                                   f"{_size(config['MESSAGE_MAX_BYTES'])} are accepted")
-    return _values(portal, envelope, submitter, submission.subject, idempotency_key,
+    return _values(portal.id, envelope, submitter, submission.subject, idempotency_key,
                    submission.fingerprint() if idempotency_key else "")
 
 
-def store(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str | None = None) -> OutboundMail:
+def store(portal_id: int, envelope: Envelope, submitter: Submitter, subject: str | None = None) -> int:
     """Store a message that is complete already (raw MIME with its Bcc field, and its envelope: what
     the SMTP submission listener received) as queued and commit, together with whatever the caller's
-    transaction holds (the listener's count of the message); the caller answers "accepted" only after
-    this returns. Nothing is sent here. `subject`: as add() takes it."""
-    mail = add(portal, envelope, submitter, subject=subject)
-    db.session().commit()
-    delivery.wake([mail.id])  # after the commit: a worker that takes the job finds the row
-    return mail
+    transaction holds (the listener's count of the message); the stored row's id. The caller answers
+    "accepted" only after this returns. Nothing is sent here. `subject`: as add() takes it."""
+    if subject is None:
+        subject = str(envelope.message()["Subject"] or "")
+    session = db.session()
+    mail_id = session.connection().execute(_INSERT, _values(portal_id, envelope, submitter, subject)).scalar_one()
+    session.commit()
+    delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
+    return mail_id
 
 
 def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_id: int | None = None,
@@ -316,7 +319,7 @@ def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_
     caller has it already (else the message is parsed for it)."""
     if subject is None:
         subject = str(envelope.message()["Subject"] or "")
-    mail = OutboundMail(**_values(portal, envelope, submitter, subject))
+    mail = OutboundMail(**_values(portal.id, envelope, submitter, subject))
     mail.pinned_server_id = pinned_server_id
     if expires_at is not None:
         mail.expires_at = min(mail.expires_at, expires_at)
@@ -324,12 +327,12 @@ def add(portal: Portal, envelope: Envelope, submitter: Submitter, pinned_server_
     return mail
 
 
-def _values(portal: Portal, envelope: Envelope, submitter: Submitter, subject: str,
+def _values(portal_id: int, envelope: Envelope, submitter: Submitter, subject: str,
             idempotency_key: str | None = None, request_hash: str = "") -> dict:
     """A queued row's columns (the others keep their defaults)."""
     now = utcnow()
     return dict(
-        portal_id=portal.id, state=MailState.QUEUED, source=submitter.source.value,
+        portal_id=portal_id, state=MailState.QUEUED, source=submitter.source.value,
         submitted_by=submitter.name[:320], client_address=submitter.client_address[:64],
         api_key_id=submitter.api_key_id, idempotency_key=idempotency_key, request_hash=request_hash,
         message_id=envelope.message_id[:500], mail_from=envelope.mail_from,

@@ -124,9 +124,11 @@ _ALLOWED_ADDRESSES = union_all(
 
 def allowed_addresses(portal_id: int) -> set[str]:
     """The addresses of allowed_from() alone, lower case, in one query of two columns (the SMTP
-    submission listener asks for every message: no server is loaded)."""
-    rows = db.session().connection().execute(_ALLOWED_ADDRESSES, {"portal_id": portal_id}).scalars()
-    return {address.lower() for address in rows}
+    submission listener asks for every message: no server is loaded), on a connection of its own, given
+    back at once."""
+    with db.engine().connect() as connection:
+        rows = connection.execute(_ALLOWED_ADDRESSES, {"portal_id": portal_id}).scalars()
+        return {address.lower() for address in rows}
 
 
 def allowed_from(portal: Portal) -> dict[str, MailServer | None]:

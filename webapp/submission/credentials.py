@@ -223,8 +223,8 @@ _CREDENTIAL = select(SmtpCredential.__table__).where(SmtpCredential.__table__.c.
 def standing(account_id: int, now: float | None = None) -> tuple[Account | None, str]:
     """The account as it is now (None once it is revoked) and which rate limit its next message would
     exceed ("30 per minute", or ""): one read, what MAIL FROM needs. `now`: seconds since the epoch."""
-    credential = db.session().connection().execute(_CREDENTIAL, {"id": account_id}).first()
-    db.session().rollback()
+    with db.engine().connect() as connection:  # not the session's: a read alone, and given back at once
+        credential = connection.execute(_CREDENTIAL, {"id": account_id}).first()
     if credential is None or credential.revoked_at is not None:
         return None, ""
     return Account.of(credential), _exceeded(credential, time.time() if now is None else now)

@@ -228,21 +228,26 @@ class SubmissionHandler:
     def _accept(self, account: Account, submission: Submission) -> str:
         """Runs in a thread with an app context: check, then count and store in one transaction and
         commit it; the reply."""
-        portal = db.session().get(Portal, account.portal_id)
-        if portal is None:  # removed since MAIL FROM, and its credentials with it
-            return REVOKED_AT_DATA
-        sender = _rewritten_from(portal, account) if account.from_policy == FromPolicy.REWRITE else None
+        sender = None
+        if account.from_policy == FromPolicy.REWRITE:
+            portal = db.session().get(Portal, account.portal_id)
+            if portal is None:  # removed since MAIL FROM, and its credentials with it
+                return REVOKED_AT_DATA
+            sender = _rewritten_from(portal, account)
         try:
-            prepared = prepare(submission, account, sender, utcnow(), senders.allowed_addresses(portal.id))
+            prepared = prepare(submission, account, sender, utcnow(), senders.allowed_addresses(account.portal_id))
         except Refused as refused:
+            if credentials.standing(account.id)[0] is None:  # revoked since MAIL FROM, or removed with its portal
+                return REVOKED_AT_DATA
             log.info("SMTP DATA from %s (%s) refused: %s", submission.client, account.username, refused.reply)
             return refused.reply
         db.session().rollback()  # the write below starts from a fresh snapshot (SQLite refuses a stale one)
         with one_writer(db.engine()):
+            # counts nothing once the credential is revoked, or removed with its portal
             counted = credentials.count_message(account, submission.client)
             if counted:
                 _test_pause("before-commit")
-                mail = outbox.store(portal, prepared.envelope, outbox.Submitter(
+                mail_id = outbox.store(account.portal_id, prepared.envelope, outbox.Submitter(
                     outbox.Source.SMTP, account.name, submission.client), prepared.subject)
             else:
                 db.session().rollback()
@@ -252,9 +257,9 @@ class SubmissionHandler:
                 return f"450 4.7.1 This SMTP credential may send {over}: try again later"
             return REVOKED_AT_DATA
         log.info("SMTP DATA from %s (%s): queued as %s for %d recipient(s)", submission.client, account.username,
-                 mail.id, len(prepared.envelope.recipients))
+                 mail_id, len(prepared.envelope.recipients))
         _test_pause("after-commit")
-        return f"250 2.0.0 Ok: queued as {mail.id}"
+        return f"250 2.0.0 Ok: queued as {mail_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):  # a client that gave up on the handshake: aiosmtpd hangs up
