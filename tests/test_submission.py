@@ -336,6 +336,19 @@ def test_every_from_field_of_the_header_section_is_checked(app, relay, login, he
     assert stored(app) == []
 
 
+def test_an_address_field_the_email_package_cannot_parse_is_read_as_written(app, relay, login):
+    """`To: undisclosed-recipients:;` folded onto a second line makes the email package's header parser
+    raise AttributeError; the field is read with getaddresses() instead, and the message is stored."""
+    listener, account = relay(), login()
+    odd = SCAN.replace(b"To: Ann <ann@example.org>\r\n", b"To: undisclosed-recipients:;\r\n x\r\n")
+    with starttls(listener) as client:
+        client.login(account.username, account.password)
+        code, reply = submit(client, odd)
+    assert code == 250, reply
+    [mail] = stored(app)
+    assert b"To: undisclosed-recipients:;\r\n x\r\n" in mail.raw and b"Bcc: ann@example.org\r\n" in mail.raw
+
+
 def test_rewrite_from_puts_the_portals_from_in_place_of_the_devices(app, relay, login, make, portal):
     make.server(portal, from_address="helpdesk@example.com", sender_name="Help Desk", enabled=False)
     make.server(portal, from_address="noreply@example.com", sender_name="Example")

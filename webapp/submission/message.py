@@ -222,7 +222,10 @@ def _blind(fields: list[tuple[str, str]], recipients: tuple[str, ...]) -> list[s
 def _addresses(name: str, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """(display name, address) of each address in these values of an address field, as getaddresses()
     reads the fields email.policy.default made of them (To and Cc are the same kind of field)."""
-    return tuple(getaddresses([str(_header(name, value)) for value in values]))
+    try:
+        return tuple(getaddresses([str(_header(name, value)) for value in values]))
+    except (AttributeError, IndexError, ValueError):  # the package's parser fails on a few odd fields (a group
+        return tuple(getaddresses(list(values)))     # then more text: AttributeError): read as written
 
 
 def _fold(name: str, value: str) -> str:
