@@ -28,11 +28,10 @@ from .mail import arrival, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
-from .mail.envelope import Envelope
+from .mail.envelope import sample_envelope
 from .mail.proxy import Proxy, ProxySettings
 from .mail.transcripts import TranscriptLog, log_path
 from .mail.receiver import Receiver, ReceiverSettings
-from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
 from .mail.options import MessageOptions
 from .mail.transport import send_message, transport_for
@@ -231,7 +230,7 @@ def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str
         config = config_for(portal, server)
         own = senders.sender_of(portal, actor.user_id)
         sender = replace(config.sender, address=own) if own else config.sender
-        envelope = Envelope.of(sample_message(sender, recipient, portal.name, server.label, utcnow()))
+        envelope = sample_envelope(sender, recipient, portal.name, server.label, utcnow())
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()
             result.receipt = send_message(config, envelope)
