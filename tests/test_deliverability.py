@@ -181,6 +181,18 @@ def test_each_address_gets_a_domain_check(zone, records, outcome, words):
     assert step.outcome == outcome and words in step.summary
 
 
+def test_a_check_asks_each_question_once(zone):
+    """From, Reply-To and the admin address in one domain: its MX (and addresses) are asked once."""
+    zone.add("example.com", "TXT", "v=spf1 ip4:198.51.100.0/24 -all")
+    addresses = [(label, f"{name}@example.com", "") for label, name in
+                 (("From address", "ann"), ("Reply-to address", "help"), ("Admin mail address", "admin"))]
+    steps = run(zone, addresses=addresses)
+    assert all(steps[label].outcome == Outcome.WARNING for label, _, _ in addresses)  # no MX, no address
+    asked = [query for query in zone.queries if query[0] == "example.com"]
+    assert sorted(asked) == [("example.com", "A"), ("example.com", "AAAA"), ("example.com", "MX"),
+                             ("example.com", "TXT")]
+
+
 def test_an_address_that_is_not_one_fails_its_check(zone):
     step = run(zone, addresses=[("Admin mail address", "admin@@example.org", "bad @")])["Admin mail address"]
     assert step.outcome == Outcome.FAILED and "“admin@@example.org” is not an email address: bad @" in step.summary

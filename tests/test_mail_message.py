@@ -1,3 +1,4 @@
+import re
 import unicodedata
 from datetime import datetime, timedelta, timezone
 from email import message_from_bytes, policy
@@ -7,6 +8,7 @@ from email.utils import getaddresses
 import pytest
 
 from webapp.mail.config import Sender
+from webapp.mail.envelope import Envelope, sample_envelope
 from webapp.mail.message import (Mailbox, build_message, compose, control_character_problem, envelope_address,
                                  sample_message)
 
@@ -229,3 +231,22 @@ def test_control_characters_are_unicode_s_categories_cc_zl_and_zp_but_tab():
         ch = chr(code)
         expected = ch != "\t" and unicodedata.category(ch) in ("Cc", "Zl", "Zp")
         assert (control_character_problem(f"a{ch}b") is not None) == expected, hex(code)
+
+
+@pytest.mark.parametrize("sender, to, portal, server", [
+    (Sender("mailer@example.test", "Portal", "help@example.test"), "admin@example.org", "City Portal", "Office 365"),
+    (Sender("mailer@example.test"), "admin@example.org", "A portal with a name long enough to fold a line", ""),
+    (Sender("admin@bücher.example", "Jörg Müller"), "zoe@example.org", "Städtische Bühne", "Mailhost"),
+])
+def test_sample_envelope_is_the_sample_message(sender, to, portal, server):
+    """The sample mail written directly has the bytes the email package writes for sample_message."""
+    now = datetime(2024, 5, 6, 9, 8, 9, tzinfo=timezone.utc)
+    written, built = sample_envelope(sender, to, portal, server, now), Envelope.of(sample_message(sender, to, portal,
+                                                                                                   server, now))
+
+    def without_id(raw: bytes) -> bytes:
+        return re.sub(rb"Message-ID: <[^>]*>", b"Message-ID: <>", raw)
+
+    assert without_id(written.raw) == without_id(built.raw)
+    assert (written.mail_from, written.recipients) == (built.mail_from, built.recipients)
+    assert written.message_id.encode() in written.raw

@@ -12,8 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flask import current_app
+from sqlalchemy import bindparam
 from sqlalchemy.exc import InternalError, OperationalError
-from sqlmodel import select
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import select, update
 
 from . import audit, db, delivery, network, senders
 from .slots import Busy, slots  # noqa: F401  (Busy: what the views catch)
@@ -26,11 +28,10 @@ from .mail import arrival, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
-from .mail.envelope import Envelope
+from .mail.envelope import sample_envelope
 from .mail.proxy import Proxy, ProxySettings
 from .mail.transcripts import TranscriptLog, log_path
 from .mail.receiver import Receiver, ReceiverSettings
-from .mail.message import sample_message
 from .mail.report import DeliveryError, Outcome, Receipt, Report, Step
 from .mail.options import MessageOptions
 from .mail.transport import send_message, transport_for
@@ -178,13 +179,16 @@ def resolver() -> Resolver:
 SENDER_IDS_CHECKED = 10  # the first alternative sender IDs (by address) whose domains Validate looks up
 
 
+_SENDER_IDS = (select(SenderId.address).where(SenderId.portal_id == bindparam("portal_id"))
+               .order_by(SenderId.address).limit(SENDER_IDS_CHECKED + 1))
+
+
 def addresses_to_check(portal: Portal, config: ServerConfig) -> list[tuple[str, str, str]]:
     """(label, address, why it is not an address or "") for each address the server's mail carries or
     that receives the portal's notices, and the portal's first SENDER_IDS_CHECKED alternative sender IDs."""
     found = [("From address", config.sender.address), ("Reply-to address", config.sender.reply_to),
              ("Admin mail address", portal.admin_address)]
-    sender_ids = db.session().exec(select(SenderId.address).where(SenderId.portal_id == portal.id)
-                                   .order_by(SenderId.address).limit(SENDER_IDS_CHECKED + 1)).all()
+    sender_ids = db.session().execute(_SENDER_IDS, {"portal_id": portal.id}).scalars().all()
     found += [("Alternative sender ID", address) for address in sender_ids[:SENDER_IDS_CHECKED]]
     checked = []
     for label, address in found:
@@ -226,7 +230,7 @@ def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str
         config = config_for(portal, server)
         own = senders.sender_of(portal, actor.user_id)
         sender = replace(config.sender, address=own) if own else config.sender
-        envelope = Envelope.of(sample_message(sender, recipient, portal.name, server.label, utcnow()))
+        envelope = sample_envelope(sender, recipient, portal.name, server.label, utcnow())
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()
             result.receipt = send_message(config, envelope)
@@ -264,6 +268,12 @@ def read_arrival(portal: Portal, server: MailServer, message_id: str) -> arrival
         return arrival.read_back(config.receiver, config.network, Deadline(ARRIVAL_SECONDS), message_id)
 
 
+_REMEMBER = (update(MailServer).where(MailServer.id == bindparam("server_id"))
+             .values({name: bindparam(name) for name in ("last_check_at", "last_check_ok", "last_check_kind",
+                                                         "last_check_summary")})
+             .execution_options(synchronize_session=False))
+
+
 def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | None = None) -> None:
     """Keep the outcome of a check or sample mail of the saved settings on the server's row."""
     failure = report.failure
@@ -274,10 +284,12 @@ def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | N
     else:
         summary = "All checks passed"
     release = report.ok and anything_to_release(server)  # read first: the write below is the one commit
-    server.last_check_at, server.last_check_ok = utcnow(), report.ok
-    server.last_check_kind, server.last_check_summary = kind, summary[:500]
-    db.session().add(server)
+    values = {"last_check_at": utcnow(), "last_check_ok": report.ok, "last_check_kind": kind,
+              "last_check_summary": summary[:500]}
+    db.session().execute(_REMEMBER, {"server_id": server.id, **values})
     db.session().commit()
+    for name, value in values.items():  # known on the loaded row too, not a change to write again
+        set_committed_value(server, name, value)
     if release:
         delivery.release_held(server, f"a {kind} of its settings passed")
 

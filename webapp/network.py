@@ -8,6 +8,7 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from flask import current_app
+from sqlalchemy import bindparam, select
 
 from . import audit, db
 from .audit import Actor
@@ -21,9 +22,12 @@ class RulesInvalid(ValueError):
     """A list of rules cannot be read; str() names the line."""
 
 
+_SETTING = select(AppSetting.value).where(AppSetting.name == bindparam("name"))
+
+
 def global_rules() -> dict:
-    setting = db.session().get(AppSetting, GLOBAL)
-    return {"allow": "", "deny": "", **(setting.value if setting else {})}
+    value = db.session().execute(_SETTING, {"name": GLOBAL}).scalar()
+    return {"allow": "", "deny": "", **(value or {})}
 
 
 @lru_cache(maxsize=1024)

@@ -14,7 +14,7 @@ import logging
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from .. import db
@@ -154,16 +154,17 @@ def recovered(server: MailServer, portal: Portal) -> None:
     current_app.extensions["mailroom.delivery"].wake(woken)
 
 
+_RELEASE_STATE = (select(MailServer.failing_since, MailServer.held_since, Portal.failover_since,
+                         select(OutboundMail.id).where(OutboundMail.portal_id == bindparam("portal_id"),
+                                                       OutboundMail.state == MailState.HELD).exists().label("held"))
+                  .join(Portal, Portal.id == MailServer.portal_id).where(MailServer.id == bindparam("server_id")))
+
+
 def anything_to_release(server: MailServer) -> bool:
     """Whether release_held(server) would change anything: held mail in the portal, the server
     marked failing or held, or the portal in failover. One query (after every passed Validate and
     sample mail; release_held itself reads and commits three times to find out)."""
-    held = select(OutboundMail.id).where(OutboundMail.portal_id == server.portal_id,
-                                         OutboundMail.state == MailState.HELD).exists()
-    row = db.session().execute(select(MailServer.failing_since, MailServer.held_since, Portal.failover_since,
-                                      held.label("held"))
-                               .join(Portal, Portal.id == MailServer.portal_id)
-                               .where(MailServer.id == server.id)).first()
+    row = db.session().execute(_RELEASE_STATE, {"server_id": server.id, "portal_id": server.portal_id}).first()
     return row is None or row.failing_since is not None or row.held_since is not None \
         or row.failover_since is not None or bool(row.held)
 

@@ -21,7 +21,7 @@ from . import plain_dns  # noqa: F401, I001 (first: pyspf imports dnspython's re
 
 import ipaddress
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dns.exception
 import spf
@@ -90,6 +90,7 @@ class SpfResult:
 def check(sending: Sending, addresses: list[tuple[str, str, str]], resolver: Resolver,
           deadline: Deadline) -> list[Step]:
     """The deliverability section: SPF, DKIM, DMARC, then each address (label, address, syntax problem)."""
+    resolver = _AskedOnce(resolver.nameservers)
     token = _lookup.set((resolver, deadline))
     steps: list[Step] = []
     try:
@@ -104,6 +105,19 @@ def check(sending: Sending, addresses: list[tuple[str, str, str]], resolver: Res
     finally:
         _lookup.reset(token)
     return steps
+
+
+@dataclass(frozen=True)
+class _AskedOnce(Resolver):
+    """The resolver for one check: each question asked once (the From, Reply-To and admin addresses
+    often share a domain, which SPF and DMARC look at too)."""
+    answers: dict = field(default_factory=dict, compare=False)
+
+    def query(self, name: str, rdtype: str, deadline: Deadline) -> list:
+        key = (name.lower().rstrip("."), rdtype)
+        if key not in self.answers:
+            self.answers[key] = super().query(name, rdtype, deadline)
+        return self.answers[key]
 
 
 # -- SPF -----------------------------------------------------------------------------------

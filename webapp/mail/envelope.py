@@ -6,12 +6,15 @@ sends the same bytes with the same Message-ID. `raw` keeps the Bcc header: the H
 SMTP transmits `without_bcc()` and names every recipient in RCPT TO.
 """
 from dataclasses import dataclass
+from datetime import datetime
 from email import message_from_bytes
 from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import getaddresses, make_msgid
 
-from .message import RECIPIENT_HEADERS, compose, compose_simple, envelope_address
+from .config import Sender
+from .message import (RECIPIENT_HEADERS, Mailbox, compose, compose_simple, envelope_address, sample_message,
+                      sample_text)
 
 
 @dataclass(frozen=True)
@@ -73,3 +76,18 @@ class Envelope:
 def _first(message: EmailMessage, header: str) -> str:
     addresses = getaddresses([str(value) for value in message.get_all(header, [])])
     return addresses[0][1] if addresses else ""
+
+
+def sample_envelope(sender: Sender, to: str, portal_name: str, server_label: str, now: datetime) -> Envelope:
+    """The envelope of sample_message(...): its bytes written directly when the message is simple
+    enough (compose_simple: the bytes the email package writes), else built by the email package."""
+    subject, text = sample_text(portal_name, server_label, now)
+    try:
+        simple = compose_simple(Mailbox(sender.address, sender.name), [Mailbox(to)], subject, text=text,
+                                reply_to=Mailbox(sender.reply_to) if sender.reply_to else None, now=now)
+    except ValueError:  # sample_message says why, in its own words
+        simple = None
+    if simple is None:
+        return Envelope.of(sample_message(sender, to, portal_name, server_label, now))
+    raw, mail_from, recipients, message_id = simple
+    return Envelope(mail_from=mail_from, recipients=recipients, raw=raw, message_id=message_id)

@@ -93,19 +93,26 @@ def sample_message(
     sender: Sender, to: str, portal_name: str, server_label: str, now: datetime
 ) -> EmailMessage:
     """The "Send a sample mail" message: says which portal sent it, through which server, when."""
+    subject, text = sample_text(portal_name, server_label, now)
+    return build_message(sender, [to], subject, text, now=now)
+
+
+def sample_text(portal_name: str, server_label: str, now: datetime) -> tuple[str, str]:
+    """The sample mail's subject and text. Its lines stay under 78 characters unless the names are
+    long, so the mail usually goes as it is (7bit), with no quoted-printable line breaks."""
     server = server_label or "the configured mail server"
     when = _utc(now).strftime("%Y-%m-%d %H:%M:%S UTC")
     subject = f"Mailroom sample mail from {portal_name} via {server}"
     text = (
         "Hello,\n\n"
-        f"this is a sample mail from Mailroom, sent by the portal {portal_name} "
+        f"this is a sample mail from Mailroom, sent by the portal {portal_name}\n"
         f"through the mail server {server}.\n\n"
         f"Portal:      {portal_name}\n"
         f"Mail server: {server}\n"
         f"Sent at:     {when}\n\n"
         "If you can read this, the portal can send mail with these settings.\n"
     )
-    return build_message(sender, [to], subject, text, now=now)
+    return subject, text
 
 
 def parse_address(text: str, name: str = "") -> Address:
