@@ -89,6 +89,7 @@ class Run:
         self.claimed_at = 0.0  # monotonic(): when the waiting messages' lease was last written
         self.claim_size = 1  # doubled at each batch up to CLAIM_BATCH
         self.servers: dict[tuple, tuple[Portal, list[MailServer]]] = {}  # read once per batch
+        self.writer = outcomes.Writer()  # the run's outcomes go through a connection of its own
 
     def run(self, mail_id: int | None = None) -> bool:
         """Deliver `mail_id` (or else the next due message), then more of its portal over the
@@ -116,6 +117,7 @@ class Run:
                 db.session().rollback()  # what an error left half done (every outcome commits where it is written)
                 claims.give_back(self.waiting, self.owner)
                 self.waiting = []
+            self.writer.close()
             self._let_go()
         return False
 
@@ -137,6 +139,7 @@ class Run:
         self.claimed_at = monotonic()
 
     def close(self) -> None:
+        self.writer.close()
         for server_id in list(self.open):
             self._drop(server_id)
         for server_id in list(self.idle):
@@ -158,7 +161,7 @@ class Run:
 
     def deliver(self, mail: OutboundMail) -> None:
         """One attempt for one claimed message: its outcome is recorded before this returns."""
-        attempt = _Attempt(mail, self.settings)
+        attempt = _Attempt(mail, self.settings, self.writer)
         if mail.raw is None:
             return attempt.fail(self.owner, "the message's body was deleted (retention) before it could be sent")
         if attempt.now >= attempt.expires:
@@ -306,8 +309,9 @@ class Run:
             reason = f"“{server.label}” refuses its credentials: {held_reason(server)}"
         else:
             server, reason = None, "the portal has no enabled mail server"
-        outcomes.finish(mail, self.owner, [], state=MailState.HELD, last_error=f"held: {reason}"[:1000],
-                        server_id=server.id if server else mail.server_id, expires_at=attempt.expires)
+        outcomes.finish(mail, self.owner, [], self.writer, state=MailState.HELD,
+                        last_error=f"held: {reason}"[:1000], server_id=server.id if server else mail.server_id,
+                        expires_at=attempt.expires)
         log.info("mail %s held: %s", mail.id, reason)
         notices.held(portal, "mail is held", reason)
 
@@ -315,8 +319,8 @@ class Run:
 class _Attempt:
     """One attempt of one message: its recipients' outcomes and the servers tried so far."""
 
-    def __init__(self, mail: OutboundMail, settings: DeliverySettings):
-        self.mail, self.settings = mail, settings
+    def __init__(self, mail: OutboundMail, settings: DeliverySettings, writer: outcomes.Writer | None = None):
+        self.mail, self.settings, self.writer = mail, settings, writer
         self.now = utcnow()
         self.expires = aware(mail.expires_at) or aware(mail.created_at) + settings.lifetime
         self.recipients = [dict(r) for r in mail.recipients]
@@ -386,7 +390,7 @@ class _Attempt:
     def fail(self, owner: str, reason: str) -> None:
         for address in self.pending():
             self._set(address, FAILED, None, reason)
-        outcomes.finish(self.mail, owner, [], state=MailState.FAILED, recipients=self.recipients,
+        outcomes.finish(self.mail, owner, [], self.writer, state=MailState.FAILED, recipients=self.recipients,
                         last_error=reason[:1000], expires_at=self.expires)
         log.info("mail %s failed: %s", self.mail.id, reason)
 
@@ -408,7 +412,7 @@ class _Attempt:
                 f"{len(failed)} recipient(s) refused: {failed[0]['reply']}" if state == MailState.SENT
                 else last.reply if last else "the message has no recipients")
             values.update(state=state, last_error=error[:1000], last_code=last.code if last else None)
-            outcomes.finish(mail, owner, self.tried, **values)
+            outcomes.finish(mail, owner, self.tried, self.writer, **values)
             log.info("mail %s %s via %s: %s", mail.id, state, last.server_label if last else "-",
                      last.reply if last else "")
             return
@@ -420,14 +424,14 @@ class _Attempt:
             reason = (self._refused_for_now() if self.via is not None else str(self.deferred))
             values.update(state=MailState.QUEUED, next_attempt_at=at, last_error=reason[:1000],
                           last_code=last.code if last else None)
-            outcomes.finish(mail, owner, self.tried, **values)
+            outcomes.finish(mail, owner, self.tried, self.writer, **values)
             log.info("mail %s deferred until %s: %s", mail.id, at.strftime("%H:%M:%S"), reason)
             return
         if self.busy:
             at = min(self.busy_until(), self.expires)
             if self.tried:  # a server refused the credentials, another one was busy
                 values.update(state=MailState.QUEUED, next_attempt_at=at, last_error=self.busy[0].reason)
-                waiting = outcomes.finish(mail, owner, self.tried, **values)
+                waiting = outcomes.finish(mail, owner, self.tried, self.writer, **values)
             else:
                 waiting = claims.put_back(mail, owner, at, last_error=f"waiting: {self.busy[0].reason}"[:1000])
             if waiting:  # the runs holding the connections may end before it is due
@@ -436,7 +440,7 @@ class _Attempt:
         reason = self.held_reason or "no server can take it"
         values.pop("attempts", None)  # held mail keeps its attempts
         values.update(state=MailState.HELD, last_error=f"held: {reason}"[:1000], last_code=last.code if last else None)
-        outcomes.finish(mail, owner, self.tried, **values)
+        outcomes.finish(mail, owner, self.tried, self.writer, **values)
         log.info("mail %s held: %s", mail.id, reason)
 
     def busy_until(self) -> datetime | None:
