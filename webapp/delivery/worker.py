@@ -1,7 +1,7 @@
 """Delivering claimed messages: the one place where queued mail leaves Mailroom.
 
-One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 2,
-4, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
+One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 4,
+16, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
 batch of the same portal over the connections it opened, up to DELIVERY_BATCH messages:
 consecutive messages to a server share one connection, and so do the thread's consecutive jobs
 (kept.py: its connections are kept for its next job, a few seconds). The portal and its servers
@@ -58,7 +58,8 @@ from .times import aware
 
 log = logging.getLogger(__name__)
 
-CLAIM_BATCH = 20  # messages a run claims in one statement (their lease renewed while they wait)
+CLAIM_BATCH = 50  # messages a run claims in one statement (their lease renewed while they wait)
+CLAIM_GROWTH = 4  # each batch of a run this many times the one before, up to CLAIM_BATCH
 MESSAGE_STEPS = frozenset({"Message", "MAIL FROM", "RCPT TO", "DATA"})  # failures there concern the message
 UNREADABLE = "the stored secret cannot be read with the configured keys: enter it again and save"
 
@@ -87,13 +88,13 @@ class Run:
         self.open: dict[int, OpenConnection] = {}  # server id -> its connection
         self.waiting: list[OutboundMail] = []  # claimed in the current batch, not tried yet
         self.claimed_at = 0.0  # monotonic(): when the waiting messages' lease was last written
-        self.claim_size = 1  # doubled at each batch up to CLAIM_BATCH
+        self.claim_size = 1  # grows by CLAIM_GROWTH at each batch up to CLAIM_BATCH
         self.servers: dict[tuple, tuple[Portal, list[MailServer]]] = {}  # read once per batch
         self.writer = outcomes.Writer()  # the run's outcomes go through a connection of its own
 
     def run(self, mail_id: int | None = None) -> bool:
         """Deliver `mail_id` (or else the next due message), then more of its portal over the
-        same connections, claimed in batches of 1, 2, 4, ... up to CLAIM_BATCH (so that a few
+        same connections, claimed in batches of 1, 4, 16, ... up to CLAIM_BATCH (so that a few
         messages due at once are shared among the worker's threads, and a long drain costs one
         claim per CLAIM_BATCH). True when the run's DELIVERY_BATCH was full (more may be due: go
         on in a new job)."""
@@ -127,7 +128,7 @@ class Run:
         self.waiting = claims.claim_batch(self.owner, self.settings.lease, min(self.claim_size, room), mail_id,
                                           portal_id)
         self.claimed_at = monotonic()
-        self.claim_size = min(self.claim_size * 2, CLAIM_BATCH)
+        self.claim_size = min(self.claim_size * CLAIM_GROWTH, CLAIM_BATCH)
         self.servers.clear()
 
     def _keep_waiting(self) -> None:
