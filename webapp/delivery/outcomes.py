@@ -50,9 +50,7 @@ def finish(mail: OutboundMail, owner: str, tried: list[Tried], writer: "Writer |
                 return _finish(db.session(), mail, owner, tried, dict(values))
             return writer.finish(mail, owner, tried, dict(values))
         except (OperationalError, InternalError):
-            db.session().rollback()
-            if writer is not None:
-                writer.rollback()
+            db.session().rollback()  # (the writer rolled its own back)
             if pause is None:
                 raise
             log.warning("mail %s: the database refused the outcome, trying again in %s s", mail.id, pause)
@@ -80,11 +78,11 @@ class Writer:
         db.release()  # a write of the session's would wait for this one, and this one for it
         connection = self.connection()
         with one_writer(connection.engine):
-            return _finish(connection, mail, owner, tried, values)
-
-    def rollback(self) -> None:
-        if self._connection is not None:
-            self._connection.rollback()
+            try:
+                return _finish(connection, mail, owner, tried, values)
+            except BaseException:
+                connection.rollback()  # never left holding the write lock, whatever went wrong
+                raise
 
     def close(self) -> None:
         if self._connection is not None:
