@@ -19,8 +19,8 @@ from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.exc import InternalError, OperationalError
 
 from .. import db
-from ..one_writer import one_writer
 from ..models import DeliveryAttempt, MailState, OutboundMail, utcnow
+from ..one_writer import one_writer
 
 log = logging.getLogger(__name__)
 PENDING, SENT, FAILED = "pending", "sent", "failed"  # a recipient's state
