@@ -91,10 +91,11 @@ def add_server(port: int):
 
 def store(portal) -> None:
     from webapp import db, outbox
+    from webapp.models import OutboundMail
     submitter = outbox.Submitter(outbox.Source.PYTHON, "bench")
-    rows = [outbox._build(portal, outbox.Submission(to=[RECIPIENT], subject=f"Ticket #{n} was updated",
+    rows = [OutboundMail(**outbox._build(portal, outbox.Submission(to=[RECIPIENT], subject=f"Ticket #{n} was updated",
                                                     text=f"Hello,\n\nthe ticket #{n} was updated.\n"),
-                          submitter, None) for n in range(MESSAGES)]
+                                         submitter, None)) for n in range(MESSAGES)]
     db.session().add_all(rows)
     db.session().commit()
 

@@ -1,11 +1,14 @@
 """Batch claims (claims.claim_batch): several due messages of one portal in one statement, never
 one message to two claimers, across processes, on SQLite and PostgreSQL; a run gives back at once
-what it claimed and did not try; the messages waiting in a batch keep their claim."""
+what it claimed and did not try; the messages waiting in a batch keep their claim; a run's outcomes
+go through one connection of its own."""
 import json
 import subprocess
 import sys
 from collections import Counter
 from datetime import timedelta
+
+from sqlalchemy import event
 
 from webapp import db
 from webapp.delivery import claims
@@ -87,7 +90,7 @@ def test_a_run_that_stops_gives_back_at_once_what_it_claimed_and_did_not_try(out
         assert Run(outbox.settings, "stopping-worker", stopping=StopAfter(4)).run(ids[0]) is False
     states = Counter(outbox.mail(i).state for i in ids)
     assert states == Counter({MailState.SENT: 4, MailState.QUEUED: 6}) and len(peer.messages) == 4
-    # batches of 1, 2 and 4: one message of the last one was sent, three were given back untried
+    # batches of 1 and 4: three messages of the second were sent, one was given back untried
     for mail in (outbox.mail(i) for i in ids if outbox.mail(i).state == MailState.QUEUED):
         assert (mail.lease_owner, mail.lease_until, mail.attempts) == ("", None, 0)
         assert aware(mail.next_attempt_at) <= utcnow()  # due as before
@@ -107,3 +110,26 @@ def test_the_messages_waiting_in_a_batch_keep_their_claim_unless_it_was_lost(out
         assert [mail.id for mail in kept] == [ids[0], ids[2]]
     for mail_id in (ids[0], ids[2]):
         assert abs((aware(outbox.mail(mail_id).lease_until) - later).total_seconds()) < 1
+
+
+def test_a_run_writes_its_outcomes_on_one_connection_and_gives_it_back(outbox, make, portal, smtp_peer):
+    peer = smtp_peer("plain")
+    make.server(portal, settings=smtp_settings(peer))
+    ids = [outbox.queue(portal, subject=f"Message {n}") for n in range(5)]
+    attempts_written_on = []
+
+    def seen(connection, _cursor, statement, *_):
+        if statement.lstrip().upper().startswith("INSERT INTO DELIVERY_ATTEMPT"):
+            attempts_written_on.append(connection)
+
+    with outbox.app.app_context():
+        engine = db.engine()
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            assert Run(outbox.settings, "one-writer").run(ids[0]) is False
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+        db.session().close()
+        assert engine.pool.checkedout() == 0  # the run's outcome connection went back to the pool
+    assert all(outbox.mail(i).state == MailState.SENT for i in ids) and len(peer.messages) == 5
+    assert len(attempts_written_on) == 5 and len(set(map(id, attempts_written_on))) == 1  # all on one connection

@@ -198,3 +198,27 @@ def test_a_server_taking_data_after_every_recipient_was_refused_gets_a_lone_dot(
         "C: <message, 3 bytes>", "C: .", "S: 554 5.5.1 Error: no valid recipients"]  # ".\r\n" alone: no message
     assert accepted.recipients[0].accepted and peer.sessions == 1
     assert [m.rcpt_tos for m in peer.messages] == [["someone@example.org"]]
+
+
+def test_addresses_are_quoted_as_smtplib_quotes_them():
+    """The pipelined commands skip smtplib's parse for plain addresses: the same text either way."""
+    import random
+    from smtplib import quoteaddr
+
+    from webapp.mail.smtp.steps import PLAIN_ADDRESS, quoted
+
+    addresses = ["to@example.org", "First.Last+tag@sub.example.co.uk", "o'neil@example.org", "a!#$%&*/=?^_`{|}~-@x",
+                 "a..b@example.org", ".a@example.org", "a.@example.org", "a@b..c", "a@-b.c", "a@b-.c", "a@[127.0.0.1]",
+                 '"quoted local"@example.org', "Name <a@example.org>", "a@example.org (comment)", "a b@example.org",
+                 "a@example.org.", "@example.org", "a@", "", "<>", "a@ex ample.org", "ä@example.org", "a@exämple.org",
+                 "a\\b@example.org", "a(b)@example.org", "a,b@example.org", "a;b@example.org", "a:b@example.org"]
+    rng = random.Random(7)
+
+    def part(alphabet):
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+
+    odd = "@'\"()<>,;:\\[] !#%ä"  # a sprinkle of everything else
+    addresses += [part("ab.-_+'" + odd * (n % 2)) + "@" + part("ab.-" + odd * (n % 3 == 0)) for n in range(3000)]
+    for address in addresses:
+        assert quoted(address) == quoteaddr(address), address
+    assert sum(bool(PLAIN_ADDRESS.fullmatch(a)) for a in addresses) > 300  # the fast path was taken, and agreed

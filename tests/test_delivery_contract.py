@@ -56,6 +56,13 @@ def test_without_bcc_drops_only_the_bcc_header_and_its_folded_lines():
     assert kept["To"] == "to@example.org" and kept["Subject"] == "Subject"
 
 
+def test_a_message_without_bcc_is_transmitted_as_stored():
+    envelope = Envelope.of(_message())
+    assert envelope.without_bcc() == envelope.raw
+    named = Envelope.of(build_message(SENDER, ["to@example.org"], "Bcc: is only a word here", "Body\n"))
+    assert named.without_bcc() == named.raw
+
+
 def test_needs_utf8_only_for_a_non_ascii_address():
     assert not Envelope.of(_message()).needs_utf8
     message = build_message(SENDER, ["jörg@example.org"], "Grüße", "Hallo\n")

@@ -186,8 +186,11 @@ def lock_portal(portal) -> None:
 
 
 def release() -> None:
-    """End the transaction and give the connection back before network I/O (loaded objects stay)."""
-    session().commit()
+    """End the transaction and give the connection back before network I/O (loaded objects stay);
+    nothing to do when there is none and no change waits to be written."""
+    db_session = session()
+    if db_session.in_transaction() or db_session.dirty:
+        db_session.commit()
 
 
 LOCK_ALL_KEY = 0x4D61696C726F6F6D  # "Mailroom": the advisory lock of lock_all on PostgreSQL

@@ -1,7 +1,7 @@
 """Delivering claimed messages: the one place where queued mail leaves Mailroom.
 
-One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 2,
-4, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
+One delivery job (a Run) claims a batch of due messages of one portal (its message first; 1, 4,
+16, ... up to CLAIM_BATCH in one statement), sends each and records its outcome, and goes on with the next
 batch of the same portal over the connections it opened, up to DELIVERY_BATCH messages:
 consecutive messages to a server share one connection, and so do the thread's consecutive jobs
 (kept.py: its connections are kept for its next job, a few seconds). The portal and its servers
@@ -58,7 +58,8 @@ from .times import aware
 
 log = logging.getLogger(__name__)
 
-CLAIM_BATCH = 20  # messages a run claims in one statement (their lease renewed while they wait)
+CLAIM_BATCH = 50  # messages a run claims in one statement (their lease renewed while they wait)
+CLAIM_GROWTH = 4  # each batch of a run this many times the one before, up to CLAIM_BATCH
 MESSAGE_STEPS = frozenset({"Message", "MAIL FROM", "RCPT TO", "DATA"})  # failures there concern the message
 UNREADABLE = "the stored secret cannot be read with the configured keys: enter it again and save"
 
@@ -87,12 +88,13 @@ class Run:
         self.open: dict[int, OpenConnection] = {}  # server id -> its connection
         self.waiting: list[OutboundMail] = []  # claimed in the current batch, not tried yet
         self.claimed_at = 0.0  # monotonic(): when the waiting messages' lease was last written
-        self.claim_size = 1  # doubled at each batch up to CLAIM_BATCH
+        self.claim_size = 1  # grows by CLAIM_GROWTH at each batch up to CLAIM_BATCH
         self.servers: dict[tuple, tuple[Portal, list[MailServer]]] = {}  # read once per batch
+        self.writer = outcomes.Writer()  # the run's outcomes go through a connection of its own
 
     def run(self, mail_id: int | None = None) -> bool:
         """Deliver `mail_id` (or else the next due message), then more of its portal over the
-        same connections, claimed in batches of 1, 2, 4, ... up to CLAIM_BATCH (so that a few
+        same connections, claimed in batches of 1, 4, 16, ... up to CLAIM_BATCH (so that a few
         messages due at once are shared among the worker's threads, and a long drain costs one
         claim per CLAIM_BATCH). True when the run's DELIVERY_BATCH was full (more may be due: go
         on in a new job)."""
@@ -116,6 +118,7 @@ class Run:
                 db.session().rollback()  # what an error left half done (every outcome commits where it is written)
                 claims.give_back(self.waiting, self.owner)
                 self.waiting = []
+            self.writer.close()
             self._let_go()
         return False
 
@@ -125,7 +128,7 @@ class Run:
         self.waiting = claims.claim_batch(self.owner, self.settings.lease, min(self.claim_size, room), mail_id,
                                           portal_id)
         self.claimed_at = monotonic()
-        self.claim_size = min(self.claim_size * 2, CLAIM_BATCH)
+        self.claim_size = min(self.claim_size * CLAIM_GROWTH, CLAIM_BATCH)
         self.servers.clear()
 
     def _keep_waiting(self) -> None:
@@ -137,6 +140,7 @@ class Run:
         self.claimed_at = monotonic()
 
     def close(self) -> None:
+        self.writer.close()
         for server_id in list(self.open):
             self._drop(server_id)
         for server_id in list(self.idle):
@@ -158,7 +162,7 @@ class Run:
 
     def deliver(self, mail: OutboundMail) -> None:
         """One attempt for one claimed message: its outcome is recorded before this returns."""
-        attempt = _Attempt(mail, self.settings)
+        attempt = _Attempt(mail, self.settings, self.writer)
         if mail.raw is None:
             return attempt.fail(self.owner, "the message's body was deleted (retention) before it could be sent")
         if attempt.now >= attempt.expires:
@@ -306,8 +310,9 @@ class Run:
             reason = f"“{server.label}” refuses its credentials: {held_reason(server)}"
         else:
             server, reason = None, "the portal has no enabled mail server"
-        outcomes.finish(mail, self.owner, [], state=MailState.HELD, last_error=f"held: {reason}"[:1000],
-                        server_id=server.id if server else mail.server_id, expires_at=attempt.expires)
+        outcomes.finish(mail, self.owner, [], self.writer, state=MailState.HELD,
+                        last_error=f"held: {reason}"[:1000], server_id=server.id if server else mail.server_id,
+                        expires_at=attempt.expires)
         log.info("mail %s held: %s", mail.id, reason)
         notices.held(portal, "mail is held", reason)
 
@@ -315,8 +320,8 @@ class Run:
 class _Attempt:
     """One attempt of one message: its recipients' outcomes and the servers tried so far."""
 
-    def __init__(self, mail: OutboundMail, settings: DeliverySettings):
-        self.mail, self.settings = mail, settings
+    def __init__(self, mail: OutboundMail, settings: DeliverySettings, writer: outcomes.Writer | None = None):
+        self.mail, self.settings, self.writer = mail, settings, writer
         self.now = utcnow()
         self.expires = aware(mail.expires_at) or aware(mail.created_at) + settings.lifetime
         self.recipients = [dict(r) for r in mail.recipients]
@@ -386,7 +391,7 @@ class _Attempt:
     def fail(self, owner: str, reason: str) -> None:
         for address in self.pending():
             self._set(address, FAILED, None, reason)
-        outcomes.finish(self.mail, owner, [], state=MailState.FAILED, recipients=self.recipients,
+        outcomes.finish(self.mail, owner, [], self.writer, state=MailState.FAILED, recipients=self.recipients,
                         last_error=reason[:1000], expires_at=self.expires)
         log.info("mail %s failed: %s", self.mail.id, reason)
 
@@ -408,7 +413,7 @@ class _Attempt:
                 f"{len(failed)} recipient(s) refused: {failed[0]['reply']}" if state == MailState.SENT
                 else last.reply if last else "the message has no recipients")
             values.update(state=state, last_error=error[:1000], last_code=last.code if last else None)
-            outcomes.finish(mail, owner, self.tried, **values)
+            outcomes.finish(mail, owner, self.tried, self.writer, **values)
             log.info("mail %s %s via %s: %s", mail.id, state, last.server_label if last else "-",
                      last.reply if last else "")
             return
@@ -420,14 +425,14 @@ class _Attempt:
             reason = (self._refused_for_now() if self.via is not None else str(self.deferred))
             values.update(state=MailState.QUEUED, next_attempt_at=at, last_error=reason[:1000],
                           last_code=last.code if last else None)
-            outcomes.finish(mail, owner, self.tried, **values)
+            outcomes.finish(mail, owner, self.tried, self.writer, **values)
             log.info("mail %s deferred until %s: %s", mail.id, at.strftime("%H:%M:%S"), reason)
             return
         if self.busy:
             at = min(self.busy_until(), self.expires)
             if self.tried:  # a server refused the credentials, another one was busy
                 values.update(state=MailState.QUEUED, next_attempt_at=at, last_error=self.busy[0].reason)
-                waiting = outcomes.finish(mail, owner, self.tried, **values)
+                waiting = outcomes.finish(mail, owner, self.tried, self.writer, **values)
             else:
                 waiting = claims.put_back(mail, owner, at, last_error=f"waiting: {self.busy[0].reason}"[:1000])
             if waiting:  # the runs holding the connections may end before it is due
@@ -436,7 +441,7 @@ class _Attempt:
         reason = self.held_reason or "no server can take it"
         values.pop("attempts", None)  # held mail keeps its attempts
         values.update(state=MailState.HELD, last_error=f"held: {reason}"[:1000], last_code=last.code if last else None)
-        outcomes.finish(mail, owner, self.tried, **values)
+        outcomes.finish(mail, owner, self.tried, self.writer, **values)
         log.info("mail %s held: %s", mail.id, reason)
 
     def busy_until(self) -> datetime | None:

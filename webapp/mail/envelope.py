@@ -61,6 +61,8 @@ class Envelope:
     def without_bcc(self) -> bytes:
         """The bytes SMTP transmits: the same message without its Bcc header (and its folded lines)."""
         head, separator, body = self.raw.partition(b"\r\n\r\n")
+        if b"bcc:" not in head.lower():
+            return self.raw  # nearly every message: nothing to drop
         kept, skipping = [], False
         for line in head.split(b"\r\n"):
             if line[:1] in (b" ", b"\t"):

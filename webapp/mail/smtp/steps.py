@@ -27,6 +27,10 @@ PREFERRED_MECHANISMS = ("CRAM-MD5", "PLAIN", "LOGIN")  # smtplib's own order of 
 # in Windows' form (DOMAIN\user), which a mailbox address given for PLAIN or LOGIN often is not.
 LAST_RESORT = ("NTLM",)
 LEADING_DOT = re.compile(rb"(?m)^\.")
+# An address smtplib.quoteaddr gives back as it is, in angle brackets: a dot-atom local part and an
+# ASCII domain of letters, digits and hyphens (quoteaddr parses every address with the email package).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 
 
 def protect(s: Session) -> None:
@@ -262,8 +266,8 @@ def pipelined_mail_from(s: Session) -> Step:
     if "SMTPUTF8" in options:
         s.client.command_encoding = "utf-8"  # as smtplib's mail() does
     notify = "".join(f" {option}" for option in _notify(s))
-    s.client.pipeline([f"mail FROM:{quoteaddr(sender)}{''.join(f' {o}' for o in options)}",
-                       *(f"rcpt TO:{quoteaddr(r)}{notify}" for r in s.outgoing.recipients), "data"])
+    s.client.pipeline([f"mail FROM:{quoted(sender)}{''.join(f' {o}' for o in options)}",
+                       *(f"rcpt TO:{quoted(r)}{notify}" for r in s.outgoing.recipients), "data"])
     code, text = s.client.getreply()
     if code != 250:
         _read_refused_transaction(s, len(s.outgoing.recipients))
@@ -284,6 +288,11 @@ def pipelined_data(s: Session) -> Step:
     s.client.send(_dot_stuffed(s.outgoing.payload))
     code, text = s.client.getreply()
     return _message_reply(s, code, text)
+
+
+def quoted(address: str) -> str:
+    """smtplib.quoteaddr(address), without parsing the plain addresses nearly all mail has."""
+    return f"<{address}>" if PLAIN_ADDRESS.fullmatch(address) else quoteaddr(address)
 
 
 def _read_refused_transaction(s: Session, recipients_due: int) -> None:
