@@ -253,7 +253,9 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
                 raise
             return earlier
     delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
-    return OutboundMail(id=mail_id, **values)  # the stored row, outside the session: it has nothing left to write
+    # the stored row's values, to read: in no session, with nothing to write (model_construct: not the ORM's
+    # bookkeeping of every column, which the API's answer would pay for nothing)
+    return OutboundMail.model_construct(id=mail_id, **values)
 
 
 # One Core statement, compiled once: no unit of work for a row that is only inserted. Its id is SQLite's
