@@ -309,7 +309,8 @@ def store(portal_id: int, envelope: Envelope, submitter: Submitter, subject: str
     if subject is None:
         subject = str(envelope.message()["Subject"] or "")
     session = db.session()
-    mail_id = session.connection().execute(_INSERT, _values(portal_id, envelope, submitter, subject)).scalar_one()
+    values = _values(portal_id, envelope, submitter, subject)
+    mail_id = session.connection().execute(_INSERT, values).inserted_primary_key[0]
     session.commit()
     delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
     return mail_id
