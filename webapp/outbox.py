@@ -242,9 +242,9 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
         if earlier is not None:
             return earlier
     values = _build(portal, submission, submitter, idempotency_key)
-    with one_writer(db.engine()):  # the row and its job: the process's other writers wait on a lock, not on SQLite
+    with one_writer(db.engine()):  # the process's other writers wait on a lock, not on SQLite
         try:
-            mail_id = session.execute(_INSERT, values).scalar_one()
+            mail_id = session.connection().execute(_INSERT, values).inserted_primary_key[0]
             session.commit()
         except IntegrityError:
             session.rollback()
@@ -252,12 +252,16 @@ def submit(portal: Portal, submission: Submission, submitter: Submitter,
             if earlier is None:
                 raise
             return earlier
-        delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
-    return OutboundMail(id=mail_id, **values)  # the stored row, outside the session: it has nothing left to write
+    delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
+    # the stored row's values, to read: in no session, with nothing to write (model_construct: not the ORM's
+    # bookkeeping of every column, which the API's answer would pay for nothing)
+    return OutboundMail.model_construct(id=mail_id, **values)
 
 
-# One statement, compiled once: no unit of work for a row that is only inserted
-_INSERT = OutboundMail.__table__.insert().returning(OutboundMail.__table__.c.id)
+# One Core statement, compiled once: no unit of work for a row that is only inserted. Its id is SQLite's
+# last row id (no RETURNING: SQLite's write lock is held from the INSERT to the commit, and a row to
+# fetch in between is one more wait for the GIL while other threads hold it); PostgreSQL returns it.
+_INSERT = OutboundMail.__table__.insert()
 
 
 def _earlier(portal: Portal, submission: Submission, idempotency_key: str) -> OutboundMail | None:
@@ -305,7 +309,8 @@ def store(portal_id: int, envelope: Envelope, submitter: Submitter, subject: str
     if subject is None:
         subject = str(envelope.message()["Subject"] or "")
     session = db.session()
-    mail_id = session.connection().execute(_INSERT, _values(portal_id, envelope, submitter, subject)).scalar_one()
+    values = _values(portal_id, envelope, submitter, subject)
+    mail_id = session.connection().execute(_INSERT, values).inserted_primary_key[0]
     session.commit()
     delivery.wake([mail_id])  # after the commit: a worker that takes the job finds the row
     return mail_id
@@ -343,8 +348,10 @@ def _values(portal_id: int, envelope: Envelope, submitter: Submitter, subject: s
         expires_at=now + timedelta(hours=current_app.config["DELIVERY_LIFETIME_HOURS"]))
 
 
-# What _sender needs of the portal's servers with a From address, in the list's order (columns, not servers)
-_SENDING_SERVERS = select(MailServer.from_address, MailServer.sender_name, MailServer.reply_to, MailServer.enabled) \
+# What _sender needs, in one query: the portal's servers with a From address, in the list's order (columns,
+# not servers), each row with the sender ID of the submitter's owner (the same on every row)
+_SENDING_SERVERS = select(MailServer.from_address, MailServer.sender_name, MailServer.reply_to, MailServer.enabled,
+                          senders.SENDER_OF.label("own")) \
     .where(MailServer.portal_id == bindparam("portal_id"), MailServer.from_address != "") \
     .order_by(MailServer.position, MailServer.id)
 
@@ -353,15 +360,15 @@ def _sender(portal: Portal, submission: Submission, owner_id: int | None = None)
     """The From and the Reply-To. From: the submission's, if the portal allows it (a server's From or a
     sender ID); else the sender ID of the owner (an API key's), else the first enabled server's. Reply-To:
     the submission's, else that of the server whose From it is (a sender ID: the first enabled server's)."""
-    servers = db.session().execute(_SENDING_SERVERS, {"portal_id": portal.id}).all()
+    servers = db.session().connection().execute(_SENDING_SERVERS,
+                                                {"portal_id": portal.id, "owner_id": owner_id}).all()
     if not servers:
         raise Refused("from", "this portal has no mail server with a From address yet: an admin adds one under "
                               "Mail servers")
     default = next((s for s in servers if s.enabled), servers[0])
     if submission.from_ is None:
         server = default
-        own = senders.sender_of(portal, owner_id)
-        sender = Mailbox(own or server.from_address, server.sender_name)
+        sender = Mailbox(default.own or server.from_address, server.sender_name)
     else:
         sender = parse_mailbox(submission.from_)
         allowed = senders.allowed_from(portal)

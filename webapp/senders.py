@@ -108,6 +108,12 @@ def assign(actor: Actor, portal: Portal, membership: Membership, sender: SenderI
 DEFAULT = "the server's From"
 
 
+# sender_of() as a column another query can carry (the outbox reads it with the portal's servers, in one
+# query); parameters portal_id and owner_id (None: no user, no sender ID)
+SENDER_OF = select(SenderId.address).join(Membership, Membership.sender_id == SenderId.id).where(
+    Membership.portal_id == bindparam("portal_id"), Membership.user_id == bindparam("owner_id")).scalar_subquery()
+
+
 def sender_of(portal: Portal, user_id: int | None) -> str | None:
     """The sender ID assigned to this user in this portal, or None (no member, or none assigned)."""
     if user_id is None:

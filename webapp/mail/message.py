@@ -20,6 +20,7 @@ from email.header import Header
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from functools import lru_cache
 
 from . import simple_mime
 from .config import Sender
@@ -115,8 +116,10 @@ def sample_text(portal_name: str, server_label: str, now: datetime) -> tuple[str
     return subject, text
 
 
+@lru_cache(maxsize=4096)
 def parse_address(text: str, name: str = "") -> Address:
-    """'Jane <jane@bücher.example>' or 'jane@bücher.example' -> Address with an ASCII domain."""
+    """'Jane <jane@bücher.example>' or 'jane@bücher.example' -> Address with an ASCII domain. (Addresses
+    recur, and an Address cannot be changed: each is parsed once per process.)"""
     display_name, addr_spec = parseaddr(text.strip())
     local, at, domain = addr_spec.rpartition("@")
     if not (local and at and domain):
