@@ -51,3 +51,28 @@ def test_a_secret_spread_over_white_space_and_case_is_still_hidden():
     text = "535 rejected: " + " ".join(SECRET.upper()) + " (try again)"
     assert redactor.clean(text) == f"535 rejected: {REDACTED} (try again)"
     assert redactor.clean("250 2.0.0 OK queued") == "250 2.0.0 OK queued"
+
+
+def _fold_by_character(text: str) -> str:
+    return "".join(low if len(low := ch.lower()) == 1 else ch for ch in text)
+
+
+@given(st.one_of(texts, st.text(alphabet=st.characters(max_codepoint=127))))
+@settings(max_examples=300, deadline=None)
+def test_fold_keeps_one_character_for_one(text):
+    """The ASCII shortcut of _fold folds exactly as the character-by-character rule."""
+    assert _fold(text) == _fold_by_character(text)
+    assert len(_fold(text)) == len(text)
+
+
+def test_a_secret_added_again_changes_nothing_and_stays_hidden():
+    """A kept SMTP session hands its redactor to the next message's session, which adds the
+    token again: the second add is a no-op and the token is still redacted."""
+    token = "ya29.A0ARrdaM-" + "Zq9x_Ty" * 150
+    redactor = Redactor(["hunter2-hunter2"])
+    redactor.add(token)
+    needles = dict(redactor._needles)
+    redactor.add(token)
+    assert redactor._needles == needles
+    assert token not in redactor.clean(f"535 5.7.8 token {token} expired")
+    assert REDACTED in redactor.clean(f"535 5.7.8 token {token} expired")

@@ -50,6 +50,8 @@ class Redactor:
         if len(secret) < MIN_SECRET:
             self.blind = True
             return
+        if _fold(secret) in self._needles:  # added before (a kept session's token, message after message)
+            return
         for form in text_forms(secret):
             self._needles.setdefault(_fold(form), False)
         for form in base64_forms(secret.encode("utf-8")):
@@ -97,7 +99,7 @@ class Redactor:
         if not self._needles or not text:
             return []
         squeezed = "".join(text.split())  # str.split() splits where str.isspace() is true, as `kept` below
-        squeezed = squeezed.lower() if squeezed.isascii() else _fold(squeezed)  # ASCII folds one for one
+        squeezed = _fold(squeezed)
         if not any(needle in squeezed for needle in self._needles):
             return []  # the usual case, found without a step per character
         kept = [i for i, ch in enumerate(text) if not ch.isspace()]
@@ -124,6 +126,8 @@ class Redactor:
 
 def _fold(text: str) -> str:
     """Lower case, one character for one (so positions in the folded text are the original's)."""
+    if text.isascii():  # str.lower() maps each ASCII character to one: the usual case, without a step per character
+        return text.lower()
     return "".join(low if len(low := ch.lower()) == 1 else ch for ch in text)
 
 

@@ -41,15 +41,18 @@ class Session:
     tls_handshake: object = None  # client_cert.Handshake of the last TLS handshake (None: cannot tell)
 
     @classmethod
-    def start(cls, config: ServerConfig) -> "Session":
+    def start(cls, config: ServerConfig, redactor: Redactor | None = None) -> "Session":
+        """`redactor`: that of the session sending the previous message over the same connection,
+        which already knows this configuration's secrets and the token."""
         if not isinstance(config.settings, SmtpSettings):
             raise TypeError("this server configuration has no SMTP settings")
         from .failures import EXPECTED, explain
 
-        password = getattr(config.auth, "password", "")
-        others = [getattr(config.network.proxy, "password", ""), getattr(config.receiver, "password", "")]
-        session = cls(config=config, settings=config.settings, deadline=Deadline(config.timeout),
-                      redactor=Redactor([password, *(other for other in others if other)]))
+        if redactor is None:
+            password = getattr(config.auth, "password", "")
+            others = [getattr(config.network.proxy, "password", ""), getattr(config.receiver, "password", "")]
+            redactor = Redactor([password, *(other for other in others if other)])
+        session = cls(config=config, settings=config.settings, deadline=Deadline(config.timeout), redactor=redactor)
         session.attempt = Attempt(session.report, session.redactor,
                                   lambda name, error: explain(name, error, session) if isinstance(error, EXPECTED)
                                   else None)

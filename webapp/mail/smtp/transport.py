@@ -117,7 +117,7 @@ class SmtpConnection:
         return _receipt(session)
 
     def _send(self, envelope: Envelope) -> Session:
-        session = Session.start(self.config)
+        session = Session.start(self.config, self._session.redactor if self._session else None)
         with _conversation(session, keep=True):
             _step(session, "Message", lambda s: steps.prepare(s, envelope))
             steps.protect(session)
