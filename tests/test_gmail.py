@@ -253,3 +253,24 @@ def test_rate_limits_are_temporary_with_googles_retry_time(app, admin, gmail, ke
         assert 100 < limited.value.retry_after <= 120
     else:
         assert limited.value.retry_after is None
+
+
+def test_consecutive_messages_share_one_kept_connection(app, admin, gmail, key):
+    """A worker's messages to one Gmail server go over one HTTPS connection (keep-alive), the
+    token fetched once and then taken from the cache."""
+    from webapp import checks, db
+    from webapp.mail.transport import open_connection
+    from webapp.models import MailServer, Portal
+
+    server = save(app, admin, gmail_form(gmail, key))
+    with app.app_context():
+        config = checks.config_for(db.session().get(Portal, server.portal_id), db.session().get(MailServer, server.id))
+        connection = open_connection(config)
+        try:
+            receipts = [connection.send(envelope_of()) for _ in range(3)]
+        finally:
+            connection.close()
+    assert all(receipt.message_id for receipt in receipts)
+    sends = [r for r in gmail.requests if r.path.endswith("/messages/send")]
+    assert [r.status for r in sends] == [200, 200, 200]
+    assert len({r.client for r in sends}) == 1

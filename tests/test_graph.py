@@ -2,6 +2,7 @@
 checks each bearer token with the real authorization server (tests/peers/oauth.py) and holds
 Exchange's permission model; mail goes in Graph's MIME form, the stored bytes as they are."""
 import re
+import time
 from email.message import EmailMessage
 
 import pytest
@@ -10,7 +11,7 @@ from webapp import checks, db
 from webapp.mail.envelope import Envelope
 from webapp.mail.options import CustomHeader, Importance, MessageOptions, apply
 from webapp.mail.report import DeliveryError
-from webapp.mail.transport import send_message
+from webapp.mail.transport import open_connection, send_message
 from webapp.models import MailServer, Portal
 
 from .test_oauth import (CLIENT_ID, CLIENT_SECRET, MAILBOX, OWNER_PASSWORD, REDIRECT_URI, TENANT, at_the_provider,
@@ -130,6 +131,33 @@ def test_the_stored_bytes_go_out_html_attachments_bcc_and_all(app, admin, author
     assert [part.get_filename() for part in mail.iter_attachments()] == ["invoice.pdf"]
     assert graph.sent[0].recipients == ["jane@example.org", "hidden@example.org"]
     assert [r.address for r in first.recipients] == ["jane@example.org", "hidden@example.org"]
+
+
+def test_consecutive_messages_share_one_kept_connection(app, admin, authority, graph, test_ca_file):
+    """As SMTP keeps its session, a worker's messages to one Graph server go over one HTTPS
+    connection (keep-alive), each under its own deadline; after a failed message the next one
+    starts on a new connection."""
+    server = save(app, admin, graph_form(authority, graph, timeout="2"))
+    authorize(admin, server, test_ca_file)
+    with app.app_context():
+        config = checks.config_for(db.session().get(Portal, server.portal_id), db.session().get(MailServer, server.id))
+        connection = open_connection(config)
+        try:
+            assert connection.send(rich_envelope()).reply == "202 Accepted"
+            assert connection.send(rich_envelope()).reply == "202 Accepted"
+            time.sleep(2.2)  # the first message's deadline is over: the kept connection serves the next one's
+            assert connection.send(rich_envelope()).reply == "202 Accepted"
+            graph.throttle(1, retry_after=3)
+            with pytest.raises(DeliveryError):
+                connection.send(rich_envelope())
+            assert connection.send(rich_envelope()).reply == "202 Accepted"
+        finally:
+            connection.close()
+    sends = [r for r in graph.requests if r.path.endswith("/sendMail")]
+    assert [r.status for r in sends] == [202, 202, 202, 429, 202]
+    assert len({r.client for r in sends[:2]}) == 1  # one connection for consecutive messages
+    assert sends[4].client != sends[3].client  # a new one after the failure
+    assert len(graph.sent) == 4
 
 
 def test_a_message_graph_cannot_carry_is_refused_before_sending(app, admin, authority, graph, test_ca_file):

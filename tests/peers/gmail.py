@@ -9,7 +9,7 @@ Import the fixture into the test module (it needs `test_ca` from tests/peers/tls
         peer = gmail_peer(verifier, users={"sender@example.test"})
         peer.url                 # "https://127.0.0.1:<port>", in place of https://gmail.googleapis.com
         peer.sent                # [GmailSentMail(mailbox, mime, raw, sub, id, thread_id, sent_from, upload)]
-        peer.requests            # [PeerRequest(method, path, status, auth_scheme)]; never the token
+        peer.requests            # [PeerRequest(method, path, status, auth_scheme, client)]; never the token
         peer.add_alias("sender@example.test", "desk@example.test", verified=True)   # a send-as alias
         peer.throttle(2, retry_after=3, reason="userRateLimitExceeded")   # the next 2 requests are refused
         peer.stop()              # also done at teardown
@@ -64,7 +64,7 @@ from email.utils import formataddr, getaddresses
 import pytest
 from flask import Flask, Response, request
 
-from tests.peers.graph import PeerRequest, auth_scheme, stop_quickly
+from tests.peers.graph import PeerRequest, auth_scheme, client_of, stop_quickly
 from tests.peers.https import HttpsPeer
 from tests.peers.tls import server_context
 
@@ -183,7 +183,7 @@ class GmailPeer:
         self._rate_reason = "429"
         self._history_id = 1000
         self.app = self._make_app()
-        self._server = HttpsPeer(self.app, context)
+        self._server = HttpsPeer(self.app, context, keep_alive=True)  # as the Gmail API does (HTTP/1.1)
         self.url = self._server.url
 
     # --- controls ---------------------------------------------------------------
@@ -238,7 +238,7 @@ class GmailPeer:
 
     def _after(self, response: Response) -> Response:
         self.requests.append(PeerRequest(request.method, request.path, response.status_code,
-                                         auth_scheme(request.headers.get("Authorization"))))
+                                         auth_scheme(request.headers.get("Authorization")), client_of(request)))
         return response
 
     @staticmethod

@@ -11,7 +11,7 @@ Import the fixture into the test module (it needs `test_ca` from tests/peers/tls
         peer.url                 # "https://127.0.0.1:<port>", the Graph root (the API is under /v1.0)
         peer.sent                # [GraphSentMail(mailbox, json, mime, save_to_sent_items, sub, client_id, app_only,
                                  #                recipients, sender)]
-        peer.requests            # [PeerRequest(method, path, status, auth_scheme)]; never the token
+        peer.requests            # [PeerRequest(method, path, status, auth_scheme, client)]; never the token
         peer.throttle(2, retry_after=3)   # the next 2 requests get 429 ApplicationThrottled, Retry-After: 3
         peer.stop()              # also done at teardown
 
@@ -128,6 +128,7 @@ class PeerRequest:
     path: str
     status: int
     auth_scheme: str | None
+    client: tuple = ()  # the client's address and port: requests over one kept connection share it
 
 
 @dataclass
@@ -163,6 +164,10 @@ def stop_quickly(server: HttpsPeer) -> None:
         except OSError:
             pass
         stopper.join(0.02)
+
+
+def client_of(request) -> tuple:
+    return request.environ.get("REMOTE_ADDR"), request.environ.get("REMOTE_PORT")
 
 
 def auth_scheme(header: str | None) -> str | None:
@@ -343,7 +348,7 @@ class GraphPeer:
         self._throttled = 0
         self._retry_after = 2
         self.app = self._make_app()
-        self._server = HttpsPeer(self.app, context)
+        self._server = HttpsPeer(self.app, context, keep_alive=True)  # as Graph does (HTTP/1.1)
         self.url = self._server.url
 
     # --- controls ---------------------------------------------------------------
@@ -402,7 +407,7 @@ class GraphPeer:
         response.headers["request-id"] = g.get("request_id", "")
         response.headers["client-request-id"] = g.get("client_request_id", "")
         self.requests.append(PeerRequest(request.method, request.path, response.status_code,
-                                         auth_scheme(request.headers.get("Authorization"))))
+                                         auth_scheme(request.headers.get("Authorization")), client_of(request)))
         return response
 
     def _error_response(self, error: GraphError) -> Response:

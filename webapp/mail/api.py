@@ -26,17 +26,56 @@ from .redact import NOT_SHOWN, Redactor
 from .report import Outcome, RecipientOutcome, Report, Step, StepFailed
 
 
+class Kept:
+    """What one message's ApiCall leaves to the next one to the same server: the HTTP session, whose
+    connections stay open (keep-alive, as SMTP keeps its session), and the redactor, which knows the
+    token. Each message still runs under its own deadline. A failed call drops the session."""
+
+    def __init__(self):
+        self.session: requests.Session | None = None
+        self.redactor: Redactor | None = None
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        self.session = self.redactor = None
+
+
+class ApiConnection:
+    """A mail.transport Connection for an HTTP API transport whose send() takes `kept`."""
+
+    def __init__(self, transport, config: ServerConfig):
+        self.transport, self.config, self.kept = transport, config, Kept()
+
+    def send(self, envelope: Envelope):
+        return self.transport.send(self.config, envelope, self.kept)
+
+    def close(self) -> None:
+        self.kept.close()
+
+
 class ApiCall(Attempt):
-    def __init__(self, config: ServerConfig):
-        super().__init__(Report(transcript_name="HTTP requests"), Redactor())
-        self.config = config
+    def __init__(self, config: ServerConfig, kept: Kept | None = None):
+        super().__init__(Report(transcript_name="HTTP requests"),
+                         kept.redactor if kept is not None and kept.redactor is not None else Redactor())
+        self.config, self.kept = config, kept
         self.deadline = Deadline(config.timeout)
-        self.session = http.session(config.network, self.deadline)
+        if kept is None or kept.session is None:
+            self.session = http.session(config.network, self.deadline)
+        else:
+            self.session = http.rebind(kept.session, self.deadline)
         self.token = ""
 
     def __exit__(self, kind, error, traceback) -> bool:
-        self.session.close()
-        return super().__exit__(kind, error, traceback)
+        handled = super().__exit__(kind, error, traceback)
+        if self.kept is None:
+            self.session.close()
+        elif kind is None and self.report.ok:
+            self.kept.session, self.kept.redactor = self.session, self.redactor
+        else:  # the connection may be in any state: the next message starts afresh
+            self.session.close()
+            self.kept.close()
+        return handled
 
     def bearer(self, may_send=None, grant: str = "") -> Step:
         """The Token step: the access token goes into the Authorization header (never the report).
@@ -56,6 +95,7 @@ class ApiCall(Attempt):
 
     def request(self, method: str, url: str, what: str = "", **kwargs) -> requests.Response:
         response = self.session.request(method, url, **kwargs)
+        response.content  # noqa: B018 - read to its end (bounded), so the connection can serve the next request
         http.record(self.report.transcript, response, what)
         return response
 

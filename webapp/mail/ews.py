@@ -178,7 +178,7 @@ class EwsCall(ApiCall):
                              "check the address and this machine's network") from None
         sock, context = connection.sock, self.context
         try:
-            http._watch(sock, self.deadline)  # noqa: SLF001  (a trickling server cannot outlast the deadline)
+            http._watch(sock, self)  # noqa: SLF001  (a trickling server cannot outlast the deadline)
             sock.settimeout(self.deadline.left())
             with context.wrap_socket(sock, server_hostname=self.host) as tls:
                 step = handshake_result(tls, verified=True)

@@ -36,7 +36,7 @@ from urllib.parse import quote
 import requests
 
 from . import proxy, smime
-from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
+from .api import ApiCall, ApiConnection, Kept, accepted_all, json_of, retry_after, retry_seconds
 from .deadline import DeadlineExceeded
 from .egress import EgressRefused
 from .envelope import Envelope
@@ -80,8 +80,11 @@ class GmailTransport(Gmail):
         call.report.passed_summary = "Google gives a token for the mailbox and the Gmail API accepts it."
         return call.report
 
-    def send(self, config, envelope: Envelope) -> Receipt:
-        call = GmailCall(config)
+    def open(self, config) -> ApiConnection:
+        return ApiConnection(self, config)
+
+    def send(self, config, envelope: Envelope, kept: Kept | None = None) -> Receipt:
+        call = GmailCall(config, kept)
         with call:
             envelope = replace(envelope, raw=smime.protected(call.run, config.smime, envelope.raw, envelope.recipients))
             call.run("Message", lambda: _prepare(envelope))

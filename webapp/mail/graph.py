@@ -32,7 +32,7 @@ from email.utils import getaddresses
 from urllib.parse import quote
 
 from . import proxy, smime
-from .api import ApiCall, accepted_all, json_of, retry_after, retry_seconds
+from .api import ApiCall, ApiConnection, Kept, accepted_all, json_of, retry_after, retry_seconds
 from .auth import BearerAuth
 from .envelope import Envelope
 from .graph_protocol import Graph
@@ -57,8 +57,11 @@ class GraphTransport(Graph):
         call.report.passed_summary = "Microsoft Graph accepts the token and knows the mailbox."
         return call.report
 
-    def send(self, config, envelope: Envelope) -> Receipt:
-        call = ApiCall(config)
+    def open(self, config) -> ApiConnection:
+        return ApiConnection(self, config)
+
+    def send(self, config, envelope: Envelope, kept: Kept | None = None) -> Receipt:
+        call = ApiCall(config, kept)
         body = bytearray()
         mime = b""
 

@@ -66,13 +66,13 @@ class EgressAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
-        network, deadline = self.network, self.deadline
+        adapter = self  # its deadline is that of the message under way (rebind)
 
         def new_conn(conn):
-            return _checked_connection(conn, network, deadline)
+            return _checked_connection(conn, adapter)
 
         def new_plain_conn(conn):
-            return _checked_connection(conn, network, deadline, loopback_only=True)
+            return _checked_connection(conn, adapter, loopback_only=True)
 
         http = type("CheckedHTTPConnection", (HTTPConnection,), {"_new_conn": new_plain_conn})
         https = type("CheckedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn})
@@ -178,9 +178,10 @@ class BoundedResponse(HTTPResponse):
             raise DeadlineExceeded("no answer in time") from None
 
 
-def _checked_connection(conn, network: Network, deadline: Deadline, loopback_only: bool = False) -> socket.socket:
+def _checked_connection(conn, adapter: EgressAdapter, loopback_only: bool = False) -> socket.socket:
     """Directly to a checked address, or through the server's proxy (mail/proxy.py); a proxy's
     refusal becomes a connection error whose reason is the refusal in words."""
+    network, deadline = adapter.network, adapter.deadline
     addresses = proxy.targets(network, conn.host, conn.port, deadline)
     if loopback_only:
         if addresses is None and not on_this_machine(conn.host):
@@ -195,7 +196,7 @@ def _checked_connection(conn, network: Network, deadline: Deadline, loopback_onl
     except (proxy.ProxyFailed, OSError) as error:
         failure = error
     else:
-        _watch(sock, deadline)
+        _watch(sock, adapter)
         return sock
     reason = _one_reason(failure) if isinstance(failure, proxy.ProxyFailed) else failure
     raise NewConnectionError(conn, f"Failed to establish a new connection: {reason}")  # no chain: reason() reads this
@@ -206,20 +207,23 @@ def _one_reason(failure: "proxy.ProxyFailed") -> str:
     return f"{failure.summary}; {failure.hint}".replace(": ", ", ")
 
 
-def _watch(sock: socket.socket, deadline: Deadline) -> None:
-    """Close the connection when the deadline is over, even if the server keeps trickling bytes."""
-    def close():
+def _watch(sock: socket.socket, holder) -> None:
+    """Close the connection when `holder.deadline` is over, even if the server keeps trickling bytes.
+    A kept connection's deadline moves on with each message (rebind): the watch waits for the new one."""
+    def close_when_over():
         try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    try:
-        timer = threading.Timer(deadline.left(), close)
-    except DeadlineExceeded:
-        close()
-        return
-    timer.daemon = True
-    timer.start()
+            left = holder.deadline.left()
+        except DeadlineExceeded:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        timer = threading.Timer(left, close_when_over)
+        timer.daemon = True
+        timer.start()
+
+    close_when_over()
 
 
 def mount(session: requests.Session, network: Network, deadline: Deadline,
@@ -234,6 +238,14 @@ def mount(session: requests.Session, network: Network, deadline: Deadline,
 
 def session(network: Network, deadline: Deadline, limit: int = ANSWER_LIMIT) -> requests.Session:
     return mount(requests.Session(), network, deadline, limit)
+
+
+def rebind(session: requests.Session, deadline: Deadline) -> requests.Session:
+    """The session's kept connections now serve a request under `deadline` (the next message's)."""
+    for adapter in session.adapters.values():
+        if isinstance(adapter, EgressAdapter):
+            adapter.deadline = deadline
+    return session
 
 
 def record(transcript: list[str], response: requests.Response, what: str = "") -> None:
