@@ -24,7 +24,7 @@ from .delivery.health import RELEASE_STATE, anything_to_release
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, client_cert_from, destination_for,
                           saved_client_cert, saved_receiver, side_password)
 from .addresses import normalize_address
-from .mail import arrival, presets
+from .mail import arrival, destinations, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
@@ -141,13 +141,15 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
 
 def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limit: int, provider: dict) -> Report:
     """The server's check, with the Deliverability section (DNS lookups) asked at the same time in
-    another thread (_meanwhile). Busy when too many checks run already; no database connection is
-    held meanwhile."""
+    another thread (_meanwhile); when the egress policy refuses several of the settings' destinations,
+    one step names them all instead, and nothing is connected to. Busy when too many checks run
+    already; no database connection is held meanwhile."""
     with slots().hold(portal.id, server_id, limit):
         addresses = addresses_to_check(portal, config)  # read here: the thread has no database
         db.release()
         deliverability = _meanwhile(_deliverability, config, provider, resolver(), addresses)
-        report = transport_for(config.protocol).check(config)
+        refused = destinations.refused_step(config, Deadline(config.timeout), provider.get("token_url", ""))
+        report = Report(steps=[refused]) if refused else transport_for(config.protocol).check(config)
         report.sections.append(deliverability.result())
         return report
 
