@@ -3,7 +3,7 @@ notices, with the worker run in this process against real SMTP peers."""
 import re
 from datetime import timedelta
 
-from webapp import db, mailservers
+from webapp import checks, db, mailservers
 from webapp.audit import COMMAND_LINE
 from webapp.credentials import CredentialValues
 from webapp.delivery import health, notices
@@ -188,6 +188,35 @@ def test_refused_credentials_hold_the_mail_and_saving_new_ones_releases_it(outbo
     outbox.run(mail_id)
     assert {outbox.mail(i).state for i in (mail_id, second, notice.id)} == {MailState.SENT}
     assert len(peer.messages) == 3 and outbox.mail(mail_id).attempts == 1  # the notice went out once it could
+
+
+def test_a_passed_check_of_the_saved_settings_releases_the_held_mail_and_a_failed_one_does_not(outbox, make,
+                                                                                                   smtp_peer):
+    portal = _portal(make)
+    live, stopped = smtp_peer("plain"), smtp_peer("plain")
+    stopped.stop()
+    server = make.server(portal, settings=smtp_settings(stopped))
+    mail_id = outbox.queue(portal, state=MailState.HELD)
+    with outbox.app.app_context():
+        row = db.session().get(MailServer, server.id)
+        row.held_since, row.held_reason = utcnow(), "535 authentication failed"
+        db.session().commit()
+
+    def check():
+        with outbox.app.test_request_context():
+            return checks.check(COMMAND_LINE, db.session().get(Portal, portal.id), db.session().get(MailServer, server.id))
+
+    assert not check().ok
+    assert outbox.mail(mail_id).state == MailState.HELD and outbox.server(server.id).held_since is not None
+    assert outbox.server(server.id).last_check_ok is False
+
+    with outbox.app.app_context():
+        row = db.session().get(MailServer, server.id)
+        row.settings = {**row.settings, "port": live.port}
+        db.session().commit()
+    assert check().ok
+    assert outbox.mail(mail_id).state == MailState.QUEUED and outbox.server(server.id).held_since is None
+    assert outbox.server(server.id).last_check_ok is True
 
 
 def test_refused_credentials_with_an_alternate_send_via_the_alternate(outbox, make, smtp_peer):

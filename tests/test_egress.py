@@ -12,6 +12,8 @@ from webapp.mail.egress import EgressRefused, Network, Policy, Protected, parse_
 from webapp.models import AppSetting, Portal
 
 from .test_server_checks import peer_form
+from .test_graph import authority, graph, graph_form  # noqa: F401 - fixtures
+from .test_server_proxy_receiver import proxied_form
 
 DEFAULT = Policy()
 
@@ -204,3 +206,52 @@ def test_a_superadmin_allows_a_refused_destination_from_the_report(app, make, po
     blocked = boss.post("/p/help/servers/new/validate", {**form, "port": "2"}, htmx=True).text
     assert "loopback" in blocked and "for this portal</button>" not in blocked  # portal admins: no button
     assert boss.post("/p/help/egress/allow", {"rule": "127.0.0.1 2"}).status_code == 403
+
+
+def test_one_validate_names_every_refused_destination_and_one_allow_covers_them(app, make, portal, smtp_peer,
+                                                                               proxy_peer, default_policy):
+    smtp, proxy = smtp_peer("plain"), proxy_peer("socks5")
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    form = proxied_form(smtp, proxy)
+    refused = root.post("/p/help/servers/new/validate", form, htmx=True).text
+    assert "Validation failed at “Egress policy”:" in refused
+    assert "the egress policy refuses 2 destinations of these settings; nothing was sent to any of them" in refused
+    assert f"127.0.0.1 port {proxy.port}: 127.0.0.1 is a loopback address" in refused  # the proxy's reason
+    assert f"127.0.0.1 port {smtp.port}: 127.0.0.1 is a loopback address" in refused  # the server's, behind it
+    rules = [f"127.0.0.1 {proxy.port}", f"127.0.0.1 {smtp.port}"]
+    assert all(f'<input type="hidden" name="rule" value="{rule}">' in refused for rule in rules)
+    assert f"Allow {rules[0]} and {rules[1]} for this portal" in refused
+    assert "connected to" not in proxy.log() and smtp.sessions == 0  # neither was connected to
+    allowed = root.post("/p/help/egress/allow", {"rule": rules}, htmx=True)
+    assert allowed.status_code == 200 and f"This portal may now connect to {rules[0]} and {rules[1]}." in allowed.text
+    with app.app_context():
+        assert db.session().get(Portal, portal.id).egress_allow.splitlines() == rules
+    assert "All checks passed." in root.post("/p/help/servers/new/validate", form, htmx=True).text
+    assert f"connected to 127.0.0.1:{smtp.port}" in proxy.log()  # what the proxy notes of a tunnel
+
+
+def test_one_refused_destination_among_several_fails_the_step_that_meets_it(app, admin, portal, smtp_peer,
+                                                                          proxy_peer, default_policy):
+    smtp, proxy = smtp_peer("plain"), proxy_peer("socks5")
+    with app.app_context():
+        db.session().get(Portal, portal.id).egress_allow = f"127.0.0.1 {proxy.port}"
+        db.session().commit()
+    refused = admin.post("/p/help/servers/new/validate", proxied_form(smtp, proxy), htmx=True).text
+    assert "Validation failed at “Resolve host”:" in refused, refused
+    assert f"the egress policy refuses 127.0.0.1 port {smtp.port}: 127.0.0.1 is a loopback address" in refused
+
+
+def test_an_oauth_server_names_its_token_endpoint_and_its_api_at_once(app, make, portal, authority, graph,
+                                                                     default_policy):
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    form = graph_form(authority, graph, flow="app", scope="https://graph.microsoft.com/.default", authorize_url="")
+    refused = root.post("/p/help/servers/new/validate", form, htmx=True).text
+    assert "Validation failed at “Egress policy”:" in refused and "refuses 2 destinations" in refused
+    rules = [f"127.0.0.1 {graph.url.rpartition(':')[2]}", f"127.0.0.1 {authority.issuer.rpartition(':')[2]}"]
+    assert f"Allow {rules[0]} and {rules[1]} for this portal" in refused
+    assert graph.sent == [] and "✔ Token" not in refused and "✘ Token" not in refused  # no token was asked for
+    root.post("/p/help/egress/allow", {"rule": rules}, htmx=True)
+    after = root.post("/p/help/servers/new/validate", form, htmx=True).text
+    assert "Validation failed at “Mailbox”:" in after and "✔ Token" in after  # both reached; no admin consent yet

@@ -20,11 +20,11 @@ from sqlmodel import select, update
 from . import audit, db, delivery, network, senders
 from .slots import Busy, slots  # noqa: F401  (Busy: what the views catch)
 from .audit import Actor
-from .delivery.health import anything_to_release
+from .delivery.health import RELEASE_STATE, anything_to_release
 from .credentials import (CredentialValues, SecretUnreadable, SidePassword, auth_for, client_cert_from, destination_for,
                           saved_client_cert, saved_receiver, side_password)
 from .addresses import normalize_address
-from .mail import arrival, presets
+from .mail import arrival, destinations, presets
 from .mail.deadline import Deadline
 from .mail.dns import Resolver
 from .mail.config import Sender, ServerConfig
@@ -141,13 +141,15 @@ def check_draft(actor: Actor, portal: Portal, server: MailServer | None, columns
 
 def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limit: int, provider: dict) -> Report:
     """The server's check, with the Deliverability section (DNS lookups) asked at the same time in
-    another thread (_meanwhile). Busy when too many checks run already; no database connection is
-    held meanwhile."""
+    another thread (_meanwhile); when the egress policy refuses several of the settings' destinations,
+    one step names them all instead, and nothing is connected to. Busy when too many checks run
+    already; no database connection is held meanwhile."""
     with slots().hold(portal.id, server_id, limit):
         addresses = addresses_to_check(portal, config)  # read here: the thread has no database
         db.release()
         deliverability = _meanwhile(_deliverability, config, provider, resolver(), addresses)
-        report = transport_for(config.protocol).check(config)
+        refused = destinations.refused_step(config, Deadline(config.timeout), provider.get("token_url", ""))
+        report = Report(steps=[refused]) if refused else transport_for(config.protocol).check(config)
         report.sections.append(deliverability.result())
         return report
 
@@ -271,7 +273,7 @@ def read_arrival(portal: Portal, server: MailServer, message_id: str) -> arrival
 _REMEMBER = (update(MailServer).where(MailServer.id == bindparam("server_id"))
              .values({name: bindparam(name) for name in ("last_check_at", "last_check_ok", "last_check_kind",
                                                          "last_check_summary")})
-             .execution_options(synchronize_session=False))
+             .returning(*RELEASE_STATE).execution_options(synchronize_session=False))
 
 
 def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | None = None) -> None:
@@ -283,11 +285,11 @@ def remember(server: MailServer, report: Report, kind: str, receipt: Receipt | N
         summary = f"Sample mail accepted: {receipt.reply}" if receipt else "Sample mail accepted"
     else:
         summary = "All checks passed"
-    release = report.ok and anything_to_release(server)  # read first: the write below is the one commit
     values = {"last_check_at": utcnow(), "last_check_ok": report.ok, "last_check_kind": kind,
               "last_check_summary": summary[:500]}
-    db.session().execute(_REMEMBER, {"server_id": server.id, **values})
+    state = db.session().execute(_REMEMBER, {"server_id": server.id, **values}).first()
     db.session().commit()
+    release = report.ok and anything_to_release(state)
     for name, value in values.items():  # known on the loaded row too, not a change to write again
         set_committed_value(server, name, value)
     if release:

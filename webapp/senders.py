@@ -114,12 +114,15 @@ SENDER_OF = select(SenderId.address).join(Membership, Membership.sender_id == Se
     Membership.portal_id == bindparam("portal_id"), Membership.user_id == bindparam("owner_id")).scalar_subquery()
 
 
+_SENDER_OF = select(SenderId.address).join(Membership, Membership.sender_id == SenderId.id).where(
+    Membership.portal_id == bindparam("portal_id"), Membership.user_id == bindparam("owner_id"))
+
+
 def sender_of(portal: Portal, user_id: int | None) -> str | None:
     """The sender ID assigned to this user in this portal, or None (no member, or none assigned)."""
     if user_id is None:
         return None
-    return db.session().exec(select(SenderId.address).join(Membership, Membership.sender_id == SenderId.id).where(
-        Membership.portal_id == portal.id, Membership.user_id == user_id)).first()
+    return db.session().execute(_SENDER_OF, {"portal_id": portal.id, "owner_id": user_id}).scalar()
 
 
 _ALLOWED_ADDRESSES = union_all(

@@ -154,17 +154,18 @@ def recovered(server: MailServer, portal: Portal) -> None:
     current_app.extensions["mailroom.delivery"].wake(woken)
 
 
-_RELEASE_STATE = (select(MailServer.failing_since, MailServer.held_since, Portal.failover_since,
-                         select(OutboundMail.id).where(OutboundMail.portal_id == bindparam("portal_id"),
-                                                       OutboundMail.state == MailState.HELD).exists().label("held"))
-                  .join(Portal, Portal.id == MailServer.portal_id).where(MailServer.id == bindparam("server_id")))
+# Whether release_held(server) would change anything, as columns of any statement on the server's row:
+# the server marked failing or held, the portal in failover, held mail in the portal.
+RELEASE_STATE = (MailServer.failing_since, MailServer.held_since,
+                 select(Portal.failover_since).where(Portal.id == MailServer.portal_id).scalar_subquery()
+                 .label("failover_since"),
+                 select(OutboundMail.id).where(OutboundMail.portal_id == MailServer.portal_id,
+                                               OutboundMail.state == MailState.HELD).exists().label("held"))
 
 
-def anything_to_release(server: MailServer) -> bool:
-    """Whether release_held(server) would change anything: held mail in the portal, the server
-    marked failing or held, or the portal in failover. One query (after every passed Validate and
-    sample mail; release_held itself reads and commits three times to find out)."""
-    row = db.session().execute(_RELEASE_STATE, {"server_id": server.id, "portal_id": server.portal_id}).first()
+def anything_to_release(row) -> bool:
+    """`row`: RELEASE_STATE read with the server's row (checks.remember reads it in the UPDATE that
+    keeps a check's outcome: one statement before the one commit); None: the row is gone."""
     return row is None or row.failing_since is not None or row.held_since is not None \
         or row.failover_since is not None or bool(row.held)
 

@@ -69,6 +69,8 @@ REFUSED_DESTINATION = "Refused destination"  # the detail a report's reader can 
 
 
 REFUSED_HINT = "check the host and port (nothing was sent there); if they are right, the policy must allow them"
+REFUSED_ALL_HINT = ("check the hosts and ports (nothing was sent to any of them); if they are right, the policy must "
+                    "allow them all")
 
 
 def egress_details(refused: EgressRefused) -> list[tuple[str, str]]:

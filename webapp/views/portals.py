@@ -90,16 +90,18 @@ def egress(slug):
 @bp.post("/p/<slug>/egress/allow")
 @login_required
 def allow_destination(slug):
-    """From a refused Validate: a super-admin allows exactly that destination for this portal."""
+    """From a refused Validate: a super-admin allows exactly the destinations it names (`rule`, one or
+    more) for this portal."""
     portal = load_portal(slug, Role.ADMIN)
     require_superadmin()
-    rule = (request.form.get("rule") or "").strip()
+    rules = [rule.strip() for rule in request.form.getlist("rule")] or [""]
     try:
-        network.set_portal_rules(current_actor(), portal, "\n".join([*portal.egress_allow.splitlines(), rule]),
+        network.set_portal_rules(current_actor(), portal, "\n".join([*portal.egress_allow.splitlines(), *rules]),
                                  portal.egress_deny)
     except network.RulesInvalid:
         abort(400)
-    done = f"This portal may now connect to {rule}. Run Validate again."
+    named = f"{', '.join(rules[:-1])} and {rules[-1]}" if len(rules) > 1 else rules[0]
+    done = f"This portal may now connect to {named}. Run Validate again."
     if request.htmx:  # in place: the form being filled in stays as it is
         return f'<p class="ok" role="status">{escape(done)}</p>'
     flash(done)
