@@ -18,10 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # exchangelib and what only it needs (NTLM), the HTTP client of Graph, Gmail, OAuth and Find settings,
 # python-socks (a proxy's handshake), email-validator (the first address checked), the deliverability
 # checks' libraries, Find settings' XML parser, Huey (and the Redis and PostgreSQL clients its storage module
-# loads), the migrations' library and, on SQLite, SQLAlchemy's PostgreSQL dialects
+# loads), the migrations' library, on SQLite SQLAlchemy's PostgreSQL dialects, and the lists' keyset pagination
+# (sqlakeyset, with SQLAlchemy's asyncio extension and dateutil)
 HEAVY = ("exchangelib", "spnego", "requests_ntlm", "requests", "urllib3", "authlib", "python_socks",
          "email_validator", "checkdmarc", "spf", "dns", "defusedxml", "xml.etree.ElementTree", "huey", "alembic",
-         "sqlalchemy.dialects.postgresql")
+         "sqlalchemy.dialects.postgresql", "sqlakeyset", "sqlalchemy.ext.asyncio", "dateutil")
 
 
 def _run(code: str, instance: Path, **env) -> dict:
@@ -93,6 +94,27 @@ def test_a_protocols_sending_code_is_imported_when_a_server_of_it_is_first_used(
     assert found["class"] == implementation
     assert found["has_check"] is True
     assert found["after"] == sorted((module, library))
+
+
+def test_keyset_pagination_is_imported_by_the_first_page_of_a_list(instance):
+    code = ("from webapp import create_app, db, pagination\n"
+            "from webapp.models import Portal\n"
+            "from sqlmodel import select\n"
+            "app = create_app()\n"
+            "before = 'sqlakeyset' in sys.modules\n"
+            "with app.app_context():\n"
+            "    for slug in ('one', 'two', 'three'):\n"
+            "        db.session().add(Portal(slug=slug, name=slug))\n"
+            "    db.session().commit()\n"
+            "    first = pagination.paginate(select(Portal.slug), (Portal.id,), 2)\n"
+            "    second = pagination.paginate(select(Portal.slug), (Portal.id,), 2, first.next)\n"
+            "extra = {'before': before, 'pages': [[r.slug for r in first.rows], [r.slug for r in second.rows]],"
+            " 'last': second.next}\n" + LOADED)
+    found = _run("import sys\n" + code, instance)
+    assert found["before"] is False
+    assert found["pages"] == [["one", "two"], ["three"]]
+    assert found["last"] is None
+    assert "sqlakeyset" in found["loaded"]
 
 
 def test_huey_is_made_when_mail_is_first_woken_for(instance):
