@@ -7,7 +7,9 @@ neither skipped nor shown twice. Views put `Page.next` / `Page.previous` into th
 (`?page=...`) and the size as `?size=...`.
 
 sqlakeyset (with SQLAlchemy's asyncio extension, greenlet and dateutil, which it imports) is imported by
-the first page read or bookmark written, not with the modules that import this one.
+the first page read or bookmark written, not with the modules that import this one: the short commands
+never load it. The pages import it at start (webapp/views), before gunicorn forks its workers (--preload):
+they all list, and a library imported in each worker would be its own copy instead of a shared one.
 """
 from dataclasses import dataclass, field
 from datetime import datetime
