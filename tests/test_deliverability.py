@@ -162,6 +162,17 @@ def test_dmarc_of_the_organizational_domain_and_its_subdomain_policy(dns_zone):
     assert step.outcome == Outcome.FAILED and ("Policy", "p=reject at example.com") in step.details
 
 
+@pytest.mark.parametrize(("domain", "base"), [
+    ("example.com", "example.com"), ("github.io", "github.io"), ("localhost", "localhost"), ("co.uk", "co.uk"),
+    ("mail.example.co.uk", "example.co.uk"), ("a.b.example.com", "example.com"), ("ann.github.io", "ann.github.io"),
+])
+def test_the_organizational_domain_reads_the_public_suffix_list_only_for_names_of_three_labels_or_more(domain, base):
+    deliverability._public_suffixes.cache_clear()
+    assert deliverability.base_domain(domain) == base
+    assert deliverability._public_suffixes.cache_info().currsize == (domain.count(".") >= 2)
+    assert (deliverability._public_suffixes().privatesuffix(domain) or domain) == base  # what the list says
+
+
 def test_a_broken_dmarc_record_is_said(zone):
     zone.add("_dmarc.example.com", "TXT", "v=DMARC1; p=maybe")
     step = run(zone)["DMARC"]

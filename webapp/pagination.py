@@ -5,11 +5,15 @@ AuditEvent.id.desc())`); a page is the rows after (or before) the key of a row t
 carried in an opaque bookmark. Page 1,000 costs what page 1 costs, and rows added meanwhile are
 neither skipped nor shown twice. Views put `Page.next` / `Page.previous` into their links
 (`?page=...`) and the size as `?size=...`.
+
+sqlakeyset (with SQLAlchemy's asyncio extension, greenlet and dateutil, which it imports) is imported by
+the first page read or bookmark written, not with the modules that import this one: the short commands
+never load it. The pages import it at start (webapp/views), before gunicorn forks its workers (--preload):
+they all list, and a library imported in each worker would be its own copy instead of a shared one.
 """
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlakeyset import BadBookmark, InvalidPage, select_page, serialize_bookmark, unserialize_bookmark
 from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.sql.elements import UnaryExpression
 
@@ -48,6 +52,8 @@ def place_of(bookmark: str | None, order: tuple[ColumnElement, ...]) -> Place:
     bookmark from another list or order, a value of the wrong type, a hand-edited one)."""
     if not bookmark:
         return Place()
+    from sqlakeyset import BadBookmark, unserialize_bookmark
+
     try:
         key, backwards = unserialize_bookmark(bookmark)
     except (BadBookmark, ValueError, TypeError, IndexError):
@@ -59,6 +65,8 @@ def place_of(bookmark: str | None, order: tuple[ColumnElement, ...]) -> Place:
 
 
 def bookmark(place: Place) -> str | None:
+    from sqlakeyset import serialize_bookmark
+
     return serialize_bookmark((place.key, place.backwards)) if place.key is not None else None
 
 
@@ -69,6 +77,8 @@ def paginate(query: Select, order: tuple[ColumnElement, ...], size: int, page: s
 
 
 def paginate_at(query: Select, order: tuple[ColumnElement, ...], size: int, place: Place) -> Page:
+    from sqlakeyset import InvalidPage, select_page
+
     marker = (place.key, place.backwards) if place.key is not None else None
     try:
         result = select_page(db.session(), query.order_by(*order), per_page=size, page=marker)

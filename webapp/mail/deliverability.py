@@ -22,6 +22,7 @@ from . import plain_dns  # noqa: F401, I001 (first: pyspf imports dnspython's re
 import ipaddress
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from functools import cache
 
 import dns.exception
 import spf
@@ -36,7 +37,6 @@ SECTION = "Deliverability"
 MAX_INCLUDE_DEPTH = 5  # looking for one sending address of a service through its SPF includes
 
 _lookup: ContextVar[tuple[Resolver, Deadline]] = ContextVar("mailroom_spf_lookup")
-_public_suffixes = PublicSuffixList()  # the list the package ships (checkdmarc's base domain is the same)
 
 
 def _spf_dns(name, qtype, strict=True, timeout=None):
@@ -286,10 +286,24 @@ def _dkim(sending: Sending, resolver: Resolver, deadline: Deadline, steps: list[
 
 # -- DMARC ---------------------------------------------------------------------------------
 
+def base_domain(domain: str) -> str:
+    """The organizational domain (RFC 7489 3.2): the public suffix and one label more. A name of one or two
+    labels is its own (a public suffix is at least the last label), so the list is read for longer names only."""
+    if domain.count(".") < 2:
+        return domain
+    return _public_suffixes().privatesuffix(domain) or domain
+
+
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    """The list the package ships (checkdmarc's base domain is the same): parsing it takes about 60 ms."""
+    return PublicSuffixList()
+
+
 def _dmarc(sending: Sending, spf_result: SpfResult, dkim_signs: bool | None, resolver: Resolver,
            deadline: Deadline, steps: list[Step]) -> None:
     domain = sending.domain
-    base = _public_suffixes.privatesuffix(domain) or domain
+    base = base_domain(domain)
     location, records = domain, _dmarc_records(domain, resolver, deadline)
     if not records and base != domain:
         location, records = base, _dmarc_records(base, resolver, deadline)

@@ -1,6 +1,7 @@
 """One blueprint per area; what every template may use."""
 import logging
 
+import sqlakeyset  # noqa: F401  (the lists' pagination: imported before gunicorn forks, see pagination.py)
 from flask import render_template, request, url_for
 from flask_limiter.errors import RateLimitExceeded
 from flask_wtf.csrf import CSRFError
