@@ -196,6 +196,62 @@ def test_auth_is_neither_offered_nor_taken_before_tls(app, relay, login):
         assert client.mail("scanner@example.com")[0] == 530
 
 
+def _reply(reader) -> list[bytes]:
+    lines = [reader.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(reader.readline())
+    return lines
+
+
+def _up_to_starttls(sock: socket.socket, behind: bytes = b"") -> None:
+    """The greeting, EHLO, then STARTTLS (with `behind` in the same segment) and its 220."""
+    reader = sock.makefile("rb", buffering=0)
+    assert _reply(reader)[0].startswith(b"220 ")
+    sock.sendall(b"EHLO device.example\r\n")
+    assert _reply(reader)[-1].startswith(b"250 ")
+    sock.sendall(b"STARTTLS\r\n" + behind)
+    assert _reply(reader)[0].startswith(b"220 ")
+
+
+def test_commands_sent_in_the_clear_behind_starttls_are_never_answered(app, relay):
+    """RFC 3207 4.2: what came before the handshake is dropped (else a man in the middle could put
+    commands into the encrypted session), and the session starts anew."""
+    listener = relay()
+    with socket.create_connection(("127.0.0.1", listener.settings.starttls_port), timeout=15) as sock:
+        _up_to_starttls(sock, b"NOOP\r\nMAIL FROM:<scanner@example.com>\r\n")
+        with trust(listener).wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            reader = tls.makefile("rb", buffering=0)
+            tls.sendall(b"EHLO device.example\r\n")
+            ehlo = _reply(reader)
+    assert ehlo[0] == b"250-localhost\r\n"  # EHLO's reply comes first: neither NOOP nor MAIL was answered
+    keywords = {line[4:].split()[0] for line in ehlo[1:]}
+    assert b"AUTH" in keywords and b"STARTTLS" not in keywords
+
+
+def test_a_failed_tls_handshake_ends_that_connection_only(app, relay, login):
+    listener, account = relay(), login()
+    with socket.create_connection(("127.0.0.1", listener.settings.starttls_port), timeout=15) as sock:
+        _up_to_starttls(sock)
+        sock.sendall(b"EHLO not a TLS hello\r\n" * 20)
+        while sock.recv(4096):  # (a TLS alert, perhaps) until the listener hangs up
+            pass
+    with starttls(listener) as client:
+        client.login(account.username, account.password)
+        assert submit(client)[0] == 250
+
+
+def test_starttls_once_tls_is_on_is_refused_and_the_session_goes_on(app, relay, login):
+    listener, account = relay(), login()
+    for connect in (starttls, implicit_tls):
+        with connect(listener) as client:
+            client.ehlo()
+            assert "starttls" not in client.esmtp_features
+            assert client.docmd("STARTTLS") == (454, b"TLS not available")
+            client.login(account.username, account.password)
+            assert submit(client)[0] == 250
+    assert len(stored(app)) == 2
+
+
 def test_plain_sign_in_only_for_a_credential_that_allows_the_client_network(app, relay, login):
     listener = relay()
     printer = login(plain_networks="127.0.0.0/8")
