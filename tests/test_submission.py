@@ -15,6 +15,7 @@ from email import message_from_bytes
 from email import policy as email_policy
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from limits import parse
 from sqlmodel import select
 
@@ -250,6 +251,18 @@ def test_starttls_once_tls_is_on_is_refused_and_the_session_goes_on(app, relay, 
             client.login(account.username, account.password)
             assert submit(client)[0] == 250
     assert len(stored(app)) == 2
+
+
+def test_the_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them(app, relay):
+    smtp = relay().listeners[0].factory()  # parses each argument once, then remembers it
+    arguments = ["<scanner@example.com>", "<scanner@example.com> SIZE=100 BODY=8BITMIME", "scanner@example.com",
+                 "<>", "", "<scanner@example.com", "<@relay.example:scanner@example.com>", '<"a b"@example.com>',
+                 "<a@b@c>", "not an address", "<scanner-with-a-long-local-part@example.com>"]
+    for limit in (0, 20):
+        smtp.local_part_limit = limit
+        for argument in arguments * 2:
+            assert smtp._getaddr(argument) == SMTP._getaddr(smtp, argument), (limit, argument)
+    assert smtp._getaddr("<scanner-with-a-long-local-part@example.com>") == (None, None)  # over 20
 
 
 def test_plain_sign_in_only_for_a_credential_that_allows_the_client_network(app, relay, login):
