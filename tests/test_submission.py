@@ -3,6 +3,7 @@ over STARTTLS and implicit TLS, with PLAIN and LOGIN; every refusal with its rep
 outbox holds afterwards."""
 import base64
 import hashlib
+import platform
 import secrets
 import shutil
 import smtplib
@@ -25,7 +26,7 @@ from webapp.audit import COMMAND_LINE
 from webapp.models import OutboundMail, Portal, SmtpCredential
 from webapp.submission import credentials
 from webapp.submission.credentials import CredentialValues
-from webapp.submission.listener import Relay
+from webapp.submission.listener import Relay, keep_tls_reads_on_the_heap
 from webapp.submission.settings import RelaySettings
 
 SCAN = (b"From: Scanner <scanner@example.com>\r\nTo: Ann <ann@example.org>\r\nCc: bob@example.org\r\n"
@@ -251,6 +252,11 @@ def test_starttls_once_tls_is_on_is_refused_and_the_session_goes_on(app, relay, 
             client.login(account.username, account.password)
             assert submit(client)[0] == 250
     assert len(stored(app)) == 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
+def test_with_glibc_the_listener_keeps_tls_reads_on_the_heap():
+    assert keep_tls_reads_on_the_heap()  # (whether it pays is bench/profile_submit.py's to say)
 
 
 def test_the_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them(app, relay):
