@@ -1,5 +1,5 @@
 """Relay: the submission listeners of one process, STARTTLS on one port and implicit TLS on another,
-each an aiosmtpd Controller (its own thread and event loop) around one SubmissionHandler.
+each an aiosmtpd Controller (its own thread and uvloop event loop) around one SubmissionHandler.
 
 Several processes or hosts may run it behind a TCP load balancer: what they share is the database
 (the credentials, their counters, the outbox) and the count of failed sign-ins (Redis or database).
