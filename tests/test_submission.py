@@ -3,6 +3,7 @@ over STARTTLS and implicit TLS, with PLAIN and LOGIN; every refusal with its rep
 outbox holds afterwards."""
 import base64
 import hashlib
+import platform
 import secrets
 import shutil
 import smtplib
@@ -15,6 +16,7 @@ from email import message_from_bytes
 from email import policy as email_policy
 
 import pytest
+from aiosmtpd.smtp import SMTP
 from limits import parse
 from sqlmodel import select
 
@@ -24,7 +26,7 @@ from webapp.audit import COMMAND_LINE
 from webapp.models import OutboundMail, Portal, SmtpCredential
 from webapp.submission import credentials
 from webapp.submission.credentials import CredentialValues
-from webapp.submission.listener import Relay
+from webapp.submission.listener import Relay, keep_tls_reads_on_the_heap
 from webapp.submission.settings import RelaySettings
 
 SCAN = (b"From: Scanner <scanner@example.com>\r\nTo: Ann <ann@example.org>\r\nCc: bob@example.org\r\n"
@@ -194,6 +196,79 @@ def test_auth_is_neither_offered_nor_taken_before_tls(app, relay, login):
         assert "starttls" in client.esmtp_features and "auth" not in client.esmtp_features
         assert client.docmd("AUTH", f"PLAIN {plain(account)}")[0] == 538
         assert client.mail("scanner@example.com")[0] == 530
+
+
+def _reply(reader) -> list[bytes]:
+    lines = [reader.readline()]
+    while lines[-1][3:4] == b"-":
+        lines.append(reader.readline())
+    return lines
+
+
+def _up_to_starttls(sock: socket.socket, behind: bytes = b"") -> None:
+    """The greeting, EHLO, then STARTTLS (with `behind` in the same segment) and its 220."""
+    reader = sock.makefile("rb", buffering=0)
+    assert _reply(reader)[0].startswith(b"220 ")
+    sock.sendall(b"EHLO device.example\r\n")
+    assert _reply(reader)[-1].startswith(b"250 ")
+    sock.sendall(b"STARTTLS\r\n" + behind)
+    assert _reply(reader)[0].startswith(b"220 ")
+
+
+def test_commands_sent_in_the_clear_behind_starttls_are_never_answered(app, relay):
+    """RFC 3207 4.2: what came before the handshake is dropped (else a man in the middle could put
+    commands into the encrypted session), and the session starts anew."""
+    listener = relay()
+    with socket.create_connection(("127.0.0.1", listener.settings.starttls_port), timeout=15) as sock:
+        _up_to_starttls(sock, b"NOOP\r\nMAIL FROM:<scanner@example.com>\r\n")
+        with trust(listener).wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+            reader = tls.makefile("rb", buffering=0)
+            tls.sendall(b"EHLO device.example\r\n")
+            ehlo = _reply(reader)
+    assert ehlo[0] == b"250-localhost\r\n"  # EHLO's reply comes first: neither NOOP nor MAIL was answered
+    keywords = {line[4:].split()[0] for line in ehlo[1:]}
+    assert b"AUTH" in keywords and b"STARTTLS" not in keywords
+
+
+def test_a_failed_tls_handshake_ends_that_connection_only(app, relay, login):
+    listener, account = relay(), login()
+    with socket.create_connection(("127.0.0.1", listener.settings.starttls_port), timeout=15) as sock:
+        _up_to_starttls(sock)
+        sock.sendall(b"EHLO not a TLS hello\r\n" * 20)
+        while sock.recv(4096):  # (a TLS alert, perhaps) until the listener hangs up
+            pass
+    with starttls(listener) as client:
+        client.login(account.username, account.password)
+        assert submit(client)[0] == 250
+
+
+def test_starttls_once_tls_is_on_is_refused_and_the_session_goes_on(app, relay, login):
+    listener, account = relay(), login()
+    for connect in (starttls, implicit_tls):
+        with connect(listener) as client:
+            client.ehlo()
+            assert "starttls" not in client.esmtp_features
+            assert client.docmd("STARTTLS") == (454, b"TLS not available")
+            client.login(account.username, account.password)
+            assert submit(client)[0] == 250
+    assert len(stored(app)) == 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc")
+def test_with_glibc_the_listener_keeps_tls_reads_on_the_heap():
+    assert keep_tls_reads_on_the_heap()  # (whether it pays is bench/profile_submit.py's to say)
+
+
+def test_the_addresses_of_mail_and_rcpt_are_read_as_aiosmtpd_reads_them(app, relay):
+    smtp = relay().listeners[0].factory()  # parses each argument once, then remembers it
+    arguments = ["<scanner@example.com>", "<scanner@example.com> SIZE=100 BODY=8BITMIME", "scanner@example.com",
+                 "<>", "", "<scanner@example.com", "<@relay.example:scanner@example.com>", '<"a b"@example.com>',
+                 "<a@b@c>", "not an address", "<scanner-with-a-long-local-part@example.com>"]
+    for limit in (0, 20):
+        smtp.local_part_limit = limit
+        for argument in arguments * 2:
+            assert smtp._getaddr(argument) == SMTP._getaddr(smtp, argument), (limit, argument)
+    assert smtp._getaddr("<scanner-with-a-long-local-part@example.com>") == (None, None)  # over 20
 
 
 def test_plain_sign_in_only_for_a_credential_that_allows_the_client_network(app, relay, login):
