@@ -59,6 +59,7 @@ def test_consecutive_messages_of_a_portal_share_one_connection(outbox, make, por
 
 
 def test_a_temporary_refusal_is_retried_after_the_backoff_and_then_sent(outbox, make, portal, smtp_peer):
+    outbox.slow_backoff()
     peer = smtp_peer("greylist")
     server = make.server(portal, settings=smtp_settings(peer))
     mail_id = outbox.queue(portal)
@@ -97,6 +98,7 @@ def test_a_permanent_refusal_fails_at_once_with_the_servers_words(outbox, make, 
 
 
 def test_each_recipient_has_its_outcome_and_those_refused_for_now_are_retried_alone(outbox, make, portal, smtp_peer):
+    outbox.slow_backoff()
     peer = smtp_peer("refuse_recipients")
     make.server(portal, settings=smtp_settings(peer))
     mail_id = outbox.queue(portal, to=["ok@example.org", "nobody@example.org", "later@example.org"])

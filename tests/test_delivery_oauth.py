@@ -124,6 +124,7 @@ def test_a_gmail_rate_limit_without_a_time_is_retried_after_the_backoff(app, out
     """403 rateLimitExceeded (the project's per-minute quota) says no time: the backoff decides."""
     save(app, admin, gmail_form(gmail, key))
     gmail.throttle(1, reason="rateLimitExceeded")
+    outbox.slow_backoff()
 
     mail_id = outbox.queue(portal, sender=outbox_sender())
     outbox.run(mail_id)
