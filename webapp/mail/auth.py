@@ -56,6 +56,10 @@ class TokenSource(Protocol):
 
     def token(self, deadline: Deadline) -> AccessToken: ...
 
+    def endpoint(self) -> str:
+        """The token endpoint token() posts to when it asks for a token ("" when it never asks): what
+        the egress policy must allow besides the server (mail/destinations.py)."""
+
 
 @dataclass(frozen=True)
 class BearerAuth:
