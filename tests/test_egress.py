@@ -4,14 +4,16 @@ import ipaddress
 import re
 
 import pytest
+from markupsafe import escape
 from sqlmodel import select
 
-from tests.conftest import Client
+from tests.conftest import LOOPBACK, Client
 from webapp import create_app, db, grants
 from webapp.mail.deadline import Deadline
 from webapp.mail.egress import EgressRefused, Network, Policy, Protected, parse_rules
-from webapp.models import AppSetting, Portal
+from webapp.models import AppSetting, MailServer, Portal
 
+from .delivery_fixtures import outbox, smtp_settings  # noqa: F401 - fixtures
 from .test_server_checks import peer_form, saved_server
 from .test_gmail import gmail, gmail_form, key  # noqa: F401 - fixtures
 from .test_graph import authority, graph, graph_form  # noqa: F401 - fixtures
@@ -74,15 +76,19 @@ def test_portal_rules_come_first_then_global_deny_before_allow():
                     global_deny=rules("10.0.0.0/8", "the global deny list"),
                     global_allow=rules("10.0.0.0/8\n*.intranet.example", "the global allow list"))
     assert decide(policy, "10.9.9.9") == "allowed"  # the portal allows it: before the global deny
-    assert decide(policy, "10.9.9.10") == "“10.9.9.10” in the portal's deny list, line 1 refuses it"
-    assert decide(policy, "10.1.1.1") == "“10.0.0.0/8” in the global deny list, line 1 refuses it"
+    assert decide(policy, "10.9.9.10") == ("“10.9.9.10” in the portal's deny list, line 1 refuses it; a super-admin "
+                                           "can change that list: the portal's “Settings”")
+    assert decide(policy, "10.1.1.1") == ("“10.0.0.0/8” in the global deny list, line 1 refuses it; a super-admin can "
+                                          "allow it in the portal's “Settings” for this portal, or change that list: "
+                                          "“Egress policy” in the top bar")
     assert decide(policy, "127.0.0.1", 25) == "allowed"
     assert "loopback" in decide(policy, "127.0.0.1", 2525)  # the allow rule names port 25 only
 
 
 def test_host_patterns_are_decided_before_any_lookup():
     policy = Policy(global_deny=rules("*.corp.example 25,587", "the global deny list"))
-    assert decide(policy, "smtp.corp.example", 587) == "“*.corp.example 25,587” in the global deny list, line 1 refuses it"
+    assert decide(policy, "smtp.corp.example", 587).startswith(
+        "“*.corp.example 25,587” in the global deny list, line 1 refuses it; a super-admin can allow it")
 
 
 def test_the_apps_own_database_and_redis_are_always_refused():
@@ -344,3 +350,44 @@ def test_a_sample_mail_names_the_mail_receiver_with_the_server(app, make, portal
     sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
     assert "Email server accepted mail for delivery." in sent and len(smtp.messages) == 1
 
+
+# --- delivery: the queue says which destination the policy refuses, and where a super-admin allows it --------
+
+def test_a_queued_message_refused_by_a_deny_rule_says_where_to_allow_it(app, outbox, make, portal, admin, smtp_peer):
+    smtp = smtp_peer("plain")
+    server = make.server(portal, settings=smtp_settings(smtp))
+    with app.app_context():  # the global allow list lets the peers in (conftest.LOOPBACK); a deny rule comes first
+        db.session().get(AppSetting, "egress").value = {"allow": LOOPBACK, "deny": f"127.0.0.1 {smtp.port}"}
+        db.session().commit()
+    mail_id = outbox.queue(portal)
+    outbox.run(mail_id)
+    mail = outbox.mail(mail_id)
+    refused = (f"Resolve host: the egress policy refuses 127.0.0.1 port {smtp.port}: “127.0.0.1 {smtp.port}” in the "
+               "global deny list, line 1 refuses it; a super-admin can allow it in the portal's “Settings” for this "
+               "portal, or change that list: “Egress policy” in the top bar")
+    assert mail.state == "queued" and mail.last_error == refused and smtp.sessions == 0
+    assert escape(refused) in admin.get(f"/p/help/queue/{mail_id}").text
+    assert [a.reply for a in outbox.attempts(mail_id)] == [refused]
+    with app.app_context():  # what the words say: the portal's allow list comes before the global deny list
+        db.session().get(Portal, portal.id).egress_allow = f"127.0.0.1 {smtp.port}"
+        server_row = db.session().get(MailServer, server.id)
+        server_row.failing_since = None  # not waiting for the probe of a failing server (tested on its own)
+        db.session().commit()
+    outbox.make_due(mail_id)
+    outbox.run(mail_id)
+    assert outbox.mail(mail_id).state == "sent" and len(smtp.messages) == 1
+
+
+def test_a_queued_message_refused_by_the_portals_deny_list_says_where_to_change_it(app, outbox, make, portal, admin,
+                                                                                  smtp_peer):
+    smtp = smtp_peer("plain")
+    make.server(portal, settings=smtp_settings(smtp))
+    with app.app_context():
+        db.session().get(Portal, portal.id).egress_deny = f"127.0.0.1 {smtp.port}"
+        db.session().commit()
+    mail_id = outbox.queue(portal)
+    outbox.run(mail_id)
+    assert outbox.mail(mail_id).last_error == (
+        f"Resolve host: the egress policy refuses 127.0.0.1 port {smtp.port}: “127.0.0.1 {smtp.port}” in the portal's "
+        "deny list, line 1 refuses it; a super-admin can change that list: the portal's “Settings”")
+    assert smtp.sessions == 0
