@@ -334,6 +334,17 @@ def test_the_token_endpoint_named_is_the_one_each_oauth_kind_posts_to(app, porta
     assert grants.NotAuthorized("").endpoint() == ""
 
 
+def test_validate_of_unsaved_delegated_settings_names_the_token_endpoint_consent_will_use(app, make, portal,
+                                                                                        authority, graph,
+                                                                                        default_policy):
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    refused = root.post("/p/help/servers/new/validate", graph_form(authority, graph), htmx=True).text
+    assert "Validation failed at “Egress policy”:" in refused and "refuses 2 destinations" in refused
+    assert f"Token endpoint</dt><dd>127.0.0.1 port {authority.issuer.rpartition(':')[2]}: " in refused
+    assert authority.requests == [] and graph.sent == []
+
+
 def test_a_sample_mail_names_the_mail_receiver_with_the_server(app, make, portal, smtp_peer, dovecot, default_policy):
     smtp = smtp_peer("plain")
     make.user("root@example.com", superadmin=True)

@@ -73,7 +73,7 @@ def grant_for(credential: Credential | None, values: CredentialValues, secret: d
         if values.kind == CredentialKind.SERVICE_ACCOUNT and secret.get("key"):
             return DraftServiceAccountGrant(secret["key"], values.username, values.provider.get("scope", ""), net)
         return NotAuthorized("the server is not saved with these OAuth settings yet: save, then click "
-                             "Authorize")
+                             "Authorize", token_endpoint(values.kind, values.provider, secret))
     typed = values.secret or {}  # what was typed for this check, beside the stored secret
     endpoint = token_endpoint(credential.kind, credential.provider, secret)  # what _renew will post to
     if credential.kind == CredentialKind.SERVICE_ACCOUNT:
@@ -82,14 +82,15 @@ def grant_for(credential: Credential | None, values: CredentialValues, secret: d
 
 
 class NotAuthorized:
-    def __init__(self, hint: str):
+    def __init__(self, hint: str, endpoint: str = ""):
         self.hint = hint
+        self._endpoint = endpoint  # where the code exchange, then the refreshes, will go once authorized
 
     def token(self, deadline: Deadline) -> AccessToken:
         raise StepFailed("no OAuth authorization yet", self.hint, credentials=True)
 
     def endpoint(self) -> str:
-        return ""  # it asks no token endpoint
+        return self._endpoint
 
 
 class DraftAppGrant:
