@@ -1,17 +1,21 @@
 """The egress policy: what it decides for every kind of address (without connecting anywhere
 but loopback), the order of its rules, and how admins meet it in the pages and the CLI."""
 import ipaddress
+import re
 
 import pytest
+from markupsafe import escape
 from sqlmodel import select
 
-from tests.conftest import Client
-from webapp import create_app, db
+from tests.conftest import LOOPBACK, Client
+from webapp import create_app, db, grants
 from webapp.mail.deadline import Deadline
 from webapp.mail.egress import EgressRefused, Network, Policy, Protected, parse_rules
-from webapp.models import AppSetting, Portal
+from webapp.models import AppSetting, MailServer, Portal
 
-from .test_server_checks import peer_form
+from .delivery_fixtures import outbox, smtp_settings  # noqa: F401 - fixtures
+from .test_server_checks import peer_form, saved_server
+from .test_gmail import gmail, gmail_form, key  # noqa: F401 - fixtures
 from .test_graph import authority, graph, graph_form  # noqa: F401 - fixtures
 from .test_server_proxy_receiver import proxied_form
 
@@ -72,15 +76,19 @@ def test_portal_rules_come_first_then_global_deny_before_allow():
                     global_deny=rules("10.0.0.0/8", "the global deny list"),
                     global_allow=rules("10.0.0.0/8\n*.intranet.example", "the global allow list"))
     assert decide(policy, "10.9.9.9") == "allowed"  # the portal allows it: before the global deny
-    assert decide(policy, "10.9.9.10") == "“10.9.9.10” in the portal's deny list, line 1 refuses it"
-    assert decide(policy, "10.1.1.1") == "“10.0.0.0/8” in the global deny list, line 1 refuses it"
+    assert decide(policy, "10.9.9.10") == ("“10.9.9.10” in the portal's deny list, line 1 refuses it; a super-admin "
+                                           "can change that list: the portal's “Settings”")
+    assert decide(policy, "10.1.1.1") == ("“10.0.0.0/8” in the global deny list, line 1 refuses it; a super-admin can "
+                                          "allow it in the portal's “Settings” for this portal, or change that list: "
+                                          "“Egress policy” in the top bar")
     assert decide(policy, "127.0.0.1", 25) == "allowed"
     assert "loopback" in decide(policy, "127.0.0.1", 2525)  # the allow rule names port 25 only
 
 
 def test_host_patterns_are_decided_before_any_lookup():
     policy = Policy(global_deny=rules("*.corp.example 25,587", "the global deny list"))
-    assert decide(policy, "smtp.corp.example", 587) == "“*.corp.example 25,587” in the global deny list, line 1 refuses it"
+    assert decide(policy, "smtp.corp.example", 587).startswith(
+        "“*.corp.example 25,587” in the global deny list, line 1 refuses it; a super-admin can allow it")
 
 
 def test_the_apps_own_database_and_redis_are_always_refused():
@@ -255,3 +263,142 @@ def test_an_oauth_server_names_its_token_endpoint_and_its_api_at_once(app, make,
     root.post("/p/help/egress/allow", {"rule": rules}, htmx=True)
     after = root.post("/p/help/servers/new/validate", form, htmx=True).text
     assert "Validation failed at “Mailbox”:" in after and "✔ Token" in after  # both reached; no admin consent yet
+
+
+# --- the sample mail, and the token endpoint of every OAuth kind -------------------------------------------
+
+def test_a_sample_mail_names_every_refused_destination_and_connects_to_none(app, make, portal, smtp_peer, proxy_peer,
+                                                                           default_policy):
+    smtp, proxy = smtp_peer("plain"), proxy_peer("socks5")
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    server = saved_server(app, root, proxied_form(smtp, proxy))
+    sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "The mail was not sent:</strong> Egress policy: the egress policy refuses 2 destinations of these " \
+           "settings; nothing was sent to any of them" in sent
+    assert f"127.0.0.1 port {proxy.port}: 127.0.0.1 is a loopback address" in sent
+    assert f"127.0.0.1 port {smtp.port}: 127.0.0.1 is a loopback address" in sent
+    rules = [f"127.0.0.1 {proxy.port}", f"127.0.0.1 {smtp.port}"]
+    assert f"Allow {rules[0]} and {rules[1]} for this portal" in sent
+    assert "<details open><summary>Every step</summary>" in sent  # the button in sight
+    assert "connected to" not in proxy.log() and smtp.sessions == 0 and smtp.messages == []
+    allowed = root.post("/p/help/egress/allow", {"rule": rules, "again": "sample"}, htmx=True).text
+    assert f"This portal may now connect to {rules[0]} and {rules[1]}. Send the sample mail again." in allowed
+    sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Email server accepted mail for delivery." in sent and len(smtp.messages) == 1
+
+
+def test_a_sample_mail_of_an_oauth_server_names_its_token_endpoint_and_its_api(app, make, portal, authority, graph,
+                                                                              default_policy):
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    server = saved_server(app, root, graph_form(authority, graph, flow="app",
+                                                scope="https://graph.microsoft.com/.default", authorize_url=""))
+    sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Egress policy: the egress policy refuses 2 destinations" in sent
+    rules = [f"127.0.0.1 {graph.url.rpartition(':')[2]}", f"127.0.0.1 {authority.issuer.rpartition(':')[2]}"]
+    assert f"Allow {rules[0]} and {rules[1]} for this portal" in sent
+    assert authority.requests == [] and graph.sent == []  # no token was asked for, nothing sent
+
+
+def test_validate_names_a_service_accounts_token_uri_with_the_gmail_api(app, make, portal, oauth_server, gmail, key,
+                                                                       default_policy):
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    rules = [f"127.0.0.1 {gmail.url.rpartition(':')[2]}", f"127.0.0.1 {oauth_server.issuer.rpartition(':')[2]}"]
+    draft = root.post("/p/help/servers/new/validate", gmail_form(gmail, key), htmx=True).text  # the key not saved
+    assert "Validation failed at “Egress policy”:" in draft and "refuses 2 destinations" in draft
+    assert f"Token endpoint</dt><dd>127.0.0.1 port {rules[1].split()[1]}: " in draft  # the key's token_uri
+    assert f"Allow {rules[0]} and {rules[1]} for this portal" in draft
+    server = saved_server(app, root, gmail_form(gmail, key))
+    report = root.post(f"/p/help/servers/{server.id}/check", htmx=True).text  # the stored key's token_uri
+    assert "Validation failed at “Egress policy”:" in report and f"Allow {rules[0]} and {rules[1]} for" in report
+    sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Egress policy: the egress policy refuses 2 destinations" in sent and f"Allow {rules[0]} and" in sent
+    assert oauth_server.requests == [] and gmail.sent == []
+    root.post("/p/help/egress/allow", {"rule": rules}, htmx=True)
+    assert "All checks passed." in root.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+    assert [r["grant_type"] for r in oauth_server.requests] == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+
+
+def test_the_token_endpoint_named_is_the_one_each_oauth_kind_posts_to(app, portal, oauth_server, service_account_key):
+    """grants.token_endpoint decides for the stored grants; the drafts' grants say the same."""
+    key = {**service_account_key(oauth_server), "token_uri": f"{oauth_server.issuer}/elsewhere/token"}
+    client = grants.client_for({"token_url": oauth_server.token_url}, {"client_secret": "s"})
+    assert grants.token_endpoint("service_account", {"token_url": "https://ignored.example/token"}, {"key": key}) \
+        == f"{oauth_server.issuer}/elsewhere/token"
+    assert grants.token_endpoint("oauth_app", {"token_url": oauth_server.token_url}, {}) == oauth_server.token_url
+    assert grants.token_endpoint("oauth_delegated", {"token_url": oauth_server.token_url}, {}) == oauth_server.token_url
+    assert grants.DraftServiceAccountGrant(key, "a@example.test", "s", None).endpoint() == key["token_uri"]
+    assert grants.DraftAppGrant(client, None).endpoint() == oauth_server.token_url
+    assert grants.NotAuthorized("").endpoint() == ""
+
+
+def test_validate_of_unsaved_delegated_settings_names_the_token_endpoint_consent_will_use(app, make, portal,
+                                                                                        authority, graph,
+                                                                                        default_policy):
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    refused = root.post("/p/help/servers/new/validate", graph_form(authority, graph), htmx=True).text
+    assert "Validation failed at “Egress policy”:" in refused and "refuses 2 destinations" in refused
+    assert f"Token endpoint</dt><dd>127.0.0.1 port {authority.issuer.rpartition(':')[2]}: " in refused
+    assert authority.requests == [] and graph.sent == []
+
+
+def test_a_sample_mail_names_the_mail_receiver_with_the_server(app, make, portal, smtp_peer, dovecot, default_policy):
+    smtp = smtp_peer("plain")
+    make.user("root@example.com", superadmin=True)
+    root = Client(app).login("root@example.com")
+    server = saved_server(app, root, proxied_form(smtp, dovecot=dovecot))
+    sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Egress policy: the egress policy refuses 2 destinations" in sent
+    assert f"Mail server</dt><dd>127.0.0.1 port {smtp.port}: " in sent
+    assert f"Mail receiver</dt><dd>localhost " in sent and f" port {dovecot.ports['pop3s']}: " in sent
+    assert smtp.sessions == 0
+    rules = re.findall(r'<input type="hidden" name="rule" value="([^"]+)">', sent)
+    assert rules[0] == f"127.0.0.1 {smtp.port}" and rules[1].endswith(f" {dovecot.ports['pop3s']}")
+    root.post("/p/help/egress/allow", {"rule": rules, "again": "sample"}, htmx=True)
+    sent = root.post(f"/p/help/servers/{server.id}/sample", {"recipient": "jane@example.org"}, htmx=True).text
+    assert "Email server accepted mail for delivery." in sent and len(smtp.messages) == 1
+
+
+# --- delivery: the queue says which destination the policy refuses, and where a super-admin allows it --------
+
+def test_a_queued_message_refused_by_a_deny_rule_says_where_to_allow_it(app, outbox, make, portal, admin, smtp_peer):
+    smtp = smtp_peer("plain")
+    server = make.server(portal, settings=smtp_settings(smtp))
+    with app.app_context():  # the global allow list lets the peers in (conftest.LOOPBACK); a deny rule comes first
+        db.session().get(AppSetting, "egress").value = {"allow": LOOPBACK, "deny": f"127.0.0.1 {smtp.port}"}
+        db.session().commit()
+    mail_id = outbox.queue(portal)
+    outbox.run(mail_id)
+    mail = outbox.mail(mail_id)
+    refused = (f"Resolve host: the egress policy refuses 127.0.0.1 port {smtp.port}: “127.0.0.1 {smtp.port}” in the "
+               "global deny list, line 1 refuses it; a super-admin can allow it in the portal's “Settings” for this "
+               "portal, or change that list: “Egress policy” in the top bar")
+    assert mail.state == "queued" and mail.last_error == refused and smtp.sessions == 0
+    assert escape(refused) in admin.get(f"/p/help/queue/{mail_id}").text
+    assert [a.reply for a in outbox.attempts(mail_id)] == [refused]
+    with app.app_context():  # what the words say: the portal's allow list comes before the global deny list
+        db.session().get(Portal, portal.id).egress_allow = f"127.0.0.1 {smtp.port}"
+        server_row = db.session().get(MailServer, server.id)
+        server_row.failing_since = None  # not waiting for the probe of a failing server (tested on its own)
+        db.session().commit()
+    outbox.make_due(mail_id)
+    outbox.run(mail_id)
+    assert outbox.mail(mail_id).state == "sent" and len(smtp.messages) == 1
+
+
+def test_a_queued_message_refused_by_the_portals_deny_list_says_where_to_change_it(app, outbox, make, portal, admin,
+                                                                                  smtp_peer):
+    smtp = smtp_peer("plain")
+    make.server(portal, settings=smtp_settings(smtp))
+    with app.app_context():
+        db.session().get(Portal, portal.id).egress_deny = f"127.0.0.1 {smtp.port}"
+        db.session().commit()
+    mail_id = outbox.queue(portal)
+    outbox.run(mail_id)
+    assert outbox.mail(mail_id).last_error == (
+        f"Resolve host: the egress policy refuses 127.0.0.1 port {smtp.port}: “127.0.0.1 {smtp.port}” in the portal's "
+        "deny list, line 1 refuses it; a super-admin can change that list: the portal's “Settings”")
+    assert smtp.sessions == 0

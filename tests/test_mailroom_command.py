@@ -133,3 +133,31 @@ def test_which_mailroom_commands_need_no_pages(argv, short):
     from webapp.cli import without_pages
 
     assert without_pages(argv) is short
+
+
+def test_a_sample_mail_refused_for_two_destinations_names_them_and_the_commands_that_allow_them(
+        app, admin, portal, smtp_peer, proxy_peer, dns_zone, database_url, tmp_path):
+    from webapp import db
+    from webapp.models import AppSetting
+
+    from .test_server_checks import saved_server
+    from .test_server_proxy_receiver import proxied_form
+
+    smtp, proxy = smtp_peer("plain"), proxy_peer("socks5")
+    server = saved_server(app, admin, proxied_form(smtp, proxy))
+    with app.app_context():  # no global allow list: loopback is refused, as on a new installation
+        db.session().get(AppSetting, "egress").value = {"allow": "", "deny": ""}
+        db.session().commit()
+    environment = _environment(tmp_path / "instance", database_url, MAILROOM_DNS_RESOLVER=dns_zone.address)
+    refused = mailroom(environment, "mail", "send-sample", "help", str(server.id), "jane@example.org")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert refused.stdout.startswith("The mail was not sent: Egress policy: the egress policy refuses 2 destinations")
+    assert f"Proxy: 127.0.0.1 port {proxy.port}: 127.0.0.1 is a loopback address" in refused.stdout
+    assert f"Mail server: 127.0.0.1 port {smtp.port}: 127.0.0.1 is a loopback address" in refused.stdout
+    for port in (proxy.port, smtp.port):
+        assert f"allow it: flask --app webapp egress allow '127.0.0.1 {port}' --portal help\n" in refused.stdout
+        assert mailroom(environment, "egress", "allow", f"127.0.0.1 {port}", "--portal", "help").returncode == 0
+    assert smtp.sessions == 0
+    sent = mailroom(environment, "mail", "send-sample", "help", str(server.id), "jane@example.org")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert sent.stdout.startswith("Email server accepted mail for delivery: 250") and len(smtp.messages) == 1

@@ -148,7 +148,7 @@ def _run_check(config: ServerConfig, portal: Portal, server_id: int | None, limi
         addresses = addresses_to_check(portal, config)  # read here: the thread has no database
         db.release()
         deliverability = _meanwhile(_deliverability, config, provider, resolver(), addresses)
-        refused = destinations.refused_step(config, Deadline(config.timeout), provider.get("token_url", ""))
+        refused = destinations.refused_step(config, Deadline(config.timeout))
         report = Report(steps=[refused]) if refused else transport_for(config.protocol).check(config)
         report.sections.append(deliverability.result())
         return report
@@ -226,7 +226,9 @@ def _same_as_saved(server: MailServer, columns: dict, config: ServerConfig) -> b
 
 def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str) -> SampleResult:
     """Send the sample mail through the saved settings at once, from the actor's sender ID if they have
-    one in this portal; History and the server's row keep the outcome."""
+    one in this portal; History and the server's row keep the outcome. When the egress policy refuses
+    several of the settings' destinations, one step names them all (as Validate's does) and nothing
+    is connected to."""
     result = SampleResult()
     try:
         config = config_for(portal, server)
@@ -235,6 +237,9 @@ def send_sample(actor: Actor, portal: Portal, server: MailServer, recipient: str
         envelope = sample_envelope(sender, recipient, portal.name, server.label, utcnow())
         with slots().hold(portal.id, server.id, server.max_connections):
             db.release()
+            refused = destinations.refused_step(config, Deadline(config.timeout))
+            if refused:
+                raise DeliveryError(Report(steps=[refused]))
             result.receipt = send_message(config, envelope)
     except SecretUnreadable:
         result.error = DeliveryError(Report(steps=[UNREADABLE]))

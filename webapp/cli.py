@@ -141,6 +141,7 @@ def mail_check(slug, server_id):
     report = checks.check(COMMAND_LINE, portal, _server(portal, server_id))
     for step in report.steps:
         click.echo(f"{step.outcome.upper():8} {step.name}: {step.summary}")
+        _echo_refused(step, slug)
         if step.hint:
             click.echo(f"{'':8} what to try: {step.hint}")
     for title, steps in report.sections:  # advice (Deliverability): shown, never the exit status
@@ -166,8 +167,24 @@ def mail_send_sample(slug, server_id, recipient):
     if result.receipt:
         click.echo(f"Email server accepted mail for delivery: {result.receipt.reply}")
         return
-    click.echo(f"The mail was not sent: {result.error}\nWhat to try: {result.error.hint}")
+    click.echo(f"The mail was not sent: {result.error}")
+    if result.error.report.failure:
+        _echo_refused(result.error.report.failure, slug)
+    click.echo(f"What to try: {result.error.hint}")
     raise SystemExit(1)
+
+
+def _echo_refused(step, slug: str) -> None:
+    """What the report's Allow button offers, for a step the egress policy failed: each refused
+    destination of an "Egress policy" step, and the command that allows each for the portal."""
+    from .mail.destinations import STEP
+    from .mail.egress import REFUSED_DESTINATION
+
+    for label, value in step.details:
+        if label == REFUSED_DESTINATION:
+            click.echo(f"{'':8} allow it: flask --app webapp egress allow '{value}' --portal {slug}")
+        elif step.name == STEP:
+            click.echo(f"{'':8} {label}: {value}")
 
 
 @mail_group.command("enqueue")

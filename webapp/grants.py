@@ -54,6 +54,15 @@ def client_for(provider: dict, secret: dict, redirect_uri: str = "") -> oauth.Cl
                         redirect_uri=redirect_uri)
 
 
+def token_endpoint(kind: str, provider: dict, secret: dict) -> str:
+    """The URL a credential's token requests go to, the one place that decides it: a service
+    account's key's token_uri (oauth.service_account_token posts there), any other kind's token URL
+    (the code exchange, a refresh, client credentials: oauth.Client.token_url)."""
+    if kind == CredentialKind.SERVICE_ACCOUNT:
+        return oauth.service_account_token_url(secret.get("key") or {})
+    return client_for(provider, secret).token_url
+
+
 def grant_for(credential: Credential | None, values: CredentialValues, secret: dict, net: Network):
     """The token source for a credential: the stored grant when `credential` is given (a
     client secret typed for this check is used, not stored), else one that lives only for
@@ -64,19 +73,24 @@ def grant_for(credential: Credential | None, values: CredentialValues, secret: d
         if values.kind == CredentialKind.SERVICE_ACCOUNT and secret.get("key"):
             return DraftServiceAccountGrant(secret["key"], values.username, values.provider.get("scope", ""), net)
         return NotAuthorized("the server is not saved with these OAuth settings yet: save, then click "
-                             "Authorize")
+                             "Authorize", token_endpoint(values.kind, values.provider, secret))
     typed = values.secret or {}  # what was typed for this check, beside the stored secret
+    endpoint = token_endpoint(credential.kind, credential.provider, secret)  # what _renew will post to
     if credential.kind == CredentialKind.SERVICE_ACCOUNT:
-        return StoredGrant(credential.id, net, key=typed.get("key") or None)
-    return StoredGrant(credential.id, net, typed.get("client_secret") or None)
+        return StoredGrant(credential.id, net, endpoint, key=typed.get("key") or None)
+    return StoredGrant(credential.id, net, endpoint, typed.get("client_secret") or None)
 
 
 class NotAuthorized:
-    def __init__(self, hint: str):
+    def __init__(self, hint: str, endpoint: str = ""):
         self.hint = hint
+        self._endpoint = endpoint  # where the code exchange, then the refreshes, will go once authorized
 
     def token(self, deadline: Deadline) -> AccessToken:
         raise StepFailed("no OAuth authorization yet", self.hint, credentials=True)
+
+    def endpoint(self) -> str:
+        return self._endpoint
 
 
 class DraftAppGrant:
@@ -92,6 +106,9 @@ class DraftAppGrant:
             raise _words(failure) from None
         return AccessToken(tokens.access_token, tokens.expires_at, tuple(tokens.scope.split()), refreshed=True)
 
+    def endpoint(self) -> str:
+        return self.client.token_url  # as token_endpoint() decides for client credentials
+
 
 class DraftServiceAccountGrant:
     """A service-account key uploaded into the form, not saved: a token for this check only."""
@@ -106,10 +123,15 @@ class DraftServiceAccountGrant:
             raise _words(failure) from None
         return AccessToken(tokens.access_token, tokens.expires_at, tuple(tokens.scope.split()), refreshed=True)
 
+    def endpoint(self) -> str:
+        return oauth.service_account_token_url(self.key)  # as token_endpoint() decides for a key
+
 
 class StoredGrant:
-    def __init__(self, credential_id: int, net: Network, client_secret: str | None = None, key: dict | None = None):
+    def __init__(self, credential_id: int, net: Network, endpoint: str, client_secret: str | None = None,
+                 key: dict | None = None):
         self.credential_id, self.net = credential_id, net
+        self._endpoint = endpoint  # token_endpoint() of the credential as it was read with its secret
         self.client_secret = client_secret  # a secret typed into the form for this check, not stored
         self.key = key  # a service-account key uploaded for this check, not stored
 
@@ -118,6 +140,9 @@ class StoredGrant:
         """A secret (or key) typed for this check: it is tried itself, and nothing it got is kept
         beyond what the grant needs."""
         return bool(self.client_secret or self.key)
+
+    def endpoint(self) -> str:
+        return self._endpoint
 
     def token(self, deadline: Deadline) -> AccessToken:
         credential, payload = self._load()
@@ -245,9 +270,11 @@ def refresh_quiet_grants(older_than_hours: float = 24) -> list[tuple[str, str]]:
             continue
         if not credential.secret or "refresh_token" not in unseal(credential.secret):
             continue
-        grant = StoredGrant(credential.id, network.for_server(portal, server))
+        payload = unseal(credential.secret)
+        grant = StoredGrant(credential.id, network.for_server(portal, server),
+                            token_endpoint(credential.kind, credential.provider, payload))
         try:
-            grant._renew(credential, unseal(credential.secret), Deadline(float(server.timeout) + 10))
+            grant._renew(credential, payload, Deadline(float(server.timeout) + 10))
             outcomes.append((f"{portal.slug}/{server.label}", "refreshed"))
         except StepFailed as failure:
             outcomes.append((f"{portal.slug}/{server.label}", f"failed: {failure.summary}"))

@@ -46,7 +46,9 @@ def policy_for(portal: Portal | None) -> Policy:
             global_allow=_parsed(rules["allow"], "the global allow list"),
             protected=current_app.extensions["mailroom.protected"])
     except ValueError:  # stored rules are checked when saved; if one is broken anyway, refuse everything
-        return Policy(portal_deny=tuple(parse_rules("*", "a damaged rule list (refusing everything)")))
+        return Policy(portal_deny=tuple(parse_rules("*", "a damaged rule list (refusing everything)")),
+                      portal_deny_hint="a super-admin saves the egress lists again: “Egress policy” in the top bar, "
+                                       "and the portal's “Settings”")
 
 
 def for_portal(portal: Portal) -> Network:

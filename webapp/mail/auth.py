@@ -56,6 +56,11 @@ class TokenSource(Protocol):
 
     def token(self, deadline: Deadline) -> AccessToken: ...
 
+    def endpoint(self) -> str:
+        """The token endpoint token() posts to when it asks for a token (for a grant nobody has
+        authorized yet, the one its code exchange and refreshes will use; "" when none is known): what
+        the egress policy must allow besides the server (mail/destinations.py)."""
+
 
 @dataclass(frozen=True)
 class BearerAuth:

@@ -161,6 +161,10 @@ class Policy:
     protected: tuple[Protected, ...] = ()
     hint: str = ("a super-admin can allow it: “Egress policy” in the top bar for every portal, or the "
                  "portal's “Settings” for this one")
+    # Where a refusal by a deny rule is lifted (the portal's allow list comes before the global deny list)
+    portal_deny_hint: str = "a super-admin can change that list: the portal's “Settings”"
+    global_deny_hint: str = ("a super-admin can allow it in the portal's “Settings” for this portal, or change that "
+                             "list: “Egress policy” in the top bar")
 
     def check_name(self, host: str, port: int) -> None:
         """Before resolving: the rules on host names, and the metadata names."""
@@ -192,13 +196,14 @@ class Policy:
             raise EgressRefused(host, port, address, f"{category} (built-in rule); {self.hint}")
 
     def _by_rules(self, name: str, ip: IP | None, port: int) -> tuple[bool, str] | None:
-        for rules, allowed in ((self.portal_deny, False), (self.portal_allow, True),
-                               (self.global_deny, False), (self.global_allow, True)):
+        for rules, allowed, hint in ((self.portal_deny, False, self.portal_deny_hint), (self.portal_allow, True, ""),
+                                     (self.global_deny, False, self.global_deny_hint), (self.global_allow, True, "")):
             for rule in rules:
                 if rule.matches(name, unwrap(ip) if ip else None, port) or (
                         ip is not None and rule.matches(name, ip, port)):
-                    verb = "allows" if allowed else "refuses"
-                    return allowed, f"“{rule.text}” in {rule.source} {verb} it"
+                    if allowed:
+                        return True, f"“{rule.text}” in {rule.source} allows it"
+                    return False, f"“{rule.text}” in {rule.source} refuses it; {hint}"
         return None
 
 

@@ -380,6 +380,12 @@ def check_service_account_key(key: dict) -> str:
     return ""
 
 
+def service_account_token_url(key: dict) -> str:
+    """Where a service-account key's tokens come from: its token_uri (the JWT's audience and the URL
+    posted to; Google's is https://oauth2.googleapis.com/token)."""
+    return str(key.get("token_uri") or "")
+
+
 def service_account_token(key: dict, subject: str, scope: str, network: Network, deadline: Deadline,
                           transcript: list[str] | None = None) -> Tokens:
     """An access token for `subject` (the mailbox), from a JWT signed with the key (RS256)."""
@@ -387,11 +393,12 @@ def service_account_token(key: dict, subject: str, scope: str, network: Network,
     from joserfc.jwk import RSAKey
 
     now = int(datetime.now(UTC).timestamp())
-    claims = {"iss": key["client_email"], "sub": subject, "scope": scope, "aud": key["token_uri"],
+    token_url = service_account_token_url(key)
+    claims = {"iss": key["client_email"], "sub": subject, "scope": scope, "aud": token_url,
               "iat": now, "exp": now + 3600}
     header = {"alg": "RS256", "typ": "JWT", **({"kid": key["private_key_id"]} if key.get("private_key_id") else {})}
     assertion = jwt.encode(header, claims, RSAKey.import_key(key["private_key"]))
-    response = _post(key["token_uri"], {"grant_type": JWT_BEARER, "assertion": assertion}, network, deadline,
+    response = _post(token_url, {"grant_type": JWT_BEARER, "assertion": assertion}, network, deadline,
                      transcript, "service account", Provider.GOOGLE, grant=SERVICE_ACCOUNT)
     body = _json(response, Provider.GOOGLE, SERVICE_ACCOUNT)
     if response.status_code != 200 or "error" in body or not body.get("access_token"):

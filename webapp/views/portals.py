@@ -90,8 +90,8 @@ def egress(slug):
 @bp.post("/p/<slug>/egress/allow")
 @login_required
 def allow_destination(slug):
-    """From a refused Validate: a super-admin allows exactly the destinations it names (`rule`, one or
-    more) for this portal."""
+    """From a refused Validate or sample mail (`again`: "sample"): a super-admin allows exactly the
+    destinations it names (`rule`, one or more) for this portal."""
     portal = load_portal(slug, Role.ADMIN)
     require_superadmin()
     rules = [rule.strip() for rule in request.form.getlist("rule")] or [""]
@@ -101,7 +101,8 @@ def allow_destination(slug):
     except network.RulesInvalid:
         abort(400)
     named = f"{', '.join(rules[:-1])} and {rules[-1]}" if len(rules) > 1 else rules[0]
-    done = f"This portal may now connect to {named}. Run Validate again."
+    again = "Send the sample mail again." if request.form.get("again") == "sample" else "Run Validate again."
+    done = f"This portal may now connect to {named}. {again}"
     if request.htmx:  # in place: the form being filled in stays as it is
         return f'<p class="ok" role="status">{escape(done)}</p>'
     flash(done)
