@@ -14,6 +14,7 @@ import pytest
 import trustme
 from exchangelib.protocol import CachingProtocol
 
+from tests.delivery_fixtures import outbox  # noqa: F401  (fixture)
 from tests.peers.ews import EwsPeer
 from tests.peers.tls import server_context
 from webapp import audit, checks, db, network
@@ -523,3 +524,120 @@ def test_an_account_without_access_to_the_mailbox_is_told_what_to_ask_for(app, a
     assert f"the account {USERNAME} may not use the mailbox {SENDER} (ErrorAccessDenied)" in str(result.error)
     assert f"give {USERNAME} Full Access on {SENDER} (Add-MailboxPermission)" in result.error.hint
     assert peer.sent == []
+
+
+# --- one connection for a worker's messages ---------------------------------------------------------------
+
+def ews_envelope(subject: str = "Invoice"):
+    from email.message import EmailMessage
+
+    from webapp.mail.envelope import Envelope
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = f"Help Desk <{SENDER}>", "jane@example.org", subject
+    message.set_content("Plain text")
+    return Envelope.of(message)
+
+
+def open_ews(app, server_id: int):
+    from webapp.mail.transport import open_connection
+
+    server = db.session().get(MailServer, server_id)
+    return open_connection(checks.config_for(db.session().get(Portal, server.portal_id), server))
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_consecutive_messages_share_one_kept_connection(app, admin, peer, caplog):
+    """As SMTP keeps its session and Graph its HTTPS connection, a worker's messages to one Exchange go over
+    one connection (keep-alive) with one Protocol (the version probed once), each under its own deadline;
+    after a failed message the next one starts afresh."""
+    from webapp.mail.report import DeliveryError
+
+    caplog.set_level(logging.DEBUG)
+    server = save(app, admin, ews_form(peer, timeout="2"))
+    with app.app_context():
+        connection = open_ews(app, server.id)
+        try:
+            receipts = [connection.send(ews_envelope()), connection.send(ews_envelope())]
+            time.sleep(2.2)  # the second message's deadline is over: the next one runs under its own
+            receipts.append(connection.send(ews_envelope()))
+            peer.throttle(1, back_off_ms=3000)
+            with pytest.raises(DeliveryError) as busy:
+                connection.send(ews_envelope())
+            receipts.append(connection.send(ews_envelope()))
+        finally:
+            connection.close()
+    assert all(r.reply == "EWS accepted the message (CreateItem SendOnly)" for r in receipts)
+    assert busy.value.report.failure.throttled
+    assert peer.operations() == ["ConvertId", "CreateItem", "CreateItem", "CreateItem", "CreateItem", "ConvertId",
+                                 "CreateItem"]  # the version probed once per connection, not per message
+    assert [r.status for r in peer.requests] == [200, 200, 200, 200, 500, 200, 200]
+    first, second, _, throttled, probe, after = (r.client for r in peer.requests[1:])
+    assert peer.requests[0].client == first == second  # one connection for consecutive messages
+    assert after == probe != throttled  # a new one after the failure
+    assert len(peer.sent) == 4
+    texts = [line for r in receipts for line in r.report.transcript] + busy.value.report.transcript
+    assert_nothing_leaks(texts + [r.getMessage() for r in caplog.records], secrets_of(PASSWORD))
+
+
+def test_ntlm_signs_in_once_for_a_kept_connection(app, admin, peer):
+    """"Automatic" takes NTLM when Exchange refuses Basic; the next messages go on with NTLM over the same
+    connection, without trying Basic again, and without a new handshake: NTLM signed in the connection."""
+    peer.require_ntlm = True
+    server = save(app, admin, ews_form(peer, ews_version="Exchange2016"))
+    with app.app_context():
+        connection = open_ews(app, server.id)
+        try:
+            for _ in range(3):
+                connection.send(ews_envelope())
+        finally:
+            connection.close()
+    assert [m.auth[0] for m in peer.sent] == ["ntlm"] * 3
+    assert peer.requests[0].status == 401  # the first message tried Basic
+    after_basic = peer.requests[1:]
+    assert len({r.client for r in after_basic}) == 1  # NTLM's connection, kept for the next messages
+    assert [r.operation for r in after_basic if r.status == 200] == ["CreateItem"] * 3
+    assert [r.status for r in after_basic] == [401, 401, 200, 200, 200]  # one handshake (two legs refused first)
+
+
+def test_a_kept_connection_takes_the_token_from_the_cache_and_closes_with_the_connection(
+        app, admin, authority, ews_peer, test_ca_file):
+    peer = ews_peer(verifier=authority)
+    server = save(app, admin, oauth_ews_form(authority, peer, ews_version="Exchange2016", save_copy="y"))
+    authorize(admin, server, test_ca_file)
+    with app.app_context():
+        connection = open_ews(app, server.id)
+        try:
+            for _ in range(3):
+                connection.send(ews_envelope())
+            assert peer.open_connections() == 1
+        finally:
+            connection.close()
+    assert wait_until(lambda: peer.open_connections() == 0)  # closed at the server too, not left to time out
+    assert [(r.operation, r.status, r.auth_scheme) for r in peer.requests] == [
+        ("GetFolder", 200, "bearer"), ("GetFolder", 200, "bearer"), ("CreateItem", 200, "bearer")] * 3
+    assert peer.saved == {(SENDER, "sentitems"): 3}
+    assert len({r.client for r in peer.requests}) == 1
+    assert [r["grant_type"] for r in authority.requests] == ["authorization_code"]  # the cached token, no refresh
+
+
+def test_a_delivery_run_sends_its_messages_over_one_connection(app, outbox, admin, portal, peer):  # noqa: F811
+    from webapp.mail.config import Sender
+    from webapp.models import MailState
+
+    save(app, admin, ews_form(peer))
+    ids = [outbox.queue(portal, sender=Sender(SENDER, "Help Desk"), subject=f"Message {n}") for n in range(3)]
+    outbox.run(ids[0])  # the run takes the portal's other due mail too
+    assert [outbox.mail(i).state for i in ids] == [MailState.SENT] * 3
+    assert sorted(m.mime["Subject"] for m in peer.sent) == ["Message 0", "Message 1", "Message 2"]
+    assert peer.operations() == ["ConvertId", "CreateItem", "CreateItem", "CreateItem"]
+    assert len({r.client for r in peer.requests}) == 1
+    assert wait_until(lambda: peer.open_connections() == 0)  # a run made here keeps nothing: closed at its end

@@ -12,6 +12,7 @@ import base64
 import json
 import socket
 import threading
+import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,19 +191,23 @@ class FixedToken:
         return AccessToken("fixed-access-token", datetime.now(UTC) + timedelta(hours=1), ("Mail.Send",))
 
 
-def graph_config(url: str, timeout: float = 20) -> ServerConfig:
+def graph_config(url: str, timeout: float = 20, ca_pem: str = "") -> ServerConfig:
     return ServerConfig("graph", Sender("sender@example.test"), GraphSettings(graph_endpoint=url),
-                        Network(LOOPBACK_ALLOWED), BearerAuth("sender@example.test", FixedToken()), timeout)
+                        Network(LOOPBACK_ALLOWED, extra_ca_pem=ca_pem), BearerAuth("sender@example.test", FixedToken()),
+                        timeout)
 
 
-@pytest.mark.parametrize("mode,says,timeout", [
-    *[(mode, says, 20) for mode, says in UNREADABLE],
-    ("nested", "is JSON nested too deeply to read", 20),
-    ("trickle", "no answer within 2 s", 2),  # the watchdog ends it: a body cut by it is no whole answer
+@pytest.mark.parametrize("mode,says,timeout,tls", [
+    *[(mode, says, 20, False) for mode, says in UNREADABLE],
+    ("nested", "is JSON nested too deeply to read", 20, False),
+    ("trickle", "no answer within 2 s", 2, False),  # the watchdog ends it: a body cut by it is no whole answer
+    ("trickle", "no answer within 2 s", 2, True),  # over TLS too (the watchdog closes the TLS socket)
 ])
-def test_graph_says_what_is_wrong_with_an_answer(hostile, mode, says, timeout):
-    peer = hostile(mode)
-    report = GraphTransport().check(graph_config(peer.url, timeout))
+def test_graph_says_what_is_wrong_with_an_answer(hostile, test_ca_pem, mode, says, timeout, tls):
+    peer = hostile(mode, tls=tls)
+    started = time.monotonic()
+    report = GraphTransport().check(graph_config(peer.url, timeout, test_ca_pem))
+    assert time.monotonic() - started < timeout + 5
     token, mailbox = report.steps
     assert token.outcome == Outcome.PASSED
     assert mailbox.name == "Mailbox" and mailbox.outcome == Outcome.FAILED, mailbox.summary

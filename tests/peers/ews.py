@@ -4,9 +4,11 @@
         peer = ews_peer()                      # started now, stopped at teardown
         peer.url                               # "https://127.0.0.1:<port>/EWS/Exchange.asmx"; peer.origin: no path
         peer.sent                              # [SentMessage(mailbox, disposition, mime, fields, recipients, ..., raw)]
-        peer.requests                          # [EwsRequest(operation, auth_scheme, user, anchor, impersonated, ...)]
+        peer.requests                          # [EwsRequest(operation, auth_scheme, user, anchor, impersonated, ...,
+                                               #             client)]: requests over one kept connection share client
         peer.operations()                      # ["GetFolder", "GetFolder", "CreateItem"]
         peer.saved                             # {(mailbox, "sentitems"): copies saved}
+        peer.open_connections()                # TCP connections open at the peer now
 
     ews_peer(mailboxes={"sender@example.test": {"name": "Sender"}},
              users={"EXAMPLE\\mailer": "password", "mailer@example.test": "password"},
@@ -35,7 +37,12 @@ Authorization (checked before anything else, like IIS does):
                          ErrorInvalidExchangeImpersonationHeaderData fault) and X-AnchorMailbox equal to the
                          impersonated address (else the ErrorImpersonationFailed fault: our strict choice)
   peer.require_ntlm      Basic is answered 401 + WWW-Authenticate: Negotiate, NTLM; real NTLM (pyspnego
-                         acceptor, one handshake per connection) is accepted for the `users`
+                         acceptor, one handshake per connection) is accepted for the `users`. NTLM signs in
+                         the connection, not the request: once its handshake is done, a request without an
+                         Authorization header on the same connection is that user's, as IIS does by default
+                         (windowsAuthentication's authPersistSingleRequest, default False; True would make IIS
+                         re-authenticate every NTLM request "even those on the same connection": the IIS
+                         settings schema, learn.microsoft.com/previous-versions/iis/settings-schema/aa347472)
   peer.online_blocked    every authenticated request gets 403 with a plain body, as Exchange Online answers
                          once EWS is blocked for the tenant (Microsoft documents only the 403)
   peer.audiences         a set: when given, the token's aud must be in it
@@ -100,6 +107,7 @@ MNS = "http://schemas.microsoft.com/exchange/services/2006/messages"
 TNS = "http://schemas.microsoft.com/exchange/services/2006/types"
 ENS = "http://schemas.microsoft.com/exchange/services/2006/errors"
 PATH = "/EWS/Exchange.asmx"
+CONNECTION = "ews_peer.connection"  # in the WSGI environ: the serial number of the TCP connection
 
 # name -> (MajorVersion, MinorVersion, MajorBuildNumber, MinorBuildNumber, Version attribute as servers send it)
 VERSIONS = {
@@ -223,6 +231,7 @@ class EwsRequest:
     request_version: str | None      # RequestServerVersion
     status: int = 0                  # HTTP status answered
     response_code: str | None = None  # NoError, an error code or a fault code
+    client: tuple = ()               # the client's address and port: the TCP connection the request came on
 
 
 @dataclass
@@ -319,7 +328,8 @@ class EwsPeer:
         self._faults: list[tuple[str, str, str | None]] = []
         self._throttle = 0
         self._back_off_ms = 0
-        self._ntlm: dict[tuple, object] = {}
+        self._ntlm: dict[int, object] = {}  # connection -> its handshake under way
+        self._ntlm_connections: dict[int, _Caller] = {}  # connection -> who signed it in with NTLM
         self._ntlm_file: str | None = None
         self._server = KeepAliveHttpsServer(self.wsgi, context)
         self.origin = self._server.url
@@ -342,6 +352,9 @@ class EwsPeer:
     def operations(self) -> list[str | None]:
         return [r.operation for r in self.requests]
 
+    def open_connections(self) -> int:
+        return self._server.open_connections()
+
     def stop(self) -> None:
         self._server.stop()
         if self._ntlm_file:
@@ -353,6 +366,7 @@ class EwsPeer:
         body = request.get_data()  # always read it: the connection is kept alive
         record = EwsRequest(None, None, None, request.headers.get("X-AnchorMailbox"), None, None)
         record.anchor = record.anchor.removeprefix("SMTP:") if record.anchor else None
+        record.client = (environ.get("REMOTE_ADDR"), environ.get("REMOTE_PORT"))
         with self._lock:
             self.requests.append(record)
         try:
@@ -446,6 +460,11 @@ class EwsPeer:
             return self._bearer(credentials.strip())
         if scheme in ("ntlm", "negotiate") and self.require_ntlm:
             return self._ntlm_step(request, scheme, credentials.strip())
+        if not scheme and self.require_ntlm:
+            with self._lock:
+                signed_in = self._ntlm_connections.get(request.environ.get(CONNECTION))
+            if signed_in is not None:
+                return signed_in
         raise self._unauthorized()
 
     def _basic(self, credentials: str) -> _Caller:
@@ -500,7 +519,7 @@ class EwsPeer:
     def _ntlm_step(self, request: Request, scheme: str, token: str) -> _Caller:
         import spnego
 
-        key = (request.remote_addr, request.environ.get("REMOTE_PORT"))
+        key = request.environ.get(CONNECTION)
         with self._lock, self._ntlm_users():
             context = self._ntlm.get(key)
             if context is None:
@@ -516,7 +535,8 @@ class EwsPeer:
                                                        f"{base64.b64encode(answer).decode()}"
                 raise _Fail(response, "HTTP 401")
             del self._ntlm[key]
-            return _Caller("ntlm", context.client_principal)
+            caller = self._ntlm_connections[key] = _Caller("ntlm", context.client_principal)
+            return caller
 
     def _ntlm_users(self):
         if self._ntlm_file is None:
@@ -836,9 +856,19 @@ class KeepAliveHttpsServer:
         self._httpd.server_close()
         self._thread.join(timeout=10)
 
+    def open_connections(self) -> int:
+        with self._httpd.lock:
+            return self._httpd.open
+
 
 class _QuietServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.lock = threading.Lock()
+        self.open = 0  # connections being served (from accept to close)
+        self.serial = 0  # of the last connection accepted
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
@@ -848,6 +878,20 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 30  # an idle kept-alive connection is dropped after this
+
+    def setup(self):
+        with self.server.lock:
+            self.server.open += 1
+            self.server.serial += 1
+            self.serial = self.server.serial
+        super().setup()
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.lock:
+                self.server.open -= 1
 
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -860,7 +904,7 @@ class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
             "REMOTE_PORT": str(self.client_address[1]), "CONTENT_LENGTH": str(length),
             "CONTENT_TYPE": self.headers.get("Content-Type", ""), "wsgi.version": (1, 0),
             "wsgi.url_scheme": "https", "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr,
-            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False,
+            "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False, CONNECTION: self.serial,
         }
         for name in self.headers:
             key = "HTTP_" + name.upper().replace("-", "_")

@@ -28,17 +28,22 @@ from .report import Outcome, RecipientOutcome, Report, Step, StepFailed
 
 class Kept:
     """What one message's ApiCall leaves to the next one to the same server: the HTTP session, whose
-    connections stay open (keep-alive, as SMTP keeps its session), and the redactor, which knows the
-    token. Each message still runs under its own deadline. A failed call drops the session."""
+    connections stay open (keep-alive, as SMTP keeps its session), the redactor, which knows the
+    token, and a library's client over such a session (EWS: exchangelib's Protocol, whose session
+    pool holds the connection, its sign-in and the server's version). Each message still runs under
+    its own deadline. A failed call drops them all."""
 
     def __init__(self):
         self.session: requests.Session | None = None
         self.redactor: Redactor | None = None
+        self.client = None  # anything with close()
 
     def close(self) -> None:
         if self.session is not None:
             self.session.close()
-        self.session = self.redactor = None
+        if self.client is not None:
+            self.client.close()
+        self.session = self.redactor = self.client = None
 
 
 class ApiConnection:
@@ -71,11 +76,15 @@ class ApiCall(Attempt):
         if self.kept is None:
             self.session.close()
         elif kind is None and self.report.ok:
-            self.kept.session, self.kept.redactor = self.session, self.redactor
+            self.keep(self.kept)
         else:  # the connection may be in any state: the next message starts afresh
             self.session.close()
             self.kept.close()
         return handled
+
+    def keep(self, kept: Kept) -> None:
+        """After a message that went well: what the next message to this server goes on with."""
+        kept.session, kept.redactor = self.session, self.redactor
 
     def bearer(self, may_send=None, grant: str = "") -> Step:
         """The Token step: the access token goes into the Authorization header (never the report).

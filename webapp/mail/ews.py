@@ -13,12 +13,17 @@ and offers NTLM/Negotiate), or OAuth 2.0 with the token of the Token step: deleg
 (EWS.AccessAsUser.All) or app-only with impersonation of the mailbox (ExchangeImpersonation
 and X-AnchorMailbox, sent by exchangelib for the credentials' identity).
 
-exchangelib never opens a connection of its own here, nor keeps anything between calls:
-- each check or send builds its own Protocol (not through exchangelib's process-wide cache,
-  which keys on endpoint and credentials only and would keep the password) whose sessions
-  mount one EgressAdapter (mail/http.py) for every URL: connections go only to addresses the
-  egress policy checked, TLS is verified with the app's CA store plus the server's own CA
-  certificate, and every request's timeout is what is left of the one deadline;
+exchangelib never opens a connection of its own here, nor keeps anything beyond our own objects:
+- each check, and the first message of a connection (open()), builds its own Protocol (not
+  through exchangelib's process-wide cache, which keys on endpoint and credentials only and
+  would keep the password) whose sessions mount one EgressAdapter (mail/http.py) for every URL:
+  connections go only to addresses the egress policy checked, TLS is verified with the app's CA
+  store plus the server's own CA certificate, and every request's timeout is what is left of the
+  one deadline;
+- the delivery worker's consecutive messages to a server (open(): api.ApiConnection) share that
+  Protocol through api.Kept: its one session keeps its HTTPS connection alive (NTLM's sign-in
+  with it), and the version it probed; each message takes it over (EwsProtocol.take_over: the
+  message's call, so its deadline, transcript and token) and a failed message closes it;
 - the retry policy is FailFast: exchangelib's fault-tolerant policy would sleep through
   401s and back-offs far beyond the deadline;
 - OAuth credentials carry the access token and cannot refresh or fetch one (no client id or
@@ -46,7 +51,7 @@ from exchangelib.protocol import Protocol
 from exchangelib.transport import DEFAULT_HEADERS
 
 from . import http, proxy, smime
-from .api import ApiCall, accepted_all
+from .api import ApiCall, ApiConnection, Kept, accepted_all
 from .auth import BearerAuth, PasswordAuth, token_step
 from .deadline import DeadlineExceeded
 from .egress import EgressRefused
@@ -85,8 +90,11 @@ class EwsTransport(Ews):
         call.report.passed_summary = "Exchange accepts the sign-in and knows the mailbox."
         return call.report
 
-    def send(self, config, envelope: Envelope) -> Receipt:
-        call = EwsCall(config)
+    def open(self, config) -> ApiConnection:
+        return ApiConnection(self, config)
+
+    def send(self, config, envelope: Envelope, kept: Kept | None = None) -> Receipt:
+        call = EwsCall(config, kept)
 
         def prepare() -> Step:
             if not envelope.recipients:
@@ -116,8 +124,8 @@ class EwsTransport(Ews):
 class EwsCall(ApiCall):
     """The steps of one check or send (ApiCall: one deadline, a step runner, a scrubbed report)."""
 
-    def __init__(self, config):
-        super().__init__(config)
+    def __init__(self, config, kept: Kept | None = None):
+        super().__init__(config, kept)
         self.report.transcript_name = EwsTransport.transcript_name
         self.settings: EwsSettings = config.settings
         self.url = self.settings.ews_url.strip()
@@ -133,10 +141,18 @@ class EwsCall(ApiCall):
             self.redactor.add(config.auth.password)
 
     def __exit__(self, kind, error, traceback) -> bool:
+        handled = super().__exit__(kind, error, traceback)  # keeps the last protocol after a message that went well
+        kept = self.kept.client if self.kept is not None else None
         for protocol in self.protocols:
-            with suppress(Exception):
-                protocol.close()
-        return super().__exit__(kind, error, traceback)
+            if protocol is not kept:
+                with suppress(Exception):
+                    protocol.close()
+        return handled
+
+    def keep(self, kept: Kept) -> None:
+        super().keep(kept)
+        if self.protocols:
+            kept.client = self.protocols[-1]
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -255,7 +271,11 @@ class EwsCall(ApiCall):
         auth = self.config.auth
         if not isinstance(auth, (PasswordAuth, BearerAuth)):
             raise StepFailed("EWS needs a sign-in", "choose Authentication “Basic” or “OAuth 2.0”", temporary=False)
-        first = OAUTH2 if isinstance(auth, BearerAuth) else (NTLM if auth.mechanism == "ntlm" else BASIC)
+        kept = self.kept.client if self.kept is not None else None
+        if kept is not None:  # the previous message's sign-in ("auto": what the server took)
+            first = kept.auth_type
+        else:
+            first = OAUTH2 if isinstance(auth, BearerAuth) else (NTLM if auth.mechanism == "ntlm" else BASIC)
         try:
             return self._attempt(action, first)
         except (ews.UnauthorizedError, ews.ErrorServerBusy):  # a 401 with "Connection: close" reads as busy
@@ -267,7 +287,11 @@ class EwsCall(ApiCall):
         return self._attempt(action, NTLM)
 
     def _attempt(self, action, auth_type):
-        protocol = EwsProtocol.for_call(self, self._configuration(auth_type))
+        kept = self.kept.client if self.kept is not None else None
+        if kept is not None and kept.auth_type == auth_type and kept not in self.protocols:  # not tried yet
+            protocol = kept.take_over(self)
+        else:
+            protocol = EwsProtocol.for_call(self, self._configuration(auth_type))
         self.protocols.append(protocol)
         self.auth_used = auth_type
         return action(protocol)
@@ -527,7 +551,10 @@ MAILBOX_ERRORS = (ews.ErrorNonExistentMailbox, ews.ErrorNameResolutionNoResults,
 # --- exchangelib, confined to this call ----------------------------------------------------------------------
 
 class EwsProtocol(Protocol):
-    """exchangelib's Protocol for one check or send: never cached, every session through the egress adapter."""
+    """exchangelib's Protocol for one check or send, or for a connection's messages one after the other (api.Kept):
+    never in exchangelib's cache, every session through the egress adapter, under the deadline of the call
+    under way. Its pool holds one session (max_connections=1), whose requests go one after the other, so over
+    one kept-alive connection while the server keeps it open."""
 
     call: EwsCall
 
@@ -538,6 +565,22 @@ class EwsProtocol(Protocol):
         protocol.call = call
         protocol.TIMEOUT = max(call.config.timeout, 1)  # each request gets only what is left of the deadline anyway
         return protocol
+
+    def take_over(self, call: EwsCall) -> "EwsProtocol":
+        """The next message's call uses this (kept) protocol: its transcript, its deadline (from the next
+        request on: get_session) and, with OAuth, its token (taken from the cache by its Token step)."""
+        self.call = call
+        if isinstance(self.credentials, TokenCredentials):
+            self.credentials.access_token = {"access_token": call.token, "token_type": "Bearer"}
+        return self
+
+    def get_session(self):
+        """exchangelib takes a session from the pool for every request: it serves the call under way."""
+        session = super().get_session()
+        for adapter in session.adapters.values():
+            if isinstance(adapter, EwsAdapter):
+                adapter.call = self.call
+        return http.rebind(session, self.call.deadline)
 
     def raw_session(self, prefix, oauth2_client=None, oauth2_session_params=None, oauth2_token_endpoint=None):
         session = requests.Session()

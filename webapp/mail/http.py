@@ -74,8 +74,13 @@ class EgressAdapter(HTTPAdapter):
         def new_plain_conn(conn):
             return _checked_connection(conn, adapter, loopback_only=True)
 
+        def connect_tls(conn):
+            HTTPSConnection.connect(conn)
+            if isinstance(conn.sock, socket.socket):  # the TLS socket: the plain one it wrapped gave it its descriptor
+                _watch(conn.sock, adapter)
+
         http = type("CheckedHTTPConnection", (HTTPConnection,), {"_new_conn": new_plain_conn})
-        https = type("CheckedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn})
+        https = type("CheckedHTTPSConnection", (HTTPSConnection,), {"_new_conn": new_conn, "connect": connect_tls})
         self.poolmanager.pool_classes_by_scheme = {
             "http": type("CheckedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
             "https": type("CheckedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
@@ -209,13 +214,15 @@ def _one_reason(failure: "proxy.ProxyFailed") -> str:
 
 def _watch(sock: socket.socket, holder) -> None:
     """Close the connection when `holder.deadline` is over, even if the server keeps trickling bytes.
-    A kept connection's deadline moves on with each message (rebind): the watch waits for the new one."""
+    A kept connection's deadline moves on with each message (rebind): the watch waits for the new one.
+    Over TLS, watch the TLS socket (wrapping detaches the plain one: its shutdown() would do nothing);
+    socket.shutdown() of its descriptor, not SSLSocket's, which would also unwrap it under a reader."""
     def close_when_over():
         try:
             left = holder.deadline.left()
         except DeadlineExceeded:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
             return
