@@ -2,6 +2,7 @@
 (tests/peers/ews.py), with bearer tokens from the real authorization server (tests/peers/oauth.py)
 that the peer introspects."""
 import base64
+import gc
 import html
 import logging
 import re
@@ -641,3 +642,35 @@ def test_a_delivery_run_sends_its_messages_over_one_connection(app, outbox, admi
     assert peer.operations() == ["ConvertId", "CreateItem", "CreateItem", "CreateItem"]
     assert len({r.client for r in peer.requests}) == 1
     assert wait_until(lambda: peer.open_connections() == 0)  # a run made here keeps nothing: closed at its end
+
+
+def test_a_failed_message_or_check_closes_its_connection_at_once(app, admin, peer):
+    """The connection of a failed message, or of a failed Validate, is closed at Exchange as the failure is
+    reported, not when the garbage collector runs (switched off here, so nothing else could close it): a failure
+    whose exception keeps exchangelib's answer in a reference cycle (ErrorServerBusy: the exception, its traceback
+    and a frame that holds it) kept its connection pool, which urllib3 closes only as garbage."""
+    from webapp.mail.report import DeliveryError
+
+    server = save(app, admin, ews_form(peer, ews_version="Exchange2016"))
+    gc.collect()
+    gc.disable()
+    try:
+        with app.app_context():
+            connection = open_ews(app, server.id)
+            try:
+                connection.send(ews_envelope())
+                assert peer.open_connections() == 1  # kept for the next message
+                peer.throttle(1, back_off_ms=3000)
+                with pytest.raises(DeliveryError) as busy:
+                    connection.send(ews_envelope())
+                assert busy.value.report.failure.throttled
+                assert wait_until(lambda: peer.open_connections() == 0, 2)
+            finally:
+                connection.close()
+        peer.throttle(1, back_off_ms=3000)
+        report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+        assert "Exchange is throttling this account (ErrorServerBusy) for 3 s" in report
+        assert wait_until(lambda: peer.open_connections() == 0, 2)
+    finally:
+        gc.enable()
+    assert peer.operations() == ["CreateItem", "CreateItem", "ResolveNames"]
