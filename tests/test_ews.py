@@ -2,6 +2,7 @@
 (tests/peers/ews.py), with bearer tokens from the real authorization server (tests/peers/oauth.py)
 that the peer introspects."""
 import base64
+import gc
 import html
 import logging
 import re
@@ -622,8 +623,8 @@ def test_a_kept_connection_takes_the_token_from_the_cache_and_closes_with_the_co
         finally:
             connection.close()
     assert wait_until(lambda: peer.open_connections() == 0)  # closed at the server too, not left to time out
-    assert [(r.operation, r.status, r.auth_scheme) for r in peer.requests] == [
-        ("GetFolder", 200, "bearer"), ("GetFolder", 200, "bearer"), ("CreateItem", 200, "bearer")] * 3
+    assert [(r.operation, r.status, r.auth_scheme) for r in peer.requests] == [  # Sent Items looked up once
+        ("GetFolder", 200, "bearer"), ("GetFolder", 200, "bearer")] + [("CreateItem", 200, "bearer")] * 3
     assert peer.saved == {(SENDER, "sentitems"): 3}
     assert len({r.client for r in peer.requests}) == 1
     assert [r["grant_type"] for r in authority.requests] == ["authorization_code"]  # the cached token, no refresh
@@ -641,3 +642,110 @@ def test_a_delivery_run_sends_its_messages_over_one_connection(app, outbox, admi
     assert peer.operations() == ["ConvertId", "CreateItem", "CreateItem", "CreateItem"]
     assert len({r.client for r in peer.requests}) == 1
     assert wait_until(lambda: peer.open_connections() == 0)  # a run made here keeps nothing: closed at its end
+
+
+def operations_of(receipt) -> list[str]:
+    """The SOAP operations a message's transcript names, in order."""
+    return [line.rsplit(" (", 1)[-1].rstrip(")") for line in receipt.report.transcript if line.startswith("C: ")]
+
+
+def test_a_kept_connection_saves_its_later_copies_with_createitem_alone(app, admin, peer):
+    """With “Save a copy to Sent Items”, a connection's first message looks Sent Items up (exchangelib: the root
+    folder, then Sent Items), and the later ones save their copy there with CreateItem alone, as a client that
+    knows the folder's id does; after a failed message the next one, on a new connection, looks it up again."""
+    from webapp.mail.report import DeliveryError
+
+    server = save(app, admin, ews_form(peer, ews_version="Exchange2016", save_copy="y"))
+    with app.app_context():
+        connection = open_ews(app, server.id)
+        try:
+            receipts = [connection.send(ews_envelope(f"Message {n}")) for n in range(3)]
+            peer.fail_next("CreateItem", "ErrorQuotaExceeded", "The mailbox is full.")
+            with pytest.raises(DeliveryError) as full:
+                connection.send(ews_envelope("Refused"))
+            receipts.append(connection.send(ews_envelope("After")))
+        finally:
+            connection.close()
+    assert "ErrorQuotaExceeded" in full.value.report.failure.summary
+    assert [operations_of(r) for r in receipts] == [["GetFolder", "GetFolder", "CreateItem"], ["CreateItem"],
+                                                    ["CreateItem"], ["GetFolder", "GetFolder", "CreateItem"]]
+    assert operations_of(full.value) == ["CreateItem"]
+    assert [(m.mime["Subject"], m.mailbox, m.disposition, m.saved_folder) for m in peer.sent] == [
+        (subject, SENDER, "SendAndSaveCopy", "sentitems") for subject in ("Message 0", "Message 1", "Message 2",
+                                                                          "After")]
+    assert peer.saved == {(SENDER, "sentitems"): 4}  # every copy in Sent Items, none for the refused one
+    kept = {r.client for r in peer.requests[:6]}
+    assert len(kept) == 1 and {r.client for r in peer.requests[6:]}.isdisjoint(kept)
+    assert all(r.reply == "EWS accepted the message (CreateItem SendAndSaveCopy)" for r in receipts)
+
+
+def test_a_worker_looks_sent_items_up_again_once_the_server_is_saved(app, outbox, admin, portal, ews_peer):  # noqa: F811
+    """The worker keeps a connection, and its Sent Items, from one job to the next; saving the server (here
+    another mailbox) makes it connect afresh, so the copy goes to the new mailbox's Sent Items."""
+    from webapp.delivery.kept import KeptConnections
+    from webapp.delivery.worker import Run
+    from webapp.mail.config import Sender
+    from webapp.models import MailState
+
+    shared = "shared@example.test"
+    peer = ews_peer(mailboxes={SENDER: {"name": "Sender", "access": [USERNAME]},
+                               shared: {"name": "Shared", "access": [USERNAME], "send_as": [SENDER]}},
+                    users={USERNAME: PASSWORD})
+    server = save(app, admin, ews_form(peer, ews_version="Exchange2016", save_copy="y"))
+    connections = KeptConnections(outbox.app, 600.0)
+
+    def job(subject: str) -> int:
+        mail_id = outbox.queue(portal, sender=Sender(SENDER, "Help Desk"), subject=subject)
+        with outbox.app.app_context():
+            Run(outbox.settings, "kept-worker", kept=connections).run(mail_id)
+        return mail_id
+
+    try:
+        sent = [job("First"), job("Second")]
+        assert peer.operations() == ["GetFolder", "GetFolder", "CreateItem", "CreateItem"]
+        changed = ews_form(peer, password="", confirm_password="", mailbox=shared, ews_version="Exchange2016",
+                           save_copy="y", version="1")
+        assert admin.post(f"/p/help/servers/{server.id}/edit", changed).status_code == 303
+        sent.append(job("Third"))
+    finally:
+        connections.close_all()
+    assert [outbox.mail(i).state for i in sent] == [MailState.SENT] * 3
+    assert peer.operations()[4:] == ["GetFolder", "GetFolder", "CreateItem"]
+    assert [(m.mime["Subject"], m.mailbox) for m in peer.sent] == [("First", SENDER), ("Second", SENDER),
+                                                                    ("Third", shared)]
+    assert peer.saved == {(SENDER, "sentitems"): 2, (shared, "sentitems"): 1}
+    before, after = {r.client for r in peer.requests[:4]}, {r.client for r in peer.requests[4:]}
+    assert len(before) == len(after) == 1 and before != after
+    assert wait_until(lambda: peer.open_connections() == 0)
+
+
+def test_a_failed_message_or_check_closes_its_connection_at_once(app, admin, peer):
+    """The connection of a failed message, or of a failed Validate, is closed at Exchange as the failure is
+    reported, not when the garbage collector runs (switched off here, so nothing else could close it): a failure
+    whose exception keeps exchangelib's answer in a reference cycle (ErrorServerBusy: the exception, its traceback
+    and a frame that holds it) kept its connection pool, which urllib3 closes only as garbage."""
+    from webapp.mail.report import DeliveryError
+
+    server = save(app, admin, ews_form(peer, ews_version="Exchange2016", save_copy="y"))
+    gc.collect()
+    gc.disable()
+    try:
+        with app.app_context():
+            connection = open_ews(app, server.id)
+            try:
+                connection.send(ews_envelope())
+                assert peer.open_connections() == 1  # kept for the next message
+                peer.throttle(1, back_off_ms=3000)
+                with pytest.raises(DeliveryError) as busy:
+                    connection.send(ews_envelope())
+                assert busy.value.report.failure.throttled
+                assert wait_until(lambda: peer.open_connections() == 0, 2)
+            finally:
+                connection.close()
+        peer.throttle(1, back_off_ms=3000)
+        report = admin.post(f"/p/help/servers/{server.id}/check", htmx=True).text
+        assert "Exchange is throttling this account (ErrorServerBusy) for 3 s" in report
+        assert wait_until(lambda: peer.open_connections() == 0, 2)
+    finally:
+        gc.enable()
+    assert peer.operations() == ["GetFolder", "GetFolder", "CreateItem", "CreateItem", "ResolveNames"]

@@ -4,8 +4,12 @@ exchangelib's sessions are made in BaseProtocol.raw_session() with BaseProtocol.
 resolves verify=True to REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE (when set) *before* the adapter sees it, so the
 adapter below replaces any truthy verify with the test CA file.
 """
+import base64
+import http.client
+import ssl
 import time
 from email.message import EmailMessage
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -463,6 +467,34 @@ def test_require_ntlm(ews_peer, trusted):
     assert peer.sent[0].auth[0] == "ntlm" and peer.sent[0].auth[1].lower().endswith("mailer")
     with pytest.raises(UnauthorizedError):
         basic_account(peer, password="wrong", auth_type=NTLM).protocol.resolve_names([SENDER])
+
+
+def test_an_ntlm_sign_in_ends_with_its_connection(ews_peer, trusted):
+    """NTLM signs in the connection: the peer knows who signed it in while it is open, and forgets that, as a
+    handshake left half-way, once the connection closes."""
+    import spnego
+
+    peer = ews_peer()
+    peer.require_ntlm = True
+    account = basic_account(peer, auth_type=NTLM)
+    assert account.protocol.resolve_names([SENDER])[0].email_address == SENDER
+    assert peer.ntlm_connections() == 1
+    negotiate = spnego.client("EXAMPLE\\mailer", "password", protocol="ntlm").step()
+    half_way = http.client.HTTPSConnection("127.0.0.1", urlsplit(peer.url).port,
+                                           context=ssl.create_default_context(cafile=trusted))
+    half_way.request("POST", "/EWS/Exchange.asmx", RESOLVE,
+                     {"Authorization": f"NTLM {base64.b64encode(negotiate).decode()}", "Content-Type": "text/xml"})
+    challenge = half_way.getresponse()
+    challenge.read()
+    assert challenge.status == 401 and challenge.getheader("WWW-Authenticate").startswith("NTLM ")
+    assert peer.ntlm_connections() == 2
+    half_way.close()
+    account.protocol.close()
+    deadline = time.monotonic() + 5
+    while peer.open_connections() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert peer.open_connections() == 0
+    assert peer.ntlm_connections() == 0
 
 
 # --- trusting the CA without patching BaseProtocol --------------------------------------------------------------

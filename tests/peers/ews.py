@@ -9,6 +9,7 @@
         peer.operations()                      # ["GetFolder", "GetFolder", "CreateItem"]
         peer.saved                             # {(mailbox, "sentitems"): copies saved}
         peer.open_connections()                # TCP connections open at the peer now
+        peer.ntlm_connections()                # open connections NTLM signed in or is signing in (forgotten at close)
 
     ews_peer(mailboxes={"sender@example.test": {"name": "Sender"}},
              users={"EXAMPLE\\mailer": "password", "mailer@example.test": "password"},
@@ -42,7 +43,8 @@ Authorization (checked before anything else, like IIS does):
                          Authorization header on the same connection is that user's, as IIS does by default
                          (windowsAuthentication's authPersistSingleRequest, default False; True would make IIS
                          re-authenticate every NTLM request "even those on the same connection": the IIS
-                         settings schema, learn.microsoft.com/previous-versions/iis/settings-schema/aa347472)
+                         settings schema, learn.microsoft.com/previous-versions/iis/settings-schema/aa347472);
+                         the sign-in, and a handshake left half-way, end with the connection
   peer.online_blocked    every authenticated request gets 403 with a plain body, as Exchange Online answers
                          once EWS is blocked for the tenant (Microsoft documents only the 403)
   peer.audiences         a set: when given, the token's aud must be in it
@@ -331,7 +333,7 @@ class EwsPeer:
         self._ntlm: dict[int, object] = {}  # connection -> its handshake under way
         self._ntlm_connections: dict[int, _Caller] = {}  # connection -> who signed it in with NTLM
         self._ntlm_file: str | None = None
-        self._server = KeepAliveHttpsServer(self.wsgi, context)
+        self._server = KeepAliveHttpsServer(self.wsgi, context, closed=self._connection_closed)
         self.origin = self._server.url
         self.url = self.origin + PATH
         self.host = "127.0.0.1"
@@ -354,6 +356,16 @@ class EwsPeer:
 
     def open_connections(self) -> int:
         return self._server.open_connections()
+
+    def ntlm_connections(self) -> int:
+        with self._lock:
+            return len(self._ntlm.keys() | self._ntlm_connections.keys())
+
+    def _connection_closed(self, connection: int) -> None:
+        """NTLM's sign-in (or its handshake under way) ends with its connection."""
+        with self._lock:
+            self._ntlm.pop(connection, None)
+            self._ntlm_connections.pop(connection, None)
 
     def stop(self) -> None:
         self._server.stop()
@@ -837,12 +849,14 @@ class KeepAliveHttpsServer:
     Not tests.peers.https.HttpsPeer: werkzeug's server sends "Connection: close" on every response, and
     exchangelib turns any non-200 answer carrying that header into ErrorServerBusy("Caused by closed
     connection") before it looks at 401/403; NTLM also needs its three legs on one connection.
-    Same interface: .url, .port, .stop().
+    Same interface: .url, .port, .stop(); besides, open_connections() and closed(serial), called as a
+    connection closes.
     """
 
-    def __init__(self, app, context: ssl.SSLContext, host: str = "127.0.0.1"):
+    def __init__(self, app, context: ssl.SSLContext, host: str = "127.0.0.1", closed=None):
         self._httpd = _QuietServer((host, 0), _KeepAliveHandler)
         self._httpd.app = app
+        self._httpd.closed = closed  # closed(serial) once a connection is closed
         self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True,
                                                  do_handshake_on_connect=False)
         self.port = self._httpd.server_address[1]
@@ -869,6 +883,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.open = 0  # connections being served (from accept to close)
         self.serial = 0  # of the last connection accepted
+        self.closed = None
 
     def handle_error(self, request, client_address):
         if not isinstance(sys.exc_info()[1], (ssl.SSLError, ConnectionError, TimeoutError)):
@@ -890,6 +905,8 @@ class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
         try:
             super().finish()
         finally:
+            if self.server.closed is not None:  # before it counts as closed: whoever waits for that sees it done
+                self.server.closed(self.serial)
             with self.server.lock:
                 self.server.open -= 1
 

@@ -5,8 +5,9 @@ check(): [Token] -> Connect (the egress policy, TLS and the server's certificate
 ResolveNames for the mailbox) -> Mailbox (what ResolveNames found). Nothing is sent.
 send(): the stored message (Envelope.raw) as MimeContent (every header, Reply-To and the Message-ID
 kept), with the message options' item fields (Importance, Sensitivity, IsReadReceiptRequested,
-IsDeliveryReceiptRequested: options.ews_fields()) beside it, in one CreateItem: SendOnly, or SendAndSaveCopy to Sent Items (then exchangelib first reads the
-folders with two GetFolder calls).
+IsDeliveryReceiptRequested: options.ews_fields()) beside it, in one CreateItem: SendOnly, or
+SendAndSaveCopy to Sent Items (exchangelib first looks the folder up with two GetFolder calls, once
+per connection: the Account that caches it is kept with the protocol).
 
 Sign-in: Basic or NTLM with a password ("auto": Basic, or NTLM when the server refuses Basic
 and offers NTLM/Negotiate), or OAuth 2.0 with the token of the Token step: delegated
@@ -22,8 +23,9 @@ exchangelib never opens a connection of its own here, nor keeps anything beyond 
   one deadline;
 - the delivery worker's consecutive messages to a server (open(): api.ApiConnection) share that
   Protocol through api.Kept: its one session keeps its HTTPS connection alive (NTLM's sign-in
-  with it), and the version it probed; each message takes it over (EwsProtocol.take_over: the
-  message's call, so its deadline, transcript and token) and a failed message closes it;
+  with it), the version it probed, and the mailbox's Account with the Sent Items folder it looked
+  up; each message takes it over (EwsProtocol.take_over: the message's call, so its deadline,
+  transcript and token) and a failed message closes it;
 - the retry policy is FailFast: exchangelib's fault-tolerant policy would sleep through
   401s and back-offs far beyond the deadline;
 - OAuth credentials carry the access token and cannot refresh or fetch one (no client id or
@@ -309,12 +311,20 @@ class EwsCall(ApiCall):
                              max_connections=1)
 
     def account(self, protocol) -> Account:
+        """The mailbox's Account on this protocol, made for its first message and kept with it: exchangelib
+        caches on the Account the folders it looked up (Sent Items: two GetFolder), so a kept connection's
+        later messages save their copy with CreateItem alone. It goes with the protocol (a failed message, a
+        closed connection; the worker opens a new connection once the server's settings were saved)."""
         access = IMPERSONATION if self.app_only else DELEGATE
-        account = Account(self.mailbox, config=protocol.config, autodiscover=False, access_type=access,
-                          locale="en_US", default_timezone=UTC)
-        with suppress(KeyError):  # Account() put a Protocol for this config into exchangelib's cache: not ours
-            del Protocol[protocol.config]
-        account.protocol = protocol
+        key = (self.mailbox.lower(), access)
+        account = protocol.accounts.get(key)
+        if account is None:
+            account = Account(self.mailbox, config=protocol.config, autodiscover=False, access_type=access,
+                              locale="en_US", default_timezone=UTC)
+            with suppress(KeyError):  # Account() put a Protocol for this config into exchangelib's cache: not ours
+                del Protocol[protocol.config]
+            account.protocol = protocol
+            protocol.accounts[key] = account
         return account
 
     def observe(self, request, response) -> None:
@@ -557,12 +567,14 @@ class EwsProtocol(Protocol):
     one kept-alive connection while the server keeps it open."""
 
     call: EwsCall
+    accounts: dict[tuple[str, str], Account]
 
     @classmethod
     def for_call(cls, call: EwsCall, configuration: Configuration) -> "EwsProtocol":
         protocol = cls.__new__(cls)  # not cls(...): CachingProtocol would keep it, with the password, for the process
         Protocol.__init__(protocol, config=configuration)
         protocol.call = call
+        protocol.accounts = {}  # (mailbox, access type) -> its Account: EwsCall.account
         protocol.TIMEOUT = max(call.config.timeout, 1)  # each request gets only what is left of the deadline anyway
         return protocol
 
@@ -573,6 +585,10 @@ class EwsProtocol(Protocol):
         if isinstance(self.credentials, TokenCredentials):
             self.credentials.access_token = {"access_token": call.token, "token_type": "Bearer"}
         return self
+
+    def close(self):
+        self.__dict__.get("accounts", {}).clear()  # a closed protocol keeps nothing of its mailboxes
+        super().close()
 
     def get_session(self):
         """exchangelib takes a session from the pool for every request: it serves the call under way."""

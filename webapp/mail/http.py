@@ -94,6 +94,19 @@ class EgressAdapter(HTTPAdapter):
         """Always verify, with our context alone (not a bundle loaded into it)."""
         conn.cert_reqs, conn.ca_certs, conn.ca_cert_dir = "CERT_REQUIRED", None, None
 
+    def close(self) -> None:
+        """Close the pooled connections now. urllib3 2's PoolManager.clear() only forgets its pools, whose
+        connections close when a pool is garbage (weakref.finalize): a response still referenced kept its pool,
+        so after a failure whose traceback holds the response in a reference cycle (exchangelib's
+        ErrorServerBusy: the exception, its traceback and a frame holding it) the connection stayed open until
+        the garbage collector ran. A connection still lent out closes as it comes back to its closed pool."""
+        pools = self.poolmanager.pools
+        for key in list(pools.keys()):
+            pool = pools.get(key)
+            if pool is not None:
+                pool.close()
+        super().close()
+
     def send(self, request, **kwargs):
         kwargs["timeout"] = self.deadline.left()
         kwargs["proxies"] = {}
