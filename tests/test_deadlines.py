@@ -14,13 +14,16 @@ import pytest
 
 from tests.peers.tls import server_context
 from tests.peers.trickle import TricklePeer
-from webapp.mail import transport_for
+from webapp.mail import receiver, transport_for
 from webapp.mail.auth import NoAuth, PasswordAuth
 from webapp.mail.config import Sender, ServerConfig
+from webapp.mail.deadline import Deadline
 from webapp.mail.egress import Network, Policy, parse_rules
 from webapp.mail.envelope import Envelope
 from webapp.mail.message import build_message
-from webapp.mail.report import DeliveryError, Outcome
+from webapp.mail.proxy import Proxy, ProxySettings
+from webapp.mail.receiver import Receiver, ReceiverSettings
+from webapp.mail.report import DeliveryError, Outcome, StepFailed
 from webapp.mail.smtp import Security, SmtpSettings
 
 TIMEOUT = 2.0
@@ -137,3 +140,63 @@ def test_an_smtp_send_ends_with_its_deadline_when_the_answer_to_data_trickles(tr
     failure = failed.value.report.failure
     assert failure.name == "DATA" and failure.outcome == Outcome.FAILED
     assert f"no answer within {TIMEOUT:g} s" in failure.summary and failure.hint
+
+
+# -- proxies: a proxy that trickles its answer to CONNECT or SOCKS5 ---------------------------------------
+
+PROXY_TRICKLES = {
+    "http": [("head",), ("trickle", b"HTTP/1.1 200 ")],
+    "socks5": [("read", 3), ("send", b"\x05\x00"), ("read", 10), ("trickle", b"\x05\x00\x00\x03\xff")],
+}
+
+
+@pytest.mark.parametrize("kind", PROXY_TRICKLES)
+def test_an_smtp_check_through_a_trickling_proxy_ends_with_the_deadline(trickler, test_ca_pem, kind):
+    before = set(threading.enumerate())
+    peer = trickler(PROXY_TRICKLES[kind])
+    network = Network(LOOPBACK.policy, proxy=Proxy(ProxySettings(kind=kind, host="127.0.0.1", port=peer.port)))
+    settings = SmtpSettings(host="127.0.0.1", port=25, security=Security.STARTTLS, ca_cert=test_ca_pem)
+    started = time.monotonic()
+    report = transport_for("smtp").check(ServerConfig("smtp", SENDER, settings, network=network, auth=NoAuth(),
+                                                      timeout=TIMEOUT))
+    assert_ended_in_time(started, peer, before)
+    failure = report.failure
+    assert failure.name == "Proxy", [(s.name, s.summary) for s in report.steps]
+    assert failure.summary == f"no answer from the proxy within {TIMEOUT:g} s" and failure.hint
+
+
+# -- the mail receiver login (POP3, IMAP) over TLS --------------------------------------------------------
+
+POP3_READY = b"+OK Dovecot ready.\r\n"
+IMAP_READY = b"* OK Dovecot ready.\r\n"
+RECEIVER_TRICKLES = {  # (protocol, security, script)
+    "POP3 implicit TLS: handshake stalled": ("pop3", "tls", [("stall_tls",)]),
+    "POP3 implicit TLS: handshake trickled": ("pop3", "tls", [("trickle_tls",)]),
+    "POP3 implicit TLS: greeting": ("pop3", "tls", [("tls",), ("trickle", b"+OK ")]),
+    "POP3 implicit TLS: answer to PASS": ("pop3", "tls", [("tls",), ("send", POP3_READY), ("line",),
+                                                          ("send", b"+OK\r\n"), ("line",), ("trickle", b"+OK ")]),
+    "POP3 STLS: handshake trickled": ("pop3", "starttls", [
+        ("send", POP3_READY), ("line",), ("send", b"+OK\r\nUSER\r\nSTLS\r\n.\r\n"), ("line",),
+        ("send", b"+OK Begin TLS negotiation now.\r\n"), ("trickle_tls",)]),
+    "IMAP implicit TLS: greeting": ("imap", "tls", [("tls",), ("trickle", b"* OK ")]),
+    "IMAP implicit TLS: CAPABILITY answer": ("imap", "tls", [("tls",), ("send", IMAP_READY), ("line",),
+                                                             ("trickle", b"* CAPABILITY ")]),
+    "IMAP STARTTLS: handshake trickled": ("imap", "starttls", [
+        ("send", IMAP_READY), ("line",), ("tagged", b"* CAPABILITY IMAP4rev1 STARTTLS\r\n", b"OK done"), ("line",),
+        ("tagged", b"", b"OK Begin TLS negotiation now"), ("trickle_tls",)]),
+}
+
+
+@pytest.mark.parametrize("case", RECEIVER_TRICKLES)
+def test_the_mail_receiver_login_ends_with_the_deadline_whatever_trickles(trickler, test_ca_pem, case):
+    protocol, security, script = RECEIVER_TRICKLES[case]
+    before = set(threading.enumerate())
+    peer = trickler(script)
+    settings = ReceiverSettings(protocol=protocol, host="127.0.0.1", port=peer.port, security=security,
+                                username="mailer")
+    started = time.monotonic()
+    with pytest.raises(StepFailed) as failed:
+        receiver.login(Receiver(settings, "Receiver-Pass-3", test_ca_pem), LOOPBACK, Deadline(TIMEOUT))
+    assert_ended_in_time(started, peer, before)
+    assert failed.value.summary == f"no answer from the mail receiver 127.0.0.1:{peer.port} within {TIMEOUT:g} s"
+    assert failed.value.hint
