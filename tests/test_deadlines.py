@@ -9,17 +9,24 @@ thread of the conversation is left behind.
 """
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.peers.hostile import HostilePeer
 from tests.peers.tls import server_context
 from tests.peers.trickle import TricklePeer
-from webapp.mail import receiver, transport_for
-from webapp.mail.auth import NoAuth, PasswordAuth
+from webapp.mail import oauth, receiver, transport_for
+from webapp.mail.auth import AccessToken, BearerAuth, NoAuth, PasswordAuth
 from webapp.mail.config import Sender, ServerConfig
-from webapp.mail.deadline import Deadline
+from webapp.mail.deadline import Deadline, DeadlineExceeded
+from webapp.mail.dns import Resolver
 from webapp.mail.egress import Network, Policy, parse_rules
 from webapp.mail.envelope import Envelope
+from webapp.mail.ews import EwsTransport
+from webapp.mail.ews_protocol import EwsSettings
+from webapp.mail.graph import GraphTransport
+from webapp.mail.graph_protocol import GraphSettings
 from webapp.mail.message import build_message
 from webapp.mail.proxy import Proxy, ProxySettings
 from webapp.mail.receiver import Receiver, ReceiverSettings
@@ -142,6 +149,64 @@ def test_an_smtp_send_ends_with_its_deadline_when_the_answer_to_data_trickles(tr
     assert f"no answer within {TIMEOUT:g} s" in failure.summary and failure.hint
 
 
+# -- EWS: Validate's Connect step (its own TLS handshake) and exchangelib's requests ---------------------
+
+def ews_config(url: str, ca_pem: str) -> ServerConfig:
+    settings = EwsSettings(ews_url=url + "/EWS/Exchange.asmx", ews_version="Exchange2016", ews_ca_cert=ca_pem)
+    return ServerConfig("ews", SENDER, settings, LOOPBACK, PasswordAuth("EXAMPLE\\mailer", "Ews-Pass-7wq"), TIMEOUT)
+
+
+@pytest.mark.parametrize("script", [[("stall_tls",)], [("trickle_tls",)]], ids=["stalled", "trickled"])
+def test_ews_validate_s_tls_handshake_ends_with_the_deadline_and_says_so(trickler, test_ca_pem, script):
+    before = set(threading.enumerate())
+    peer = trickler(script)
+    started = time.monotonic()
+    report = EwsTransport().check(ews_config(f"https://127.0.0.1:{peer.port}", test_ca_pem))
+    assert_ended_in_time(started, peer, before)
+    failure = report.failure
+    assert failure.name == "Connect", [(s.name, s.summary) for s in report.steps]
+    assert failure.summary == (f"no answer within {TIMEOUT:g} s: 127.0.0.1 port {peer.port} accepted the connection "
+                               "but did not finish the TLS handshake")  # not "the TLS handshake failed"
+    assert "firewall" in failure.hint
+
+
+def test_ews_validate_s_sign_in_ends_with_the_deadline_when_the_answer_trickles(test_ca, test_ca_pem):
+    before = set(threading.enumerate())
+    peer = HostilePeer("trickle", server_context(test_ca))  # a byte every 0.2 s for 120 s
+    try:
+        started = time.monotonic()
+        report = EwsTransport().check(ews_config(peer.url, test_ca_pem))
+        elapsed = time.monotonic() - started
+    finally:
+        peer.stop()
+    assert elapsed < FINISHED_BY, f"{elapsed:.1f} s"
+    failure = report.failure
+    assert failure.name == "Sign in" and f"no answer within {TIMEOUT:g} s" in failure.summary, failure.summary
+    assert_no_thread_left(before)
+
+
+# -- OAuth: a token endpoint over https that trickles its answer ------------------------------------------
+
+def test_a_token_request_ends_with_the_deadline_when_the_answer_trickles(test_ca, test_ca_pem):
+    before = set(threading.enumerate())
+    peer = HostilePeer("trickle", server_context(test_ca))
+    client = oauth.Client(provider="other", client_id="app:1", client_secret="local/secret:", authorize_url="",
+                          token_url=peer.url + "/token", scope="mail.send")
+    try:
+        started = time.monotonic()
+        with pytest.raises((oauth.OAuthFailure, DeadlineExceeded)) as failed:
+            tokens = oauth.client_credentials(client, Network(LOOPBACK.policy, extra_ca_pem=test_ca_pem),
+                                              Deadline(TIMEOUT))
+            tokens.access_token  # noqa: B018
+        elapsed = time.monotonic() - started
+    finally:
+        peer.stop()
+    assert elapsed < FINISHED_BY, f"{elapsed:.1f} s"
+    failure = oauth.as_failure(failed.value, "other")
+    assert failure.error == "timeout" and "did not answer in time" in str(failure) and failure.hint
+    assert_no_thread_left(before)
+
+
 # -- proxies: a proxy that trickles its answer to CONNECT or SOCKS5 ---------------------------------------
 
 PROXY_TRICKLES = {
@@ -200,3 +265,47 @@ def test_the_mail_receiver_login_ends_with_the_deadline_whatever_trickles(trickl
     assert_ended_in_time(started, peer, before)
     assert failed.value.summary == f"no answer from the mail receiver 127.0.0.1:{peer.port} within {TIMEOUT:g} s"
     assert failed.value.hint
+
+
+# -- DNS: dnspython's lifetime is the time left -----------------------------------------------------------
+
+def test_a_dnspython_resolver_asks_for_no_longer_than_the_time_left():
+    deadline = Deadline(TIMEOUT)
+    resolver = Resolver((("127.0.0.1", 53),)).dnspython(deadline)
+    assert 0 < resolver.lifetime <= TIMEOUT and resolver.timeout <= resolver.lifetime
+
+
+# -- HTTP (Graph, Gmail, EWS, token endpoints): a TLS handshake that stalls or trickles ------------------
+# These held before the watchdogs: the socket timeout set before a handshake (the time left) bounds the
+# whole handshake in Python's ssl, not each read. They guard that the adapter keeps setting it.
+
+class FixedToken:
+    def token(self, deadline):
+        return AccessToken("fixed-access-token", datetime.now(UTC) + timedelta(hours=1), ("Mail.Send",))
+
+
+@pytest.mark.parametrize("script", [[("stall_tls",)], [("trickle_tls",)]], ids=["stalled", "trickled"])
+def test_an_https_request_s_tls_handshake_ends_with_the_deadline(trickler, test_ca_pem, script):
+    before = set(threading.enumerate())
+    peer = trickler(script)
+    config = ServerConfig("graph", SENDER, GraphSettings(graph_endpoint=f"https://127.0.0.1:{peer.port}"),
+                          Network(LOOPBACK.policy, extra_ca_pem=test_ca_pem),
+                          BearerAuth("sender@example.test", FixedToken()), TIMEOUT)
+    started = time.monotonic()
+    report = GraphTransport().check(config)
+    assert_ended_in_time(started, peer, before)
+    failure = report.failure
+    assert failure.name == "Mailbox", [(s.name, s.summary) for s in report.steps]
+    assert f"no answer within {TIMEOUT:g} s" in failure.summary and failure.hint  # not "certificate not verified"
+
+
+def test_a_token_request_s_trickled_tls_handshake_ends_with_the_deadline(trickler, test_ca_pem):
+    before = set(threading.enumerate())
+    peer = trickler([("trickle_tls",)])
+    client = oauth.Client(provider="other", client_id="app:1", client_secret="local/secret:", authorize_url="",
+                          token_url=f"https://127.0.0.1:{peer.port}/token", scope="mail.send")
+    started = time.monotonic()
+    with pytest.raises((oauth.OAuthFailure, DeadlineExceeded)) as failed:
+        oauth.client_credentials(client, Network(LOOPBACK.policy, extra_ca_pem=test_ca_pem), Deadline(TIMEOUT))
+    assert_ended_in_time(started, peer, before)
+    assert oauth.as_failure(failed.value, "other").error == "timeout"
