@@ -2,16 +2,23 @@
 
 Each call gets only the time that is left: name resolution runs in a daemon thread
 that we wait on for at most that long, and before every socket operation the socket
-timeout is set to it.
+timeout is set to it. That is not enough against a peer that trickles (a byte every
+fraction of a second: each read gets one, so no socket timeout ever expires): a
+Watchdog shuts the connection down when the deadline is over, and what was cut short
+by it is DeadlineExceeded, not a closed connection or a failed TLS handshake.
 """
+import os
 import socket
 import threading
+from contextlib import contextmanager
 from time import monotonic
 
 
 class DeadlineExceeded(Exception):
     """The time for the whole check or send ran out. Deliberately not an OSError, so
-    smtplib does not turn it into SMTPServerDisconnected."""
+    smtplib does not turn it into SMTPServerDisconnected. `begun`: the server had begun
+    the reply it did not finish (it trickled), rather than said nothing."""
+    begun = False
 
 
 class Deadline:
@@ -28,6 +35,65 @@ class Deadline:
         if left <= 0:
             raise DeadlineExceeded(f"no time left of {self}")
         return left
+
+    def over(self) -> bool:
+        return monotonic() >= self._end
+
+
+class Watchdog:
+    """Shuts a connection down when its deadline is over, unless cancelled first; `fired` says it did.
+
+    It holds a duplicate of the socket's descriptor: shutdown() acts on the connection, not on one
+    descriptor, so it ends the conversation however the socket was wrapped since (TLS wrapping moves
+    the descriptor to an SSLSocket and detaches the plain socket, whose own shutdown() would fail
+    with EBADF and do nothing). cancel() (the conversation is over, or waits idle between messages)
+    ends its thread and closes the duplicate."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline):
+        self.fired, self._deadline = False, deadline
+        self._sock = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))  # TLS too
+        self._cancelled = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="mailroom-deadline-watchdog")
+        self._thread.start()
+
+    def _watch(self) -> None:
+        try:
+            while not self._deadline.over():
+                if self._cancelled.wait(max(self._end_in(), 0.001)):
+                    return
+            self.fired = True
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed by the peer meanwhile
+        finally:
+            self._sock.close()
+
+    def _end_in(self) -> float:
+        try:
+            return self._deadline.left()
+        except DeadlineExceeded:
+            return 0.0
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+@contextmanager
+def cut_short(deadline: Deadline, what: str = "no reply in time"):
+    """A socket operation's failure is DeadlineExceeded when the deadline is over: the socket's
+    timeout expired, or the Watchdog shut the connection down (a read that ends, a write or a TLS
+    handshake that fails, because of it)."""
+    try:
+        yield
+    except TimeoutError:
+        raise DeadlineExceeded(what) from None
+    except (OSError, EOFError):
+        if deadline.over():
+            raise DeadlineExceeded(what) from None
+        raise
 
 
 def call_within(deadline: Deadline, function, *args):
@@ -66,14 +132,14 @@ def connect_within(deadline: Deadline, family: int, sockaddr: tuple) -> socket.s
 
 def sendall_within(deadline: Deadline, sock: socket.socket, data: bytes) -> None:
     sock.settimeout(deadline.left())
-    try:
+    with cut_short(deadline, "could not send in time"):
         sock.sendall(data)
-    except TimeoutError:
-        raise DeadlineExceeded("could not send in time") from None
 
 
 class DeadlineFile:
-    """A socket's reply stream that sets the socket timeout to the time left before each line."""
+    """A socket's reply stream that sets the socket timeout to the time left before each line. A line
+    that ends when the deadline is over (the Watchdog shut the connection down under a trickle) is
+    DeadlineExceeded, not a reply nor the end of the conversation."""
 
     def __init__(self, sock: socket.socket, deadline: Deadline):
         self._sock, self._deadline = sock, deadline
@@ -81,10 +147,13 @@ class DeadlineFile:
 
     def readline(self, size: int = -1) -> bytes:
         self._sock.settimeout(self._deadline.left())
-        try:
-            return self._file.readline(size)
-        except TimeoutError:
-            raise DeadlineExceeded("no reply in time") from None
+        with cut_short(self._deadline):
+            line = self._file.readline(size)
+        if self._deadline.over():
+            late = DeadlineExceeded("no reply in time")
+            late.begun = bool(line)
+            raise late
+        return line
 
     def close(self) -> None:
         self._file.close()

@@ -55,7 +55,7 @@ from exchangelib.transport import DEFAULT_HEADERS
 from . import http, proxy, smime
 from .api import ApiCall, ApiConnection, Kept, accepted_all
 from .auth import BearerAuth, PasswordAuth, token_step
-from .deadline import DeadlineExceeded
+from .deadline import DeadlineExceeded, Watchdog, cut_short
 from .egress import EgressRefused
 from .envelope import Envelope
 from .ews_protocol import AUTO, GRAPH_HINT, ONLINE_WARNING, Ews, EwsSettings, is_exchange_online, online_warning
@@ -195,10 +195,11 @@ class EwsCall(ApiCall):
             raise StepFailed(f"could not connect to {self.host} port {port}: {http.reason(error)}",
                              "check the address and this machine's network") from None
         sock, context = connection.sock, self.context
+        watchdog = Watchdog(sock, self.deadline)  # a handshake trickled a byte at a time cannot outlast the deadline
         try:
-            http._watch(sock, self)  # noqa: SLF001  (a trickling server cannot outlast the deadline)
             sock.settimeout(self.deadline.left())
-            with context.wrap_socket(sock, server_hostname=self.host) as tls:
+            with cut_short(self.deadline, "no TLS handshake in time"), \
+                    context.wrap_socket(sock, server_hostname=self.host) as tls:
                 step = handshake_result(tls, verified=True)
         except ssl.SSLCertVerificationError as error:
             raise StepFailed(f"the TLS certificate of {self.host} could not be verified: "
@@ -206,11 +207,16 @@ class EwsCall(ApiCall):
                              "check the address; an Exchange server with a certificate from your own "
                              "authority needs that CA under “CA certificate” (or in EXTRA_CA_CERTS)",
                              temporary=False) from None
-        except TimeoutError:
-            raise DeadlineExceeded("no TLS handshake in time") from None
+        except DeadlineExceeded:
+            raise StepFailed(f"no answer within {self.deadline}: {self.host} port {port} accepted the connection "
+                             "but did not finish the TLS handshake",
+                             "the server may be overloaded, or a firewall or TLS-inspecting proxy in between may be "
+                             "holding the connection: check the address and port (EWS is HTTPS, usually 443), try "
+                             "again, or raise the timeout") from None
         except (ssl.SSLError, OSError) as error:
             raise _no_tls(self.host, port, error) from None
         finally:
+            watchdog.cancel()
             sock.close()
         step.summary = f"connected to {self.host} port {port}, {step.summary}"
         step.details.insert(0, ("Address", f"{connection.peer[1][0] if connection.peer else self.host} port {port}"))

@@ -12,21 +12,21 @@ opens a TCP connection, directly or through the proxy:
   (its rules on host names, the metadata names) but cannot check the address the proxy reaches;
 - python-socks speaks the proxy's protocol over the socket Mailroom connected itself (its `forward`
   hop; imported by the handshake, so a process whose servers use no proxy never loads it); a watchdog
-  shuts that socket down when the deadline is over, so a proxy that trickles its answer cannot outlast it.
+  (deadline.Watchdog) shuts that socket down when the deadline is over, so a proxy that trickles its
+  answer cannot outlast it, and an answer it cut short is "no answer from the proxy", never a tunnel.
   What is read is bounded: SOCKS replies have fixed sizes, and python-socks reads an HTTP proxy's answer
-  to CONNECT with one receive of at most 64 KB;
+  to CONNECT with one receive of at most 64 KB (which _HeadersOnly makes last to the header's end);
 - a refusal comes back in words (ProxyFailed, a StepFailed): 407, 403, the SOCKS reply codes. Nothing
   the proxy wrote is shown (its reason phrase could repeat a password): only its codes, in our words.
 """
 import ipaddress
 import socket
-import threading
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from http import HTTPStatus
 from urllib.parse import urlsplit
 
-from .deadline import Deadline, DeadlineExceeded, connect_within
+from .deadline import Deadline, DeadlineExceeded, Watchdog, connect_within
 from .egress import Network
 from .report import Step, StepFailed, step_result
 
@@ -265,7 +265,7 @@ def _handshake(proxy: Proxy, sock: socket.socket, sockaddr: tuple, target_host: 
     else:
         failure = None
     watchdog.cancel()
-    if failure is None:
+    if failure is None and not watchdog.fired:  # an answer the watchdog cut short can look whole ("HTTP/1.1 200")
         return None
     sock.close()
     if watchdog.fired or isinstance(failure, (ProxyTimeoutError, DeadlineExceeded)):
@@ -276,15 +276,25 @@ def _handshake(proxy: Proxy, sock: socket.socket, sockaddr: tuple, target_host: 
 class _HeadersOnly:
     """The socket as python-socks' HTTP connector sees it: it reads the proxy's answer to CONNECT with
     one receive of up to 64 KB, which would swallow what the server behind says first (an SMTP, POP3
-    or IMAP greeting, sent right after the proxy's 200). Here a receive ends with the answer's header."""
+    or IMAP greeting, sent right after the proxy's 200), and would take the part of the answer that came
+    in the first TCP segment for all of it. Here a receive ends with the answer's header (or `size`
+    bytes, or the end of the connection: the watchdog's shutdown, when the proxy trickles)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
 
     def recv(self, size: int) -> bytes:
-        ahead = self.sock.recv(size, socket.MSG_PEEK)
-        end = ahead.find(b"\r\n\r\n")
-        return self.sock.recv(end + 4 if end >= 0 else len(ahead))
+        answer = b""
+        while len(answer) < size:
+            ahead = self.sock.recv(size - len(answer), socket.MSG_PEEK)
+            if not ahead:
+                break
+            end = (answer + ahead).find(b"\r\n\r\n", max(0, len(answer) - 3))
+            if end >= 0:
+                answer += self.sock.recv(end + 4 - len(answer))
+                break
+            answer += self.sock.recv(len(ahead))
+        return answer
 
     def sendall(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -301,30 +311,6 @@ class _Connected:
 
     def connect(self, dest_host, dest_port, timeout=None, **kwargs) -> socket.socket:
         return self.sock
-
-
-class Watchdog:
-    """Shuts the socket down when the deadline is over, unless cancelled first (the handshake ended)."""
-
-    def __init__(self, sock: socket.socket, deadline: Deadline):
-        self.sock, self.fired = sock, False
-        try:
-            left = deadline.left()
-        except DeadlineExceeded:
-            left = 0
-        self.timer = threading.Timer(left, self._fire)
-        self.timer.daemon = True
-        self.timer.start()
-
-    def _fire(self) -> None:
-        self.fired = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def cancel(self) -> None:
-        self.timer.cancel()
 
 
 def _refusal(error: Exception, settings: ProxySettings, used: str, target: str) -> Exception:

@@ -8,19 +8,22 @@ and says goodbye (QUIT, LOGOUT) without reading any mail. The SMTP transport run
 step "Mail receiver login" before each SMTP session it opens (smtp/transport.py).
 
 Time: everything runs under the caller's deadline (each operation gets the time left, and a
-watchdog shuts the socket down when it is over). What is read is bounded by poplib's and
-imaplib's line limits; the server's words are shown at most REPLY_SHOWN characters long.
+watchdog shuts the connection down when it is over, over TLS too, so a server that trickles its
+answers a byte at a time cannot outlast it; what that cuts short is "no answer within …"). What
+is read is bounded by poplib's and imaplib's line limits; the server's words are shown at most
+REPLY_SHOWN characters long.
 """
 import imaplib
 import poplib
 import socket
 import ssl
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 
 from . import proxy
-from .deadline import Deadline, DeadlineExceeded
+from .deadline import Deadline, DeadlineExceeded, Watchdog
 from .egress import REFUSED_HINT, EgressRefused, Network, egress_details
 from .report import Step, StepFailed, step_result
 from .tls import handshake_result, tls_context
@@ -127,9 +130,13 @@ def login(receiver: Receiver, network: Network, deadline: Deadline,
     except OSError as error:
         raise StepFailed(f"could not connect to the mail receiver {settings.address}: {error.strerror or error}",
                          _port_hint(settings)) from None
-    watchdog = proxy.Watchdog(connection.sock, deadline)
+    watchdog = Watchdog(connection.sock, deadline)  # TLS or not: it shuts the connection itself down
     try:
-        return _session(receiver, network, connection, deadline, then)
+        with _cut_short(watchdog):
+            step = _session(receiver, network, connection, deadline, then)
+        if watchdog.fired:  # a reply cut short by it may have looked whole ("+OK" and the end of the stream)
+            raise DeadlineExceeded("no answer in time")
+        return step
     except StepFailed:
         raise
     except (DeadlineExceeded, TimeoutError):
@@ -143,13 +150,23 @@ def login(receiver: Receiver, network: Network, deadline: Deadline,
     except (poplib.error_proto, imaplib.IMAP4.error) as error:
         raise _refusal(settings, error) from None
     except (EOFError, OSError) as error:
-        if watchdog.fired:
-            raise _too_slow(settings, deadline) from None
         raise StepFailed(f"the mail receiver {settings.address} closed the connection",
                          _port_hint(settings)) from None
     finally:
         watchdog.cancel()
         connection.sock.close()
+
+
+@contextmanager
+def _cut_short(watchdog: Watchdog):
+    """What the watchdog's shutdown makes of a conversation (a failed TLS handshake, poplib's "-ERR EOF",
+    imaplib's "socket error: EOF", a broken pipe) is DeadlineExceeded, never the server's refusal."""
+    try:
+        yield
+    except (OSError, EOFError, poplib.error_proto, imaplib.IMAP4.error):
+        if watchdog.fired:
+            raise DeadlineExceeded("no answer in time") from None
+        raise
 
 
 def _session(receiver: Receiver, network: Network, connection: proxy.Connection, deadline: Deadline,

@@ -7,22 +7,30 @@ transcript with authentication redacted by protocol:
   replaced whole too, and so is every line of a reply a secret runs across; with a secret
   too short to look for, no server line is shown at all (see redact.py);
 - a greeting that is not SMTP is described, never echoed.
+
+Time: each read and write gets what is left of the deadline as its socket timeout, and a
+Watchdog (deadline.py) shuts the connection down when the deadline is over, TLS or not, so
+a server that trickles its replies a byte at a time cannot outlast it. It watches only while
+a message's conversation is under way: idle() between messages, rebind() arms it again.
 """
 import base64
 import socket
 from smtplib import SMTP, SMTPServerDisconnected
 
-from ..deadline import Deadline, DeadlineFile, sendall_within
+from ..deadline import Deadline, DeadlineFile, Watchdog, sendall_within
 from ..redact import REDACTED, Redactor
 
 
 class Client(SMTP):
+    _watchdog: Watchdog | None = None
+
     def __init__(self, sock: socket.socket, server_name: str, local_hostname: str,
                  deadline: Deadline, transcript: list[str], redactor: Redactor):
         super().__init__(local_hostname=local_hostname)  # no host: smtplib does not connect
         self.sock, self.server_name = sock, server_name
         self._deadline, self._transcript, self._redactor = deadline, transcript, redactor
         self._last_code: int | None = None
+        self._watchdog: Watchdog | None = Watchdog(sock, deadline)
 
     def send(self, s) -> None:
         if self.sock is None:
@@ -88,6 +96,19 @@ class Client(SMTP):
         if self.file is not None:
             self.file.close()  # bound to the old deadline; nothing is left unread between messages
             self.file = None
+        self.idle()
+        if self.sock is not None:
+            self._watchdog = Watchdog(self.sock, deadline)
+
+    def idle(self) -> None:
+        """Kept open between messages: no deadline runs until rebind()."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def close(self) -> None:
+        self.idle()
+        super().close()
 
     def start_over(self) -> None:
         """After STARTTLS: RFC 3207 says forget what the server offered before."""

@@ -127,6 +127,13 @@ def _explain_timeout(name: str, exc: Exception, s: Session) -> StepFailed:
         return StepFailed(f"no answer within {t}: a firewall may be dropping the port",
                           f"check host and port {port}, and whether outgoing connections to "
                           f"port {port} are allowed from this machine")
+    if name == "TLS":
+        return StepFailed(f"no answer within {t}: the server accepted the connection but did not finish the "
+                          "TLS handshake", _handshake_hint(s.settings))
+    if name == "Greeting" and getattr(exc, "begun", False):
+        return StepFailed(f"no answer within {t}: the server began its greeting but did not finish it",
+                          "the server, or something in between (a firewall, a proxy), sends very slowly: try "
+                          "again, or ask the mail administrator")
     if name == "Greeting":
         return StepFailed(f"no answer within {t}: the server accepted the connection but "
                           "sent no greeting", _implicit_tls_hint(s.settings))
@@ -134,6 +141,14 @@ def _explain_timeout(name: str, exc: Exception, s: Session) -> StepFailed:
                       f"may take at most {t})",
                       "the server is slow or the connection stalled: try again, or raise "
                       "the timeout")
+
+
+def _handshake_hint(settings: SmtpSettings) -> str:
+    if settings.security == Security.TLS:
+        return (f"check that port {settings.port} expects TLS from the start (implicit TLS, usually 465); a "
+                "firewall or TLS-inspecting proxy in between may be holding the connection")
+    return ("the server said it was ready for TLS (STARTTLS) but did not go on: a firewall or TLS-inspecting "
+            "proxy in between may be holding the connection; try again, or ask the mail administrator")
 
 
 def _implicit_tls_hint(settings: SmtpSettings) -> str:

@@ -11,7 +11,7 @@ from cryptography import x509
 from .. import client_cert, proxy, receiver, smime
 from . import ntlm
 from ..auth import BearerAuth, PasswordAuth
-from ..deadline import Deadline, DeadlineExceeded
+from ..deadline import Deadline, DeadlineExceeded, Watchdog, cut_short
 from ..egress import EgressRefused
 from ..envelope import Envelope
 from ..message import envelope_address
@@ -90,7 +90,8 @@ def handshake(s: Session) -> Step:
     client = s.client
     client.sock.settimeout(s.deadline.left())
     try:
-        client.sock = context.wrap_socket(client.sock, server_hostname=client.server_name)
+        with cut_short(s.deadline, "no TLS handshake in time"):  # the client's watchdog ends a trickled one
+            client.sock = context.wrap_socket(client.sock, server_hostname=client.server_name)
     except ssl.SSLCertVerificationError as exc:
         raise certificate_failure(exc, s.settings.host.strip(), _peek_certificate(s)) from None
     client.start_over()
@@ -411,13 +412,18 @@ def _speaks_tls(s: Session) -> bool:
                               [s.peer] if s.peer else None).sock
     except (OSError, DeadlineExceeded, StepFailed, EgressRefused):
         return False
+    watchdog = None
     try:
-        probe.settimeout(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left()))
+        window = Deadline(min(IMPLICIT_TLS_PROBE_AFTER, s.deadline.left()))
+        watchdog = Watchdog(probe, window)  # a handshake trickled a byte at a time ends with the window too
+        probe.settimeout(window.left())
         tls_context(False).wrap_socket(probe, server_hostname=s.settings.host.strip() or None).close()
-        return True
+        return not watchdog.fired
     except (OSError, ssl.SSLError, DeadlineExceeded):
         return False
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         probe.close()
 
 

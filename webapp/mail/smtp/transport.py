@@ -163,6 +163,7 @@ class SmtpConnection:
             failure is None or (failure.name in MESSAGE_STEPS and failure.code is not None
                                 and failure.code != 421))
         if reusable:
+            session.client.idle()
             self._session, self._clean = session, failure is None
         elif session.client is not None:
             session.client.close()
