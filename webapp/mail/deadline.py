@@ -138,8 +138,9 @@ def sendall_within(deadline: Deadline, sock: socket.socket, data: bytes) -> None
 
 class DeadlineFile:
     """A socket's reply stream that sets the socket timeout to the time left before each line. A line
-    that ends when the deadline is over (the Watchdog shut the connection down under a trickle) is
-    DeadlineExceeded, not a reply nor the end of the conversation."""
+    cut short when the deadline is over (the Watchdog shut the connection down under a trickle) is
+    DeadlineExceeded, not a reply nor the end of the conversation; a whole line is the server's reply,
+    however late it came (the 250 after DATA dropped would send the message twice)."""
 
     def __init__(self, sock: socket.socket, deadline: Deadline):
         self._sock, self._deadline = sock, deadline
@@ -149,7 +150,7 @@ class DeadlineFile:
         self._sock.settimeout(self._deadline.left())
         with cut_short(self._deadline):
             line = self._file.readline(size)
-        if self._deadline.over():
+        if self._deadline.over() and not line.endswith(b"\n"):
             late = DeadlineExceeded("no reply in time")
             late.begun = bool(line)
             raise late
