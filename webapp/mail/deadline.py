@@ -68,7 +68,7 @@ class _Scheduler:
                                 after_in_child=self._forget_inherited)
 
     def _reset(self) -> None:
-        self.condition = threading.Condition(threading.Lock())
+        self.condition = threading.Condition()  # reentrant: a due() may cancel a watchdog
         self._heap: list = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -127,7 +127,9 @@ class _Scheduler:
         inherited = self._heap
         self._reset()
         for _, _, entry in inherited:
-            entry.forget()
+            forget = getattr(entry, "forget", None)
+            if forget is not None:
+                forget()
 
 
 _scheduler = _Scheduler()
@@ -135,7 +137,8 @@ _scheduler = _Scheduler()
 
 def at(when: float, entry) -> None:
     """Call `entry.due()` at `when` (time.monotonic()), on the watchdog thread with its lock held, unless
-    `entry.cancelled` is true by then; due() returns None, or a later time to be called again then."""
+    `entry.cancelled` is true by then; due() returns None, or a later time to be called again then. In a
+    forked child the entries of its parent are dropped, after their `forget()` if they have one."""
     _scheduler.arm(when, entry)
 
 
