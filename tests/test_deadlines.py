@@ -7,6 +7,8 @@ asserts that it ended well before the trickle would have (FINISHED_BY, a correct
 benchmark: the machine may be loaded), that the failure says no answer came in time, and that no
 thread of the conversation is left behind.
 """
+import os
+import socket
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from tests.peers.trickle import TricklePeer
 from webapp.mail import oauth, receiver, transport_for
 from webapp.mail.auth import AccessToken, BearerAuth, NoAuth, PasswordAuth
 from webapp.mail.config import Sender, ServerConfig
-from webapp.mail.deadline import Deadline, DeadlineExceeded
+from webapp.mail.deadline import WATCHDOG_THREAD, Deadline, DeadlineExceeded, Watchdog
 from webapp.mail.dns import Resolver
 from webapp.mail.egress import Network, Policy, parse_rules
 from webapp.mail.envelope import Envelope
@@ -54,9 +56,14 @@ def trickler(test_ca):
 
 
 def ours(before: set) -> list[threading.Thread]:
-    """Threads started since `before` that are not the peers'."""
+    """Threads started since `before` that are not the peers', nor the process's one watchdog thread (it
+    watches every connection of the process and lives as long as it: assert_no_thread_left counts it)."""
     return [t for t in threading.enumerate() if t not in before and t.is_alive()
-            and not t.name.startswith(("trickle-peer", "hostile"))]
+            and not t.name.startswith(("trickle-peer", "hostile")) and t.name != WATCHDOG_THREAD]
+
+
+def watchdog_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == WATCHDOG_THREAD and t.is_alive()]
 
 
 def assert_ended_in_time(started: float, peer: TricklePeer, before: set) -> None:
@@ -72,6 +79,7 @@ def assert_no_thread_left(before: set) -> None:
     while ours(before) and time.monotonic() < waited_until:
         time.sleep(0.05)
     assert not ours(before), f"left behind: {ours(before)}"
+    assert len(watchdog_threads()) <= 1, watchdog_threads()
 
 
 # -- SMTP -------------------------------------------------------------------------------------------------
@@ -309,3 +317,112 @@ def test_a_token_request_s_trickled_tls_handshake_ends_with_the_deadline(trickle
         oauth.client_credentials(client, Network(LOOPBACK.policy, extra_ca_pem=test_ca_pem), Deadline(TIMEOUT))
     assert_ended_in_time(started, peer, before)
     assert oauth.as_failure(failed.value, "other").error == "timeout"
+
+
+# -- the process's one watchdog thread -------------------------------------------------------------------
+# Real connections (socket pairs), the Watchdog as its callers use it.
+
+def open_descriptors() -> int | None:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+
+
+def still_talks(ours_end: socket.socket, peer_end: socket.socket) -> bool:
+    """Both ways: the connection was not shut down."""
+    ours_end.sendall(b"x")
+    peer_end.sendall(b"y")
+    peer_end.settimeout(5)
+    ours_end.settimeout(5)
+    return peer_end.recv(1) == b"x" and ours_end.recv(1) == b"y"
+
+
+def test_many_watchdogs_run_on_one_thread_and_leave_no_thread_nor_descriptor_behind():
+    before, descriptors = set(threading.enumerate()), open_descriptors()
+    pairs = [socket.socketpair() for _ in range(40)]
+    watchdogs = [Watchdog(a, Deadline(60)) for a, _ in pairs]
+    assert len(watchdog_threads()) == 1 and not ours(before)  # forty armed: one thread, and no other
+    for watchdog in watchdogs:
+        watchdog.cancel()
+    for _ in range(500):  # a kept session: armed and cancelled again for every message
+        Watchdog(pairs[0][0], Deadline(60)).cancel()
+    assert len(watchdog_threads()) == 1 and not ours(before)
+    assert not any(w.fired for w in watchdogs) and all(still_talks(a, b) for a, b in pairs)
+    for a, b in pairs:
+        a.close(), b.close()
+    assert open_descriptors() == descriptors  # every duplicate closed by cancel()
+
+
+def test_a_watchdog_armed_after_a_later_one_fires_at_its_own_deadline():
+    late, soon = socket.socketpair(), socket.socketpair()
+    try:
+        waiting = Watchdog(late[0], Deadline(60))  # the thread sleeps until this one's time...
+        started = time.monotonic()
+        firing = Watchdog(soon[0], Deadline(0.2))  # ...and is woken for an earlier one
+        soon[0].settimeout(FINISHED_BY)
+        assert soon[0].recv(1) == b""  # shut down: the read ends
+        assert firing.fired and time.monotonic() - started < FINISHED_BY
+        assert not waiting.fired and still_talks(*late)
+        waiting.cancel(), firing.cancel()
+    finally:
+        for s in (*late, *soon):
+            s.close()
+
+
+def test_a_cancelled_watchdog_never_shuts_its_connection_down_even_once_its_deadline_is_over():
+    a, b = socket.socketpair()
+    try:
+        watchdog = Watchdog(a, Deadline(0.2))
+        watchdog.cancel()
+        time.sleep(0.6)  # well past the deadline: the thread has been there
+        assert not watchdog.fired and still_talks(a, b)
+    finally:
+        a.close(), b.close()
+
+
+def test_cancel_and_deadline_racing_either_fired_and_shut_down_or_neither():
+    """A deadline over while cancel() runs: once cancel() returns, `fired` is final and says whether the
+    connection was shut down; a duplicate descriptor is closed either way, never shut down after cancel."""
+    descriptors = open_descriptors()
+    for n in range(300):
+        a, b = socket.socketpair()
+        try:
+            watchdog = Watchdog(a, Deadline(0.0002 * (n % 10)))
+            if n % 3:
+                time.sleep(0.0001 * (n % 7))
+            watchdog.cancel()
+            time.sleep(0.002)  # anything still due would be done by now (it is not: cancelled)
+            a.setblocking(False)
+            try:
+                shut = a.recv(1) == b""
+            except BlockingIOError:
+                shut = False
+            assert shut == watchdog.fired, n
+        finally:
+            a.close(), b.close()
+    assert open_descriptors() == descriptors
+
+
+def test_a_forked_child_does_not_end_its_parent_s_conversations_and_watches_its_own():
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    parent_side, peer_side = socket.socketpair()
+    child_side, child_peer = socket.socketpair()
+    try:
+        watchdog = Watchdog(parent_side, Deadline(0.3))  # armed when the child is forked
+        pid = os.fork()
+        if pid == 0:  # the child: its own watchdog fires on its own (new) thread; the parent's is not its own
+            code = 1
+            try:
+                own = Watchdog(child_side, Deadline(0.1))
+                child_side.settimeout(10)
+                if child_side.recv(1) == b"" and own.fired:
+                    time.sleep(0.6)  # past the parent's deadline
+                    code = 0
+            finally:
+                os._exit(code)
+        watchdog.cancel()  # in the parent only
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not watchdog.fired and still_talks(parent_side, peer_side)
+    finally:
+        for s in (parent_side, peer_side, child_side, child_peer):
+            s.close()

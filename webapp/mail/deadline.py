@@ -7,6 +7,8 @@ fraction of a second: each read gets one, so no socket timeout ever expires): a
 Watchdog shuts the connection down when the deadline is over, and what was cut short
 by it is DeadlineExceeded, not a closed connection or a failed TLS handshake.
 """
+import heapq
+import itertools
 import os
 import socket
 import threading
@@ -39,6 +41,106 @@ class Deadline:
     def over(self) -> bool:
         return monotonic() >= self._end
 
+    @property
+    def end(self) -> float:
+        """When it is over, in time.monotonic()'s seconds."""
+        return self._end
+
+
+WATCHDOG_THREAD = "mailroom-deadline-watchdog"  # the name of the process's one watchdog thread
+
+
+class _Scheduler:
+    """One thread for the whole process that does what is due when it is due: a heap of (time, seq, entry),
+    earliest first, and a Condition. Arming pushes an entry (and wakes the thread only if the entry is the
+    new earliest); nothing is ever taken out early: a cancelled entry stays until its time comes or until
+    cancelled ones are the greater part of the heap (then the heap is rebuilt without them). An entry's
+    due() runs under the condition's lock, so cancel() (which takes it too) and due() never overlap; due()
+    returns None when done, or a later time to be called again. The thread starts with the first entry and
+    again in a forked child, which watches nothing of its parent's (_forget_inherited)."""
+
+    COMPACT_FROM = 64  # below this many entries, cancelled ones wait for their time
+
+    def __init__(self):
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # POSIX: where there is fork
+            os.register_at_fork(before=self._lock_for_fork, after_in_parent=self._unlock_after_fork,
+                                after_in_child=self._forget_inherited)
+
+    def _reset(self) -> None:
+        self.condition = threading.Condition()  # reentrant: a due() may cancel a watchdog
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._cancelled = 0  # cancelled entries still in the heap
+
+    def arm(self, when: float, entry) -> None:
+        with self.condition:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name=WATCHDOG_THREAD)
+                self._thread.start()
+            self._push(when, entry)
+
+    def _push(self, when: float, entry) -> None:
+        heapq.heappush(self._heap, (when, next(self._seq), entry))
+        if self._heap[0][2] is entry:
+            self.condition.notify()
+
+    def cancelled(self) -> None:
+        """An entry in the heap was cancelled (call with the lock held)."""
+        self._cancelled += 1
+        if self._cancelled * 2 > len(self._heap) >= self.COMPACT_FROM:
+            self._heap = [item for item in self._heap if not item[2].cancelled]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def _run(self) -> None:
+        with self.condition:
+            while True:
+                if not self._heap:
+                    self.condition.wait()
+                    continue
+                wait = self._heap[0][0] - monotonic()
+                if wait > 0:
+                    self.condition.wait(wait)
+                    continue
+                _, _, entry = heapq.heappop(self._heap)
+                if entry.cancelled:
+                    self._cancelled -= 1
+                    continue
+                try:
+                    later = entry.due()
+                except Exception:  # never lose the thread that watches every connection
+                    later = None
+                if later is not None:
+                    self._push(later, entry)
+
+    def _lock_for_fork(self) -> None:
+        self.condition.acquire()  # the child gets the heap whole, never half pushed
+
+    def _unlock_after_fork(self) -> None:
+        self.condition.release()
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: its parent's conversations are not the child's to end (a shutdown acts on the
+        connection, the parent's too): close the child's copies of their descriptors and watch nothing."""
+        inherited = self._heap
+        self._reset()
+        for _, _, entry in inherited:
+            forget = getattr(entry, "forget", None)
+            if forget is not None:
+                forget()
+
+
+_scheduler = _Scheduler()
+
+
+def at(when: float, entry) -> None:
+    """Call `entry.due()` at `when` (time.monotonic()), on the watchdog thread with its lock held, unless
+    `entry.cancelled` is true by then; due() returns None, or a later time to be called again then. In a
+    forked child the entries of its parent are dropped, after their `forget()` if they have one."""
+    _scheduler.arm(when, entry)
+
 
 class Watchdog:
     """Shuts a connection down when its deadline is over, unless cancelled first; `fired` says it did.
@@ -46,39 +148,38 @@ class Watchdog:
     It holds a duplicate of the socket's descriptor: shutdown() acts on the connection, not on one
     descriptor, so it ends the conversation however the socket was wrapped since (TLS wrapping moves
     the descriptor to an SSLSocket and detaches the plain socket, whose own shutdown() would fail
-    with EBADF and do nothing). cancel() (the conversation is over, or waits idle between messages)
-    ends its thread and closes the duplicate."""
+    with EBADF and do nothing). Every Watchdog of the process is watched by one thread (_Scheduler):
+    arming one starts no thread. cancel() (the conversation is over, or waits idle between messages)
+    closes the duplicate; once it returns the watchdog has either fired already or never will."""
 
     def __init__(self, sock: socket.socket, deadline: Deadline):
-        self.fired, self._deadline = False, deadline
+        self.fired = self.cancelled = False
         self._sock = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))  # TLS too
-        self._cancelled = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="mailroom-deadline-watchdog")
-        self._thread.start()
+        at(deadline.end, self)
 
-    def _watch(self) -> None:
+    def due(self) -> None:
+        """The deadline is over (called by the scheduler, its lock held, never after cancel)."""
+        self.fired = True
         try:
-            while not self._deadline.over():
-                if self._cancelled.wait(max(self._end_in(), 0.001)):
-                    return
-            self.fired = True
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # closed by the peer meanwhile
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed by the peer meanwhile
         finally:
             self._sock.close()
 
-    def _end_in(self) -> float:
-        try:
-            return self._deadline.left()
-        except DeadlineExceeded:
-            return 0.0
-
     def cancel(self) -> None:
-        self._cancelled.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        with _scheduler.condition:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            if not self.fired:  # still in the heap
+                _scheduler.cancelled()
+            self._sock.close()
+
+    def forget(self) -> None:
+        """Inherited by a forked child (the scheduler's lock is new there, and not needed)."""
+        self.cancelled = True
+        self._sock.close()
 
 
 @contextmanager

@@ -25,7 +25,6 @@ without bodies, query strings or headers (they may carry tokens).
 """
 import ipaddress
 import socket
-import threading
 from contextlib import contextmanager
 from urllib.parse import urljoin, urlsplit
 
@@ -37,7 +36,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import DecodeError, NewConnectionError, ProtocolError, ReadTimeoutError
 
 from . import proxy
-from .deadline import Deadline, DeadlineExceeded
+from .deadline import Deadline, DeadlineExceeded, at
 from .egress import EgressRefused, Network
 from .tls import tls_context
 from .urls import on_this_machine
@@ -229,21 +228,28 @@ def _watch(sock: socket.socket, holder) -> None:
     """Close the connection when `holder.deadline` is over, even if the server keeps trickling bytes.
     A kept connection's deadline moves on with each message (rebind): the watch waits for the new one.
     Over TLS, watch the TLS socket (wrapping detaches the plain one: its shutdown() would do nothing);
-    socket.shutdown() of its descriptor, not SSLSocket's, which would also unwrap it under a reader."""
-    def close_when_over():
-        try:
-            left = holder.deadline.left()
-        except DeadlineExceeded:
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        timer = threading.Timer(left, close_when_over)
-        timer.daemon = True
-        timer.start()
+    socket.shutdown() of its descriptor, not SSLSocket's, which would also unwrap it under a reader.
+    On the process's one watchdog thread (deadline.at), like deadline.Watchdog."""
+    at(holder.deadline.end, _ConnectionWatch(sock, holder))
 
-    close_when_over()
+
+class _ConnectionWatch:
+    cancelled = False  # never: it ends when the connection is closed, or with the deadline it finds over
+
+    def __init__(self, sock: socket.socket, holder):
+        self.sock, self.holder = sock, holder
+
+    def due(self) -> float | None:
+        if self.sock.fileno() < 0:
+            return None  # closed meanwhile: nothing to watch
+        deadline = self.holder.deadline
+        if not deadline.over():
+            return deadline.end  # rebound to the next message's deadline: wait for that one
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+        return None
 
 
 def mount(session: requests.Session, network: Network, deadline: Deadline,
