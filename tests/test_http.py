@@ -308,3 +308,30 @@ def test_discovery_does_not_follow_a_redirect_either(hostile):
         oauth.discover(peer.url, Network(LOOPBACK_ALLOWED), Deadline(10))
     assert "Mailroom does not follow redirects" in str(failure.value)
     assert elsewhere.requests == []
+
+
+# -- the connection's own socket options ------------------------------------------------------------
+
+
+def _hello(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"hello"]
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_connection_sends_without_waiting_for_the_servers_delayed_ack(test_ca, test_ca_pem, tls):
+    """urllib3 sets TCP_NODELAY on the sockets it makes; the egress-checked connection is made by
+    Mailroom instead, and must set it too: a request's body, written after its headers, would
+    otherwise wait for the server's delayed ACK (about 40 ms a request on Linux)."""
+    from tests.peers.https import HttpsPeer
+
+    peer = HttpsPeer(_hello, server_context(test_ca) if tls else None, keep_alive=True)
+    try:
+        session = http.session(Network(LOOPBACK_ALLOWED, extra_ca_pem=test_ca_pem), Deadline(10))
+        answer = session.post(peer.url + "/", data=b"x" * 100, stream=True)
+        sock = answer.raw._connection.sock  # the connection the answer is read from
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert answer.content == b"hello"
+        session.close()
+    finally:
+        peer.stop()

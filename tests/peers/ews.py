@@ -892,6 +892,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 class _KeepAliveHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # an answer goes out in pieces: do not hold the last one back
     timeout = 30  # an idle kept-alive connection is dropped after this
 
     def setup(self):

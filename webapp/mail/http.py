@@ -213,6 +213,8 @@ def _checked_connection(conn, adapter: EgressAdapter, loopback_only: bool = Fals
     except (proxy.ProxyFailed, OSError) as error:
         failure = error
     else:
+        for option in conn.socket_options or ():  # as urllib3's own _new_conn does: TCP_NODELAY, else a request
+            sock.setsockopt(*option)               # body written after its headers waits for the delayed ACK
         _watch(sock, adapter)
         return sock
     reason = _one_reason(failure) if isinstance(failure, proxy.ProxyFailed) else failure
