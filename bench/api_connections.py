@@ -102,10 +102,12 @@ def serve_peers(pipe, work: str) -> None:
     """The child process: the tests' peers on 127.0.0.1 until told to stop. Answers ("take", peer) with
     what that peer saw since the last take (requests, connections, messages) and this process's CPU."""
     sys.path.insert(0, str(ROOT))
+    import logging
     import socketserver
 
     import trustme
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the OAuth server's access log
     if NODELAY:
         socketserver.StreamRequestHandler.disable_nagle_algorithm = True
     accepted: dict[int, int] = {}  # listening port -> TCP connections accepted (every peer is a socketserver)
