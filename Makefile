@@ -22,7 +22,7 @@ VENDOR := webapp/static/vendor
 # 127.0.0.1); the app alone does, and only as MAILROOM_TRUSTED_PROXIES says.
 GUNICORN := $(BIN)/gunicorn --no-control-socket --worker-class gthread --workers $(WORKERS) --threads $(THREADS) --reuse-port --preload --timeout 120 --forwarded-allow-ips ''
 
-.PHONY: run test test-postgres serve assets venv test-deps bench bench-scale bench-delivery lock clean
+.PHONY: run test test-postgres serve assets venv test-deps bench bench-scale bench-delivery bench-api-connections lock clean
 
 # The access log shows paths without their query string: the OAuth callback's carries a code, and a
 # consent link's its token (/oauth/consent?link=...).
@@ -110,6 +110,11 @@ bench-scale: venv assets
 bench-delivery: venv assets
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/delivery.py
+
+# Graph, the Gmail API and EWS: messages over one kept HTTPS connection against a connection per message,
+# the tests' peers on 127.0.0.1 (bench/api_connections.py; BENCH_API_MESSAGES, BENCH_API_ROUNDS). A few minutes.
+bench-api-connections: venv
+	$(BIN)/python bench/api_connections.py
 
 clean:
 	rm -rf $(VENV) node_modules $(VENDOR)
