@@ -47,7 +47,6 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -59,7 +58,6 @@ from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-RESULTS = BENCH / "results"
 
 MESSAGES = int(os.environ.get("BENCH_API_MESSAGES", 200))
 ROUNDS = int(os.environ.get("BENCH_API_ROUNDS", 3))
@@ -410,6 +408,7 @@ def on_term(signum, _frame):
 def main() -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_term)
+    import harness
     from run import code_version
 
     work = Path(tempfile.mkdtemp(prefix="mailroom-api-connections-bench-"))
@@ -437,13 +436,8 @@ def main() -> int:
             peers.stop()
         record["load_average"]["end"] = load()
         record["code_after"] = code_version()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            say(f"kept {work}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"api-connections-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(record, indent=1, default=str))
+        harness.leave(work, say)
+    out = harness.write_record(record, "api-connections")
     if record.get("cases"):
         text = table(record)
         say()

@@ -26,7 +26,6 @@ BENCH_KEEP=1 (keep the temporary folder).
 """
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -47,7 +46,6 @@ from run import code_version, gunicorn_command
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-RESULTS = BENCH / "results"
 
 DRAIN_MESSAGES = int(os.environ.get("BENCH_DRAIN_MESSAGES", 10000))
 DRAIN_ROUNDS = int(os.environ.get("BENCH_DRAIN_ROUNDS", 2))
@@ -360,13 +358,8 @@ def main() -> int:
         record["notes"] = bench.notes
         record["load_average"]["end"] = os.getloadavg()
         record["code_after"] = code_version()
-        if not os.environ.get("BENCH_KEEP"):
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            say(f"kept {work}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"delivery-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(record, indent=1, default=str))
+        harness.leave(work, say)
+    out = harness.write_record(record, "delivery")
     summary(record)
     for note in bench.notes:
         say(f"note: {note}")

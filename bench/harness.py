@@ -1,12 +1,15 @@
 """Plumbing for bench/run.py: processes it starts, free ports, wrk and its output, small statistics."""
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
@@ -70,6 +73,23 @@ class Processes:
             proc.wait(2)
         except subprocess.TimeoutExpired:
             print(f"warning: process {proc.pid} did not stop", file=sys.stderr)
+
+
+def leave(work: Path, say) -> None:
+    """A bench's temporary folder: removed, or kept (and said) with BENCH_KEEP=1."""
+    if not os.environ.get("BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        say(f"kept {work}")
+
+
+def write_record(record: dict, name: str) -> Path:
+    """The run's record as bench/results/<name>-<UTC time>.json."""
+    results = Path(__file__).resolve().parent / "results"
+    results.mkdir(exist_ok=True)
+    out = results / f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(record, indent=1, default=str))
+    return out
 
 
 def free_port() -> int:
